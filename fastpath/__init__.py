@@ -1,0 +1,62 @@
+"""fastpath: the hot, IO-free primitives of paxosd, compiled with Cython.
+
+Public surface (see fastpath/_fastpath.pyx for the contracts):
+
+- ballots: ``ballot_pack``, ``ballot_round``, ``ballot_node``, ``ballot_next``,
+  ``BALLOT_NONE``, ``BALLOT_CHOSEN``, ``MAX_ROUND``, ``MAX_NODE``
+- ``QuorumTracker``: per in-flight slot, the acceptors that accepted at the current ballot
+- ``SlotWindow``: the ring of in-flight slots and their batches
+- frame codec: ``encode_frame``, ``encode_frames``, ``FrameReader``, ``dumps``, ``loads``,
+  ``FrameError``, ``FrameTooLarge``, ``DEFAULT_MAX_FRAME``
+
+There is no pure-Python fallback: a missing extension is a build error, said loudly.
+"""
+
+try:
+    from fastpath._fastpath import (  # noqa: F401
+        BALLOT_CHOSEN,
+        BALLOT_NONE,
+        DEFAULT_MAX_FRAME,
+        MAX_NODE,
+        MAX_ROUND,
+        FrameError,
+        FrameReader,
+        FrameTooLarge,
+        QuorumTracker,
+        SlotWindow,
+        ballot_next,
+        ballot_node,
+        ballot_pack,
+        ballot_round,
+        dumps,
+        encode_frame,
+        encode_frames,
+        loads,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "fastpath: the compiled extension fastpath._fastpath is missing or broken "
+        f"({exc}). Build it with `pip install .` (or `pip install -e .` for development) "
+        "from the paxosd source tree; there is no pure-Python fallback."
+    ) from exc
+
+__all__ = [
+    "BALLOT_CHOSEN",
+    "BALLOT_NONE",
+    "DEFAULT_MAX_FRAME",
+    "MAX_NODE",
+    "MAX_ROUND",
+    "FrameError",
+    "FrameReader",
+    "FrameTooLarge",
+    "QuorumTracker",
+    "SlotWindow",
+    "ballot_next",
+    "ballot_node",
+    "ballot_pack",
+    "ballot_round",
+    "dumps",
+    "encode_frame",
+    "encode_frames",
+    "loads",
+]

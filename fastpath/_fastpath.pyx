@@ -1,0 +1,975 @@
+# cython: language_level=3
+"""The hot, IO-free primitives of paxosd: ballots, quorum tracking, the slot window, framing and
+a CBOR codec for the protocol's value subset.
+
+Contracts in brief (each function and class says exactly what it promises):
+
+- A *ballot* is ``(round << 16) | node`` in an unsigned 64-bit integer. Ballots compare as plain
+  integers, i.e. by (round, node). ``BALLOT_NONE`` (0) is below every real ballot and
+  ``BALLOT_CHOSEN`` (2**64 - 1) above every real ballot; it means "known chosen". Real rounds are
+  ``0..MAX_ROUND`` (= 2**48 - 2, so no real ballot equals ``BALLOT_CHOSEN``), nodes ``0..MAX_NODE``.
+- Slot numbers and commit indices handed to ``reset`` lie in ``[0, SLOT_LIMIT]`` (2**62): far
+  beyond any real log, and small enough that window arithmetic never overflows 64 bits.
+- Values out of their documented range raise ``ValueError``; values that are not integers where
+  integers are expected raise ``TypeError`` (anything with ``__index__`` counts as an integer).
+- A *frame* is a 4-byte big-endian unsigned payload length followed by the payload.
+- ``dumps``/``loads`` speak canonical CBOR (RFC 8949, shortest-form heads, definite lengths) for
+  the subset None, bool, int in [-2**64, 2**64 - 1], byte strings, text strings, arrays and maps,
+  nested at most ``MAX_DEPTH`` (64) containers deep.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Check, PyDict_SetItem
+from cpython.list cimport PyList_Check, PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
+from cpython.memoryview cimport PyMemoryView_Check
+from cpython.number cimport PyNumber_Index
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_DecodeUTF8
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy, memset
+
+cdef extern from *:
+    """
+    /* Population count of a 64-bit mask: the compiler builtin where there is one, else SWAR. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fp_popcount64(x) ((int)__builtin_popcountll((unsigned long long)(x)))
+    #else
+    static inline int fp_popcount64(unsigned long long x) {
+        x = x - ((x >> 1) & 0x5555555555555555ULL);
+        x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+        x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+        return (int)((x * 0x0101010101010101ULL) >> 56);
+    }
+    #endif
+    """
+    int fp_popcount64(uint64_t x) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+
+BALLOT_NONE = 0
+BALLOT_CHOSEN = 0xFFFFFFFFFFFFFFFF
+MAX_ROUND = (1 << 48) - 2
+MAX_NODE = (1 << 16) - 1
+SLOT_LIMIT = 1 << 62
+MAX_DEPTH = 64
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME_LENGTH = 0xFFFFFFFF  # the largest length a 4-byte header can announce
+
+cdef uint64_t C_BALLOT_CHOSEN = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t C_MAX_ROUND = (1ULL << 48) - 2
+cdef uint64_t C_MAX_NODE = 0xFFFF
+cdef int64_t C_SLOT_LIMIT = 1LL << 62
+cdef int C_MAX_DEPTH = 64
+cdef uint64_t C_MAX_FRAME_LENGTH = 0xFFFFFFFFULL
+cdef Py_ssize_t C_BUFFER_KEEP = 1 << 20  # FrameReader keeps an idle buffer up to this size
+
+
+class FrameError(ValueError):
+    """Malformed input: a bad frame header or bytes that are not CBOR of the supported subset."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame header announced a payload longer than the reader's ``max_frame``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer argument conversion (one place for the TypeError/ValueError rules)
+
+cdef inline int _to_u64(object v, uint64_t *out) except -1:
+    """Store ``v`` in ``*out`` and return 1 if it is an integer in [0, 2**64 - 1]; return 0 if it
+    is an integer outside that range; raise TypeError if it is not an integer."""
+    if not PyLong_Check(v):
+        v = PyNumber_Index(v)
+    try:
+        out[0] = v
+    except OverflowError:
+        return 0
+    return 1
+
+
+cdef inline int _to_i64(object v, int64_t *out) except -2:
+    """Store ``v`` in ``*out`` and return 0 if it is an integer in the int64 range; return -1 if
+    it is an integer below that range, +1 if above; raise TypeError if it is not an integer."""
+    if not PyLong_Check(v):
+        v = PyNumber_Index(v)
+    try:
+        out[0] = v
+    except OverflowError:
+        return -1 if v < 0 else 1
+    return 0
+
+
+cdef inline int64_t _clamped_i64(object v) except? -1:
+    """``v`` as an int64, saturated at the int64 bounds (TypeError if not an integer)."""
+    cdef int64_t x = 0
+    cdef int rc = _to_i64(v, &x)
+    if rc < 0:
+        return INT64_MIN
+    if rc > 0:
+        return INT64_MAX
+    return x
+
+
+cdef inline int64_t _ranged(object v, int64_t lo, int64_t hi, str what) except? -1:
+    """``v`` as an int64 if it is an integer in [lo, hi]; ValueError naming ``what`` otherwise."""
+    cdef int64_t x = 0
+    if _to_i64(v, &x) != 0 or x < lo or x > hi:
+        raise ValueError(f"{what} {v!r} out of range [{lo}, {hi}]")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Ballots
+
+cdef inline uint64_t _ballot_arg(object b) except? 0:
+    """``b`` as a uint64 ballot; ValueError if it is an integer outside [0, 2**64 - 1]."""
+    cdef uint64_t x = 0
+    if not _to_u64(b, &x):
+        raise ValueError(f"ballot {b!r} out of range [0, {BALLOT_CHOSEN}]")
+    return x
+
+
+cdef inline uint64_t _pack(object round, object node) except? 0:
+    cdef uint64_t r = 0, n = 0
+    if not _to_u64(round, &r) or r > C_MAX_ROUND:
+        raise ValueError(f"ballot round {round!r} out of range [0, {MAX_ROUND}]")
+    if not _to_u64(node, &n) or n > C_MAX_NODE:
+        raise ValueError(f"ballot node {node!r} out of range [0, {MAX_NODE}]")
+    return (r << 16) | n
+
+
+def ballot_pack(round, node):
+    """Return the ballot ``(round << 16) | node``.
+
+    ValueError (naming the value and the allowed range) unless 0 <= round <= MAX_ROUND and
+    0 <= node <= MAX_NODE.
+    """
+    return _pack(round, node)
+
+
+def ballot_round(b):
+    """Return the round of ballot ``b`` (``b >> 16``); ValueError unless 0 <= b <= 2**64 - 1."""
+    return _ballot_arg(b) >> 16
+
+
+def ballot_node(b):
+    """Return the node of ballot ``b`` (``b & 0xFFFF``); ValueError unless 0 <= b <= 2**64 - 1."""
+    return _ballot_arg(b) & 0xFFFF
+
+
+def ballot_next(seen, node):
+    """Return ``ballot_pack(ballot_round(seen) + 1, node)``: the lowest ballot of ``node`` in a
+    round above ``seen``'s, hence greater than ``seen``.
+
+    ValueError if ``seen`` is not a ballot, is ``BALLOT_CHOSEN`` (nothing outbids it), or its
+    round is already the last one, or ``node`` is out of range.
+    """
+    cdef uint64_t s = _ballot_arg(seen)
+    if s == C_BALLOT_CHOSEN:
+        raise ValueError("ballot_next: BALLOT_CHOSEN cannot be outbid")
+    return _pack((s >> 16) + 1, node)
+
+
+# ---------------------------------------------------------------------------------------------
+# QuorumTracker
+
+cdef class QuorumTracker:
+    """For each slot in ``[commit_index + 1, commit_index + capacity]``, the set (a uint64 mask,
+    bit i = member index i) of members that accepted it at the current ``ballot``.
+
+    ``commit_index`` is the end of the contiguous prefix of slots that reached ``quorum`` acks:
+    it moves forward in ``record`` as soon as slot ``commit_index + 1`` has a quorum. Acks for
+    slots outside the tracked range, or at another ballot, are dropped. The masks live in a C
+    ring buffer indexed by ``slot % capacity``.
+
+    ``QuorumTracker(members, quorum, capacity)``: 1 <= members <= 64, 1 <= quorum <= members,
+    capacity >= 1 (ValueError otherwise). Starts at ballot BALLOT_NONE, commit_index 0.
+    """
+
+    def __cinit__(self, members, quorum, capacity):
+        cdef int64_t m = _ranged(members, 1, 64, "members")
+        cdef int64_t q = _ranged(quorum, 1, m, "quorum")
+        cdef int64_t c = _ranged(capacity, 1, INT64_MAX, "capacity")
+        if <uint64_t>c > <uint64_t>(<size_t>-1) // sizeof(uint64_t):
+            raise MemoryError(f"QuorumTracker capacity {c} is too large")
+        self._ring = <uint64_t *>calloc(<size_t>c, sizeof(uint64_t))
+        if self._ring == NULL:
+            raise MemoryError(f"QuorumTracker: cannot allocate {c} slots")
+        self._members = <int>m
+        self._quorum = <int>q
+        self._capacity = <Py_ssize_t>c
+        self._ballot = 0
+        self._commit = 0
+
+    def __dealloc__(self):
+        free(self._ring)
+        self._ring = NULL
+
+    @property
+    def members(self):
+        """Number of members (acceptors), 1..64."""
+        return self._members
+
+    @property
+    def quorum(self):
+        """Acks needed for a slot to count as chosen."""
+        return self._quorum
+
+    @property
+    def capacity(self):
+        """Number of slots tracked beyond commit_index."""
+        return self._capacity
+
+    @property
+    def ballot(self):
+        """The ballot whose acks are counted."""
+        return self._ballot
+
+    @property
+    def commit_index(self):
+        """Every slot <= commit_index reached a quorum (or preceded the last reset)."""
+        return self._commit
+
+    def reset(self, ballot, commit_index):
+        """Forget every ack; count acks at ``ballot`` for slots from ``commit_index + 1`` on.
+
+        ValueError unless 0 <= ballot <= 2**64 - 1 and 0 <= commit_index <= SLOT_LIMIT.
+        """
+        cdef uint64_t b = _ballot_arg(ballot)
+        cdef int64_t ci = _ranged(commit_index, 0, C_SLOT_LIMIT, "commit_index")
+        memset(self._ring, 0, <size_t>self._capacity * sizeof(uint64_t))
+        self._ballot = b
+        self._commit = ci
+
+    def record(self, member, ballot, first_slot, last_slot):
+        """Member index ``member`` accepted slots ``first_slot..last_slot`` at ``ballot``.
+
+        ValueError unless 0 <= member < members. If ``ballot`` is not the current ballot the
+        call is ignored. Otherwise the member's bit is set for every slot of the range that is
+        tracked, then commit_index advances over every leading slot with >= quorum acks.
+        Returns the new commit_index if it moved, else -1.
+        """
+        cdef int64_t m = _ranged(member, 0, self._members - 1, "member")
+        cdef uint64_t b = 0
+        cdef int ok = _to_u64(ballot, &b)
+        cdef int64_t lo = _clamped_i64(first_slot)
+        cdef int64_t hi = _clamped_i64(last_slot)
+        if not ok:
+            return -1
+        return self.c_record(<int>m, b, lo, hi)
+
+    cdef int64_t c_record(self, int member, uint64_t ballot, int64_t first_slot,
+                          int64_t last_slot) noexcept:
+        """``record`` on C values; requires 0 <= member < members."""
+        cdef uint64_t *ring = self._ring
+        cdef Py_ssize_t cap = self._capacity
+        cdef int64_t start = self._commit
+        cdef int64_t lo, hi, n
+        cdef Py_ssize_t idx
+        cdef uint64_t bit
+        if ballot != self._ballot:
+            return -1
+        lo = first_slot if first_slot > start + 1 else start + 1
+        hi = last_slot if last_slot < start + cap else start + cap
+        if lo > hi:
+            return -1
+        bit = (<uint64_t>1) << member
+        idx = <Py_ssize_t>(lo % cap)
+        n = hi - lo + 1
+        while n > 0:
+            ring[idx] |= bit
+            idx += 1
+            if idx == cap:
+                idx = 0
+            n -= 1
+        # Slide over the leading slots that now have a quorum; each freed cell becomes the
+        # (empty) cell of the slot entering the window at its end.
+        idx = <Py_ssize_t>((start + 1) % cap)
+        while fp_popcount64(ring[idx]) >= self._quorum:
+            ring[idx] = 0
+            self._commit += 1
+            idx += 1
+            if idx == cap:
+                idx = 0
+        return self._commit if self._commit != start else -1
+
+    cdef uint64_t c_acked(self, int64_t slot) noexcept:
+        """``acked`` on a C slot number."""
+        if slot <= self._commit or slot > self._commit + self._capacity:
+            return 0
+        return self._ring[slot % self._capacity]
+
+    def acked(self, slot):
+        """The ack mask of ``slot`` if it is tracked (commit_index < slot <= commit_index +
+        capacity), else 0."""
+        return self.c_acked(_clamped_i64(slot))
+
+    def count(self, slot):
+        """The number of members in ``acked(slot)``."""
+        return fp_popcount64(self.c_acked(_clamped_i64(slot)))
+
+    def __repr__(self):
+        return (f"QuorumTracker(members={self._members}, quorum={self._quorum}, "
+                f"capacity={self._capacity}, ballot={self._ballot}, "
+                f"commit_index={self._commit})")
+
+
+# ---------------------------------------------------------------------------------------------
+# SlotWindow
+
+cdef class SlotWindow:
+    """The in-flight slots ``[first_slot, next_slot)`` and the batch proposed for each.
+
+    ``first_slot`` is the first unchosen slot, ``next_slot`` the next one to open; at most
+    ``capacity`` slots are open at once. Batches (any objects) are held in a ring (a list of
+    ``capacity`` references indexed by ``slot % capacity``) until ``advance`` releases them.
+
+    ``SlotWindow(capacity)``: capacity >= 1 (ValueError otherwise). Starts empty at slot 1.
+    """
+
+    def __cinit__(self, capacity):
+        cdef int64_t c = _ranged(capacity, 1, INT64_MAX, "capacity")
+        self._ring = [None] * c
+        self._capacity = <Py_ssize_t>c
+        self._first = 1
+        self._next = 1
+
+    @property
+    def capacity(self):
+        """The most slots that may be in flight at once."""
+        return self._capacity
+
+    @property
+    def first_slot(self):
+        """The first unchosen slot."""
+        return self._first
+
+    @property
+    def next_slot(self):
+        """The slot the next ``open`` will use."""
+        return self._next
+
+    @property
+    def in_flight(self):
+        """``next_slot - first_slot``: the number of open slots."""
+        return self._next - self._first
+
+    def reset(self, first_slot):
+        """Drop every open slot and batch; both first_slot and next_slot become ``first_slot``.
+
+        ValueError unless 1 <= first_slot <= SLOT_LIMIT.
+        """
+        cdef int64_t f = _ranged(first_slot, 1, C_SLOT_LIMIT, "first_slot")
+        cdef int64_t s
+        for s in range(self._first, self._next):
+            self._ring[<Py_ssize_t>(s % self._capacity)] = None
+        self._first = f
+        self._next = f
+
+    def has_room(self):
+        """True if another slot may be opened (in_flight < capacity)."""
+        return self._next - self._first < self._capacity
+
+    def open(self, batch):
+        """Store ``batch`` in slot next_slot, return that slot and move next_slot on by one.
+
+        OverflowError("slot window full: ...") if in_flight == capacity.
+        """
+        return self.c_open(batch)
+
+    cdef int64_t c_open(self, object batch) except -1:
+        """``open``; returns the slot (>= 1)."""
+        cdef int64_t slot = self._next
+        if slot - self._first >= self._capacity:
+            raise OverflowError(
+                f"slot window full: {slot - self._first} slots in flight "
+                f"[{self._first}, {slot}), capacity {self._capacity}")
+        self._ring[<Py_ssize_t>(slot % self._capacity)] = batch
+        self._next = slot + 1
+        return slot
+
+    def get(self, slot):
+        """The batch of open slot ``slot`` (first_slot <= slot < next_slot); KeyError naming the
+        slot and the open range otherwise."""
+        cdef int64_t s = 0
+        if _to_i64(slot, &s) != 0 or s < self._first or s >= self._next:
+            raise KeyError(f"slot {slot!r} is not open: open slots are "
+                           f"[{self._first}, {self._next})")
+        return self._ring[<Py_ssize_t>(s % self._capacity)]
+
+    def advance(self, commit_index):
+        """Release the slots ``first_slot..min(commit_index, next_slot - 1)``: return their
+        batches in slot order and move first_slot just past them. Returns [] if there are none
+        (commit_index < first_slot or nothing open). next_slot never moves."""
+        return self.c_advance(_clamped_i64(commit_index))
+
+    cdef list c_advance(self, int64_t commit_index):
+        """``advance`` on a C commit index."""
+        cdef int64_t upto = commit_index if commit_index < self._next - 1 else self._next - 1
+        cdef Py_ssize_t n, i, idx
+        cdef list ring = self._ring
+        cdef list out
+        cdef object item
+        if upto < self._first:
+            return []
+        n = <Py_ssize_t>(upto - self._first + 1)
+        out = PyList_New(n)
+        idx = <Py_ssize_t>(self._first % self._capacity)
+        for i in range(n):
+            item = <object>PyList_GET_ITEM(ring, idx)
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, i, item)
+            ring[idx] = None
+            idx += 1
+            if idx == self._capacity:
+                idx = 0
+        self._first = upto + 1
+        return out
+
+    def __repr__(self):
+        return (f"SlotWindow(capacity={self._capacity}, first_slot={self._first}, "
+                f"next_slot={self._next})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Growing output buffer
+
+cdef struct _Out:
+    unsigned char *data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _out_grow(_Out *o, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need, cap
+    cdef unsigned char *p
+    if extra > <Py_ssize_t>(<size_t>-1 >> 1) - o.len:
+        raise MemoryError("output too large")
+    need = o.len + extra
+    cap = o.cap * 2 if o.cap < (<Py_ssize_t>(<size_t>-1 >> 2)) else need
+    if cap < need:
+        cap = need
+    if cap < 256:
+        cap = 256
+    p = <unsigned char *>realloc(o.data, <size_t>cap)
+    if p == NULL:
+        raise MemoryError(f"cannot grow the output buffer to {cap} bytes")
+    o.data = p
+    o.cap = cap
+    return 0
+
+
+cdef inline int _out_reserve(_Out *o, Py_ssize_t extra) except -1:
+    if o.cap - o.len < extra:
+        return _out_grow(o, extra)
+    return 0
+
+
+cdef inline int _out_write(_Out *o, const void *src, Py_ssize_t n) except -1:
+    _out_reserve(o, n)
+    if n > 0:
+        memcpy(o.data + o.len, src, <size_t>n)
+        o.len += n
+    return 0
+
+
+cdef inline void _be32(unsigned char *p, uint64_t v) noexcept:
+    p[0] = <unsigned char>(v >> 24)
+    p[1] = <unsigned char>(v >> 16)
+    p[2] = <unsigned char>(v >> 8)
+    p[3] = <unsigned char>v
+
+
+cdef inline uint64_t _read_be(const unsigned char *p, int nbytes) noexcept:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(nbytes):
+        v = (v << 8) | p[i]
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# CBOR encoding
+
+cdef inline int _put_head(_Out *o, unsigned char major, uint64_t v) except -1:
+    """Append the shortest head of major type ``major`` (0..7) with argument ``v``."""
+    cdef unsigned char *p
+    cdef unsigned char mt = major << 5
+    _out_reserve(o, 9)
+    p = o.data + o.len
+    if v < 24:
+        p[0] = mt | <unsigned char>v
+        o.len += 1
+    elif v <= 0xFF:
+        p[0] = mt | 24
+        p[1] = <unsigned char>v
+        o.len += 2
+    elif v <= 0xFFFF:
+        p[0] = mt | 25
+        p[1] = <unsigned char>(v >> 8)
+        p[2] = <unsigned char>v
+        o.len += 3
+    elif v <= 0xFFFFFFFFULL:
+        p[0] = mt | 26
+        _be32(p + 1, v)
+        o.len += 5
+    else:
+        p[0] = mt | 27
+        _be32(p + 1, v >> 32)
+        _be32(p + 5, v & 0xFFFFFFFFULL)
+        o.len += 9
+    return 0
+
+
+cdef inline int _put_string(_Out *o, unsigned char major, const void *s, Py_ssize_t n) except -1:
+    _put_head(o, major, <uint64_t>n)
+    return _out_write(o, s, n)
+
+
+cdef int _encode_int(_Out *o, object obj) except -1:
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(obj, &overflow)
+    cdef uint64_t u = 0
+    if overflow == 0:
+        if v >= 0:
+            return _put_head(o, 0, <uint64_t>v)
+        return _put_head(o, 1, <uint64_t>(-1 - v))
+    if overflow > 0:
+        if _to_u64(obj, &u):
+            return _put_head(o, 0, u)
+    elif _to_u64(-1 - obj, &u):
+        return _put_head(o, 1, u)
+    raise ValueError(f"cannot encode int of {obj.bit_length()} bits: "
+                     f"outside the CBOR integer range [-2**64, 2**64 - 1]")
+
+
+cdef int _encode_buffer(_Out *o, object obj) except -1:
+    """A byte string holding the bytes of buffer ``obj`` (as ``bytes(obj)`` would)."""
+    cdef Py_buffer view
+    try:
+        PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE)
+    except BufferError:  # a non-contiguous view
+        obj = obj.tobytes()
+        return _put_string(o, 2, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj))
+    try:
+        _put_string(o, 2, view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef int _encode_items(_Out *o, object seq, int depth) except -1:
+    """An array of the items of list or tuple ``seq``."""
+    cdef Py_ssize_t i, n
+    cdef object item
+    if PyList_Check(seq):
+        n = PyList_GET_SIZE(seq)
+        _put_head(o, 4, <uint64_t>n)
+        for i in range(n):
+            if PyList_GET_SIZE(seq) != n:
+                raise RuntimeError("list changed size during encoding")
+            item = <object>PyList_GET_ITEM(seq, i)
+            _encode(o, item, depth)
+    else:
+        n = PyTuple_GET_SIZE(seq)
+        _put_head(o, 4, <uint64_t>n)
+        for i in range(n):
+            _encode(o, <object>PyTuple_GET_ITEM(seq, i), depth)
+    return 0
+
+
+cdef int _encode(_Out *o, object obj, int depth) except -1:
+    """Append the CBOR encoding of ``obj``; ``depth`` = number of enclosing containers."""
+    cdef const char *s
+    cdef Py_ssize_t n
+    cdef type t = type(obj)
+    # Exact types first, most frequent first.
+    if t is int:
+        return _encode_int(o, obj)
+    if t is bytes:
+        return _put_string(o, 2, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj))
+    if t is str:
+        s = PyUnicode_AsUTF8AndSize(obj, &n)
+        return _put_string(o, 3, s, n)
+    if obj is None:
+        return _out_write(o, b"\xf6", 1)
+    if obj is True:
+        return _out_write(o, b"\xf5", 1)
+    if obj is False:
+        return _out_write(o, b"\xf4", 1)
+    if t is list or t is tuple or t is dict:
+        if depth >= C_MAX_DEPTH:
+            raise ValueError(f"cannot encode: containers nested deeper than {MAX_DEPTH}")
+        if t is dict:
+            _put_head(o, 5, <uint64_t>len(<dict>obj))
+            for key, value in (<dict>obj).items():
+                _encode(o, key, depth + 1)
+                _encode(o, value, depth + 1)
+            return 0
+        return _encode_items(o, obj, depth + 1)
+    if t is bytearray:
+        return _put_string(o, 2, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj))
+    if PyMemoryView_Check(obj):
+        return _encode_buffer(o, obj)
+    # Subclasses of the supported types (IntEnum, StrEnum, namedtuple, OrderedDict, ...).
+    if PyLong_Check(obj):
+        return _encode_int(o, obj)
+    if PyUnicode_Check(obj):
+        s = PyUnicode_AsUTF8AndSize(obj, &n)
+        return _put_string(o, 3, s, n)
+    if PyBytes_Check(obj):
+        return _put_string(o, 2, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj))
+    if PyByteArray_Check(obj):
+        return _put_string(o, 2, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj))
+    if PyList_Check(obj) or PyTuple_Check(obj) or PyDict_Check(obj):
+        if depth >= C_MAX_DEPTH:
+            raise ValueError(f"cannot encode: containers nested deeper than {MAX_DEPTH}")
+        if PyDict_Check(obj):
+            items = list(dict.items(obj))  # insertion order, as cbor2 (even for OrderedDict)
+            _put_head(o, 5, <uint64_t>len(items))
+            for key, value in items:
+                _encode(o, key, depth + 1)
+                _encode(o, value, depth + 1)
+            return 0
+        return _encode_items(o, tuple(obj), depth + 1)
+    raise TypeError(f"cannot encode object of type {t.__name__!r} as CBOR (supported: None, "
+                    f"bool, int, bytes, bytearray, memoryview, str, list, tuple, dict)")
+
+
+def dumps(obj):
+    """Return the canonical CBOR encoding of ``obj`` (byte-identical to ``cbor2.dumps``).
+
+    Supported: None, bool, int in [-2**64, 2**64 - 1], bytes/bytearray/memoryview (byte string),
+    str (UTF-8 text string), list/tuple (array), dict (map, keys in insertion order), nested at
+    most 64 containers deep. TypeError naming the type for anything else; ValueError for an int
+    out of range, excessive nesting, or a str that is not encodable as UTF-8 (lone surrogates).
+    """
+    cdef _Out o
+    o.data = NULL
+    o.len = 0
+    o.cap = 0
+    try:
+        _encode(&o, obj, 0)
+        return PyBytes_FromStringAndSize(<char *>o.data, o.len)
+    finally:
+        free(o.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# CBOR decoding
+
+cdef struct _In:
+    const unsigned char *p
+    Py_ssize_t n
+    Py_ssize_t pos
+
+
+cdef object _decode(_In *d, int depth):
+    """Decode the item at ``d.pos`` and move past it; ``depth`` = enclosing containers."""
+    cdef Py_ssize_t start = d.pos
+    cdef Py_ssize_t rem, i, kstart
+    cdef unsigned char ib, major, info
+    cdef int nb
+    cdef uint64_t v
+    cdef object item, key, result
+    if start >= d.n:
+        raise FrameError(f"truncated input: expected a data item at offset {start}")
+    ib = d.p[start]
+    major = ib >> 5
+    info = ib & 31
+    d.pos = start + 1
+    if major == 7:
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        if 25 <= info <= 27:
+            raise FrameError(f"unsupported float (initial byte 0x{ib:02x}) at offset {start}")
+        raise FrameError(f"unsupported simple value or break (initial byte 0x{ib:02x}) "
+                         f"at offset {start}")
+    if info < 24:
+        v = info
+    elif info <= 27:
+        nb = 1 << (info - 24)
+        if d.n - d.pos < nb:
+            raise FrameError(f"truncated input: head at offset {start} needs {nb} more bytes, "
+                             f"{d.n - d.pos} remain")
+        v = _read_be(d.p + d.pos, nb)
+        d.pos += nb
+    else:
+        raise FrameError(f"reserved or indefinite-length head (initial byte 0x{ib:02x}) "
+                         f"at offset {start}")
+    if major == 0:
+        return PyLong_FromUnsignedLongLong(v)
+    if major == 1:
+        if v <= <uint64_t>INT64_MAX:
+            return -1 - <int64_t>v
+        return -1 - PyLong_FromUnsignedLongLong(v)
+    if major == 6:
+        raise FrameError(f"unsupported tag {v} at offset {start}")
+    rem = d.n - d.pos
+    if major == 2 or major == 3:
+        if v > <uint64_t>rem:
+            raise FrameError(f"truncated input: string of {v} bytes at offset {start}, "
+                             f"{rem} bytes remain")
+        i = d.pos
+        d.pos += <Py_ssize_t>v
+        if major == 2:
+            return PyBytes_FromStringAndSize(<const char *>(d.p + i), <Py_ssize_t>v)
+        try:
+            return PyUnicode_DecodeUTF8(<const char *>(d.p + i), <Py_ssize_t>v, "strict")
+        except UnicodeDecodeError:
+            raise FrameError(f"invalid UTF-8 in the text string at offset {start}") from None
+    # Arrays (4) and maps (5).
+    if depth >= C_MAX_DEPTH:
+        raise FrameError(f"containers nested deeper than {MAX_DEPTH} at offset {start}")
+    if major == 4:
+        if v > <uint64_t>rem:  # every item takes at least one byte
+            raise FrameError(f"truncated input: array of {v} items at offset {start}, "
+                             f"{rem} bytes remain")
+        result = PyList_New(<Py_ssize_t>v)
+        for i in range(<Py_ssize_t>v):
+            item = _decode(d, depth + 1)
+            Py_INCREF(item)
+            PyList_SET_ITEM(result, i, item)
+        return result
+    if v > <uint64_t>(rem // 2):  # every pair takes at least two bytes
+        raise FrameError(f"truncated input: map of {v} pairs at offset {start}, "
+                         f"{rem} bytes remain")
+    result = {}
+    for i in range(<Py_ssize_t>v):
+        kstart = d.pos
+        key = _decode(d, depth + 1)
+        if type(key) is list or type(key) is dict:
+            raise FrameError(f"unhashable map key ({type(key).__name__}) at offset {kstart}")
+        item = _decode(d, depth + 1)
+        PyDict_SetItem(result, key, item)
+    return result
+
+
+def loads(data):
+    """Decode the one CBOR item that is the whole of bytes-like ``data``.
+
+    Arrays decode to lists, maps to dicts, byte strings to bytes, text strings to str.
+    FrameError (saying what and at which byte offset) for: truncated input, trailing bytes,
+    reserved or indefinite-length heads, tags, floats, simple values other than false/true/null,
+    invalid UTF-8, containers nested deeper than 64, lengths or counts larger than the bytes
+    that remain (checked before anything is allocated) and array or map keys. Runs in time
+    linear in len(data); never raises anything but FrameError for bytes input.
+    """
+    cdef Py_buffer view
+    cdef _In d
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        d.p = <const unsigned char *>view.buf
+        d.n = view.len
+        d.pos = 0
+        result = _decode(&d, 0)
+        if d.pos != d.n:
+            raise FrameError(f"trailing bytes: {d.n - d.pos} bytes after the item "
+                             f"at offset {d.pos}")
+        return result
+    finally:
+        PyBuffer_Release(&view)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+def encode_frame(payload):
+    """Return the 4-byte big-endian length of bytes-like ``payload`` followed by it.
+
+    ValueError if the payload is longer than 2**32 - 1 bytes.
+    """
+    cdef Py_buffer view
+    cdef bytes out
+    cdef unsigned char *p
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        if <uint64_t>view.len > C_MAX_FRAME_LENGTH:
+            raise ValueError(f"payload of {view.len} bytes is longer than a frame can announce "
+                             f"({MAX_FRAME_LENGTH})")
+        out = PyBytes_FromStringAndSize(NULL, view.len + 4)
+        p = <unsigned char *>PyBytes_AS_STRING(out)
+        _be32(p, <uint64_t>view.len)
+        if view.len:
+            memcpy(p + 4, view.buf, <size_t>view.len)
+        return out
+    finally:
+        PyBuffer_Release(&view)
+
+
+def encode_frames(objs):
+    """Return ``b"".join(encode_frame(dumps(obj)) for obj in objs)``, built in one buffer.
+
+    Raises what ``dumps`` raises, and ValueError for a payload longer than 2**32 - 1 bytes.
+    """
+    cdef _Out o
+    cdef Py_ssize_t at
+    cdef uint64_t plen
+    o.data = NULL
+    o.len = 0
+    o.cap = 0
+    try:
+        for obj in objs:
+            _out_reserve(&o, 4)
+            at = o.len
+            o.len += 4
+            _encode(&o, obj, 0)
+            plen = <uint64_t>(o.len - at - 4)
+            if plen > C_MAX_FRAME_LENGTH:
+                raise ValueError(f"payload of {plen} bytes is longer than a frame can announce "
+                                 f"({MAX_FRAME_LENGTH})")
+            _be32(o.data + at, plen)
+        return PyBytes_FromStringAndSize(<char *>o.data, o.len)
+    finally:
+        free(o.data)
+
+
+cdef class FrameReader:
+    """Splits a byte stream into frame payloads.
+
+    ``feed(data)`` returns the payloads of every frame completed by ``data``, in order, and
+    keeps the incomplete tail (``buffered`` bytes). Complete frames are sliced straight out of
+    ``data``; only the tail is copied into the internal buffer, which never holds more than one
+    partial frame and grows with the bytes actually received, never ahead to an announced length.
+
+    A header announcing more than ``max_frame`` bytes raises FrameTooLarge as soon as the header
+    is complete, before any of that body is kept; the payloads completed earlier in the same
+    ``feed`` are discarded with it. From then on the reader is poisoned: it holds nothing and
+    every ``feed`` raises FrameError.
+
+    ``FrameReader(max_frame=DEFAULT_MAX_FRAME)``: max_frame >= 0 (ValueError otherwise).
+    """
+
+    def __cinit__(self, max_frame=DEFAULT_MAX_FRAME):
+        cdef uint64_t m = 0
+        if not _to_u64(max_frame, &m):
+            raise ValueError(f"max_frame {max_frame!r} out of range [0, {BALLOT_CHOSEN}]")
+        self._max_frame = m
+        self._buf = NULL
+        self._len = 0
+        self._cap = 0
+        self._want = 0
+        self._poisoned = False
+
+    def __dealloc__(self):
+        free(self._buf)
+        self._buf = NULL
+
+    @property
+    def buffered(self):
+        """Bytes held: the received part of the incomplete frame, header included."""
+        return self._len
+
+    @property
+    def max_frame(self):
+        """The largest payload length accepted."""
+        return self._max_frame
+
+    cdef int _hold(self, const unsigned char *data, Py_ssize_t n) except -1:
+        """Append ``n`` bytes to the partial frame buffer."""
+        cdef Py_ssize_t need = self._len + n
+        cdef Py_ssize_t cap
+        cdef unsigned char *p
+        if n <= 0:
+            return 0
+        if need > self._cap:
+            cap = self._cap * 2
+            if cap < need:
+                cap = need
+            if self._want and need <= self._want < cap:
+                cap = self._want
+            if cap < 64:
+                cap = 64
+            p = <unsigned char *>realloc(self._buf, <size_t>cap)
+            if p == NULL:
+                raise MemoryError(f"FrameReader: cannot buffer {cap} bytes")
+            self._buf = p
+            self._cap = cap
+        memcpy(self._buf + self._len, data, <size_t>n)
+        self._len = need
+        return 0
+
+    cdef int _check(self, uint64_t length) except -1:
+        if length > self._max_frame:
+            self._poisoned = True
+            free(self._buf)
+            self._buf = NULL
+            self._len = 0
+            self._cap = 0
+            self._want = 0
+            raise FrameTooLarge(f"frame announces {length} bytes, more than the limit of "
+                                f"{self._max_frame} bytes")
+        return 0
+
+    def feed(self, data):
+        """Take bytes-like ``data``; return the list of payloads (bytes) it completes."""
+        cdef Py_buffer view
+        cdef const unsigned char *p
+        cdef Py_ssize_t n, pos = 0, take
+        cdef uint64_t length
+        cdef list out = []
+        if self._poisoned:
+            raise FrameError("frame reader is poisoned by an earlier framing error")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            p = <const unsigned char *>view.buf
+            n = view.len
+            # 1. Complete the partial frame held from earlier feeds.
+            if self._len > 0:
+                if self._len < 4:
+                    take = 4 - self._len
+                    if take > n:
+                        take = n
+                    self._hold(p, take)
+                    pos = take
+                    if self._len < 4:
+                        return out
+                    length = _read_be(self._buf, 4)
+                    self._check(length)
+                    self._want = <Py_ssize_t>(4 + length)
+                take = self._want - self._len
+                if take > n - pos:
+                    take = n - pos
+                self._hold(p + pos, take)
+                pos += take
+                if self._len < self._want:
+                    return out
+                out.append(PyBytes_FromStringAndSize(<const char *>(self._buf + 4),
+                                                     self._want - 4))
+                self._len = 0
+                self._want = 0
+                if self._cap > C_BUFFER_KEEP:
+                    free(self._buf)
+                    self._buf = NULL
+                    self._cap = 0
+            # 2. Slice every complete frame straight out of data.
+            while n - pos >= 4:
+                length = _read_be(p + pos, 4)
+                self._check(length)
+                if <uint64_t>(n - pos - 4) < length:
+                    break
+                out.append(PyBytes_FromStringAndSize(<const char *>(p + pos + 4),
+                                                     <Py_ssize_t>length))
+                pos += 4 + <Py_ssize_t>length
+            # 3. Keep the tail (its header, when complete, was checked above).
+            if pos < n:
+                if n - pos >= 4:
+                    self._want = <Py_ssize_t>(4 + _read_be(p + pos, 4))
+                self._hold(p + pos, n - pos)
+            return out
+        finally:
+            PyBuffer_Release(&view)
+
+    def __repr__(self):
+        return f"FrameReader(max_frame={self._max_frame}, buffered={self._len})"
