@@ -1,0 +1,649 @@
+"""The Multi-Paxos protocol core: one plain object per node, no I/O, no clock, no randomness.
+
+A driver (the trio server, or the simulator in tests) feeds the node inputs and drains its
+outputs:
+
+    node.tick(now)                 time passed (seconds, any monotonic origin)
+    node.receive(msg, now)         a validated peer message (daemon.messages), also from itself
+    node.submit(req, cmd, now)     a client write command (see daemon.messages)
+    node.read(req, key, now)       a client linearizable read
+    ready = node.ready()           drain what to do, in this order:
+        1. append ``ready.persist`` to the write-ahead log;
+        2. send ``ready.send`` at once (nothing in it depends on unsynced records);
+        3. send ``ready.send_after_persist`` only once every record handed out so far, in this
+           ready and all earlier ones, is durable;
+        4. deliver ``ready.replies`` to clients.
+    Messages addressed to the node's own id are delivered back to it by the driver, on the same
+    terms. The leader is an acceptor too: its own Accepted reaches its quorum tracker only
+    through that path, so its vote counts only once its own log write is durable.
+
+Safety rule 1 (nothing sent that depends on state not yet durable) is the driver's half of the
+contract above: Promise and Accepted only ever leave through ``send_after_persist``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
+
+from daemon.kv import KVStore
+from daemon.messages import (
+    BUSY,
+    NOOP,
+    NOT_LEADER,
+    OK,
+    Accept,
+    Accepted,
+    AcceptRecord,
+    Catchup,
+    CatchupRequest,
+    ChosenRecord,
+    CommitRecord,
+    Prepare,
+    Promise,
+    PromiseRecord,
+    Reject,
+    Reply,
+)
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+
+class ProtocolError(AssertionError):
+    """An invariant of the protocol was about to break: stop rather than continue wrong."""
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Protocol settings. Times are in seconds."""
+
+    heartbeat_interval: float = 0.05
+    election_timeout: tuple[float, float] = (0.15, 0.30)
+    window: int = 64
+    max_batch_commands: int = 4096
+    max_batch_bytes: int = 1 << 20
+    max_pending_commands: int = 100_000
+    max_sessions: int = 100_000
+    catchup_slots: int = 64  # chosen slots per Catchup message
+    behind_limit: int = 64  # a candidate this many chosen slots behind must catch up first
+
+    def __post_init__(self) -> None:
+        lo, hi = self.election_timeout
+        if not 0 < self.heartbeat_interval < lo <= hi:
+            raise ValueError(
+                "need 0 < heartbeat_interval < election_timeout[0] <= election_timeout[1], "
+                f"got {self.heartbeat_interval} and {self.election_timeout}"
+            )
+        for name in ("window", "max_batch_commands", "max_batch_bytes", "max_pending_commands",
+                     "catchup_slots", "behind_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class DurableState:
+    """What a node finds again after a restart: its promise, its log, its commit index.
+
+    ``log`` maps slot -> (ballot, batch); ballot BALLOT_CHOSEN marks a value learned as chosen.
+    """
+
+    promised: int = BALLOT_NONE
+    log: dict = field(default_factory=dict)
+    commit_index: int = 0
+
+    @classmethod
+    def from_records(cls, records) -> "DurableState":
+        state = cls()
+        log = state.log
+        for record in records:
+            if isinstance(record, AcceptRecord):
+                b = record.ballot
+                if b > state.promised:
+                    state.promised = b
+                for i, batch in enumerate(record.batches):
+                    slot = record.first_slot + i
+                    if slot > state.commit_index:
+                        log[slot] = (b, batch)
+            elif isinstance(record, ChosenRecord):
+                for i, batch in enumerate(record.batches):
+                    log[record.first_slot + i] = (BALLOT_CHOSEN, batch)
+            elif isinstance(record, CommitRecord):
+                if record.commit_index > state.commit_index:
+                    state.commit_index = record.commit_index
+            elif isinstance(record, PromiseRecord):
+                if record.ballot > state.promised:
+                    state.promised = record.ballot
+            else:
+                raise TypeError(f"not a durable record: {record!r}")
+        for slot in range(1, state.commit_index + 1):
+            if slot not in log:
+                raise ProtocolError(f"log has no value for chosen slot {slot}")
+        return state
+
+
+@dataclass
+class Ready:
+    """The node's outputs since the last ``ready()``; see the module docstring for the order."""
+
+    persist: list = field(default_factory=list)
+    send: list = field(default_factory=list)  # (destination id, message)
+    send_after_persist: list = field(default_factory=list)  # (destination id, message)
+    replies: list = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.persist or self.send or self.send_after_persist or self.replies)
+
+
+class Node:
+    """One Multi-Paxos node: acceptor, learner and potential leader.
+
+    ``rng`` is any object with ``uniform(a, b)`` (a seeded ``random.Random`` in the simulator).
+    """
+
+    def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,
+                 durable: DurableState | None = None) -> None:
+        members = tuple(sorted(members))
+        if node_id not in members:
+            raise ValueError(f"node {node_id} is not among the members {members}")
+        if not 1 <= len(members) <= 64:
+            raise ValueError(f"need 1 to 64 members, got {len(members)}")
+        self.id = node_id
+        self.members = members
+        self.peers = tuple(m for m in members if m != node_id)
+        self.index = {m: i for i, m in enumerate(members)}
+        self.quorum = len(members) // 2 + 1
+        self.config = config
+        self.rng = rng
+        self.now = now
+
+        durable = durable or DurableState()
+        # Acceptor and learner state (what the log holds).
+        self.promised = durable.promised
+        self.log: dict[int, tuple[int, tuple]] = dict(durable.log)
+        self.commit_index = durable.commit_index
+        self.max_slot = max(self.log, default=0)
+        self.applied_index = 0
+        self.kv = KVStore(config.max_sessions)
+        self.max_seen = max([self.promised] + [b for b, _ in self.log.values() if b != BALLOT_CHOSEN])
+
+        # Proposer state.
+        self.role = FOLLOWER
+        self.ballot = BALLOT_NONE  # the ballot this node leads or stands for
+        self.leader_id: int | None = None
+        self.election_deadline = 0.0
+        self._reset_election_timer()
+        self.promises: dict[int, Promise] = {}
+        self.from_slot = 0
+        self.tracker = QuorumTracker(len(members), self.quorum, config.window)
+        self.window = SlotWindow(config.window)
+        self.queued_batches: deque = deque()  # re-proposals waiting for room in the window
+        self.pending: list = []  # client commands waiting for a batch
+        self.pending_bytes = 0
+        self.waiting: dict[tuple[int, int], object] = {}  # (client_id, seq) -> req
+        self.read_floor = 0
+        self.last_broadcast = now
+        self.last_progress = now
+        self.contact: dict[int, float] = {}
+        self.read_round = 0
+        self.read_round_sent = True
+        self.peer_read_round: dict[int, int] = {}
+        self.reads: deque = deque()  # (req, key, read_index, round)
+        self.catchup_asked_at = -1.0
+
+        self._out = Ready()
+        self._apply()
+
+    # ------------------------------------------------------------------------------ inputs
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        cfg = self.config
+        if self.role == LEADER:
+            if self._lost_quorum_contact():
+                self._step_down(None)
+                return
+            if now - self.last_progress >= 2 * cfg.heartbeat_interval and self.window.in_flight:
+                self._retransmit()
+            if now - self.last_broadcast >= cfg.heartbeat_interval:
+                self._broadcast_accept(self.window.next_slot, ())
+        elif now >= self.election_deadline:
+            self._start_election()
+
+    def receive(self, msg, now: float) -> None:
+        self.now = now
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise TypeError(f"node {self.id}: not a peer message: {msg!r}")
+        handler(self, msg)
+
+    def submit(self, req, cmd: tuple, now: float) -> None:
+        """A client write. The reply comes once the command is chosen and applied here."""
+        self.now = now
+        if self.role != LEADER:
+            self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
+            return
+        key = (cmd[0], cmd[1])
+        if key in self.waiting:  # a retry of a command already on its way
+            self.waiting[key] = req
+            return
+        if len(self.pending) >= self.config.max_pending_commands:
+            self._out.replies.append(Reply(req, BUSY))
+            return
+        self.waiting[key] = req
+        self.pending.append(cmd)
+        self.pending_bytes += len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + 16
+
+    def read(self, req, key: bytes, now: float) -> None:
+        """A linearizable read: answered once a quorum confirmed this node's ballot after the
+        read arrived and the state machine has applied the commit index seen at arrival."""
+        self.now = now
+        if self.role != LEADER:
+            self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
+            return
+        if self.read_round_sent:
+            self.read_round += 1
+            self.read_round_sent = False
+        read_index = max(self.commit_index, self.read_floor)
+        self.reads.append((req, key, read_index, self.read_round))
+
+    def ready(self) -> Ready:
+        """Drain the outputs produced since the last call (batching new proposals first)."""
+        if self.role == LEADER:
+            self._fill_window()
+            if not self.read_round_sent:
+                self._broadcast_accept(self.window.next_slot, ())
+        out = self._out
+        self._out = Ready()
+        return out
+
+    # ------------------------------------------------------------------------------ acceptor
+
+    def _on_prepare(self, msg: Prepare) -> None:
+        b = msg.ballot
+        self._observe(b)
+        if b < self.promised or (b > self.promised and self.commit_index - msg.from_slot + 1 > self.config.behind_limit):
+            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
+            return
+        if b > self.promised:
+            self.promised = b
+            self._out.persist.append(PromiseRecord(b))
+            if self.role != FOLLOWER and b > self.ballot:
+                self._step_down(None)
+        log = self.log
+        commit = self.commit_index
+        entries = []
+        for slot in range(msg.from_slot, self.max_slot + 1):
+            entry = log.get(slot)
+            if entry is not None:
+                entries.append((slot, BALLOT_CHOSEN if slot <= commit else entry[0], entry[1]))
+        self._out.send_after_persist.append(
+            (msg.sender, Promise(self.id, b, commit, tuple(entries))))
+
+    def _on_accept(self, msg: Accept) -> None:
+        b = msg.ballot
+        self._observe(b)
+        if b < self.promised:
+            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
+            return
+        if msg.sender != self.id:
+            if self.role != FOLLOWER:
+                self._step_down(msg.sender)  # a leader with a ballot >= ours is live
+            self.leader_id = msg.sender
+            self._reset_election_timer()
+        raised = b > self.promised
+        if raised:
+            self.promised = b
+        batches = msg.batches
+        first = msg.first_slot
+        last = first + len(batches) - 1
+        if batches:
+            # Slots already known chosen keep their value; accept the rest of the run.
+            skip = max(0, self.commit_index + 1 - first)
+            if skip < len(batches):
+                log = self.log
+                start = first + skip
+                if raised or any(log.get(s, (BALLOT_NONE,))[0] != b for s in range(start, last + 1)):
+                    run = batches[skip:] if skip else batches
+                    for i, batch in enumerate(run):
+                        log[start + i] = (b, batch)
+                    if last > self.max_slot:
+                        self.max_slot = last
+                    self._out.persist.append(AcceptRecord(b, start, run))
+                    raised = False
+        if raised:
+            self._out.persist.append(PromiseRecord(b))
+        self._out.send_after_persist.append(
+            (msg.sender, Accepted(self.id, b, first, last, msg.read_round)))
+        if msg.commit_index > self.commit_index:
+            self._learn_commit(msg.commit_index, b, msg.sender)
+
+    # ------------------------------------------------------------------------------ learner
+
+    def _learn_commit(self, commit_index: int, ballot: int, source: int) -> None:
+        """Take slots up to ``commit_index`` as chosen where this node holds them at ``ballot``
+        (the ballot the commit index came with); ask ``source`` for the rest."""
+        log = self.log
+        slot = self.commit_index
+        while slot < commit_index:
+            entry = log.get(slot + 1)
+            if entry is None or (entry[0] != ballot and entry[0] != BALLOT_CHOSEN):
+                break
+            slot += 1
+        if slot > self.commit_index:
+            self._set_commit(slot)
+        if commit_index > self.commit_index:
+            self._ask_catchup(source)
+
+    def _set_commit(self, commit_index: int) -> None:
+        self.commit_index = commit_index
+        self._out.persist.append(CommitRecord(commit_index))
+        self._apply()
+
+    def _ask_catchup(self, source: int) -> None:
+        if source == self.id:
+            return
+        if self.now - self.catchup_asked_at < self.config.heartbeat_interval:
+            return
+        self.catchup_asked_at = self.now
+        self._out.send.append((source, CatchupRequest(self.id, self.commit_index + 1)))
+
+    def _on_catchup_request(self, msg: CatchupRequest) -> None:
+        first = msg.from_slot
+        if first > self.commit_index or first < 1:
+            return
+        last = min(self.commit_index, first + self.config.catchup_slots - 1)
+        log = self.log
+        batches = tuple(log[s][1] for s in range(first, last + 1))
+        self._out.send.append((msg.sender, Catchup(self.id, first, batches, self.commit_index)))
+
+    def _on_catchup(self, msg: Catchup) -> None:
+        self.catchup_asked_at = -1.0
+        if self.role == LEADER:
+            return  # a leader's commit index moves only with its quorum tracker
+        first = msg.first_slot
+        skip = self.commit_index + 1 - first
+        if skip < 0 or skip >= len(msg.batches):
+            return  # not contiguous with what we know, or nothing new
+        run = msg.batches[skip:]
+        start = first + skip
+        log = self.log
+        for i, batch in enumerate(run):
+            log[start + i] = (BALLOT_CHOSEN, batch)
+        last = start + len(run) - 1
+        if last > self.max_slot:
+            self.max_slot = last
+        self._out.persist.append(ChosenRecord(start, run))
+        self._set_commit(last)
+        if msg.commit_index > self.commit_index:
+            self._ask_catchup(msg.sender)
+
+    def _apply(self) -> None:
+        log = self.log
+        kv = self.kv
+        waiting = self.waiting
+        replies = self._out.replies
+        while self.applied_index < self.commit_index:
+            slot = self.applied_index + 1
+            for cmd in log[slot][1]:
+                status, result = kv.apply(cmd)
+                if waiting:
+                    req = waiting.pop((cmd[0], cmd[1]), None)
+                    if req is not None:
+                        replies.append(Reply(req, status, result))
+            self.applied_index = slot
+        if self.reads:
+            self._serve_reads()
+
+    # ------------------------------------------------------------------------------ proposer
+
+    def _start_election(self) -> None:
+        self.role = CANDIDATE
+        self.leader_id = None
+        ballot = ballot_next(max(self.max_seen, self.promised), self.id)
+        self.ballot = ballot
+        self.max_seen = ballot
+        self.promises = {}
+        self.from_slot = self.commit_index + 1
+        # Our own promise is durable before anyone hears of the ballot, so a restart can never
+        # pick the same ballot again.
+        self.promised = ballot
+        self._out.persist.append(PromiseRecord(ballot))
+        prepare = Prepare(self.id, ballot, self.from_slot)
+        for m in self.members:
+            self._out.send_after_persist.append((m, prepare))
+        self._reset_election_timer()
+
+    def _on_promise(self, msg: Promise) -> None:
+        if self.role != CANDIDATE or msg.ballot != self.ballot:
+            return
+        self.promises[msg.sender] = msg
+        if len(self.promises) >= self.quorum:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        ballot = self.ballot
+        best: dict[int, tuple[int, tuple]] = {}
+        for promise in self.promises.values():
+            for slot, b, batch in promise.entries:
+                if slot > self.commit_index and (slot not in best or b > best[slot][0]):
+                    best[slot] = (b, batch)
+        # Values the promises report chosen are learned at once, as a contiguous run.
+        chosen = []
+        slot = self.commit_index + 1
+        while slot in best and best[slot][0] == BALLOT_CHOSEN:
+            chosen.append(best.pop(slot)[1])
+            slot += 1
+        if chosen:
+            start = self.commit_index + 1
+            for i, batch in enumerate(chosen):
+                self.log[start + i] = (BALLOT_CHOSEN, batch)
+            self.max_slot = max(self.max_slot, start + len(chosen) - 1)
+            self._out.persist.append(ChosenRecord(start, tuple(chosen)))
+            self._set_commit(start + len(chosen) - 1)
+        top = max(best, default=self.commit_index)
+        for s in range(self.commit_index + 1, top + 1):
+            entry = best.get(s)
+            if entry is not None and entry[0] == BALLOT_CHOSEN:
+                raise ProtocolError(f"slot {s} reported chosen beyond a hole in the chosen prefix")
+            self.queued_batches.append(entry[1] if entry is not None else NOOP)
+        if not self.queued_batches:
+            self.queued_batches.append(NOOP)
+        # Reads wait until every re-proposed slot is chosen: only then does the commit index
+        # cover everything a previous leader may have acknowledged.
+        self.read_floor = self.commit_index + len(self.queued_batches)
+        self.role = LEADER
+        self.leader_id = self.id
+        self.promises = {}
+        self.tracker.reset(ballot, self.commit_index)
+        self.window.reset(self.commit_index + 1)
+        self.contact = {m: self.now for m in self.members}
+        self.peer_read_round = {m: 0 for m in self.members}
+        self.last_progress = self.now
+        self._fill_window()
+
+    def _fill_window(self) -> None:
+        window = self.window
+        queued = self.queued_batches
+        first = window.next_slot
+        batches = []
+        while window.has_room():
+            if queued:
+                batch = queued.popleft()
+            elif self.pending:
+                batch = self._take_batch()
+            else:
+                break
+            window.open(batch)
+            batches.append(batch)
+        if batches:
+            self._broadcast_accept(first, tuple(batches))
+
+    def _take_batch(self) -> tuple:
+        pending = self.pending
+        cfg = self.config
+        if len(pending) <= cfg.max_batch_commands and self.pending_bytes <= cfg.max_batch_bytes:
+            batch = tuple(pending)
+            pending.clear()
+            self.pending_bytes = 0
+            return batch
+        size = 0
+        n = 0
+        limit = min(len(pending), cfg.max_batch_commands)
+        while n < limit:
+            cmd = pending[n]
+            cost = len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + 16
+            if n and size + cost > cfg.max_batch_bytes:
+                break
+            size += cost
+            n += 1
+        batch = tuple(pending[:n])
+        del pending[:n]
+        self.pending_bytes -= size
+        return batch
+
+    def _broadcast_accept(self, first_slot: int, batches: tuple) -> None:
+        msg = Accept(self.id, self.ballot, self.commit_index, first_slot, batches, self.read_round)
+        self.read_round_sent = True
+        send = self._out.send
+        for m in (self.members if batches else self.peers):
+            send.append((m, msg))
+        self.last_broadcast = self.now
+
+    def _retransmit(self) -> None:
+        """Resend in-flight slots to each peer that has not acknowledged them."""
+        window = self.window
+        tracker = self.tracker
+        for m in self.members:
+            bit = 1 << self.index[m]
+            first = None
+            for slot in range(window.first_slot, window.next_slot):
+                if not tracker.acked(slot) & bit:
+                    first = slot
+                    break
+            if first is None:
+                continue
+            batches = tuple(window.get(s) for s in range(first, window.next_slot))
+            self._out.send.append(
+                (m, Accept(self.id, self.ballot, self.commit_index, first, batches, self.read_round)))
+        self.read_round_sent = True
+        self.last_progress = self.now
+
+    def _on_accepted(self, msg: Accepted) -> None:
+        if self.role != LEADER or msg.ballot != self.ballot:
+            return
+        sender = msg.sender
+        self.contact[sender] = self.now
+        if msg.read_round > self.peer_read_round[sender]:
+            self.peer_read_round[sender] = msg.read_round
+        if msg.first_slot <= msg.last_slot:
+            new = self.tracker.record(self.index[sender], msg.ballot, msg.first_slot, msg.last_slot)
+            if new != -1:
+                self._on_chosen(new)
+        if self.reads:
+            self._serve_reads()
+
+    def _on_chosen(self, commit_index: int) -> None:
+        start = self.commit_index + 1
+        batches = self.window.advance(commit_index)
+        if len(batches) != commit_index - start + 1:
+            raise ProtocolError(f"window released {len(batches)} batches for slots {start}..{commit_index}")
+        log = self.log
+        ballot = self.ballot
+        missing = False
+        for i, batch in enumerate(batches):
+            slot = start + i
+            entry = log.get(slot)
+            if entry is None or entry[0] != ballot:
+                missing = True
+                log[slot] = (BALLOT_CHOSEN, batch)
+        if commit_index > self.max_slot:
+            self.max_slot = commit_index
+        if missing:
+            self._out.persist.append(ChosenRecord(start, tuple(batches)))
+        self.last_progress = self.now
+        self._set_commit(commit_index)
+
+    def _serve_reads(self) -> None:
+        if self.role != LEADER:
+            return
+        rounds = sorted((self.read_round if m == self.id else r)
+                        for m, r in self.peer_read_round.items())
+        confirmed = rounds[-self.quorum]
+        reads = self.reads
+        replies = self._out.replies
+        kv = self.kv
+        while reads:
+            req, key, read_index, round_ = reads[0]
+            if round_ > confirmed or read_index > self.applied_index:
+                break
+            reads.popleft()
+            replies.append(Reply(req, OK, kv.get(key)))
+
+    def _on_reject(self, msg: Reject) -> None:
+        self._observe(msg.promised)
+        if self.role != FOLLOWER and msg.promised > self.ballot:
+            self._step_down(None)
+        if self.role != LEADER and msg.commit_index > self.commit_index:
+            self._ask_catchup(msg.sender)
+
+    def _lost_quorum_contact(self) -> bool:
+        limit = self.now - 2 * self.config.election_timeout[1]
+        fresh = sum(1 for m, t in self.contact.items() if m == self.id or t >= limit)
+        return fresh < self.quorum
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _observe(self, ballot: int) -> None:
+        if ballot > self.max_seen:
+            self.max_seen = ballot
+
+    def _step_down(self, leader: int | None) -> None:
+        """Stop leading or standing; everything waiting is told to retry at the leader."""
+        self.role = FOLLOWER
+        self.leader_id = leader
+        replies = self._out.replies
+        for req in self.waiting.values():
+            replies.append(Reply(req, NOT_LEADER, leader=leader))
+        for req, _key, _index, _round in self.reads:
+            replies.append(Reply(req, NOT_LEADER, leader=leader))
+        self.waiting.clear()
+        self.reads.clear()
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.queued_batches.clear()
+        self.promises = {}
+        self.window.reset(self.commit_index + 1)
+        self._reset_election_timer()
+
+    def _reset_election_timer(self) -> None:
+        lo, hi = self.config.election_timeout
+        self.election_deadline = self.now + self.rng.uniform(lo, hi)
+
+    _handlers = {
+        Prepare: _on_prepare,
+        Promise: _on_promise,
+        Reject: _on_reject,
+        Accept: _on_accept,
+        Accepted: _on_accepted,
+        CatchupRequest: _on_catchup_request,
+        Catchup: _on_catchup,
+    }
+
+    # ------------------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "leader": self.leader_id,
+            "ballot": self.ballot if self.role != FOLLOWER else self.promised,
+            "promised": self.promised,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "pending": len(self.pending),
+            "in_flight": self.window.in_flight if self.role == LEADER else 0,
+        }

@@ -1,0 +1,69 @@
+"""The replicated state machine: a key-value store with client sessions.
+
+Every replica applies the same chosen batches in the same slot order, so everything here must
+depend only on the commands and their order: no clock, no randomness, no iteration over a set.
+
+Client sessions give at-most-once application. Each command carries (client_id, seq); a session
+remembers the last seq applied for its client and that command's outcome. A retry of the last
+seq gets the remembered outcome instead of being applied again; an older seq is STALE (the
+client has moved on, so nobody waits for it). A client keeps one command outstanding per
+session; a client that pipelines uses one session per outstanding command.
+Sessions beyond ``max_sessions`` are evicted least recently used first, in apply order, which
+is the same on every replica.
+"""
+
+from __future__ import annotations
+
+from daemon.messages import OK, OP_CAS, OP_DELETE, OP_PUT, STALE
+
+
+class KVStore:
+    """Keys and values are bytes. ``apply(cmd)`` returns ``(status, result)``."""
+
+    __slots__ = ("data", "sessions", "max_sessions", "applied_commands")
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        self.data: dict[bytes, bytes] = {}
+        # client_id -> (last seq, status, result); insertion order = least recently used first.
+        self.sessions: dict[int, tuple[int, str, object]] = {}
+        self.max_sessions = max_sessions
+        self.applied_commands = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def apply(self, cmd: tuple) -> tuple[str, object]:
+        client_id, seq, op, key, arg1, arg2 = cmd
+        sessions = self.sessions
+        session = sessions.get(client_id)
+        if session is not None:
+            last_seq = session[0]
+            if seq == last_seq:
+                return session[1], session[2]
+            if seq < last_seq:
+                return STALE, None
+            del sessions[client_id]  # re-inserted below, at the most recent end
+        data = self.data
+        if op == OP_PUT:
+            data[key] = arg1
+            result = None
+        elif op == OP_CAS:
+            current = data.get(key)
+            result = current == arg1
+            if result:
+                data[key] = arg2
+        elif op == OP_DELETE:
+            result = data.pop(key, None) is not None
+        else:
+            raise ValueError(f"command {cmd!r}: unknown op {op!r}")
+        self.applied_commands += 1
+        sessions[client_id] = (seq, OK, result)
+        if len(sessions) > self.max_sessions:
+            del sessions[next(iter(sessions))]
+        return OK, result
+
+    def state(self) -> tuple:
+        """A comparable image of the replica's state (for the simulator's checks)."""
+        return (tuple(sorted(self.data.items())), tuple(self.sessions.items()))

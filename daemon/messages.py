@@ -1,0 +1,184 @@
+"""The protocol's vocabulary: commands, peer messages, durable records, client replies.
+
+Everything here is a small frozen value. The protocol core consumes and produces these; the
+wire codec (daemon.wire) turns peer messages into CBOR tuples and back; the storage layer
+(daemon.storage) turns records into WAL entries and back.
+
+Representation choices made for the hot path:
+
+- A *command* is a plain tuple ``(client_id, seq, op, key, arg1, arg2)`` (see ``OP_*``), not a
+  class: batches hold thousands of them and they cross the wire unchanged.
+- A *batch* is a tuple of commands. One slot holds one batch. The empty batch is the no-op that
+  fills holes.
+- Ballots are the unsigned 64-bit integers of ``fastpath`` (round << 16 | node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Command operations. Reads do not go through the log (see Node.read): they use the read index.
+OP_PUT = 1  # (client_id, seq, OP_PUT, key, value, None)        -> None
+OP_DELETE = 2  # (client_id, seq, OP_DELETE, key, None, None)   -> bool existed
+OP_CAS = 3  # (client_id, seq, OP_CAS, key, expected, new)       -> bool swapped
+OPS = (OP_PUT, OP_DELETE, OP_CAS)
+
+NOOP: tuple = ()  # the empty batch
+
+# Client reply statuses.
+OK = "ok"
+NOT_LEADER = "not_leader"  # retry elsewhere; ``leader`` names the leader when known
+STALE = "stale"  # the command's seq is older than the session's last applied one
+BUSY = "busy"  # the leader's queue is full; retry later
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer messages. ``sender`` is the node id of the sender. Entries are tuples for compactness.
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Phase 1a: ``sender`` asks for promises for ``ballot`` on slots >= ``from_slot``."""
+
+    sender: int
+    ballot: int
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """Phase 1b, sent only after the promise is durable.
+
+    ``entries`` are ``(slot, ballot, batch)`` for every slot >= the Prepare's from_slot that the
+    acceptor holds; slots it knows chosen carry ``BALLOT_CHOSEN`` so they win every comparison.
+    """
+
+    sender: int
+    ballot: int
+    commit_index: int
+    entries: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """An acceptor refuses a Prepare or an Accept for ``ballot`` because it promised ``promised``.
+
+    ``commit_index`` tells a candidate how far behind it is.
+    """
+
+    sender: int
+    ballot: int
+    promised: int
+    commit_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Phase 2a and heartbeat: ``batches[i]`` is proposed for slot ``first_slot + i``.
+
+    ``commit_index`` is the leader's contiguous chosen prefix, valid for ``ballot``.
+    ``read_round`` numbers the leader's quorum confirmations for reads (0 = none asked).
+    An Accept with no batches is a heartbeat.
+    """
+
+    sender: int
+    ballot: int
+    commit_index: int
+    first_slot: int
+    batches: tuple
+    read_round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Phase 2b, sent only after the accepted entries are durable.
+
+    The acceptor holds slots ``first_slot..last_slot`` (empty when first > last) at ``ballot``
+    and confirms ``ballot`` for ``read_round``.
+    """
+
+    sender: int
+    ballot: int
+    first_slot: int
+    last_slot: int
+    read_round: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest:
+    """A learner asks for the chosen values of slots >= ``from_slot``."""
+
+    sender: int
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Catchup:
+    """Chosen values: ``batches[i]`` was chosen for slot ``first_slot + i``."""
+
+    sender: int
+    first_slot: int
+    batches: tuple
+    commit_index: int
+
+
+PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable records: what an acceptor and learner must find again after a crash.
+
+
+@dataclass(frozen=True, slots=True)
+class PromiseRecord:
+    """The acceptor promised ``ballot``: it accepts nothing lower."""
+
+    ballot: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRecord:
+    """The acceptor accepted ``batches[i]`` for slot ``first_slot + i`` at ``ballot``.
+
+    Accepting under a ballot also raises the promise to it.
+    """
+
+    ballot: int
+    first_slot: int
+    batches: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenRecord:
+    """The learner was told ``batches[i]`` is chosen for slot ``first_slot + i``."""
+
+    first_slot: int
+    batches: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """Every slot <= ``commit_index`` is chosen, with the value this node's log holds for it."""
+
+    commit_index: int
+
+
+RECORDS = (PromiseRecord, AcceptRecord, ChosenRecord, CommitRecord)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client replies.
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to the request the driver tagged ``req``.
+
+    ``status`` is one of OK, NOT_LEADER, STALE, BUSY; ``result`` is the operation's output when
+    OK; ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
+    """
+
+    req: object
+    status: str
+    result: object = None
+    leader: int | None = None

@@ -1,0 +1,620 @@
+"""A seeded, deterministic simulator that runs the real protocol core under faults.
+
+    python -m tests.simulator --seeds 300             # seeds 0..299, 3 and 5 nodes alternating
+    python -m tests.simulator --seed 1234 --nodes 5   # replay one seed exactly
+    python -m tests.simulator --seeds 10000 --jobs 2 --steps 6000
+
+Each seed draws its own fault mix: message drop (up to 30%), duplication (up to 50%), delay and
+reordering, symmetric/asymmetric/single-node partitions, crashes that lose everything not yet
+fsynced, restarts from what was synced, and pauses. Clients issue random put/get/delete/cas on a
+few keys, retrying through timeouts and redirects under one session.
+
+After every step: no two nodes learn different values for a slot, and a node's chosen log
+never changes. At the end: faults are healed and every pending command must complete within a
+bounded number of election timeouts, all replicas must agree, every acknowledged write must be in
+the chosen log, and the client history must be linearizable. The same seed on the same code gives
+the same trace hash; a failure prints the command that replays it.
+
+The driver here keeps the core's durability contract exactly as the daemon does: records are
+appended, an fsync completes later, and ``send_after_persist`` messages leave only once every
+record handed out before them is durable. ``--bug`` swaps in a deliberately broken core to show
+the checks catch it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+from daemon import core as core_module
+from daemon.core import CoreConfig, DurableState, Node
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, Reply
+from tests.linearizability import Operation, check
+
+ELECTION = (0.150, 0.300)
+HEARTBEAT = 0.050
+TICK = 0.010
+
+
+class Violation(AssertionError):
+    """A safety or liveness property failed; the message says which and where."""
+
+
+@dataclass
+class FaultMix:
+    drop: float
+    duplicate: float
+    delay_max: float  # seconds; most messages take far less
+    long_delay: float  # probability that a message is held back long enough to be reordered
+    partition_every: float  # mean seconds between partition changes (0 = never)
+    crash_every: float  # mean seconds between crashes (0 = never)
+    pause_every: float  # mean seconds between pauses (0 = never)
+    fsync: tuple[float, float]  # fsync latency range, seconds
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> "FaultMix":
+        def maybe(p, lo, hi):
+            return rng.uniform(lo, hi) if rng.random() < p else 0.0
+
+        return cls(
+            drop=maybe(0.7, 0.0, 0.30),
+            duplicate=maybe(0.5, 0.0, 0.50),
+            delay_max=rng.choice([0.001, 0.005, 0.02, 0.08]),
+            long_delay=maybe(0.5, 0.0, 0.1),
+            partition_every=maybe(0.7, 0.2, 2.0),
+            crash_every=maybe(0.8, 0.1, 2.0),
+            pause_every=maybe(0.3, 0.5, 3.0),
+            fsync=(0.0002, rng.choice([0.0005, 0.002, 0.01, 0.05])),
+        )
+
+    def describe(self) -> str:
+        return (f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay<={self.delay_max * 1000:.0f}ms "
+                f"reorder={self.long_delay:.2f} partition/{self.partition_every:.1f}s "
+                f"crash/{self.crash_every:.1f}s pause/{self.pause_every:.1f}s "
+                f"fsync<={self.fsync[1] * 1000:.1f}ms")
+
+
+# ------------------------------------------------------------------------------------ bugs
+
+class _AnswersBeforePersist(Node):
+    """Broken on purpose: Promise and Accepted leave before the records they vouch for."""
+
+    def ready(self):
+        out = super().ready()
+        out.send.extend(out.send_after_persist)
+        out.send_after_persist = []
+        return out
+
+
+class _SkipsReproposal(Node):
+    """Broken on purpose: a new leader ignores the values its promises report."""
+
+    def _become_leader(self):
+        for promise in self.promises.values():
+            object.__setattr__(promise, "entries", ())
+        super()._become_leader()
+
+
+class _ForgetsPromise(Node):
+    """Broken on purpose: the promise is never written to the log."""
+
+    def ready(self):
+        out = super().ready()
+        out.persist = [r for r in out.persist if type(r).__name__ != "PromiseRecord"]
+        return out
+
+
+BUGS = {
+    "answers-before-persist": _AnswersBeforePersist,
+    "skips-reproposal": _SkipsReproposal,
+    "forgets-promise": _ForgetsPromise,
+}
+
+
+# ------------------------------------------------------------------------------------ nodes
+
+@dataclass
+class SimNode:
+    id: int
+    node: Node | None = None
+    up: bool = True
+    incarnation: int = 0
+    paused_until: float = 0.0
+    durable: list = field(default_factory=list)
+    unsynced: list = field(default_factory=list)  # records not yet part of an fsync
+    unsynced_sends: list = field(default_factory=list)
+    syncing: list = field(default_factory=list)  # records of the fsync in flight
+    syncing_sends: list = field(default_factory=list)
+    sync_in_flight: bool = False
+    checked_commit: int = 0
+
+
+@dataclass
+class ClientOp:
+    op: str
+    key: bytes
+    value: bytes | None
+    expected: bytes | None
+    seq: int
+    call: float
+    attempt: int = 0
+    deadline: float = 0.0
+
+
+class Simulation:
+    def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int = 3,
+                 keys: int = 3, bug: str | None = None, verbose: bool = False) -> None:
+        self.seed = seed
+        self.n = nodes
+        self.steps = steps
+        self.rng = random.Random(seed)
+        self.mix = FaultMix.draw(self.rng)
+        self.mix_text = self.mix.describe()
+        self.node_class = BUGS[bug] if bug else Node
+        self.verbose = verbose
+        self.config = CoreConfig(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION,
+                                 window=self.rng.choice([1, 4, 16, 64]),
+                                 max_batch_commands=self.rng.choice([1, 3, 64]),
+                                 catchup_slots=self.rng.choice([1, 8, 64]),
+                                 behind_limit=self.rng.choice([4, 64]))
+        self.ids = list(range(1, nodes + 1))
+        self.now = 0.0
+        self.queue: list = []
+        self.counter = 0
+        self.trace = hashlib.sha256()
+        self.events = 0
+        self.blocked: set[tuple[int, int]] = set()
+        self.nodes = {i: SimNode(i) for i in self.ids}
+        self.chosen: dict[int, tuple] = {}
+        self.chosen_commands: set[tuple[int, int]] = set()
+        self.history: list[Operation] = []
+        self.acked_writes: list[tuple[int, int]] = []
+        self.keys = [b"k%d" % i for i in range(keys)]
+        self.clients = {}
+        self.healed = False
+        for sim in self.nodes.values():
+            self._boot(sim)
+        for c in range(clients):
+            cid = self.rng.getrandbits(40) + 1
+            self.clients[cid] = {"seq": 0, "op": None, "target": self.rng.choice(self.ids), "n": 0}
+            self._schedule(self.rng.uniform(0, 0.05), "client", cid)
+        for kind, every in (("partition", self.mix.partition_every),
+                            ("crash", self.mix.crash_every), ("pause", self.mix.pause_every)):
+            if every:
+                self._schedule(self.rng.expovariate(1 / every), kind, None)
+
+    # -------------------------------------------------------------------------- scheduling
+
+    def _schedule(self, delay: float, kind: str, data) -> None:
+        self.counter += 1
+        heapq.heappush(self.queue, (self.now + delay, self.counter, kind, data))
+
+    def _boot(self, sim: SimNode) -> None:
+        sim.incarnation += 1
+        sim.up = True
+        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
+        sim.sync_in_flight = False
+        durable = DurableState.from_records(sim.durable)
+        rng = random.Random(self.rng.getrandbits(64))
+        sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable)
+        sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
+        self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
+        self._drain(sim)
+
+    # -------------------------------------------------------------------------- network
+
+    def _transmit(self, src: int, dst: int, msg) -> None:
+        if dst == src:
+            self._schedule(0.0, "deliver", (dst, msg))
+            return
+        if (src, dst) in self.blocked:
+            return
+        rng = self.rng
+        if rng.random() < self.mix.drop:
+            return
+        copies = 2 if rng.random() < self.mix.duplicate else 1
+        for _ in range(copies):
+            delay = rng.uniform(0.0001, self.mix.delay_max)
+            if rng.random() < self.mix.long_delay:
+                delay += rng.uniform(0, 10 * self.mix.delay_max + 0.05)
+            self._schedule(delay, "deliver", (dst, msg))
+
+    # -------------------------------------------------------------------------- driver
+
+    def _drain(self, sim: SimNode) -> None:
+        """Carry out a node's outputs under the durability contract."""
+        ready = sim.node.ready()
+        if ready.persist:
+            sim.unsynced.extend(ready.persist)
+        for dst, msg in ready.send:
+            self._transmit(sim.id, dst, msg)
+        if ready.send_after_persist:
+            if sim.unsynced:
+                sim.unsynced_sends.extend(ready.send_after_persist)
+            elif sim.sync_in_flight:
+                sim.syncing_sends.extend(ready.send_after_persist)
+            else:
+                for dst, msg in ready.send_after_persist:
+                    self._transmit(sim.id, dst, msg)
+        if sim.unsynced and not sim.sync_in_flight:
+            self._start_fsync(sim)
+        for reply in ready.replies:
+            self._reply(sim.id, reply)
+        self._check_node(sim)
+
+    def _start_fsync(self, sim: SimNode) -> None:
+        sim.syncing, sim.syncing_sends = sim.unsynced, sim.unsynced_sends
+        sim.unsynced, sim.unsynced_sends = [], []
+        sim.sync_in_flight = True
+        self._schedule(self.rng.uniform(*self.mix.fsync), "fsync", (sim.id, sim.incarnation))
+
+    def _fsync_done(self, sim: SimNode) -> None:
+        sim.durable.extend(sim.syncing)
+        sends = sim.syncing_sends
+        sim.syncing, sim.syncing_sends = [], []
+        sim.sync_in_flight = False
+        for dst, msg in sends:
+            self._transmit(sim.id, dst, msg)
+        if sim.unsynced:
+            self._start_fsync(sim)
+
+    # -------------------------------------------------------------------------- clients
+
+    def _client_step(self, cid: int) -> None:
+        client = self.clients[cid]
+        op = client["op"]
+        if op is None:
+            if self.healed and self.now > self.heal_time + 0.5:
+                return  # the load stops once the healed cluster had time to settle
+            op = self._new_op(cid)
+            client["op"] = op
+        elif self.now < op.deadline:
+            self._schedule(op.deadline - self.now, "client", cid)
+            return
+        else:
+            client["target"] = self.rng.choice(self.ids)  # timed out: try elsewhere
+        self._send_request(cid, op)
+
+    def _new_op(self, cid: int) -> ClientOp:
+        client = self.clients[cid]
+        rng = self.rng
+        key = rng.choice(self.keys)
+        kind = rng.choices(["put", "get", "delete", "cas"], [4, 4, 1, 2])[0]
+        client["n"] += 1
+        value = expected = None
+        if kind == "put":
+            value = b"%d-%d" % (cid % 1000, client["n"])
+        elif kind == "cas":
+            expected = rng.choice([None, *self._recent_values(key)])
+            value = b"%d-%d" % (cid % 1000, client["n"])
+        seq = 0
+        if kind != "get":
+            client["seq"] += 1
+            seq = client["seq"]
+        return ClientOp(kind, key, value, expected, seq, self.now)
+
+    def _recent_values(self, key: bytes) -> list:
+        vals = [o.value for o in self.history[-20:] if o.key == key and o.value is not None]
+        return vals[-3:]
+
+    def _send_request(self, cid: int, op: ClientOp) -> None:
+        client = self.clients[cid]
+        op.attempt += 1
+        op.deadline = self.now + 0.2
+        target = client["target"]
+        self._schedule(0.2 + 1e-6, "client", cid)
+        if self.rng.random() < self.mix.drop:
+            return
+        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "request",
+                       (target, cid, op.seq, op.attempt))
+
+    def _request(self, target: int, cid: int, seq: int, attempt: int) -> None:
+        sim = self.nodes[target]
+        op = self.clients[cid]["op"]
+        if op is None or op.seq != seq or op.attempt != attempt:
+            return
+        node = sim.node
+        req = (cid, seq, attempt, op.call)
+        if op.op == "get":
+            node.read(req, op.key, self.now)
+        elif op.op == "put":
+            node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
+        elif op.op == "delete":
+            node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+        else:
+            node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
+        self._drain(sim)
+
+    def _reply(self, node_id: int, reply: Reply) -> None:
+        if self.rng.random() < self.mix.drop:
+            return
+        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "reply", (node_id, reply))
+
+    def _on_reply(self, node_id: int, reply: Reply) -> None:
+        cid, seq, attempt, call = reply.req
+        client = self.clients[cid]
+        op = client["op"]
+        if op is None or op.call != call:
+            return  # an answer to an operation already finished
+        if reply.status == OK:
+            result = reply.result
+            self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
+                                          self.now, result))
+            if op.op != "get":
+                if (cid, op.seq) not in self.chosen_commands:
+                    raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
+                                    "that no node has learned as chosen")
+                self.acked_writes.append((cid, op.seq))
+            client["op"] = None
+            client["target"] = node_id
+            self._schedule(self.rng.uniform(0, 0.01), "client", cid)
+        elif reply.status == NOT_LEADER and attempt == op.attempt:
+            if reply.leader is not None:
+                client["target"] = reply.leader
+            else:
+                client["target"] = self.rng.choice(self.ids)
+            op.deadline = self.now + 0.02  # retry soon, not at once: an election may be on
+            self._schedule(0.02, "client", cid)
+        elif attempt == op.attempt:
+            op.deadline = self.now + 0.02
+            self._schedule(0.02, "client", cid)
+
+    # -------------------------------------------------------------------------- faults
+
+    def _fault(self, kind: str) -> None:
+        rng = self.rng
+        if self.healed:
+            return
+        if kind == "partition":
+            self.blocked = set()
+            shape = rng.choice(["heal", "symmetric", "asymmetric", "isolate"])
+            if shape == "symmetric":
+                group = set(rng.sample(self.ids, rng.randint(1, self.n - 1)))
+                self.blocked = {(a, b) for a in self.ids for b in self.ids
+                                if (a in group) != (b in group)}
+            elif shape == "asymmetric":
+                for _ in range(rng.randint(1, self.n)):
+                    a, b = rng.sample(self.ids, 2)
+                    self.blocked.add((a, b))
+            elif shape == "isolate":
+                x = rng.choice(self.ids)
+                self.blocked = {(a, b) for a in self.ids for b in self.ids
+                                if a != b and x in (a, b)}
+            self._schedule(rng.expovariate(1 / self.mix.partition_every), "partition", None)
+        elif kind == "crash":
+            # Half the crashes hit the leader: that is where lost state hurts most.
+            # A fifth of them are power cuts across a majority or the whole cluster at once.
+            leaders = [s.id for s in self.nodes.values() if s.up and s.node.role == "leader"]
+            if rng.random() < 0.2:
+                victims = rng.sample(self.ids, rng.choice([self.n // 2 + 1, self.n]))
+            elif leaders and rng.random() < 0.5:
+                victims = [rng.choice(leaders)]
+            else:
+                victims = [rng.choice(self.ids)]
+            for victim in victims:
+                sim = self.nodes[victim]
+                if sim.up:
+                    self._crash(sim)
+                    self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
+            self._schedule(rng.expovariate(1 / self.mix.crash_every), "crash", None)
+        elif kind == "pause":
+            sim = self.nodes[rng.choice(self.ids)]
+            sim.paused_until = max(sim.paused_until, self.now + rng.uniform(0.05, 1.0))
+            self._schedule(rng.expovariate(1 / self.mix.pause_every), "pause", None)
+
+    def _crash(self, sim: SimNode) -> None:
+        sim.up = False
+        sim.node = None
+        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
+        sim.sync_in_flight = False
+        sim.paused_until = 0.0
+
+    def _heal(self) -> None:
+        self.healed = True
+        self.heal_time = self.now
+        self.blocked = set()
+        self.mix.drop = self.mix.duplicate = self.mix.long_delay = 0.0
+        for sim in self.nodes.values():
+            sim.paused_until = 0.0
+            if not sim.up:
+                self._boot(sim)
+
+    # -------------------------------------------------------------------------- checks
+
+    def _check_node(self, sim: SimNode) -> None:
+        node = sim.node
+        if node is None:
+            return
+        if node.applied_index > node.commit_index:
+            raise Violation(f"node {sim.id} applied {node.applied_index} beyond commit {node.commit_index}")
+        chosen = self.chosen
+        log = node.log
+        for slot in range(sim.checked_commit + 1, node.commit_index + 1):
+            batch = log[slot][1]
+            known = chosen.get(slot)
+            if known is None:
+                chosen[slot] = batch
+                for cmd in batch:
+                    self.chosen_commands.add((cmd[0], cmd[1]))
+            elif known != batch:
+                raise Violation(f"slot {slot}: node {sim.id} learned {batch!r} but {known!r} was chosen")
+        if node.commit_index > sim.checked_commit:
+            sim.checked_commit = node.commit_index
+
+    def _final_checks(self) -> None:
+        live = [s.node for s in self.nodes.values()]
+        commits = {n.id: n.commit_index for n in live}
+        if len(set(commits.values())) != 1:
+            raise Violation(f"after healing, commit indexes differ: {commits}")
+        states = {n.kv.state() for n in live}
+        if len(states) != 1:
+            raise Violation("after healing, replicas' key-value states differ")
+        for n in live:
+            for slot in range(1, n.commit_index + 1):
+                if n.log[slot][1] != self.chosen[slot]:
+                    raise Violation(f"node {n.id} slot {slot} differs from the chosen value")
+        for w in self.acked_writes:
+            if w not in self.chosen_commands:
+                raise Violation(f"acknowledged write (client {w[0]}, seq {w[1]}) is not in the chosen log")
+        pending = [cid for cid, c in self.clients.items() if c["op"] is not None]
+        if pending:
+            raise Violation(f"clients {pending} still waiting {self.now - self.heal_time:.2f}s after healing")
+        history = list(self.history)
+        result = check(history)
+        if result.ok is False:
+            raise Violation(f"history is not linearizable: {result.info}")
+
+    # -------------------------------------------------------------------------- main loop
+
+    def run(self) -> str:
+        settle = 20 * ELECTION[1]  # bound on completing everything after healing
+        heal_at = None
+        while self.queue:
+            t, _, kind, data = heapq.heappop(self.queue)
+            self.now = t
+            self.events += 1
+            if heal_at is None and self.events >= self.steps:
+                self._heal()
+                heal_at = t
+            if heal_at is not None and t > heal_at + settle:
+                break
+            self._dispatch(kind, data)
+        else:
+            raise Violation("the event queue ran dry")
+        if heal_at is None:
+            raise Violation("run ended before healing")
+        # Unknown outcomes for operations still open (there should be none: checked below).
+        self._final_checks()
+        return self.trace.hexdigest()
+
+    def _dispatch(self, kind: str, data) -> None:
+        trace = self.trace
+        if kind == "deliver":
+            dst, msg = data
+            sim = self.nodes[dst]
+            if not sim.up:
+                return
+            if sim.paused_until > self.now:
+                self._schedule(sim.paused_until - self.now, kind, data)
+                return
+            trace.update(b"d%d%s%d%.6f" % (dst, type(msg).__name__.encode(), msg.ballot if hasattr(msg, "ballot") else 0, self.now))
+            sim.node.receive(msg, self.now)
+            self._drain(sim)
+        elif kind == "tick":
+            node_id, inc = data
+            sim = self.nodes[node_id]
+            if not sim.up or sim.incarnation != inc:
+                return
+            self._schedule(TICK, "tick", data)
+            if sim.paused_until > self.now:
+                return
+            sim.node.tick(self.now)
+            self._drain(sim)
+        elif kind == "fsync":
+            node_id, inc = data
+            sim = self.nodes[node_id]
+            if not sim.up or sim.incarnation != inc:
+                return
+            trace.update(b"f%d%.6f" % (node_id, self.now))
+            self._fsync_done(sim)
+        elif kind == "client":
+            self._client_step(data)
+        elif kind == "request":
+            target = data[0]
+            sim = self.nodes[target]
+            if not sim.up:
+                return
+            if sim.paused_until > self.now:
+                self._schedule(sim.paused_until - self.now, kind, data)
+                return
+            trace.update(b"r%d%d%.6f" % (target, data[1], self.now))
+            self._request(*data)
+        elif kind == "reply":
+            trace.update(b"p%d%s%.6f" % (data[0], data[1].status.encode(), self.now))
+            self._on_reply(*data)
+        elif kind in ("partition", "crash", "pause"):
+            trace.update(kind.encode())
+            self._fault(kind)
+        elif kind == "restart":
+            sim = self.nodes[data]
+            if not sim.up:
+                trace.update(b"b%d" % data)
+                self._boot(sim)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+
+
+def replay_command(seed: int, nodes: int, steps: int, bug: str | None) -> str:
+    cmd = f"python -m tests.simulator --seed {seed} --nodes {nodes} --steps {steps}"
+    return cmd + (f" --bug {bug}" if bug else "")
+
+
+def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None) -> tuple[bool, str, str]:
+    """Run one seed; returns (ok, trace hash or failure text, fault mix)."""
+    sim = None
+    try:
+        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug)
+        digest = sim.run()
+        return True, digest, sim.mix_text
+    except (Violation, core_module.ProtocolError) as exc:
+        mix = sim.mix_text if sim else "?"
+        return False, f"{type(exc).__name__}: {exc}\n  replay: {replay_command(seed, nodes, steps, bug)}", mix
+
+
+def _run_many(args_tuple):
+    seeds, nodes_choice, steps, bug, stop_on_first = args_tuple
+    failures = []
+    for seed in seeds:
+        nodes = nodes_choice or (3 if seed % 2 == 0 else 5)
+        ok, text, mix = run_seed(seed, nodes, steps, bug)
+        if not ok:
+            failures.append((seed, text, mix))
+            if stop_on_first:
+                break
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.simulator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=100, help="run seeds 0..N-1 (default 100)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="replay this one seed and print its trace hash")
+    parser.add_argument("--steps", type=int, default=4000, help="events before healing (default 4000)")
+    parser.add_argument("--nodes", type=int, choices=[3, 5], help="cluster size (default: 3 for even seeds, 5 for odd)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument("--bug", choices=sorted(BUGS), help="run a deliberately broken core")
+    parser.add_argument("--stop-on-first", action="store_true", help="stop at the first failing seed")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    if args.seed is not None:
+        nodes = args.nodes or (3 if args.seed % 2 == 0 else 5)
+        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug)
+        print(f"seed {args.seed} nodes {nodes}: {mix}")
+        print(("trace " + text) if ok else text)
+        return 0 if ok else 1
+
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.jobs > 1:
+        import multiprocessing
+
+        chunks = [seeds[i::args.jobs] for i in range(args.jobs)]
+        with multiprocessing.Pool(args.jobs) as pool:
+            parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first) for c in chunks])
+        failures = sorted(f for part in parts for f in part)
+    else:
+        failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first))
+    elapsed = time.monotonic() - started
+    for seed, text, mix in failures[:20]:
+        print(f"FAIL seed {seed} ({mix})\n  {text}")
+    print(f"{len(seeds)} seeds, {len(failures)} failed, {elapsed:.1f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
