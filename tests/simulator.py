@@ -160,7 +160,7 @@ class Simulation:
         self.config = CoreConfig(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION,
                                  window=self.rng.choice([1, 4, 16, 64]),
                                  max_batch_commands=self.rng.choice([1, 3, 64]),
-                                 catchup_slots=self.rng.choice([1, 8, 64]),
+                                 catchup_slots=self.rng.choice([4, 16, 64]),
                                  behind_limit=self.rng.choice([4, 64]))
         self.ids = list(range(1, nodes + 1))
         self.now = 0.0
