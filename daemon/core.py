@@ -644,6 +644,7 @@ class Node:
             "promised": self.promised,
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
+            "commands_applied": self.kv.applied_commands,
             "pending": len(self.pending),
             "in_flight": self.window.in_flight if self.role == LEADER else 0,
         }
