@@ -1,0 +1,538 @@
+"""The trio daemon: the one driver of the protocol core that has side effects.
+
+One nursery tree per node::
+
+    serve
+    ├── transport        peer listener, one dialer per higher-id peer, per connection a sender
+    │                    and a receiver (daemon.transport)
+    ├── client listener  per connection a reader and a writer task
+    ├── core loop        the only caller of the Node
+    ├── WAL writer       group commit: one append and one fsync for whatever accumulated
+    └── ticker           a tick every 10 ms
+
+Everything reaches the core loop through one bounded inbox (peer messages, client requests,
+ticks, "the WAL is durable up to here"). Each iteration takes every event available without
+awaiting between them, feeds them to the Node, calls ``node.ready()`` once and carries the
+outputs out in the order of the core's contract (daemon.core): records to the WAL writer;
+``send`` to the peer queues at once; ``send_after_persist`` into a FIFO released only when the
+WAL writer reports everything handed to it before them durable; replies to client connections.
+Messages a node sends itself go back into the core on the same terms (the leader's own vote
+counts only once its own write is durable).
+
+``serve(config)`` runs a node until cancelled; ``run(config)`` is the process entry: it handles
+SIGTERM/SIGINT (stop serving, flush and close the WAL) and returns the exit code.
+``python -m daemon.server --config FILE --node-id N`` runs one node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+from collections import deque
+from functools import partial
+
+import trio
+
+from fastpath import FrameError, FrameReader, encode_frames, loads
+
+from daemon import wire
+from daemon.config import ConfigError, load_config
+from daemon.core import LEADER, CoreConfig, DurableState, Node
+from daemon.log import node_logger, setup as setup_logging
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT
+from daemon.storage import WAL, StorageError
+from daemon.transport import Transport
+
+__all__ = ["Server", "main", "run", "sd_notify", "serve"]
+
+TICK_INTERVAL = 0.010
+INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
+SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
+CLIENT_RECEIVE_BYTES = 256 * 1024
+MAX_IN_FLIGHT_PER_CLIENT = 16384  # requests read from one connection but not yet answered
+MAX_REPLIES_PER_FRAME = 4096
+CLIENT_DRAIN_TIMEOUT = 5.0  # after a client half-closes, how long its pending replies may take
+
+# Inbox event kinds.
+EV_PEER = 0  # payload: list of validated peer messages
+EV_CLIENT = 1  # payload: list of (is_read, tag, command tuple | key)
+EV_TICK = 2
+EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
+
+_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
+_NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def core_config(config) -> CoreConfig:
+    """The protocol settings the YAML file gives."""
+    return CoreConfig(
+        heartbeat_interval=config.timing.heartbeat_s,
+        election_timeout=config.timing.election_timeout_s,
+        window=config.batching.window,
+        max_batch_commands=config.batching.max_batch_commands,
+        max_batch_bytes=config.batching.max_batch_bytes,
+        max_pending_commands=config.limits.max_pending_commands,
+    )
+
+
+def sd_notify(state: str, log=None) -> bool:
+    """Tell systemd ``state`` (e.g. "READY=1") if NOTIFY_SOCKET is set; True if sent."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address[0] == "@":  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        if log is not None:
+            log.warning("sd_notify %s to %s failed: %s", state, os.environ["NOTIFY_SOCKET"], exc)
+        return False
+    return True
+
+
+class ClientConnection:
+    """One client connection: replies waiting to be written, and how many requests are open."""
+
+    __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress")
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.replies: list = []
+        self.outstanding = 0
+        self.closed = False
+        self.has_replies = trio.Event()
+        self.progress = trio.Event()
+
+    def push(self, reply: list) -> None:
+        self.replies.append(reply)
+        self.has_replies.set()
+
+
+class Server:
+    """One node: the Node, its WAL, its transport and its client connections.
+
+    Created by ``serve``; handed to ``task_status.started`` so tests can look inside.
+    """
+
+    def __init__(self, config) -> None:
+        if config.node_id is None:
+            raise ConfigError(str(config.path), "node_id",
+                              "not set: give node_id in the file or --node-id")
+        self.config = config
+        self.id = config.node_id
+        self.log = node_logger(self.id)
+        self.members = config.member_ids
+        self.client_address = {m.id: str(m.client) for m in config.members}
+        self.node: Node | None = None
+        self.wal: WAL | None = None
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel(INBOX_CAPACITY)
+        self.transport = Transport(config, self._deliver_peer,
+                                   node_logger(self.id, "paxosd.transport"))
+        self._self_msgs: deque = deque()
+        self._tick_pending = False
+        # The WAL writer: records handed over but not yet written; sequence numbers count the
+        # hand-overs (one per ready with records); _wal_durable is the last one made durable.
+        self._wal_pending: list = []
+        self._wal_handed = 0
+        self._wal_durable = 0
+        self._wal_has_work = trio.Event()
+        self._after_persist: deque = deque()  # (wal sequence number, [(dest, msg), ...])
+        self._clients = 0
+        self._role = None
+        self._leader = None
+        self.cancel_scope: trio.CancelScope | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        node_dir = config.node_dir(self.id)
+        self.log.info("config loaded from %s: cluster %s, members %s, data dir %s, fsync %s",
+                      config.path, config.cluster, ",".join(map(str, self.members)), node_dir,
+                      "on" if config.storage.fsync else "OFF")
+        self.wal, records = await trio.to_thread.run_sync(
+            partial(WAL.open, node_dir, fsync=config.storage.fsync,
+                    log=node_logger(self.id, "paxosd.storage")))
+        try:
+            durable = DurableState.from_records(records)
+            self.node = Node(self.id, self.members, core_config(config), random.Random(),
+                             trio.current_time(), durable)
+            self.log.info("recovered %d WAL records: promised ballot %s, commit index %d",
+                          len(records), wire.format_ballot(durable.promised),
+                          durable.commit_index)
+            self._role, self._leader = self.node.role, self.node.leader_id
+            with trio.CancelScope() as self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.transport.run)
+                    await nursery.start(self._client_listener)
+                    nursery.start_soon(self._core_loop)
+                    nursery.start_soon(self._wal_writer)
+                    nursery.start_soon(self._ticker)
+                    me = config.member(self.id)
+                    self.log.info("listening: peers on %s, clients on %s", me.peer, me.client)
+                    sd_notify("READY=1", self.log)
+                    task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                sd_notify("STOPPING=1", self.log)
+                self._close_wal()
+
+    def stop(self) -> None:
+        """Stop serving (as SIGTERM does): the WAL is flushed and closed on the way out."""
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+    def _close_wal(self) -> None:
+        wal = self.wal
+        if wal is None:
+            return
+        try:
+            if self._wal_pending and not wal.failed:
+                wal.append(self._wal_pending)
+                self._wal_pending = []
+            if not wal.failed:
+                wal.close()
+                self.log.info("WAL flushed and closed")
+            else:
+                wal.close()
+        except StorageError as exc:
+            self.log.error("closing the WAL failed: %s", exc)
+
+    def status(self) -> dict:
+        """The status map of the client protocol's "status" request."""
+        status = self.node.status()
+        status["peers"] = self.transport.reachable()
+        status["cluster"] = self.config.cluster
+        return status
+
+    # -- the core loop ---------------------------------------------------------------------------
+
+    async def _deliver_peer(self, msgs: list) -> None:
+        await self._inbox_send.send((EV_PEER, msgs))
+
+    async def _core_loop(self) -> None:
+        node = self.node
+        receive = self._inbox_recv.receive
+        receive_nowait = self._inbox_recv.receive_nowait
+        self_msgs = self._self_msgs
+        while True:
+            if self_msgs:
+                await trio.lowlevel.checkpoint()
+                events = []
+            else:
+                events = [await receive()]
+            while True:
+                try:
+                    events.append(receive_nowait())
+                except trio.WouldBlock:
+                    break
+            now = trio.current_time()
+            for kind, payload in events:
+                if kind == EV_CLIENT:
+                    for is_read, tag, arg in payload:
+                        if is_read:
+                            node.read(tag, arg, now)
+                        else:
+                            node.submit(tag, arg, now)
+                elif kind == EV_PEER:
+                    for msg in payload:
+                        node.receive(msg, now)
+                elif kind == EV_TICK:
+                    self._tick_pending = False
+                    node.tick(now)
+                # EV_DURABLE only wakes us: the release below reads _wal_durable.
+            if self._after_persist:
+                self._release_durable()
+            while self_msgs:
+                node.receive(self_msgs.popleft(), now)
+            self._carry_out(node.ready())
+            if node.role != self._role or node.leader_id != self._leader:
+                self._leadership_changed()
+
+    def _carry_out(self, ready) -> None:
+        """Carry out one ``Ready`` in the contract's order (see daemon.core)."""
+        if ready.persist:
+            self._wal_pending.extend(ready.persist)
+            self._wal_handed += 1
+            self._wal_has_work.set()
+        if ready.send:
+            self._send(ready.send)
+        if ready.send_after_persist:
+            if not self._after_persist and self._wal_durable >= self._wal_handed:
+                self._send(ready.send_after_persist)
+            else:
+                self._after_persist.append((self._wal_handed, ready.send_after_persist))
+        if ready.replies:
+            self._reply(ready.replies)
+
+    def _send(self, outgoing: list) -> None:
+        me = self.id
+        send = self.transport.send
+        for dest, msg in outgoing:
+            if dest == me:
+                self._self_msgs.append(msg)
+            else:
+                send(dest, msg)
+
+    def _release_durable(self) -> None:
+        fifo = self._after_persist
+        durable = self._wal_durable
+        while fifo and fifo[0][0] <= durable:
+            self._send(fifo.popleft()[1])
+
+    def _reply(self, replies: list) -> None:
+        address = self.client_address
+        current = address.get(self.node.leader_id)
+        for reply in replies:
+            conn, req_id = reply.req
+            if conn.closed:
+                continue
+            status = reply.status
+            leader = address.get(reply.leader) if status == NOT_LEADER else current
+            conn.push([req_id, status, reply.result, leader])
+
+    def _leadership_changed(self) -> None:
+        node = self.node
+        role, leader = node.role, node.leader_id
+        if role == LEADER:
+            self.log.info("became leader (ballot %s, commit index %d)",
+                          wire.format_ballot(node.ballot), node.commit_index)
+        elif leader is not None:
+            if leader != self._leader:
+                self.log.info("leader is node %d (ballot %s)", leader,
+                              wire.format_ballot(node.promised))
+        elif self._leader is not None:
+            self.log.info("lost leader node %d; waiting for an election", self._leader)
+        else:
+            self.log.debug("standing for election (ballot %s)", wire.format_ballot(node.ballot))
+        self._role, self._leader = role, leader
+
+    # -- the WAL writer --------------------------------------------------------------------------
+
+    async def _wal_writer(self) -> None:
+        wal = self.wal
+        in_thread = self.config.storage.fsync
+        while True:
+            if not self._wal_pending:
+                await self._wal_has_work.wait()
+            self._wal_has_work = trio.Event()
+            if not self._wal_pending:
+                continue
+            # Whatever the core hands over while this write runs waits for the next one.
+            records, self._wal_pending = self._wal_pending, []
+            target = self._wal_handed
+            if in_thread:
+                seconds = await trio.to_thread.run_sync(_append_and_sync, wal, records)
+            else:
+                seconds = _append_and_sync(wal, records)
+            if seconds > SLOW_FSYNC:
+                self.log.warning("slow WAL fsync: %.0f ms for %d records", seconds * 1000,
+                                 len(records))
+            self._wal_durable = target
+            await self._inbox_send.send((EV_DURABLE, target))
+
+    # -- the ticker ------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        deadline = trio.current_time()
+        while True:
+            deadline = max(deadline + TICK_INTERVAL, trio.current_time())
+            await trio.sleep_until(deadline)
+            if not self._tick_pending:
+                try:
+                    self._inbox_send.send_nowait((EV_TICK, None))
+                    self._tick_pending = True
+                except trio.WouldBlock:
+                    pass  # the core is busy; the next tick will do
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    async def _client_listener(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        me = self.config.member(self.id).client
+        try:
+            listeners = await trio.open_tcp_listeners(me.port, host=me.host)
+        except OSError as exc:
+            raise OSError(f"cannot listen for clients on {me}: {exc.strerror or exc}") from None
+        await trio.serve_listeners(self._client_connection, listeners, task_status=task_status)
+
+    async def _client_connection(self, stream) -> None:
+        async with stream:
+            if self._clients >= self.config.limits.max_clients:
+                self.log.warning("refused a client connection: already %d clients "
+                                 "(limits.max_clients)", self._clients)
+                return
+            self._clients += 1
+            conn = ClientConnection(stream)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._client_writer, conn, nursery.cancel_scope)
+                    if await self._client_reader(conn):
+                        with trio.move_on_after(CLIENT_DRAIN_TIMEOUT):
+                            while conn.outstanding:
+                                await conn.progress.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                conn.closed = True
+                self._clients -= 1
+
+    async def _client_reader(self, conn: ClientConnection) -> bool:
+        """Read request frames until the client closes (True) or breaks the protocol (False)."""
+        reader = FrameReader(self.config.limits.max_frame_bytes)
+        stream = conn.stream
+        decode = wire.decode_request
+        send = self._inbox_send.send
+        leader_address = self.client_address.get
+        try:
+            while True:
+                while conn.outstanding >= MAX_IN_FLIGHT_PER_CLIENT:
+                    await conn.progress.wait()
+                data = await stream.receive_some(CLIENT_RECEIVE_BYTES)
+                if not data:
+                    return True
+                for payload in reader.feed(data):
+                    frame = loads(payload)
+                    if type(frame) is not list:
+                        raise wire.WireError(f"client frame: expected an array of requests, "
+                                             f"got {type(frame).__name__}")
+                    work = []
+                    for obj in frame:
+                        conn.outstanding += 1
+                        try:
+                            req = decode(obj)
+                        except wire.BadRequest as exc:
+                            conn.push([exc.req_id, wire.ERROR, str(exc),
+                                       leader_address(self.node.leader_id)])
+                            continue
+                        op = req.op
+                        tag = (conn, req.req_id)
+                        if op == "get":
+                            work.append((True, tag, req.key))
+                        elif op == "status":
+                            conn.push([req.req_id, OK, self.status(),
+                                       leader_address(self.node.leader_id)])
+                        else:
+                            work.append((False, tag, (req.client_id, req.seq, _OPCODES[op],
+                                                      req.key, req.arg1, req.arg2)))
+                    if work:
+                        await send((EV_CLIENT, work))
+        except (FrameError, wire.WireError) as exc:
+            self.log.warning("closing client connection %s: %s", _remote(stream), exc)
+            return False
+        except _NET_ERRORS:
+            return False
+
+    async def _client_writer(self, conn: ClientConnection, scope: trio.CancelScope) -> None:
+        stream = conn.stream
+        try:
+            while True:
+                if not conn.replies:
+                    await conn.has_replies.wait()
+                conn.has_replies = trio.Event()
+                replies, conn.replies = conn.replies, []
+                if not replies:
+                    continue
+                if len(replies) <= MAX_REPLIES_PER_FRAME:
+                    data = encode_frames((replies,))
+                else:
+                    data = encode_frames([replies[i:i + MAX_REPLIES_PER_FRAME]
+                                          for i in range(0, len(replies), MAX_REPLIES_PER_FRAME)])
+                await stream.send_all(data)
+                conn.outstanding -= len(replies)
+                conn.progress.set()
+                conn.progress = trio.Event()
+        except _NET_ERRORS:
+            scope.cancel()
+
+
+def _append_and_sync(wal: WAL, records: list) -> float:
+    wal.append(records)
+    return wal.sync()
+
+
+def _remote(stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (OSError, AttributeError, ValueError):
+        return "?"
+    return f"{host}:{port}"
+
+
+async def serve(config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run node ``config.node_id`` until cancelled; ``task_status.started(server)`` once it
+    listens. On the way out (cancellation or error) the WAL is flushed and closed."""
+    await Server(config).serve(task_status)
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out = []
+        for e in exc.exceptions:
+            out.extend(_leaf_errors(e))
+        return out
+    return [exc]
+
+
+def run(config) -> int:
+    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a clean stop)."""
+    setup_logging()
+    log = node_logger(config.node_id)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(on_signal)
+                await serve(config)
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # noqa: BLE001 - the process boundary: report and exit
+        errors = _leaf_errors(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in errors):
+            return 0
+        for e in errors:
+            if isinstance(e, (StorageError, ConfigError, OSError)):
+                log.error("%s", e)
+            else:
+                log.critical("stopped by an unexpected error: %s: %s", type(e).__name__, e,
+                             exc_info=e)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daemon.server",
+                                     description="Run one paxosd node.")
+    parser.add_argument("--config", "-c", required=True, help="the cluster's YAML file")
+    parser.add_argument("--node-id", type=int, default=None,
+                        help="this node's member id (overrides node_id in the file)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    setup_logging(getattr(logging, args.log_level))
+    try:
+        config = load_config(args.config, node_id=args.node_id)
+        if config.node_id is None:
+            raise ConfigError(args.config, "node_id", "not set: give node_id in the file or --node-id")
+    except ConfigError as exc:
+        print(f"paxosd: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

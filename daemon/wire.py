@@ -1,0 +1,496 @@
+"""The wire format: peer messages, the peer hello and the client protocol as CBOR values.
+
+Everything that arrives from a socket passes through here before anything else sees it. Decoding
+VALIDATES: types (ints where ints, bytes where bytes, None only where allowed; a CBOR ``true`` is
+not the integer 1), ranges, member ids, operations and array lengths. A value that fails raises
+``WireError`` naming the message type, the field and the bad value; nothing else escapes for any
+input ``fastpath.loads`` can produce (the tests drive random garbage through it).
+
+Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the dataclasses in
+``daemon.messages``; the tag is the 1-based position of the class in ``PEER_MESSAGES``::
+
+    1 Prepare         [1, sender, ballot, from_slot]
+    2 Promise         [2, sender, ballot, commit_index, entries]   entry: [slot, ballot, batch]
+    3 Reject          [3, sender, ballot, promised, commit_index]
+    4 Accept          [4, sender, ballot, commit_index, first_slot, batches, read_round]
+    5 Accepted        [5, sender, ballot, first_slot, last_slot, read_round]
+    6 CatchupRequest  [6, sender, from_slot]
+    7 Catchup         [7, sender, first_slot, batches, commit_index]
+
+A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, arg2]`` (see
+``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
+and the simulator compare them as tuples.
+
+The hello opens every peer connection, in both directions: ``["paxosd", 1, cluster, node_id]``.
+
+The client protocol: a client frame is an array of requests
+``[req_id, op, client_id, seq, key, arg1, arg2]`` with op one of "put", "get", "delete", "cas",
+"status"; a server frame is an array of replies ``[req_id, status, result, leader]`` with status
+one of "ok", "not_leader", "stale", "busy", "error" and leader the leader's client address
+"host:port" (or null when unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from fastpath import BALLOT_CHOSEN, MAX_ROUND
+
+from daemon.messages import (
+    BUSY,
+    NOT_LEADER,
+    OK,
+    OP_CAS,
+    OP_DELETE,
+    OP_PUT,
+    OPS,
+    PEER_MESSAGES,
+    STALE,
+    Accept,
+    Accepted,
+    Catchup,
+    CatchupRequest,
+    Prepare,
+    Promise,
+    Reject,
+)
+
+__all__ = [
+    "CLIENT_OPS",
+    "ERROR",
+    "HELLO_MAGIC",
+    "PROTOCOL_VERSION",
+    "REPLY_STATUSES",
+    "BadRequest",
+    "ClientReply",
+    "HelloError",
+    "Request",
+    "WireError",
+    "check_hello",
+    "decode_peer",
+    "decode_reply",
+    "decode_request",
+    "encode_hello",
+    "encode_peer",
+    "encode_reply",
+    "encode_request",
+    "format_ballot",
+]
+
+PROTOCOL_VERSION = 1
+HELLO_MAGIC = "paxosd"
+
+U64_MAX = (1 << 64) - 1
+# Slots and commit indices stay within fastpath's SLOT_LIMIT, so window arithmetic never overflows.
+SLOT_MAX = 1 << 62
+# The highest ballot a proposer can hold: round MAX_ROUND of node 0xFFFF. BALLOT_CHOSEN, above
+# it, appears only as the ballot of a Promise entry ("known chosen").
+MAX_BALLOT = (MAX_ROUND << 16) | 0xFFFF
+
+ERROR = "error"  # the reply status for a request the server could not take (result: why)
+REPLY_STATUSES = (OK, NOT_LEADER, STALE, BUSY, ERROR)
+CLIENT_OPS = ("put", "get", "delete", "cas", "status")
+
+TAGS = {cls: i + 1 for i, cls in enumerate(PEER_MESSAGES)}
+
+
+class WireError(ValueError):
+    """Bytes from a socket that do not form a valid message; the text names type, field, value."""
+
+
+class HelloError(WireError):
+    """A peer hello that refuses the connection (wrong cluster, version or node id)."""
+
+
+class BadRequest(WireError):
+    """A client request that gets an "error" reply: ``req_id`` is known, a field is wrong."""
+
+    def __init__(self, req_id: int, message: str):
+        super().__init__(message)
+        self.req_id = req_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks. Each raises WireError("<where>: expected <what>, got <value>").
+
+
+def _show(value) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _fail(where: str, expected: str, value) -> WireError:
+    return WireError(f"{where}: expected {expected}, got {_show(value)}")
+
+
+def _is_array(value) -> bool:
+    t = type(value)
+    return t is list or t is tuple
+
+
+def _uint(value, low: int, high: int, where: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise _fail(where, f"an integer in [{low}, {high}]", value)
+    return value
+
+
+def _slot(value, where: str, low: int = 1) -> int:
+    return _uint(value, low, SLOT_MAX, where)
+
+
+def _ballot(value, where: str, *, low: int = 1, owner: int | None = None) -> int:
+    if type(value) is not int or not low <= value <= MAX_BALLOT:
+        raise _fail(where, f"a ballot in [{low}, {MAX_BALLOT}]", value)
+    if owner is not None and value & 0xFFFF != owner:
+        raise WireError(f"{where}: expected a ballot of node {owner} (the sender), got "
+                        f"{format_ballot(value)}")
+    return value
+
+
+def _sender(value, members, mtype: str) -> int:
+    if type(value) is not int or value not in members:
+        raise _fail(f"{mtype}.sender", f"a member id ({', '.join(map(str, sorted(members)))})",
+                    value)
+    return value
+
+
+def _arity(obj: list, n: int, mtype: str, shape: str) -> None:
+    if len(obj) != n:
+        raise WireError(f"{mtype}: expected {n} items {shape}, got {len(obj)}: {_show(obj)}")
+
+
+# The (arg1, arg2) each command operation allows: "b" bytes, "n" None, "bn" either.
+_PEER_ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b")}
+_CLIENT_ARGS = {"put": ("b", "n"), "get": ("n", "n"), "delete": ("n", "n"), "cas": ("bn", "b")}
+_ARG_WORDS = {"b": "bytes", "n": "null", "bn": "bytes or null"}
+
+
+def _arg_ok(value, allowed: str) -> bool:
+    if value is None:
+        return "n" in allowed
+    return type(value) is bytes and "b" in allowed
+
+
+def _command_error(cmd, where: str) -> WireError:
+    """The precise complaint about command ``cmd``, known to be invalid."""
+    if not _is_array(cmd) or len(cmd) != 6:
+        return _fail(where, "a command [client_id, seq, op, key, arg1, arg2]", cmd)
+    client_id, seq, op, key, arg1, arg2 = cmd
+    _uint(client_id, 0, U64_MAX, f"{where}.client_id")
+    _uint(seq, 0, U64_MAX, f"{where}.seq")
+    if type(op) is not int or op not in _PEER_ARGS:
+        return _fail(f"{where}.op", f"one of {', '.join(map(str, OPS))}", op)
+    if type(key) is not bytes:
+        return _fail(f"{where}.key", "bytes", key)
+    a1, a2 = _PEER_ARGS[op]
+    if not _arg_ok(arg1, a1):
+        return _fail(f"{where}.arg1", f"{_ARG_WORDS[a1]} for op {op}", arg1)
+    return _fail(f"{where}.arg2", f"{_ARG_WORDS[a2]} for op {op}", arg2)
+
+
+def _batch(value, where: str) -> tuple:
+    """A batch as a tuple of command tuples. The common case costs one test per field."""
+    if not _is_array(value):
+        raise _fail(where, "a batch (an array of commands)", value)
+    out = []
+    append = out.append
+    for i, cmd in enumerate(value):
+        if _is_array(cmd) and len(cmd) == 6:
+            client_id, seq, op, key, arg1, arg2 = cmd
+            if (type(client_id) is int and 0 <= client_id <= U64_MAX
+                    and type(seq) is int and 0 <= seq <= U64_MAX
+                    and type(key) is bytes and type(op) is int):
+                if op == OP_PUT:
+                    ok = type(arg1) is bytes and arg2 is None
+                elif op == OP_CAS:
+                    ok = (arg1 is None or type(arg1) is bytes) and type(arg2) is bytes
+                elif op == OP_DELETE:
+                    ok = arg1 is None and arg2 is None
+                else:
+                    ok = False
+                if ok:
+                    append((client_id, seq, op, key, arg1, arg2))
+                    continue
+        raise _command_error(cmd, f"{where}[{i}]")
+    return tuple(out)
+
+
+def _batches(value, where: str, first_slot: int) -> tuple:
+    if not _is_array(value):
+        raise _fail(where, "an array of batches", value)
+    if first_slot + len(value) - 1 > SLOT_MAX:
+        raise WireError(f"{where}: {len(value)} batches from slot {first_slot} run past slot "
+                        f"{SLOT_MAX}")
+    return tuple([_batch(b, f"{where}[{i}]") for i, b in enumerate(value)])
+
+
+def _entries(value, where: str) -> tuple:
+    """Promise entries: slots increasing; the ones reported chosen are consecutive and first
+    (an acceptor's chosen slots are a prefix of what it reports; the core asserts this)."""
+    if not _is_array(value):
+        raise _fail(where, "an array of entries [slot, ballot, batch]", value)
+    out = []
+    prev = 0
+    chosen_open = True
+    for i, entry in enumerate(value):
+        at = f"{where}[{i}]"
+        if not _is_array(entry) or len(entry) != 3:
+            raise _fail(at, "an entry [slot, ballot, batch]", entry)
+        slot = _slot(entry[0], f"{at}.slot")
+        if slot <= prev:
+            raise WireError(f"{at}.slot: expected slots in increasing order, got {slot} after "
+                            f"{prev}")
+        ballot = entry[1]
+        if ballot == BALLOT_CHOSEN and type(ballot) is int:
+            if not chosen_open or (i and slot != prev + 1):
+                raise WireError(f"{at}.ballot: slot {slot} reported chosen after a slot that is "
+                                f"not (chosen entries must be consecutive and come first)")
+        else:
+            _ballot(ballot, f"{at}.ballot")
+            chosen_open = False
+        out.append((slot, ballot, _batch(entry[2], f"{at}.batch")))
+        prev = slot
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer messages.
+
+
+def encode_peer(msg) -> list:
+    """The CBOR-ready array of peer message ``msg`` (tuples inside encode as CBOR arrays)."""
+    t = type(msg)
+    if t is Accept:
+        return [4, msg.sender, msg.ballot, msg.commit_index, msg.first_slot, msg.batches,
+                msg.read_round]
+    if t is Accepted:
+        return [5, msg.sender, msg.ballot, msg.first_slot, msg.last_slot, msg.read_round]
+    if t is Prepare:
+        return [1, msg.sender, msg.ballot, msg.from_slot]
+    if t is Promise:
+        return [2, msg.sender, msg.ballot, msg.commit_index, msg.entries]
+    if t is Reject:
+        return [3, msg.sender, msg.ballot, msg.promised, msg.commit_index]
+    if t is CatchupRequest:
+        return [6, msg.sender, msg.from_slot]
+    if t is Catchup:
+        return [7, msg.sender, msg.first_slot, msg.batches, msg.commit_index]
+    raise TypeError(f"not a peer message: {msg!r:.100}")
+
+
+def _decode_prepare(obj, members):
+    _arity(obj, 4, "Prepare", "[1, sender, ballot, from_slot]")
+    sender = _sender(obj[1], members, "Prepare")
+    return Prepare(sender, _ballot(obj[2], "Prepare.ballot", owner=sender),
+                   _slot(obj[3], "Prepare.from_slot"))
+
+
+def _decode_promise(obj, members):
+    _arity(obj, 5, "Promise", "[2, sender, ballot, commit_index, entries]")
+    return Promise(_sender(obj[1], members, "Promise"), _ballot(obj[2], "Promise.ballot"),
+                   _slot(obj[3], "Promise.commit_index", 0), _entries(obj[4], "Promise.entries"))
+
+
+def _decode_reject(obj, members):
+    _arity(obj, 5, "Reject", "[3, sender, ballot, promised, commit_index]")
+    return Reject(_sender(obj[1], members, "Reject"), _ballot(obj[2], "Reject.ballot"),
+                  _ballot(obj[3], "Reject.promised", low=0),
+                  _slot(obj[4], "Reject.commit_index", 0))
+
+
+def _decode_accept(obj, members):
+    _arity(obj, 7, "Accept", "[4, sender, ballot, commit_index, first_slot, batches, read_round]")
+    sender = _sender(obj[1], members, "Accept")
+    ballot = _ballot(obj[2], "Accept.ballot", owner=sender)
+    commit_index = _slot(obj[3], "Accept.commit_index", 0)
+    first_slot = _slot(obj[4], "Accept.first_slot")
+    batches = _batches(obj[5], "Accept.batches", first_slot)
+    return Accept(sender, ballot, commit_index, first_slot, batches,
+                  _uint(obj[6], 0, U64_MAX, "Accept.read_round"))
+
+
+def _decode_accepted(obj, members):
+    _arity(obj, 6, "Accepted", "[5, sender, ballot, first_slot, last_slot, read_round]")
+    sender = _sender(obj[1], members, "Accepted")
+    ballot = _ballot(obj[2], "Accepted.ballot")
+    first_slot = _slot(obj[3], "Accepted.first_slot")
+    last_slot = _slot(obj[4], "Accepted.last_slot", first_slot - 1)
+    return Accepted(sender, ballot, first_slot, last_slot,
+                    _uint(obj[5], 0, U64_MAX, "Accepted.read_round"))
+
+
+def _decode_catchup_request(obj, members):
+    _arity(obj, 3, "CatchupRequest", "[6, sender, from_slot]")
+    return CatchupRequest(_sender(obj[1], members, "CatchupRequest"),
+                          _slot(obj[2], "CatchupRequest.from_slot"))
+
+
+def _decode_catchup(obj, members):
+    _arity(obj, 5, "Catchup", "[7, sender, first_slot, batches, commit_index]")
+    sender = _sender(obj[1], members, "Catchup")
+    first_slot = _slot(obj[2], "Catchup.first_slot")
+    batches = _batches(obj[3], "Catchup.batches", first_slot)
+    commit_index = _slot(obj[4], "Catchup.commit_index", 0)
+    last = first_slot + len(batches) - 1
+    if last > commit_index:
+        raise WireError(f"Catchup.commit_index: expected at least the last slot sent ({last}), "
+                        f"got {commit_index}")
+    return Catchup(sender, first_slot, batches, commit_index)
+
+
+_DECODERS = (None, _decode_prepare, _decode_promise, _decode_reject, _decode_accept,
+             _decode_accepted, _decode_catchup_request, _decode_catchup)
+
+
+def decode_peer(obj, members):
+    """The peer message that CBOR value ``obj`` encodes; WireError if it is not a valid one.
+
+    ``members`` is the set of node ids a sender may have.
+    """
+    if not _is_array(obj) or not obj:
+        raise _fail("peer message", "an array [tag, fields...]", obj)
+    tag = obj[0]
+    if type(tag) is not int or not 1 <= tag <= 7:
+        raise _fail("peer message tag", "an integer in [1, 7]", tag)
+    return _DECODERS[tag](obj, members)
+
+
+def format_ballot(ballot: int) -> str:
+    """A ballot as operators read it in logs: ``round.node`` (``chosen`` for BALLOT_CHOSEN)."""
+    if ballot == BALLOT_CHOSEN:
+        return "chosen"
+    return f"{ballot >> 16}.{ballot & 0xFFFF}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The hello.
+
+
+def encode_hello(cluster: str, node_id: int) -> list:
+    return [HELLO_MAGIC, PROTOCOL_VERSION, cluster, node_id]
+
+
+def check_hello(obj, cluster: str, members, own_id: int) -> int:
+    """The node id a peer's hello announces; HelloError saying what is wrong if it may not
+    join this connection (not a hello, another version, another cluster, an unknown or own id).
+    """
+    if not _is_array(obj) or len(obj) != 4 or obj[0] != HELLO_MAGIC:
+        raise HelloError(f"not a paxosd hello: expected [{HELLO_MAGIC!r}, version, cluster, "
+                         f"node_id], got {_show(obj)}")
+    _, version, their_cluster, node_id = obj
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise HelloError(f"protocol version {version!r}, this node speaks version "
+                         f"{PROTOCOL_VERSION}")
+    if their_cluster != cluster or type(their_cluster) is not str:
+        raise HelloError(f"cluster {their_cluster!r}, this node belongs to cluster {cluster!r}")
+    if type(node_id) is not int or node_id not in members:
+        raise HelloError(f"node id {node_id!r} is not a member of cluster {cluster!r} "
+                         f"(members: {', '.join(map(str, sorted(members)))})")
+    if node_id == own_id:
+        raise HelloError(f"node id {node_id} is this node's own id (two nodes configured "
+                         f"with the same --node-id?)")
+    return node_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The client protocol.
+
+
+class Request(NamedTuple):
+    """A validated client request. For "get" and "status" client_id and seq are not used."""
+
+    req_id: int
+    op: str
+    client_id: int
+    seq: int
+    key: bytes
+    arg1: bytes | None
+    arg2: bytes | None
+
+
+def encode_request(req_id: int, op: str, client_id: int, seq: int, key: bytes,
+                   arg1: bytes | None = None, arg2: bytes | None = None) -> list:
+    return [req_id, op, client_id, seq, key, arg1, arg2]
+
+
+def decode_request(obj) -> Request:
+    """The request CBOR value ``obj`` encodes.
+
+    WireError if it is unanswerable (not an array, no integer req_id): the connection is
+    broken. BadRequest (carrying ``req_id``) if a field is wrong: the client gets an "error"
+    reply naming the field.
+    """
+    if type(obj) is list and len(obj) == 7:  # the common case: one test per field
+        req_id, op, client_id, seq, key, arg1, arg2 = obj
+        if (type(req_id) is int and 0 <= req_id <= U64_MAX
+                and type(client_id) is int and 0 <= client_id <= U64_MAX
+                and type(seq) is int and 0 <= seq <= U64_MAX
+                and type(key) is bytes and type(op) is str):
+            if op == "put":
+                ok = type(arg1) is bytes and arg2 is None
+            elif op == "get" or op == "delete":
+                ok = arg1 is None and arg2 is None
+            elif op == "cas":
+                ok = (arg1 is None or type(arg1) is bytes) and type(arg2) is bytes
+            else:
+                ok = False
+            if ok:
+                return Request(req_id, op, client_id, seq, key, arg1, arg2)
+    return _decode_request_slowly(obj)
+
+
+def _decode_request_slowly(obj) -> Request:
+    if not _is_array(obj) or not obj:
+        raise _fail("request", "an array [req_id, op, client_id, seq, key, arg1, arg2]", obj)
+    req_id = obj[0]
+    if type(req_id) is not int or not 0 <= req_id <= U64_MAX:
+        raise _fail("request.req_id", f"an integer in [0, {U64_MAX}]", req_id)
+    try:
+        if len(obj) != 7:
+            raise WireError(f"request: expected 7 items [req_id, op, client_id, seq, key, arg1, "
+                            f"arg2], got {len(obj)}")
+        _, op, client_id, seq, key, arg1, arg2 = obj
+        if op not in CLIENT_OPS or type(op) is not str:
+            raise _fail("request.op", f"one of {', '.join(map(repr, CLIENT_OPS))}", op)
+        if op == "status":
+            return Request(req_id, op, 0, 0, b"", None, None)
+        _uint(client_id, 0, U64_MAX, "request.client_id")
+        _uint(seq, 0, U64_MAX, "request.seq")
+        if type(key) is not bytes:
+            raise _fail("request.key", "bytes", key)
+        a1, a2 = _CLIENT_ARGS[op]
+        if not _arg_ok(arg1, a1):
+            raise _fail("request.arg1", f"{_ARG_WORDS[a1]} for {op}", arg1)
+        if not _arg_ok(arg2, a2):
+            raise _fail("request.arg2", f"{_ARG_WORDS[a2]} for {op}", arg2)
+    except WireError as exc:
+        raise BadRequest(req_id, str(exc)) from None
+    return Request(req_id, op, client_id, seq, key, arg1, arg2)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    req_id: int
+    status: str
+    result: object
+    leader: str | None
+
+
+def encode_reply(req_id: int, status: str, result, leader: str | None) -> list:
+    return [req_id, status, result, leader]
+
+
+def decode_reply(obj) -> ClientReply:
+    """A server reply, checked for shape (for clients and tests)."""
+    if not _is_array(obj) or len(obj) != 4:
+        raise _fail("reply", "an array [req_id, status, result, leader]", obj)
+    req_id, status, result, leader = obj
+    _uint(req_id, 0, U64_MAX, "reply.req_id")
+    if status not in REPLY_STATUSES or type(status) is not str:
+        raise _fail("reply.status", f"one of {', '.join(map(repr, REPLY_STATUSES))}", status)
+    if leader is not None and type(leader) is not str:
+        raise _fail("reply.leader", "a client address or null", leader)
+    return ClientReply(req_id, status, result, leader)
