@@ -1,0 +1,646 @@
+"""The ``paxosd`` command: run a node or a whole loopback cluster, and talk to a cluster.
+
+    paxosd serve --config F [--node-id N]      run one node (the systemd unit's command)
+    paxosd cluster --config F                  run every member of F as a child process
+    paxosd check-config --config F             validate F and print the effective settings
+    paxosd put K V | get K | delete K | cas K OLD NEW
+    paxosd status                              one row per member, like etcdctl endpoint status
+    paxosd load [--count N] [--clients C] [--value-size B]   measured commits/s and latency
+    paxosd demo --config F [load options]      cluster + load + stop, in one command
+    paxosd bench [options]                     the benchmark of daemon.bench
+
+Client commands find the cluster from ``--endpoints host:port,...`` (client addresses) or from
+the configuration file: ``--config``, else $PAXOSD_CONFIG, else /etc/paxosd/paxosd.yaml.
+
+Exit status: 0 success; 1 the operation failed, including "no leader" and "outcome unknown"
+(a ``get`` of a missing key and a ``cas`` that did not swap also exit 1); 2 a usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from daemon.config import Config, ConfigError, describe, load_config
+
+DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
+CONFIG_ENV = "PAXOSD_CONFIG"
+# How long ``cluster`` waits for its children to stop after SIGTERM before it kills them.
+STOP_GRACE_S = 10.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line that cannot be acted on (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paxosd",
+        description="A Multi-Paxos consensus daemon: a replicated, linearizable key-value log.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def config_option(p: argparse.ArgumentParser, required_help: str) -> None:
+        p.add_argument(
+            "-c", "--config", metavar="FILE",
+            help=f"the cluster's YAML file ({required_help}default: ${CONFIG_ENV}, "
+                 f"then {DEFAULT_CONFIG})",
+        )
+
+    p = commands.add_parser("serve", help="run one node of the cluster")
+    config_option(p, "")
+    p.add_argument("--node-id", type=int, metavar="N", help="this node's member id "
+                   "(overrides node_id in the file)")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("cluster", help="run every member of the file as a child process "
+                            "(a development cluster); Ctrl-C or SIGTERM stops them all and "
+                            "exits 0; a node that exits is reported, the others keep running")
+    config_option(p, "")
+    p.set_defaults(func=cmd_cluster)
+
+    p = commands.add_parser("check-config", help="validate a file and print the effective "
+                            "settings")
+    config_option(p, "")
+    p.add_argument("--node-id", type=int, metavar="N", help="check as seen by this member")
+    p.set_defaults(func=cmd_check_config)
+
+    client = argparse.ArgumentParser(add_help=False)
+    group = client.add_argument_group("cluster")
+    group.add_argument("-c", "--config", metavar="FILE",
+                       help=f"find the members' client addresses in this file (default: "
+                            f"${CONFIG_ENV}, then {DEFAULT_CONFIG})")
+    group.add_argument("--endpoints", metavar="HOST:PORT,...",
+                       help="client addresses of the members (instead of --config)")
+    group.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                       help="deadline of each operation, retries included (default: 5)")
+
+    p = commands.add_parser("put", parents=[client], help="set KEY to VALUE")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(func=cmd_put)
+
+    p = commands.add_parser("get", parents=[client],
+                            help="print the value of KEY (exit 1 if it is absent)")
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(func=cmd_get)
+
+    p = commands.add_parser("delete", parents=[client], help="remove KEY")
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(func=cmd_delete)
+
+    p = commands.add_parser("cas", parents=[client], help="set KEY to NEW if its value is OLD "
+                            "('-': if KEY is absent); exit 1 if it was not swapped")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.set_defaults(func=cmd_cas)
+
+    p = commands.add_parser("status", parents=[client], help="one row per member: role, "
+                            "ballot, commit and applied index, lag (exit 1 if any is unreachable)")
+    p.add_argument("--json", action="store_true", help="print the status maps as JSON")
+    p.set_defaults(func=cmd_status)
+
+    load = argparse.ArgumentParser(add_help=False)
+    group = load.add_argument_group("load")
+    group.add_argument("--count", type=_positive_int, default=10000, metavar="N",
+                       help="commands to write (default: 10000)")
+    group.add_argument("--clients", type=_positive_int, default=16, metavar="C",
+                       help="concurrent sessions, one write in flight each (default: 16)")
+    group.add_argument("--value-size", type=_non_negative_int, default=100, metavar="BYTES",
+                       help="bytes per value (default: 100)")
+
+    p = commands.add_parser("load", parents=[client, load], help="write COUNT commands "
+                            "through CLIENTS concurrent sessions; print commits/s and latency")
+    p.set_defaults(func=cmd_load)
+
+    # The benchmark's options are its own (daemon.bench.add_arguments); they are parsed when
+    # it runs, so the other commands do not import it.
+    p = commands.add_parser("bench", add_help=False, help="measure commit throughput and "
+                            "latency from separate client processes (paxosd bench --help)")
+    p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("demo", parents=[load], help="start every member of the file "
+                            "(as cluster does), run load against them, print, stop them")
+    config_option(p, "")
+    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="deadline of each write, retries included; the first also waits for "
+                        "the nodes to start and elect a leader (default: 10)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_argv = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from daemon.client import PaxosdError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"paxosd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"paxosd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PaxosdError as exc:  # its message starts with the operation
+        print(f"paxosd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration.
+
+
+def _config_path(args: argparse.Namespace) -> tuple[str, bool]:
+    """The file to read, and whether the operator named it (flag or environment)."""
+    if args.config:
+        return args.config, True
+    if os.environ.get(CONFIG_ENV):
+        return os.environ[CONFIG_ENV], True
+    return DEFAULT_CONFIG, False
+
+
+def _load(args: argparse.Namespace, node_id: int | None = None) -> Config:
+    path, named = _config_path(args)
+    try:
+        return load_config(path, node_id=node_id)
+    except ConfigError as exc:
+        if not named and exc.key is None:
+            raise ConfigError(
+                exc.file, None, exc.problem + f" (give --config FILE or set ${CONFIG_ENV}"
+                + (", or --endpoints" if hasattr(args, "endpoints") else "") + ")"
+            ) from None
+        raise
+
+
+def _endpoints(args: argparse.Namespace) -> tuple[list[str], Config | None]:
+    """The client addresses to use, and the configuration they came from (if any)."""
+    from daemon.client import format_address, parse_endpoint
+
+    if args.endpoints:
+        endpoints = []
+        for item in args.endpoints.split(","):
+            if not item.strip():
+                continue
+            try:
+                endpoints.append(format_address(*parse_endpoint(item)))
+            except ValueError as exc:
+                raise UsageError(f"--endpoints: {exc}") from None
+        if not endpoints:
+            raise UsageError("--endpoints: expected host:port,... (at least one)")
+        return endpoints, None
+    config = _load(args)
+    return [str(m.client) for m in config.members], config
+
+
+# ---------------------------------------------------------------------------------------------
+# Server commands.
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args, node_id=args.node_id)
+    if config.node_id is None:
+        raise ConfigError(str(config.path), "node_id",
+                          "not set: give node_id in the file or --node-id N")
+    from daemon.server import run  # the server's imports are not needed by client commands
+
+    code = run(config)
+    return EXIT_OK if code is None else int(code)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daemon import bench
+
+    parser = argparse.ArgumentParser(prog="paxosd bench", description=bench.__doc__.split("\n")[0])
+    bench.add_arguments(parser)
+    code = bench.run(parser.parse_args(args.bench_argv))
+    return EXIT_OK if code is None else int(code)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args, node_id=args.node_id)
+    sys.stdout.write(describe(config))
+    return EXIT_OK
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: ask Linux for SIGTERM when the parent dies (best effort)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # not Linux: the parent still stops its children on SIGINT/SIGTERM
+        pass
+
+
+def _start_members(config: Config, children: dict[int, tuple[int, subprocess.Popen]]) -> None:
+    """Start ``serve`` for every member as a child process, recording each in ``children``
+    (pid -> (member id, process)) as soon as it exists, and say where each listens."""
+    path = str(config.path)
+    print(f"paxosd cluster {config.cluster!r} from {path}: {len(config.members)} members "
+          f"(quorum {config.quorum}), data in {config.data_dir}, "
+          f"fsync {'on' if config.storage.fsync else 'OFF'}", flush=True)
+    for m in config.members:
+        # A session of its own: a terminal's Ctrl-C reaches only this process, which then
+        # stops every child by pid.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "serve", "--config", path,
+             "--node-id", str(m.id)],
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        children[process.pid] = (m.id, process)
+        print(f"  node {m.id}: pid {process.pid}, clients {m.client}, peers {m.peer}, "
+              f"data {config.node_dir(m.id)}", flush=True)
+
+
+class _SignalsStop:
+    """While active, SIGINT and SIGTERM raise _Stop; on exit they are ignored until the
+    children are stopped (a second Ctrl-C must not orphan a node), then restored."""
+
+    def __enter__(self) -> _SignalsStop:
+        def on_signal(signum, frame):
+            raise _Stop(signum)
+
+        self.previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def quiet(self) -> None:
+        for s in self.previous:
+            signal.signal(s, signal.SIG_IGN)
+
+    def __exit__(self, *exc_info) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    config = _load(args)
+    children: dict[int, tuple[int, subprocess.Popen]] = {}
+    with _SignalsStop() as signals:
+        try:
+            _start_members(config, children)
+            endpoints = ",".join(str(m.client) for m in config.members)
+            print(f"endpoints: {endpoints}\n"
+                  f"try: paxosd status --config {config.path}\n"
+                  f"Ctrl-C or SIGTERM stops every node.", flush=True)
+            # A node that exits (or is killed to try the cluster's fault tolerance) is
+            # reported; the others keep serving, as a real cluster would.
+            while children:
+                pid, wait_status = os.waitpid(-1, 0)
+                if pid not in children:
+                    continue
+                member_id, process = children.pop(pid)
+                process.returncode = os.waitstatus_to_exitcode(wait_status)
+                alive = ", ".join(str(m) for m, _ in sorted(children.values())) or "none"
+                print(f"paxosd cluster: node {member_id} (pid {pid}) exited with status "
+                      f"{_describe_exit(process.returncode)}; still running: {alive}",
+                      file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        except _Stop as stop:
+            print(f"paxosd cluster: {signal.Signals(stop.signum).name}: stopping "
+                  f"{len(children)} node(s)", file=sys.stderr, flush=True)
+            return EXIT_OK
+        finally:
+            signals.quiet()
+            _stop_children([process for _, process in children.values()])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``cluster`` and ``load`` in one: start every member, write, report, stop them all."""
+    config = _load(args)
+    children: dict[int, tuple[int, subprocess.Popen]] = {}
+    with _SignalsStop() as signals:
+        try:
+            _start_members(config, children)
+            try:
+                return cmd_load(args, config)
+            finally:
+                for member_id, process in children.values():
+                    if process.poll() is not None:
+                        print(f"paxosd demo: node {member_id} (pid {process.pid}) exited "
+                              f"early with status {_describe_exit(process.returncode)}",
+                              file=sys.stderr, flush=True)
+        except _Stop as stop:
+            print(f"paxosd demo: {signal.Signals(stop.signum).name}: stopping", file=sys.stderr,
+                  flush=True)
+            return EXIT_FAILED
+        finally:
+            signals.quiet()
+            _stop_children([process for _, process in children.values()])
+
+
+def _stop_children(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"paxosd cluster: pid {process.pid} did not stop within {STOP_GRACE_S:g} s "
+                  f"of SIGTERM; killing it", file=sys.stderr, flush=True)
+            process.kill()
+            process.wait()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return str(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client commands.
+
+
+def _run_client(args: argparse.Namespace, work, endpoints: list[str] | None = None) -> Any:
+    """Run ``await work(client)`` with a client of the cluster the arguments name."""
+    import trio
+
+    from daemon.client import Client
+
+    if endpoints is None:
+        endpoints, _ = _endpoints(args)
+
+    async def session():
+        async with Client(endpoints, timeout=args.timeout) as client:
+            return await work(client)
+
+    return trio.run(session)
+
+
+def _arg_bytes(text: str) -> bytes:
+    # The bytes the operator typed, even where they are not valid UTF-8.
+    return os.fsencode(text)
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    _run_client(args, lambda c: c.put(_arg_bytes(args.key), _arg_bytes(args.value)))
+    print("OK")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    value = _run_client(args, lambda c: c.get(_arg_bytes(args.key)))
+    if value is None:
+        print("(not found)", file=sys.stderr)
+        return EXIT_FAILED
+    out = sys.stdout.buffer
+    out.write(value + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    existed = _run_client(args, lambda c: c.delete(_arg_bytes(args.key)))
+    print("deleted" if existed else "not found (nothing deleted)")
+    return EXIT_OK
+
+
+def cmd_cas(args: argparse.Namespace) -> int:
+    old = None if args.old == "-" else _arg_bytes(args.old)
+    swapped = _run_client(args, lambda c: c.cas(_arg_bytes(args.key), old, _arg_bytes(args.new)))
+    if swapped:
+        print("swapped")
+        return EXIT_OK
+    expected = "absent" if old is None else f"{args.old!r}"
+    print(f"not swapped: the value of {args.key!r} was not {expected}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+COLUMNS = ("ID", "ADDRESS", "ROLE", "LEADER?", "BALLOT", "COMMIT", "APPLIED", "LAG",
+           "REACHABLE", "ERROR")
+
+
+def status_rows(statuses: list[dict],
+                member_ids: Sequence[int | None] | None = None) -> list[tuple]:
+    """The status table, one row per endpoint (see COLUMNS).
+
+    ``statuses`` are Client.cluster_status() entries; ``member_ids`` the configured id of each
+    endpoint, when known, for the rows of nodes that did not answer.
+    """
+    from daemon.wire import format_ballot
+
+    leaders = [s for s in statuses if "error" not in s and s.get("role") == "leader"]
+    # With two self-declared leaders (an old one not yet stepped down), the higher ballot leads.
+    leader = max(leaders, key=lambda s: s.get("ballot") or 0) if leaders else None
+    leader_commit = leader.get("commit_index") if leader else None
+    rows = []
+    for i, s in enumerate(statuses):
+        known_id = member_ids[i] if member_ids else None
+        if "error" in s:
+            error = s["error"].removeprefix("status: ").removeprefix(f"{s['endpoint']}: ")
+            rows.append((_cell(known_id), s["endpoint"], "-", "-", "-", "-", "-", "-", "no",
+                         error))
+            continue
+        ballot = s.get("ballot")
+        ballot_text = format_ballot(ballot) if isinstance(ballot, int) else _cell(ballot)
+        applied = s.get("applied_index")
+        lag = (leader_commit - applied
+               if isinstance(leader_commit, int) and isinstance(applied, int) else None)
+        problems = []
+        if s.get("leader") is None and s.get("role") != "leader":
+            problems.append("no leader known")
+        peers = s.get("peers")
+        if isinstance(peers, dict):
+            down = sorted(str(p) for p, up in peers.items() if not up)
+            if down:
+                problems.append("cannot reach peer " + ", ".join(down))
+        rows.append((
+            _cell(s.get("id", known_id)),
+            s["endpoint"],
+            _cell(s.get("role")),
+            "yes" if s is leader else "no",
+            ballot_text,
+            _cell(s.get("commit_index")),
+            _cell(applied),
+            _cell(lag),
+            "yes",
+            "; ".join(problems),
+        ))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    endpoints, config = _endpoints(args)
+    member_ids = [m.id for m in config.members] if config is not None else None
+    statuses = _run_client(args, lambda c: c.cluster_status())
+    if args.json:
+        print(json.dumps(statuses, indent=2, sort_keys=True, default=_json_default))
+    else:
+        sys.stdout.write(format_table(COLUMNS, status_rows(statuses, member_ids)))
+    return EXIT_FAILED if any("error" in s for s in statuses) else EXIT_OK
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"cannot show {type(value).__name__} as JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of already sorted values (nan for none)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def run_load(client, count: int, clients: int, value_size: int) -> dict:
+    """Write ``count`` puts through ``clients`` concurrent tasks (one session each); measure.
+
+    The leader is found before the clock starts. Returns the counts, the elapsed time and the
+    sorted latencies (seconds) of the writes that succeeded.
+    """
+    import trio
+
+    from daemon.client import PaxosdError
+
+    run_id = os.urandom(4).hex()
+    await client.get(f"load/{run_id}/warm-up")  # leader discovery, outside the measurement
+    value = (run_id.encode() * (value_size // 8 + 1))[:value_size]
+    indices = iter(range(count))
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    first_error: list[str] = []
+
+    async def worker() -> None:
+        for i in indices:
+            started = trio.current_time()
+            try:
+                await client.put(f"load/{run_id}/{i}", value)
+            except PaxosdError as exc:
+                errors[type(exc).__name__] += 1
+                if not first_error:
+                    first_error.append(str(exc))
+                continue
+            latencies.append(trio.current_time() - started)
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(clients, count)):
+            nursery.start_soon(worker)
+    elapsed = trio.current_time() - started
+    latencies.sort()
+    return {"ok": len(latencies), "errors": errors, "first_error": first_error[:1],
+            "elapsed": elapsed, "latencies": latencies}
+
+
+def cmd_load(args: argparse.Namespace, config: Config | None = None) -> int:
+    if config is None:
+        endpoints, config = _endpoints(args)
+    else:
+        endpoints = [str(m.client) for m in config.members]
+    result = _run_client(
+        args, lambda c: run_load(c, args.count, args.clients, args.value_size), endpoints)
+    ok, elapsed, latencies = result["ok"], result["elapsed"], result["latencies"]
+    fsync = ("on" if config.storage.fsync else "OFF") if config is not None else "as configured"
+    rate = ok / elapsed if elapsed > 0 else math.nan
+    print(f"load: {ok} of {args.count} writes committed in {elapsed:.3f} s through "
+          f"{args.clients} concurrent sessions, {args.value_size}-byte values, "
+          f"{len(endpoints)} members, fsync {fsync}")
+    if ok:
+        print(f"throughput: {rate:.0f} commits/s")
+        print(f"latency: p50 {percentile(latencies, 0.50) * 1000:.2f} ms, "
+              f"p99 {percentile(latencies, 0.99) * 1000:.2f} ms, "
+              f"max {latencies[-1] * 1000:.2f} ms")
+    if result["errors"]:
+        summary = ", ".join(f"{n} {name}" for name, n in sorted(result["errors"].items()))
+        print(f"paxosd load: failed writes: {summary}; first: {result['first_error'][0]}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,843 @@
+"""The paxosd client library (trio), and a small synchronous wrapper.
+
+    async with Client.connect(["127.0.0.1:7001", "127.0.0.1:7002"]) as client:
+        await client.put("k", "v")
+        assert await client.get("k") == b"v"
+
+    with SyncClient(["127.0.0.1:7001"]) as client:
+        client.put(b"k", b"v")
+
+The wire protocol: frames are a 4-byte big-endian length and a CBOR payload. A client frame is
+an array of requests ``[req_id, op, client_id, seq, key, arg1, arg2]``; a server frame is an
+array of replies ``[req_id, status, result, leader]``, in any order. Many requests are in flight
+per connection: one reader task per connection routes replies to their callers by ``req_id``,
+and one sender task writes whatever the callers queued since its last write as one frame.
+
+What the library promises:
+
+- Leader discovery: a call goes to the node believed to lead (at first, the endpoints in turn),
+  follows ``not_leader`` redirects, reconnects after a lost connection, and backs off (capped,
+  jittered) on ``busy`` or while no leader is known, until the call's deadline.
+- At-most-once writes: a write keeps the same session ``(client_id, seq)`` through every retry,
+  so the cluster applies it at most once. A session carries one write at a time; concurrent
+  writes each take a session from a pool that grows on demand.
+- When a write's deadline passes after it may have reached a node, the library cannot know
+  whether it was applied and says so with ``OutcomeUnknown``; it never reports such a write as
+  failed. Reads are retried freely.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import random
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import trio
+
+from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, encode_frames, loads
+
+__all__ = [
+    "Client",
+    "NoLeader",
+    "OperationFailed",
+    "OutcomeUnknown",
+    "PaxosdError",
+    "SyncClient",
+    "Unavailable",
+    "format_address",
+    "parse_endpoint",
+]
+
+# Reply statuses (the server's words).
+OK = "ok"
+NOT_LEADER = "not_leader"
+STALE = "stale"
+BUSY = "busy"
+ERROR = "error"
+
+DEFAULT_TIMEOUT = 5.0
+# One attempt waits at most this long for its reply before the call tries the other endpoints:
+# a leader that is paused (SIGSTOP, a stuck disk) keeps its TCP connections open.
+DEFAULT_ATTEMPT_TIMEOUT = 2.0
+# Dialing one endpoint gives up after this long, so a black-holed host does not eat a deadline.
+DIAL_TIMEOUT = 1.0
+# Backoff between retries: BACKOFF_BASE * 2**k, capped, times a random factor in [0.5, 1].
+BACKOFF_BASE = 0.005
+BACKOFF_CAP = 0.1
+# The sender splits what is queued into frames of at most this many requests or bytes.
+MAX_FRAME_REQUESTS = 4096
+MAX_FRAME_PAYLOAD = 4 * 1024 * 1024
+RECEIVE_CHUNK = 256 * 1024
+MAX_CLIENT_ID = 2**63 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors.
+
+
+class PaxosdError(Exception):
+    """Base class of every error the client library raises."""
+
+
+class Unavailable(PaxosdError):
+    """No endpoint could be reached before the deadline; nothing was sent."""
+
+
+class NoLeader(Unavailable):
+    """Endpoints answered, but none of them was the leader before the deadline.
+
+    For a read this is final: it was not served. A write that reached a node is never reported
+    with this error (see ``OutcomeUnknown``).
+    """
+
+
+class OutcomeUnknown(PaxosdError):
+    """A write's deadline passed after the write may have reached a node.
+
+    It may or may not have been applied, and it may still be applied later. It is applied at
+    most once, whatever happens.
+    """
+
+
+class OperationFailed(PaxosdError):
+    """The cluster answered the request with an error (``error`` or ``stale``)."""
+
+
+class _ConnectionLost(Exception):
+    """Internal: the connection carrying a request went away before its reply came."""
+
+
+class _DialFailed(_ConnectionLost):
+    """Internal: no connection could be opened to the endpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses.
+
+
+def parse_endpoint(endpoint: str | tuple[str, int] | Sequence) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6addr]:port"`` or ``(host, port)`` as ``(host, port)``.
+
+    ValueError, naming the endpoint, for anything else.
+    """
+    if isinstance(endpoint, str):
+        host, sep, port_text = endpoint.strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(
+                f"endpoint {endpoint!r}: expected host:port with a port from 1 to 65535")
+        return host, int(port_text)
+    if isinstance(endpoint, (tuple, list)) and len(endpoint) == 2:
+        host, port = endpoint
+        if isinstance(host, str) and host and isinstance(port, int) and 1 <= port <= 65535:
+            return host, port
+    raise ValueError(f"endpoint {endpoint!r}: expected 'host:port' or (host, port)")
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _canonical(endpoint: Any) -> str:
+    return format_address(*parse_endpoint(endpoint))
+
+
+def _as_bytes(value: str | bytes | bytearray | memoryview, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}")
+
+
+def _dial_reason(exc: OSError) -> str:
+    """Why a dial failed, in the words of the underlying error ("Connection refused").
+
+    trio.open_tcp_stream raises "all attempts to connect to ... failed" from a group of the
+    per-address errors; the first of those is the one worth showing.
+    """
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    for error in (cause, exc):
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno)
+    return exc.strerror or str(exc)
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2**min(attempt, 16)) * random.uniform(0.5, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One connection: a sender that coalesces, a reader that routes replies by req_id.
+
+
+class _Waiter:
+    __slots__ = ("event", "reply", "error", "sent")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: list | None = None
+        self.error: BaseException | None = None
+        self.sent = False  # handed to the socket (the server may have it)
+
+
+class _Connection:
+    """A client connection to one node. ``run`` is its background task."""
+
+    def __init__(self, address: str, stream: trio.SocketStream, max_frame: int) -> None:
+        self.address = address
+        self.stream = stream
+        self.reader = FrameReader(max_frame)
+        self.waiting: dict[int, _Waiter] = {}
+        self.outbox: list[tuple[list, _Waiter]] = []
+        self.has_work = trio.Event()
+        self.scope = trio.CancelScope()
+        self.closed = False
+        self.reason = ""
+
+    async def request(self, req: list, waiter: _Waiter) -> list:
+        """Send ``req`` and wait for its reply; _ConnectionLost if the connection dies first.
+
+        If the caller is cancelled before the sender took the request, it is withdrawn and
+        ``waiter.sent`` stays False: the server never saw it.
+        """
+        if self.closed:
+            raise _ConnectionLost(f"{self.address}: {self.reason}")
+        req_id = req[0]
+        self.waiting[req_id] = waiter
+        entry = (req, waiter)
+        self.outbox.append(entry)
+        self.has_work.set()
+        try:
+            await waiter.event.wait()
+        finally:
+            self.waiting.pop(req_id, None)
+            if not waiter.sent:
+                try:
+                    self.outbox.remove(entry)
+                except ValueError:
+                    pass
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply  # type: ignore[return-value]
+
+    async def run(self) -> None:
+        """Send and receive until the connection fails or is closed; never raises."""
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_loop)
+                    await self._receive_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._fail(self.reason or "connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    def close(self, reason: str = "connection closed by the client") -> None:
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reason = reason
+        self.scope.cancel()
+        waiting, self.waiting = self.waiting, {}
+        error = _ConnectionLost(f"{self.address}: {self.reason}")
+        for waiter in waiting.values():
+            if waiter.error is None and waiter.reply is None:
+                waiter.error = error
+                waiter.event.set()
+        self.outbox.clear()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                self.has_work = trio.Event()
+                if not self.outbox:
+                    await self.has_work.wait()
+                taken, self.outbox = self.outbox, []
+                frames = []
+                batch: list = []
+                size = 0
+                for req, waiter in taken:
+                    waiter.sent = True
+                    batch.append(req)
+                    size += 32 + len(req[4]) + len(req[5] or b"") + len(req[6] or b"")
+                    if len(batch) >= MAX_FRAME_REQUESTS or size >= MAX_FRAME_PAYLOAD:
+                        frames.append(batch)
+                        batch, size = [], 0
+                if batch:
+                    frames.append(batch)
+                await self.stream.send_all(encode_frames(frames))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(f"send failed: {str(exc) or type(exc).__name__}")
+        except Exception as exc:  # a bug or an unencodable request: fail loudly, not silently
+            self._fail(f"send failed: {type(exc).__name__}: {exc}")
+
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    self._fail("connection closed by the server")
+                    return
+                for payload in self.reader.feed(data):
+                    self._dispatch(loads(payload))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(f"receive failed: {str(exc) or type(exc).__name__}")
+        except (FrameError, _ProtocolViolation) as exc:
+            self._fail(f"protocol error from the server: {exc}")
+        except Exception as exc:
+            self._fail(f"receive failed: {type(exc).__name__}: {exc}")
+
+    def _dispatch(self, replies: Any) -> None:
+        if not isinstance(replies, list):
+            raise _ProtocolViolation(f"expected an array of replies, got {type(replies).__name__}")
+        for reply in replies:
+            if (
+                not isinstance(reply, list)
+                or len(reply) != 4
+                or not isinstance(reply[0], int)
+                or not isinstance(reply[1], str)
+            ):
+                raise _ProtocolViolation(f"malformed reply {reply!r:.200}")
+            waiter = self.waiting.pop(reply[0], None)
+            if waiter is not None:  # else: a request its caller gave up on
+                waiter.reply = reply
+                waiter.event.set()
+
+
+class _ProtocolViolation(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions.
+
+
+class _Session:
+    """``(client_id, seq)``: the cluster applies each seq of a client at most once."""
+
+    __slots__ = ("client_id", "seq")
+
+    def __init__(self) -> None:
+        self.client_id = secrets.randbelow(MAX_CLIENT_ID) + 1  # random, nonzero, 63 bits
+        self.seq = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The client.
+
+
+class Client:
+    """A trio client of a paxosd cluster.
+
+    Use ``async with Client.connect(endpoints) as client`` (its background tasks live in a
+    nursery of its own), or ``client = await Client.connect(endpoints)`` and ``await
+    client.aclose()`` (its background tasks are trio system tasks, ended by ``aclose`` or by
+    the end of ``trio.run``). ``Client(endpoints)`` makes a client without contacting anyone.
+
+    Every method takes ``timeout`` (seconds, default the client's): the deadline of the whole
+    call, retries included. Keys and values are str (encoded as UTF-8) or bytes; values come
+    back as bytes.
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[str | tuple[str, int]],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.endpoints: list[str] = []
+        for endpoint in endpoints:
+            address = _canonical(endpoint)
+            if address not in self.endpoints:
+                self.endpoints.append(address)
+        if not self.endpoints:
+            raise ValueError("a client needs at least one endpoint")
+        if not timeout > 0 or not attempt_timeout > 0:
+            raise ValueError("timeout and attempt_timeout must be positive")
+        self.timeout = float(timeout)
+        self.attempt_timeout = float(attempt_timeout)
+        self.max_frame = max_frame
+        self.leader: str | None = None  # the address believed to lead
+        self._next_endpoint = 0
+        self._connections: dict[str, _Connection] = {}
+        self._dialing: dict[str, trio.Event] = {}
+        self._dial_errors: dict[str, str] = {}
+        self._req_ids = itertools.count(1)
+        self._sessions: list[_Session] = []
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def connect(
+        cls, endpoints: Iterable[str | tuple[str, int]], timeout: float = DEFAULT_TIMEOUT, **kwargs
+    ) -> _Connecting:
+        """A client connected to one of ``endpoints`` (Unavailable if none answers in time).
+
+        Await it, or use it as an async context manager.
+        """
+        return _Connecting(cls(endpoints, timeout=timeout, **kwargs))
+
+    async def __aenter__(self) -> Client:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> bool:
+        await self.aclose()
+        nursery_manager, self._nursery = self._nursery_manager, None
+        # The background tasks never raise and aclose has cancelled them, so the nursery only
+        # waits for them to end. The body's own exception is not handed to the nursery: it
+        # propagates as itself, not wrapped in an ExceptionGroup.
+        await nursery_manager.__aexit__(None, None, None)
+        return False
+
+    async def aclose(self) -> None:
+        """Close every connection. Calls still running fail; the client cannot be reused."""
+        self._closed = True
+        for connection in list(self._connections.values()):
+            connection.close()
+        self._connections.clear()
+        await trio.lowlevel.checkpoint()
+
+    async def _probe(self) -> None:
+        """Open a connection to the first endpoint that accepts one (tried in turn)."""
+        deadline = trio.current_time() + self.timeout
+        attempt = 0
+        with trio.move_on_at(deadline):
+            while True:
+                for _ in self.endpoints:
+                    address = self._target()
+                    try:
+                        await self._connection(address)
+                        return
+                    except _ConnectionLost:
+                        self._forget(address)
+                await trio.sleep(_backoff(attempt))
+                attempt += 1
+        raise Unavailable(self._unreachable_message(self.timeout))
+
+    # -------------------------------------------------------------------------- operations
+
+    async def put(self, key: str | bytes, value: str | bytes, *,
+                  timeout: float | None = None) -> None:
+        """Set ``key`` to ``value``."""
+        await self._write("put", key, _as_bytes(value, "value"), None, timeout)
+
+    async def get(self, key: str | bytes, *, timeout: float | None = None) -> bytes | None:
+        """The value of ``key`` (linearizable), or None when it is absent."""
+        result, _ = await self._call("get", _as_bytes(key, "key"), None, None, 0, 0, timeout,
+                                     False)
+        if result is not None and not isinstance(result, bytes):
+            raise OperationFailed(
+                f"get: the server returned {result!r:.100}, expected bytes or null")
+        return result
+
+    async def delete(self, key: str | bytes, *, timeout: float | None = None) -> bool:
+        """Remove ``key``; True if it existed."""
+        return bool(await self._write("delete", key, None, None, timeout))
+
+    async def cas(
+        self,
+        key: str | bytes,
+        expected: str | bytes | None,
+        new: str | bytes,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set ``key`` to ``new`` if its value is ``expected`` (None: if it is absent).
+
+        True if the swap happened.
+        """
+        old = None if expected is None else _as_bytes(expected, "expected")
+        return bool(await self._write("cas", key, old, _as_bytes(new, "new"), timeout))
+
+    async def status(self, endpoint: str | tuple[str, int] | None = None, *,
+                     timeout: float | None = None) -> dict:
+        """One node's status map (the node at ``endpoint``, default the leader or any node),
+        with ``"endpoint"`` added: the address that answered."""
+        address = None if endpoint is None else _canonical(endpoint)
+        result, answered_by = await self._call("status", b"", None, None, 0, 0, timeout, False,
+                                               address)
+        if not isinstance(result, dict):
+            raise OperationFailed(f"status: the server returned {result!r:.100}, expected a map")
+        return {**result, "endpoint": answered_by}
+
+    async def cluster_status(self, *, timeout: float | None = None) -> list[dict]:
+        """The status of every endpoint, asked concurrently, in endpoint order.
+
+        An endpoint that does not answer in time is ``{"endpoint": address, "error": message}``.
+        """
+        results: list[dict] = [{} for _ in self.endpoints]
+
+        async def ask(i: int, address: str) -> None:
+            try:
+                results[i] = await self.status(address, timeout=timeout)
+            except PaxosdError as exc:
+                results[i] = {"endpoint": address, "error": str(exc)}
+
+        async with trio.open_nursery() as nursery:
+            for i, address in enumerate(self.endpoints):
+                nursery.start_soon(ask, i, address)
+        return results
+
+    async def submit(
+        self,
+        op: str,
+        key: str | bytes,
+        arg1: str | bytes | None = None,
+        arg2: str | bytes | None = None,
+        *,
+        client_id: int,
+        seq: int,
+        timeout: float | None = None,
+    ) -> Any:
+        """The low-level call: send one request under the session ``(client_id, seq)`` the
+        caller manages, with the same leader discovery, retries and errors as the methods
+        above. Returns the operation's result."""
+        write = op in ("put", "delete", "cas")
+        a1 = None if arg1 is None else _as_bytes(arg1, "arg1")
+        a2 = None if arg2 is None else _as_bytes(arg2, "arg2")
+        result, _ = await self._call(op, _as_bytes(key, "key"), a1, a2, client_id, seq, timeout,
+                                     write)
+        return result
+
+    # -------------------------------------------------------------------------- machinery
+
+    async def _write(self, op: str, key: Any, arg1: bytes | None, arg2: bytes | None,
+                     timeout: float | None) -> Any:
+        session = self._sessions.pop() if self._sessions else _Session()
+        session.seq += 1
+        try:
+            result, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2,
+                                         session.client_id, session.seq, timeout, True)
+            return result
+        finally:
+            # Whatever the outcome, this seq is spent: the next write on the session uses a
+            # higher one, and a late copy of this one is then refused as stale.
+            self._sessions.append(session)
+
+    async def _call(self, op: str, key: bytes, arg1: bytes | None, arg2: bytes | None,
+                    client_id: int, seq: int, timeout: float | None, write: bool,
+                    address: str | None = None) -> tuple[Any, str]:
+        """Send the request until a definite answer or the deadline (see the module doc).
+
+        Returns ``(result, the address that answered)``. ``address`` pins the call to one node
+        (no redirects, and no more than two dials), as status does.
+        """
+        if self._closed:
+            raise PaxosdError("the client is closed")
+        timeout = self.timeout if timeout is None else timeout
+        deadline = trio.current_time() + timeout
+        maybe_sent = False  # some attempt may have reached a node
+        answered = False  # some node answered, but not with the operation's outcome
+        problem: str | None = None  # the last thing that went wrong, for the error message
+        dial_failed = False  # ... and it was that no connection could be opened
+        attempt = 0
+        current_time = trio.current_time
+        closed = False
+        while True:
+            now = current_time()
+            if now >= deadline:
+                break
+            if self._closed:
+                closed, problem = True, "the client was closed"
+                break
+            target = address or self._target()
+            pause = True
+            waiter = _Waiter()
+            reply = None
+            lost: _ConnectionLost | None = None
+            # One cancel scope per attempt bounds it by the call's deadline and by
+            # attempt_timeout, whichever comes first.
+            with trio.CancelScope(deadline=min(deadline, now + self.attempt_timeout)):
+                try:
+                    connection = await self._connection(target)
+                    req = [next(self._req_ids), op, client_id, seq, key, arg1, arg2]
+                    reply = await connection.request(req, waiter)
+                except _ConnectionLost as exc:
+                    lost = exc
+                finally:
+                    maybe_sent = maybe_sent or waiter.sent
+            if lost is not None:
+                problem = str(lost)
+                dial_failed = isinstance(lost, _DialFailed)
+                if address is not None and attempt >= 1:
+                    break
+                self._forget(target)
+                pause = address is not None or self._tried_all(attempt)
+            elif reply is None:
+                if current_time() >= deadline:
+                    break
+                # Paused or overloaded: ask another node (a retried write is still applied at
+                # most once, and a redirect brings us back if it leads).
+                problem = f"{target} did not answer within {self.attempt_timeout:g} s"
+                dial_failed = False
+                self._forget(target)
+                pause = False
+            else:
+                status, result, leader = reply[1], reply[2], reply[3]
+                if status == OK:
+                    if address is None and op != "status":
+                        self.leader = target
+                    return result, target
+                if status == ERROR:
+                    raise OperationFailed(f"{op}: {target}: {result}")
+                if status == STALE:
+                    raise OperationFailed(
+                        f"{op}: {target}: stale session: seq {seq} of client {client_id} is "
+                        f"older than the last one it applied")
+                answered = True
+                if status == NOT_LEADER:
+                    problem = f"{target} is not the leader" + (
+                        f" (leader: {leader})" if leader else " and knows of none")
+                    if address is None and self._redirect(target, leader):
+                        pause = attempt > 2  # follow a fresh redirect at once
+                elif status == BUSY:
+                    problem = f"{target} is busy"
+                else:
+                    raise OperationFailed(f"{op}: {target}: unknown reply status {status!r}")
+            if pause:
+                await trio.sleep_until(min(deadline, current_time() + _backoff(attempt)))
+            attempt += 1
+        last = f" (last: {problem})" if problem else ""
+        if write and maybe_sent:
+            raise OutcomeUnknown(
+                f"{op}: outcome unknown: the write may or may not have been applied "
+                f"(no definite answer within {timeout:g} s{last})"
+            )
+        if closed:
+            raise PaxosdError(f"{op}: the client is closed")
+        if address is not None:
+            if dial_failed and address in self._dial_errors:
+                raise Unavailable(f"{op}: {address}: {self._dial_errors[address]}")
+            raise Unavailable(f"{op}: {address}: no answer within {timeout:g} s{last}")
+        if answered:
+            raise NoLeader(f"{op}: no leader answered within {timeout:g} s{last}")
+        if problem is not None and not dial_failed:
+            raise Unavailable(f"{op}: no endpoint answered within {timeout:g} s{last}")
+        raise Unavailable(f"{op}: {self._unreachable_message(timeout)}")
+
+    def _unreachable_message(self, timeout: float) -> str:
+        details = "; ".join(
+            f"{a}: {self._dial_errors[a]}" for a in self.endpoints if a in self._dial_errors
+        )
+        return f"no endpoint answered within {timeout:g} s" + (f" ({details})" if details else "")
+
+    def _target(self) -> str:
+        """Where the next unpinned request goes: the leader if known, else the next endpoint."""
+        if self.leader is not None:
+            return self.leader
+        return self.endpoints[self._next_endpoint % len(self.endpoints)]
+
+    def _tried_all(self, attempt: int) -> bool:
+        """Pause after a lost connection only once every endpoint was tried in this round."""
+        return (attempt + 1) % len(self.endpoints) == 0
+
+    def _forget(self, address: str) -> None:
+        """``address`` failed us: stop sending there; the next target is another node."""
+        if self.leader == address:
+            self.leader = None
+        if self.endpoints[self._next_endpoint % len(self.endpoints)] == address:
+            self._next_endpoint += 1
+
+    def _redirect(self, target: str, leader: Any) -> bool:
+        """Follow a not_leader answer from ``target``; True if it named another node."""
+        hint = None
+        if isinstance(leader, str):
+            try:
+                hint = _canonical(leader)
+            except ValueError:
+                pass
+        if hint is not None and hint != target:
+            self.leader = hint
+            return True
+        self._forget(target)
+        return False
+
+    async def _connection(self, address: str) -> _Connection:
+        """The open connection to ``address``, dialing it if needed; _ConnectionLost if not."""
+        connection = self._connections.get(address)
+        if connection is not None and not connection.closed:
+            return connection
+        dialing = self._dialing.get(address)
+        if dialing is not None:
+            await dialing.wait()
+            connection = self._connections.get(address)
+            if connection is not None and not connection.closed:
+                return connection
+            raise _DialFailed(f"{address}: {self._dial_errors.get(address, 'cannot connect')}")
+        if self._closed:
+            raise _ConnectionLost(f"{address}: the client is closed")
+        done = self._dialing[address] = trio.Event()
+        try:
+            host, port = parse_endpoint(address)
+            stream = None
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    stream = await trio.open_tcp_stream(host, port)
+                except OSError as exc:
+                    self._dial_errors[address] = f"cannot connect: {_dial_reason(exc)}"
+                    raise _DialFailed(f"{address}: {self._dial_errors[address]}") from None
+            if stream is None:
+                self._dial_errors[address] = f"cannot connect within {DIAL_TIMEOUT:g} s"
+                raise _DialFailed(f"{address}: {self._dial_errors[address]}")
+            self._dial_errors.pop(address, None)
+            connection = _Connection(address, stream, self.max_frame)
+            self._connections[address] = connection
+            self._spawn(self._run_connection, connection)
+            return connection
+        finally:
+            del self._dialing[address]
+            done.set()
+
+    async def _run_connection(self, connection: _Connection) -> None:
+        try:
+            await connection.run()
+        finally:
+            if self._connections.get(connection.address) is connection:
+                del self._connections[connection.address]
+
+    def _spawn(self, fn, *args) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+        else:
+            # Used without ``async with``: the task must outlive the caller's scopes. It never
+            # raises (see _Connection.run), so it cannot take the run down.
+            trio.lowlevel.spawn_system_task(fn, *args, name=f"paxosd client {args[0].address}")
+
+
+class _Connecting:
+    """What ``Client.connect`` returns: awaitable, and an async context manager."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __await__(self):
+        return self._connect().__await__()
+
+    async def _connect(self) -> Client:
+        await self.client._probe()
+        return self.client
+
+    async def __aenter__(self) -> Client:
+        await self.client.__aenter__()
+        try:
+            await self.client._probe()
+        except BaseException as exc:
+            await self.client.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self.client
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        return await self.client.__aexit__(*exc_info)
+
+
+# ---------------------------------------------------------------------------------------------
+# The synchronous wrapper.
+
+
+class SyncClient:
+    """The same client for synchronous code: a trio loop runs in a background thread.
+
+    ``SyncClient(endpoints, timeout=5.0)`` connects (Unavailable if no endpoint answers); the
+    methods block and raise the same errors as ``Client``'s. Safe to call from several threads
+    at once (each call is a task in the loop). ``close()`` (or ``with``) ends the thread.
+    """
+
+    def __init__(self, endpoints: Iterable[str | tuple[str, int]], timeout: float = DEFAULT_TIMEOUT,
+                 **kwargs) -> None:
+        self._client = Client(endpoints, timeout=timeout, **kwargs)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,),
+                                        name="paxosd-client", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    @classmethod
+    def connect(cls, endpoints: Iterable[str | tuple[str, int]], timeout: float = DEFAULT_TIMEOUT,
+                **kwargs) -> SyncClient:
+        """The same as the constructor, named like ``Client.connect``."""
+        return cls(endpoints, timeout, **kwargs)
+
+    async def _main(self) -> None:
+        try:
+            async with _Connecting(self._client) as client:
+                self._token = trio.lowlevel.current_trio_token()
+                self._stop = trio.Event()
+                self._started.set()
+                await self._stop.wait()
+                del client
+        except BaseException as exc:  # reported to the constructor's caller
+            if self._started.is_set():
+                raise
+            self._error = exc
+            self._started.set()
+
+    def _run(self, method: str, *args, **kwargs) -> Any:
+        if self._token is None or not self._thread.is_alive():
+            raise PaxosdError("the client is closed")
+        fn = functools.partial(getattr(self._client, method), *args, **kwargs)
+        try:
+            return trio.from_thread.run(fn, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise PaxosdError("the client is closed") from None
+
+    def put(self, key, value, *, timeout=None) -> None:
+        return self._run("put", key, value, timeout=timeout)
+
+    def get(self, key, *, timeout=None) -> bytes | None:
+        return self._run("get", key, timeout=timeout)
+
+    def delete(self, key, *, timeout=None) -> bool:
+        return self._run("delete", key, timeout=timeout)
+
+    def cas(self, key, expected, new, *, timeout=None) -> bool:
+        return self._run("cas", key, expected, new, timeout=timeout)
+
+    def status(self, endpoint=None, *, timeout=None) -> dict:
+        return self._run("status", endpoint, timeout=timeout)
+
+    def cluster_status(self, *, timeout=None) -> list[dict]:
+        return self._run("cluster_status", timeout=timeout)
+
+    def submit(self, op, key, arg1=None, arg2=None, *, client_id, seq, timeout=None) -> Any:
+        return self._run("submit", op, key, arg1, arg2, client_id=client_id, seq=seq,
+                         timeout=timeout)
+
+    def close(self) -> None:
+        """End the background loop and its connections (idempotent)."""
+        if self._token is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
