@@ -31,6 +31,7 @@ from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ball
 from daemon.kv import KVStore
 from daemon.messages import (
     BUSY,
+    ERROR,
     NOOP,
     NOT_LEADER,
     OK,
@@ -47,6 +48,19 @@ from daemon.messages import (
     Reject,
     Reply,
 )
+
+# Bytes a command costs on the wire beyond its key and values (the CBOR array, ids, op): an
+# upper bound, so that runs cut by cost always fit the frame limit.
+COMMAND_OVERHEAD = 32
+
+
+def command_cost(cmd: tuple) -> int:
+    return len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + COMMAND_OVERHEAD
+
+
+def batch_cost(batch: tuple) -> int:
+    return sum(map(command_cost, batch)) + 8
+
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"
@@ -70,6 +84,9 @@ class CoreConfig:
     max_sessions: int = 100_000
     catchup_slots: int = 64  # chosen slots per Catchup message
     behind_limit: int = 64  # a candidate this many chosen slots behind must catch up first
+    # Accept and Catchup runs are cut to fit this; a Promise may take twice as much (a frame,
+    # when this is half the frame limit) and is refused beyond, so the candidate catches up.
+    max_message_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         lo, hi = self.election_timeout
@@ -79,7 +96,7 @@ class CoreConfig:
                 f"got {self.heartbeat_interval} and {self.election_timeout}"
             )
         for name in ("window", "max_batch_commands", "max_batch_bytes", "max_pending_commands",
-                     "catchup_slots", "behind_limit"):
+                     "catchup_slots", "behind_limit", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -184,6 +201,7 @@ class Node:
         self.pending: list = []  # client commands waiting for a batch
         self.pending_bytes = 0
         self.waiting: dict[tuple[int, int], object] = {}  # (client_id, seq) -> req
+        self.also_waiting: dict[tuple[int, int], list] = {}  # retries that arrived meanwhile
         self.read_floor = 0
         self.last_broadcast = now
         self.last_progress = now
@@ -227,15 +245,20 @@ class Node:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
         key = (cmd[0], cmd[1])
-        if key in self.waiting:  # a retry of a command already on its way
-            self.waiting[key] = req
+        if key in self.waiting:  # a retry of a command already on its way: answer both
+            self.also_waiting.setdefault(key, []).append(req)
             return
         if len(self.pending) >= self.config.max_pending_commands:
             self._out.replies.append(Reply(req, BUSY))
             return
+        cost = command_cost(cmd)
+        if cost > self.config.max_batch_bytes:
+            self._out.replies.append(Reply(req, ERROR, (
+                f"command of {cost} bytes exceeds max_batch_bytes ({self.config.max_batch_bytes})")))
+            return
         self.waiting[key] = req
         self.pending.append(cmd)
-        self.pending_bytes += len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + 16
+        self.pending_bytes += cost
 
     def read(self, req, key: bytes, now: float) -> None:
         """A linearizable read: answered once a quorum confirmed this node's ballot after the
@@ -276,10 +299,17 @@ class Node:
         log = self.log
         commit = self.commit_index
         entries = []
+        size = 0
         for slot in range(msg.from_slot, self.max_slot + 1):
             entry = log.get(slot)
             if entry is not None:
                 entries.append((slot, BALLOT_CHOSEN if slot <= commit else entry[0], entry[1]))
+                size += batch_cost(entry[1])
+        if size > 2 * self.config.max_message_bytes:
+            # Too much to report in one message: the candidate must catch up first. The
+            # promise itself stands (it is already in the log), which is always safe.
+            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
+            return
         self._out.send_after_persist.append(
             (msg.sender, Promise(self.id, b, commit, tuple(entries))))
 
@@ -357,8 +387,8 @@ class Node:
             return
         last = min(self.commit_index, first + self.config.catchup_slots - 1)
         log = self.log
-        batches = tuple(log[s][1] for s in range(first, last + 1))
-        self._out.send.append((msg.sender, Catchup(self.id, first, batches, self.commit_index)))
+        start, batches = next(self._runs(first, last, lambda s: log[s][1]))
+        self._out.send.append((msg.sender, Catchup(self.id, start, batches, self.commit_index)))
 
     def _on_catchup(self, msg: Catchup) -> None:
         self.catchup_asked_at = -1.0
@@ -394,6 +424,9 @@ class Node:
                     req = waiting.pop((cmd[0], cmd[1]), None)
                     if req is not None:
                         replies.append(Reply(req, status, result))
+                        if self.also_waiting:
+                            for again in self.also_waiting.pop((cmd[0], cmd[1]), ()):
+                                replies.append(Reply(again, status, result))
             self.applied_index = slot
         if self.reads:
             self._serve_reads()
@@ -468,17 +501,26 @@ class Node:
     def _fill_window(self) -> None:
         window = self.window
         queued = self.queued_batches
+        limit = self.config.max_message_bytes
         first = window.next_slot
         batches = []
+        run_bytes = 0
         while window.has_room():
             if queued:
                 batch = queued.popleft()
+                cost = batch_cost(batch)
             elif self.pending:
+                before = self.pending_bytes
                 batch = self._take_batch()
+                cost = before - self.pending_bytes
             else:
                 break
+            if batches and run_bytes + cost > limit:
+                self._broadcast_accept(first, tuple(batches))
+                first, batches, run_bytes = window.next_slot, [], 0
             window.open(batch)
             batches.append(batch)
+            run_bytes += cost
         if batches:
             self._broadcast_accept(first, tuple(batches))
 
@@ -495,7 +537,7 @@ class Node:
         limit = min(len(pending), cfg.max_batch_commands)
         while n < limit:
             cmd = pending[n]
-            cost = len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + 16
+            cost = command_cost(cmd)
             if n and size + cost > cfg.max_batch_bytes:
                 break
             size += cost
@@ -517,7 +559,7 @@ class Node:
         """Resend in-flight slots to each peer that has not acknowledged them."""
         window = self.window
         tracker = self.tracker
-        for m in self.members:
+        for m in self.peers:
             bit = 1 << self.index[m]
             first = None
             for slot in range(window.first_slot, window.next_slot):
@@ -526,11 +568,26 @@ class Node:
                     break
             if first is None:
                 continue
-            batches = tuple(window.get(s) for s in range(first, window.next_slot))
-            self._out.send.append(
-                (m, Accept(self.id, self.ballot, self.commit_index, first, batches, self.read_round)))
+            for start, batches in self._runs(first, window.next_slot - 1, window.get):
+                self._out.send.append(
+                    (m, Accept(self.id, self.ballot, self.commit_index, start, batches, self.read_round)))
         self.read_round_sent = True
         self.last_progress = self.now
+
+    def _runs(self, first: int, last: int, batch_of):
+        """Slots first..last as (start, batches) runs that each fit max_message_bytes."""
+        limit = self.config.max_message_bytes
+        start, batches, size = first, [], 0
+        for slot in range(first, last + 1):
+            batch = batch_of(slot)
+            cost = batch_cost(batch)
+            if batches and size + cost > limit:
+                yield start, tuple(batches)
+                start, batches, size = slot, [], 0
+            batches.append(batch)
+            size += cost
+        if batches:
+            yield start, tuple(batches)
 
     def _on_accepted(self, msg: Accepted) -> None:
         if self.role != LEADER or msg.ballot != self.ballot:
@@ -608,6 +665,10 @@ class Node:
         replies = self._out.replies
         for req in self.waiting.values():
             replies.append(Reply(req, NOT_LEADER, leader=leader))
+        for reqs in self.also_waiting.values():
+            for req in reqs:
+                replies.append(Reply(req, NOT_LEADER, leader=leader))
+        self.also_waiting.clear()
         for req, _key, _index, _round in self.reads:
             replies.append(Reply(req, NOT_LEADER, leader=leader))
         self.waiting.clear()

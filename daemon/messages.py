@@ -30,6 +30,7 @@ OK = "ok"
 NOT_LEADER = "not_leader"  # retry elsewhere; ``leader`` names the leader when known
 STALE = "stale"  # the command's seq is older than the session's last applied one
 BUSY = "busy"  # the leader's queue is full; retry later
+ERROR = "error"  # the command cannot be carried out as given; ``result`` says why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ RECORDS = (PromiseRecord, AcceptRecord, ChosenRecord, CommitRecord)
 class Reply:
     """The answer to the request the driver tagged ``req``.
 
-    ``status`` is one of OK, NOT_LEADER, STALE, BUSY; ``result`` is the operation's output when
+    ``status`` is one of OK, NOT_LEADER, STALE, BUSY, ERROR; ``result`` is the operation's output when
     OK; ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
     """
 

@@ -77,7 +77,20 @@ def core_config(config) -> CoreConfig:
         max_batch_commands=config.batching.max_batch_commands,
         max_batch_bytes=config.batching.max_batch_bytes,
         max_pending_commands=config.limits.max_pending_commands,
+        max_message_bytes=config.limits.max_frame_bytes // 2,
     )
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between watchdog pings systemd asks for (half its WatchdogSec), or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2e6, TICK_INTERVAL)
+    except ValueError:
+        return None
 
 
 def sd_notify(state: str, log=None) -> bool:
@@ -146,6 +159,8 @@ class Server:
         self._wal_has_work = trio.Event()
         self._after_persist: deque = deque()  # (wal sequence number, [(dest, msg), ...])
         self._clients = 0
+        self._watchdog = watchdog_interval()
+        self._next_watchdog = 0.0
         self._role = None
         self._leader = None
         self.cancel_scope: trio.CancelScope | None = None
@@ -206,6 +221,12 @@ class Server:
         except StorageError as exc:
             self.log.error("closing the WAL failed: %s", exc)
 
+    def _status_line(self) -> str:
+        node = self.node
+        leader = node.leader_id if node.leader_id is not None else "none"
+        return (f"{node.role}, leader {leader}, ballot {wire.format_ballot(node.promised)}, "
+                f"commit {node.commit_index}, applied {node.applied_index}")
+
     def status(self) -> dict:
         """The status map of the client protocol's "status" request."""
         status = self.node.status()
@@ -248,6 +269,10 @@ class Server:
                 elif kind == EV_TICK:
                     self._tick_pending = False
                     node.tick(now)
+                    if self._watchdog is not None and now >= self._next_watchdog:
+                        # Pinged from the core loop itself: a wedged loop stops the pings.
+                        self._next_watchdog = now + self._watchdog
+                        sd_notify(f"WATCHDOG=1\nSTATUS={self._status_line()}", self.log)
                 # EV_DURABLE only wakes us: the release below reads _wal_durable.
             if self._after_persist:
                 self._release_durable()

@@ -161,7 +161,8 @@ class Simulation:
                                  window=self.rng.choice([1, 4, 16, 64]),
                                  max_batch_commands=self.rng.choice([1, 3, 64]),
                                  catchup_slots=self.rng.choice([4, 16, 64]),
-                                 behind_limit=self.rng.choice([4, 64]))
+                                 behind_limit=self.rng.choice([4, 64]),
+                                 max_message_bytes=self.rng.choice([4096, 32 << 20]))
         self.ids = list(range(1, nodes + 1))
         self.now = 0.0
         self.queue: list = []

@@ -118,7 +118,8 @@ def test_a_retried_command_applies_once_and_an_older_one_is_stale():
 def test_an_acceptor_promises_only_after_persisting_and_reports_accepted_entries():
     node = Node(2, [1, 2, 3], CFG, random.Random(0), 0.0)
     b1 = ballot_pack(1, 1)
-    node.receive(Accept(1, b1, 0, 1, (("x",),), 0), 0.0)
+    x = (put(1, 1, b"x", b"x"),)
+    node.receive(Accept(1, b1, 0, 1, (x,), 0), 0.0)
     node.ready()
     b2 = ballot_pack(2, 3)
     node.receive(Prepare(3, b2, 1), 0.0)
@@ -126,7 +127,7 @@ def test_an_acceptor_promises_only_after_persisting_and_reports_accepted_entries
     assert out.persist == [PromiseRecord(b2)]
     assert out.send == []  # the Promise waits for the record to be durable
     (dst, promise), = out.send_after_persist
-    assert dst == 3 and promise == Promise(2, b2, 0, ((1, b1, ("x",)),))
+    assert dst == 3 and promise == Promise(2, b2, 0, ((1, b1, x),))
 
 
 def test_an_acceptor_rejects_lower_ballots_naming_its_promise():
@@ -160,12 +161,13 @@ def test_a_new_leader_reproposes_the_highest_ballot_value_and_fills_holes_with_n
     b = node.ballot
     node.ready()
     old, older = ballot_pack(0, 3), ballot_pack(0, 2)
-    node.receive(Promise(2, b, 0, ((1, old, ("new",)), (3, old, ("c",)))), 1.0)
-    node.receive(Promise(3, b, 0, ((1, older, ("stale",)),)), 1.0)
+    new, stale, c3 = ((put(1, 1, b"k", b"new"),), (put(1, 1, b"k", b"stale"),), (put(2, 1, b"c", b"c"),))
+    node.receive(Promise(2, b, 0, ((1, old, new), (3, old, c3))), 1.0)
+    node.receive(Promise(3, b, 0, ((1, older, stale),)), 1.0)
     assert node.role == LEADER
     out = node.ready()
     accepts = [m for dst, m in out.send if dst == 2]
-    assert accepts == [Accept(1, b, 0, 1, (("new",), (), ("c",)), 0)]
+    assert accepts == [Accept(1, b, 0, 1, (new, (), c3), 0)]
 
 
 def test_a_new_leader_learns_values_its_promises_report_chosen():
@@ -320,3 +322,42 @@ def test_a_new_leader_serves_reads_only_once_every_reproposed_slot_is_chosen():
     for sender in (1, 2):
         node.receive(Accepted(sender, b, 2, 2, node.read_round), 1.0)
     assert [(r.req, r.result) for r in node.ready().replies] == [("r", b"acked")]
+
+
+def test_a_retry_that_arrives_while_the_command_is_in_flight_gets_the_answer_too():
+    c = Cluster()
+    c.advance(1.0)
+    leader = c.leader()
+    leader.submit("first", put(3, 1, b"k", b"v"), c.now)
+    leader.submit("retry", put(3, 1, b"k", b"v"), c.now)
+    c.pump()
+    assert sorted((r.req, r.status) for r in c.replies[leader.id]) == [("first", OK), ("retry", OK)]
+    assert leader.kv.applied_commands == 1
+
+
+def test_a_command_larger_than_a_batch_may_be_is_refused_with_a_reason():
+    cfg = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.3), max_batch_bytes=1000)
+    c = Cluster(cfg=cfg)
+    c.advance(1.0)
+    leader = c.leader()
+    leader.submit("big", put(3, 1, b"k", b"x" * 2000), c.now)
+    c.pump()
+    (reply,) = c.replies[leader.id]
+    assert reply.status == "error" and "max_batch_bytes" in reply.result
+
+
+def test_accept_runs_are_cut_to_fit_the_message_limit():
+    cfg = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.3), window=16,
+                     max_batch_commands=1, max_message_bytes=300)
+    c = Cluster(cfg=cfg)
+    c.advance(1.0)
+    leader = c.leader()
+    c.sent.clear()
+    for seq in range(1, 9):
+        leader.submit(seq, put(seq, 1, b"k", b"v" * 100), c.now)
+    c.pump()
+    accepts = [m for src, dst, m in c.sent if src == leader.id and dst != leader.id
+               and isinstance(m, Accept) and m.batches]
+    assert accepts and max(len(m.batches) for m in accepts) < 8
+    assert all(sum(len(b[0][4]) + 40 for b in m.batches) <= 300 for m in accepts)
+    assert len(c.replies[leader.id]) == 8 and all(r.status == OK for r in c.replies[leader.id])

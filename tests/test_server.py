@@ -440,3 +440,35 @@ def test_real_processes_survive_kill_9_of_the_leader(tmp_path):
     for i in (1, 2, 3):
         text = (tmp_path / f"node-{i}.log").read_text()
         assert "Traceback" not in text, text
+
+
+def test_a_supervised_node_pings_the_watchdog_with_a_status_line(tmp_path):
+    cluster = Cluster(write_config(tmp_path))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+    log = open(tmp_path / "node-1.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.server", "--config", str(cluster.path),
+                             "--node-id", "1"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        seen = [notify.recv(256) for _ in range(4)]
+        assert seen[0] == b"READY=1"
+        pings = [m for m in seen[1:] if m.startswith(b"WATCHDOG=1\nSTATUS=")]
+        assert len(pings) == 3, seen
+        assert b"commit 0" in pings[0] and b"leader none" in pings[0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        rest = []
+        while True:  # pings may still be queued ahead of STOPPING
+            msg = notify.recv(256)
+            rest.append(msg)
+            if not msg.startswith(b"WATCHDOG"):
+                break
+        assert rest[-1] == b"STOPPING=1"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        log.close()
+        notify.close()
