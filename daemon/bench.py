@@ -98,6 +98,7 @@ def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, r
     samples: list[float] = []
     per_second: dict[int, int] = {}
     errors = 0
+    error_kinds: dict[str, int] = {}
     redirects = 0
     measure_from = start_at + warmup
     stop_at = measure_from + duration
@@ -167,6 +168,7 @@ def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, r
                 break
             else:
                 errors += 1
+                error_kinds[f"{reply[1]}: {reply[2]}"[:120]] = error_kinds.get(f"{reply[1]}: {reply[2]}"[:120], 0) + 1
                 out.append(resend(session_index, now))
         if out is None:  # leadership moved: reconnect and start the window afresh
             conn.close()
@@ -181,7 +183,7 @@ def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, r
     if conn is not None:
         conn.close()
     results.put({"index": index, "samples": samples, "per_second": per_second,
-                 "errors": errors, "redirects": redirects,
+                 "errors": errors, "error_kinds": error_kinds, "redirects": redirects,
                  "cpu_seconds": sum(os.times()[:2])})
 
 
@@ -334,6 +336,8 @@ def run(args) -> int:
 
 def _show_progress(progress, start_at: float, warmup: float, duration: float, quiet: bool) -> None:
     end = start_at + warmup + duration
+    # On a terminal the progress line rewrites itself; in a log, one line per update.
+    lead, tail = ("\r", "") if sys.stderr.isatty() else ("", "\n")
     window_count = 0
     last = time.monotonic()
     total = 0
@@ -347,12 +351,12 @@ def _show_progress(progress, start_at: float, warmup: float, duration: float, qu
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY and not quiet:
             phase = "warmup" if now < start_at + warmup else "measure"
-            print(f"\r  {phase}: {window_count / (now - last):>10,.0f} commits/s   "
-                  f"{total:>10,} total   {max(0.0, now - start_at):5.1f}s", end="", file=sys.stderr,
+            print(f"{lead}  {phase}: {window_count / (now - last):>10,.0f} commits/s   "
+                  f"{total:>10,} total   {max(0.0, now - start_at):5.1f}s", end=tail, file=sys.stderr,
                   flush=True)
             window_count = 0
             last = now
-    if not quiet:
+    if not quiet and lead:
         print(file=sys.stderr)
 
 
@@ -378,6 +382,7 @@ def _report(outputs, settings, before, after, server_cpu, args) -> dict:
         },
         "throughput_per_second": [per_second.get(i, 0) for i in range(int(args.duration))],
         "errors": sum(o["errors"] for o in outputs),
+        "error_kinds": {k: v for o in outputs for k, v in o["error_kinds"].items()},
         "redirects": sum(o["redirects"] for o in outputs),
         "leader": {"slots_committed": slots, "commands_applied": applied,
                    "mean_batch_commands": (applied / slots) if slots else None,
@@ -409,6 +414,8 @@ def _print_report(r: dict) -> None:
         print(f"  cpu/commit     {r['cpu_us_per_commit']:.1f} us (all processes)")
     if r["errors"] or r["redirects"]:
         print(f"  errors         {r['errors']} errors, {r['redirects']} redirects")
+        for kind, n in sorted(r["error_kinds"].items(), key=lambda kv: -kv[1])[:3]:
+            print(f"                 {n} x {kind}")
 
 
 def _plot(report: dict, outputs, path: str) -> None:
