@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
-from daemon.kv import KVStore
+from daemon.kv import KVStore, decode_image, encode_image
 from daemon.messages import (
     BUSY,
     ERROR,
@@ -47,6 +47,8 @@ from daemon.messages import (
     PromiseRecord,
     Reject,
     Reply,
+    Snapshot,
+    SnapshotChunk,
 )
 
 # Bytes a command costs on the wire beyond its key and values (the CBOR array, ids, op): an
@@ -87,6 +89,9 @@ class CoreConfig:
     # Accept and Catchup runs are cut to fit this; a Promise may take twice as much (a frame,
     # when this is half the frame limit) and is refused beyond, so the candidate catches up.
     max_message_bytes: int = 32 << 20
+    snapshot_every: int = 0  # applied slots between snapshots; 0: never
+    log_retain: int = 256  # chosen slots kept below a snapshot, for followers slightly behind
+    snapshot_chunk_bytes: int = 1 << 20  # one SnapshotChunk per catch-up round trip
 
     def __post_init__(self) -> None:
         lo, hi = self.election_timeout
@@ -95,8 +100,10 @@ class CoreConfig:
                 "need 0 < heartbeat_interval < election_timeout[0] <= election_timeout[1], "
                 f"got {self.heartbeat_interval} and {self.election_timeout}"
             )
+        if self.snapshot_every < 0 or self.log_retain < 0:
+            raise ValueError("snapshot_every and log_retain must be >= 0")
         for name in ("window", "max_batch_commands", "max_batch_bytes", "max_pending_commands",
-                     "catchup_slots", "behind_limit", "max_message_bytes"):
+                     "catchup_slots", "behind_limit", "max_message_bytes", "snapshot_chunk_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -111,10 +118,14 @@ class DurableState:
     promised: int = BALLOT_NONE
     log: dict = field(default_factory=dict)
     commit_index: int = 0
+    snapshot: Snapshot | None = None
 
     @classmethod
-    def from_records(cls, records) -> "DurableState":
-        state = cls()
+    def from_records(cls, records, snapshot: Snapshot | None = None) -> "DurableState":
+        """Replay the records written since ``snapshot`` (or since the beginning)."""
+        state = cls(snapshot=snapshot)
+        if snapshot is not None:
+            state.commit_index = snapshot.index
         log = state.log
         for record in records:
             if isinstance(record, AcceptRecord):
@@ -127,7 +138,9 @@ class DurableState:
                         log[slot] = (b, batch)
             elif isinstance(record, ChosenRecord):
                 for i, batch in enumerate(record.batches):
-                    log[record.first_slot + i] = (BALLOT_CHOSEN, batch)
+                    slot = record.first_slot + i
+                    if slot > state.commit_index:
+                        log[slot] = (BALLOT_CHOSEN, batch)
             elif isinstance(record, CommitRecord):
                 if record.commit_index > state.commit_index:
                     state.commit_index = record.commit_index
@@ -136,7 +149,8 @@ class DurableState:
                     state.promised = record.ballot
             else:
                 raise TypeError(f"not a durable record: {record!r}")
-        for slot in range(1, state.commit_index + 1):
+        base = snapshot.index if snapshot is not None else 0
+        for slot in range(base + 1, state.commit_index + 1):
             if slot not in log:
                 raise ProtocolError(f"log has no value for chosen slot {slot}")
         return state
@@ -146,7 +160,7 @@ class DurableState:
 class Ready:
     """The node's outputs since the last ``ready()``; see the module docstring for the order."""
 
-    persist: list = field(default_factory=list)
+    persist: list = field(default_factory=list)  # records, and now and then a Snapshot
     send: list = field(default_factory=list)  # (destination id, message)
     send_after_persist: list = field(default_factory=list)  # (destination id, message)
     replies: list = field(default_factory=list)
@@ -183,8 +197,19 @@ class Node:
         self.log: dict[int, tuple[int, tuple]] = dict(durable.log)
         self.commit_index = durable.commit_index
         self.max_slot = max(self.log, default=0)
-        self.applied_index = 0
-        self.kv = KVStore(config.max_sessions)
+        snapshot = durable.snapshot
+        if snapshot is not None:
+            self.kv = KVStore.from_image(snapshot.state, config.max_sessions)
+            self.snapshot_index = self.applied_index = snapshot.index
+            self.snapshot_image = snapshot.state
+            self.max_slot = max(self.max_slot, snapshot.index)
+        else:
+            self.kv = KVStore(config.max_sessions)
+            self.snapshot_index = self.applied_index = 0
+            self.snapshot_image = None
+        self.snapshot_blob: bytes | None = None  # encoded lazily, for catch-up
+        self.log_start = self.snapshot_index + 1 if snapshot is not None else 1
+        self.incoming: tuple | None = None  # (index, total, bytearray) of a snapshot arriving
         self.max_seen = max([self.promised] + [b for b, _ in self.log.values() if b != BALLOT_CHOSEN])
 
         # Proposer state.
@@ -288,7 +313,9 @@ class Node:
     def _on_prepare(self, msg: Prepare) -> None:
         b = msg.ballot
         self._observe(b)
-        if b < self.promised or (b > self.promised and self.commit_index - msg.from_slot + 1 > self.config.behind_limit):
+        behind = (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
+                  or msg.from_slot < self.log_start)
+        if b < self.promised or (b > self.promised and behind):
             self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
             return
         if b > self.promised:
@@ -379,11 +406,20 @@ class Node:
         if self.now - self.catchup_asked_at < self.config.heartbeat_interval:
             return
         self.catchup_asked_at = self.now
-        self._out.send.append((source, CatchupRequest(self.id, self.commit_index + 1)))
+        self._out.send.append((source, self._catchup_request()))
+
+    def _catchup_request(self) -> CatchupRequest:
+        incoming = self.incoming
+        if incoming is not None:
+            return CatchupRequest(self.id, self.commit_index + 1, incoming[0], len(incoming[2]))
+        return CatchupRequest(self.id, self.commit_index + 1)
 
     def _on_catchup_request(self, msg: CatchupRequest) -> None:
         first = msg.from_slot
         if first > self.commit_index or first < 1:
+            return
+        if first < self.log_start:
+            self._send_snapshot_chunk(msg)
             return
         last = min(self.commit_index, first + self.config.catchup_slots - 1)
         log = self.log
@@ -411,6 +447,90 @@ class Node:
         if msg.commit_index > self.commit_index:
             self._ask_catchup(msg.sender)
 
+    def _send_snapshot_chunk(self, msg: CatchupRequest) -> None:
+        """The learner is behind our oldest retained slot: send it the snapshot, one chunk per
+        request, so catch-up takes one chunk per round trip and never floods the link."""
+        if self.snapshot_blob is None:
+            self.snapshot_blob = encode_image(self.snapshot_image)
+        blob = self.snapshot_blob
+        offset = msg.snapshot_offset if msg.snapshot_index == self.snapshot_index else 0
+        if offset > len(blob):
+            offset = 0
+        data = blob[offset:offset + self.config.snapshot_chunk_bytes]
+        self._out.send.append(
+            (msg.sender, SnapshotChunk(self.id, self.snapshot_index, offset, len(blob), data)))
+
+    def _on_snapshot_chunk(self, msg: SnapshotChunk) -> None:
+        self.catchup_asked_at = -1.0
+        if self.role == LEADER or msg.index <= self.commit_index:
+            return
+        incoming = self.incoming
+        if incoming is None or incoming[0] != msg.index or incoming[1] != msg.total:
+            if msg.offset != 0:
+                self.incoming = None
+                self._ask_catchup(msg.sender)
+                return
+            incoming = self.incoming = (msg.index, msg.total, bytearray())
+        buf = incoming[2]
+        if msg.offset != len(buf):  # a duplicate or one that overtook another: ask again
+            self._ask_catchup(msg.sender)
+            return
+        buf += msg.data
+        if len(buf) < msg.total:
+            self._ask_catchup(msg.sender)
+            return
+        self.incoming = None
+        try:
+            image = decode_image(bytes(buf))
+        except ValueError:
+            return  # the sender is not one of ours or is broken; validated input never lands here
+        self._install_snapshot(msg.index, image, bytes(buf))
+        self._ask_catchup(msg.sender)
+
+    def _install_snapshot(self, index: int, image, blob: bytes) -> None:
+        """Slots up to ``index`` are chosen and their effect is ``image``: take it as ours."""
+        self.kv = KVStore.from_image(image, self.config.max_sessions)
+        self.applied_index = self.commit_index = self.snapshot_index = index
+        self.snapshot_image, self.snapshot_blob = image, blob
+        log = self.log
+        for slot in [s for s in log if s <= index]:
+            del log[slot]
+        self.log_start = index + 1
+        if index > self.max_slot:
+            self.max_slot = index
+        self._out.persist.append(Snapshot(index, image, self._checkpoint(index)))
+
+    def _take_snapshot(self) -> None:
+        index = self.applied_index
+        image = self.kv.image()
+        self.snapshot_index, self.snapshot_image, self.snapshot_blob = index, image, None
+        self._out.persist.append(Snapshot(index, image, self._checkpoint(index)))
+        log = self.log
+        start = max(self.log_start, index - self.config.log_retain + 1)
+        for slot in range(self.log_start, start):
+            log.pop(slot, None)
+        self.log_start = start
+
+    def _checkpoint(self, index: int) -> tuple:
+        """Records that rebuild the acceptor state above ``index`` on top of a snapshot there."""
+        records = [PromiseRecord(self.promised)]
+        run_ballot, run_first, run = None, 0, []
+        for slot in range(index + 1, self.max_slot + 1):
+            entry = self.log.get(slot)
+            if run and (entry is None or entry[0] != run_ballot or slot != run_first + len(run)):
+                records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
+                               else AcceptRecord(run_ballot, run_first, tuple(run)))
+                run = []
+            if entry is not None:
+                if not run:
+                    run_ballot, run_first = entry[0], slot
+                run.append(entry[1])
+        if run:
+            records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
+                           else AcceptRecord(run_ballot, run_first, tuple(run)))
+        records.append(CommitRecord(self.commit_index))
+        return tuple(records)
+
     def _apply(self) -> None:
         log = self.log
         kv = self.kv
@@ -428,6 +548,9 @@ class Node:
                             for again in self.also_waiting.pop((cmd[0], cmd[1]), ()):
                                 replies.append(Reply(again, status, result))
             self.applied_index = slot
+        every = self.config.snapshot_every
+        if every and self.applied_index - self.snapshot_index >= every:
+            self._take_snapshot()
         if self.reads:
             self._serve_reads()
 
@@ -692,6 +815,7 @@ class Node:
         Accepted: _on_accepted,
         CatchupRequest: _on_catchup_request,
         Catchup: _on_catchup,
+        SnapshotChunk: _on_snapshot_chunk,
     }
 
     # ------------------------------------------------------------------------------ status
@@ -706,6 +830,8 @@ class Node:
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
             "commands_applied": self.kv.applied_commands,
+            "snapshot_index": self.snapshot_index,
+            "log_start": self.log_start,
             "pending": len(self.pending),
             "in_flight": self.window.in_flight if self.role == LEADER else 0,
         }

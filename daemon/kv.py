@@ -14,7 +14,23 @@ is the same on every replica.
 
 from __future__ import annotations
 
+from fastpath import dumps, loads
+
 from daemon.messages import OK, OP_CAS, OP_DELETE, OP_PUT, STALE
+
+
+def encode_image(image) -> bytes:
+    """A state machine image (KVStore.image) as canonical CBOR."""
+    return dumps(image)
+
+
+def decode_image(blob: bytes) -> list:
+    """The image ``encode_image`` wrote; raises ValueError if it is not one."""
+    image = loads(blob)
+    if (type(image) is not list or len(image) != 3 or type(image[0]) is not dict
+            or type(image[1]) is not dict or type(image[2]) is not int):
+        raise ValueError("not a key-value state machine image")
+    return image
 
 
 class KVStore:
@@ -63,6 +79,20 @@ class KVStore:
         if len(sessions) > self.max_sessions:
             del sessions[next(iter(sessions))]
         return OK, result
+
+    def image(self) -> list:
+        """A copy of the whole state (dict copies: C-speed); ``encode_image`` turns it into
+        bytes, which can happen elsewhere while this store goes on applying commands."""
+        return [dict(self.data), dict(self.sessions), self.applied_commands]
+
+    @classmethod
+    def from_image(cls, image, max_sessions: int = 100_000) -> "KVStore":
+        kv = cls(max_sessions)
+        data, sessions, applied = image
+        kv.data = dict(data)
+        kv.sessions = {c: tuple(s) for c, s in sessions.items()}
+        kv.applied_commands = applied
+        return kv
 
     def state(self) -> tuple:
         """A comparable image of the replica's state (for the simulator's checks)."""

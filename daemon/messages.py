@@ -107,10 +107,16 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class CatchupRequest:
-    """A learner asks for the chosen values of slots >= ``from_slot``."""
+    """A learner asks for the chosen values of slots >= ``from_slot``.
+
+    When the answer is a snapshot, ``snapshot_offset`` says how many of its bytes the learner
+    already holds (of the snapshot at ``snapshot_index``; 0 for none).
+    """
 
     sender: int
     from_slot: int
+    snapshot_index: int = 0
+    snapshot_offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,19 @@ class Catchup:
     commit_index: int
 
 
-PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup)
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """Bytes ``offset..offset+len(data)`` of the state machine snapshot taken at slot ``index``
+    (``total`` bytes in all), for a learner that is behind the sender's oldest retained slot."""
+
+    sender: int
+    index: int
+    offset: int
+    total: int
+    data: bytes
+
+
+PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup, SnapshotChunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +183,20 @@ class CommitRecord:
 
 
 RECORDS = (PromiseRecord, AcceptRecord, ChosenRecord, CommitRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state machine as of slot ``index``: ``state`` is its image (see KVStore.image).
+
+    Handed to the driver in ``Ready.snapshot`` with ``checkpoint``: the records that carry the
+    acceptor state past ``index`` (the promise, accepted entries above it, the commit index).
+    Once the snapshot and the checkpoint are durable, every older record may be dropped.
+    """
+
+    index: int
+    state: object
+    checkpoint: tuple = ()
 
 
 # ---------------------------------------------------------------------------------------------

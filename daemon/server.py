@@ -44,8 +44,9 @@ from daemon import wire
 from daemon.config import ConfigError, load_config
 from daemon.core import LEADER, CoreConfig, DurableState, Node
 from daemon.log import node_logger, setup as setup_logging
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT
-from daemon.storage import WAL, StorageError
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Snapshot
+from daemon.kv import decode_image, encode_image
+from daemon.storage import SNAPSHOT_FILE, WAL, StorageError, read_snapshot, write_snapshot
 from daemon.transport import Transport
 
 __all__ = ["Server", "main", "run", "sd_notify", "serve"]
@@ -78,6 +79,7 @@ def core_config(config) -> CoreConfig:
         max_batch_bytes=config.batching.max_batch_bytes,
         max_pending_commands=config.limits.max_pending_commands,
         max_message_bytes=config.limits.max_frame_bytes // 2,
+        snapshot_every=config.storage.snapshot_every_slots,
     )
 
 
@@ -177,7 +179,8 @@ class Server:
             partial(WAL.open, node_dir, fsync=config.storage.fsync,
                     log=node_logger(self.id, "paxosd.storage")))
         try:
-            durable = DurableState.from_records(records)
+            durable = DurableState.from_records(records, await trio.to_thread.run_sync(
+                _load_snapshot, node_dir))
             self.node = Node(self.id, self.members, core_config(config), random.Random(),
                              trio.current_time(), durable)
             self.log.info("recovered %d WAL records: promised ballot %s, commit index %d",
@@ -205,13 +208,34 @@ class Server:
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
 
+    def _write_with_snapshots(self, items: list) -> float:
+        """Write records in order; at each Snapshot: sync, write the snapshot file, and start
+        the log afresh from its checkpoint (compaction). Runs in a worker thread."""
+        wal = self.wal
+        seconds = 0.0
+        start = 0
+        for i, item in enumerate(items):
+            if type(item) is not Snapshot:
+                continue
+            wal.append(items[start:i])
+            seconds += wal.sync()
+            before = wal.written_bytes
+            size = write_snapshot(wal.directory, item.index, encode_image(item.state),
+                                  fsync=wal.fsync_enabled)
+            wal.rotate(list(item.checkpoint))
+            self.log.info("snapshot at slot %d written (%d bytes); log compacted from %d to %d bytes",
+                          item.index, size, before, wal.written_bytes)
+            start = i + 1
+        wal.append(items[start:])
+        return seconds + wal.sync()
+
     def _close_wal(self) -> None:
         wal = self.wal
         if wal is None:
             return
         try:
             if self._wal_pending and not wal.failed:
-                wal.append(self._wal_pending)
+                self._write_with_snapshots(self._wal_pending)
                 self._wal_pending = []
             if not wal.failed:
                 wal.close()
@@ -354,7 +378,9 @@ class Server:
             # Whatever the core hands over while this write runs waits for the next one.
             records, self._wal_pending = self._wal_pending, []
             target = self._wal_handed
-            if in_thread:
+            if any(type(r) is Snapshot for r in records):
+                seconds = await trio.to_thread.run_sync(self._write_with_snapshots, records)
+            elif in_thread:
                 seconds = await trio.to_thread.run_sync(_append_and_sync, wal, records)
             else:
                 seconds = _append_and_sync(wal, records)
@@ -481,6 +507,18 @@ def _append_and_sync(wal: WAL, records: list) -> float:
     wal.append(records)
     return wal.sync()
 
+
+def _load_snapshot(directory) -> Snapshot | None:
+    found = read_snapshot(directory)
+    if found is None:
+        return None
+    index, blob = found
+    try:
+        image = decode_image(blob)
+    except ValueError as exc:
+        raise StorageError(f"{directory / SNAPSHOT_FILE}: not a state machine image: {exc}",
+                           path=directory / SNAPSHOT_FILE) from None
+    return Snapshot(index, image)
 
 def _remote(stream) -> str:
     try:

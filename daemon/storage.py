@@ -65,6 +65,9 @@ ENTRY_HEADER_BYTES = ENTRY_HEADER.size
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 WAL_FILE = "wal.log"
+SNAPSHOT_FILE = "snapshot"
+SNAPSHOT_MAGIC = b"PAXOSSNP"
+SNAPSHOT_HEADER = SNAPSHOT_MAGIC + struct.pack(">I", FORMAT_VERSION)
 LOCK_FILE = "LOCK"
 
 TAG_PROMISE = 1
@@ -277,6 +280,38 @@ class WAL:
             os.close(lock_fd)
             raise
         return wal, records
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def rotate(self, records: list) -> None:
+        """Replace the log by one holding only ``records`` (a snapshot's checkpoint).
+
+        Call it once the snapshot those records build on is durable (``write_snapshot``): the
+        new log is written and synced under a temporary name and renamed over the old one, so
+        a crash leaves either the old log or the new one, each complete.
+        """
+        data = HEADER + encode_entries(records)
+        with self._append_lock:
+            self._check_usable()
+            tmp = self.directory / (WAL_FILE + ".tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+                try:
+                    _write_all(fd, data)
+                    if self.fsync_enabled:
+                        _fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, self.path)
+                if self.fsync_enabled:
+                    _fsync_dir(self.directory)
+                new_fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                self._fail(f"cannot rotate the log: {exc}")
+                raise _os_error("cannot rotate the log", self.path, exc) from exc
+            os.close(self._fd)
+            self._fd = new_fd
+            self._written = self._synced = len(data)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -601,3 +636,81 @@ def _next_valid_entry(mm: mmap.mmap, start: int, size: int) -> int | None:
         if _entry_at(mm, offset, size)[0] == "ok":
             return offset
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots: the state machine as of a slot, in one file replaced atomically.
+
+
+def write_snapshot(directory: os.PathLike | str, index: int, blob: bytes, *, fsync: bool = True) -> int:
+    """Write the snapshot taken at slot ``index`` (``blob``: the encoded state machine image):
+    temporary file, fsync, rename over the old snapshot, fsync the directory. Returns its size."""
+    directory = Path(directory)
+    path = directory / SNAPSHOT_FILE
+    payload = _dumps([index, blob])
+    data = SNAPSHOT_HEADER + ENTRY_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    tmp = directory / (SNAPSHOT_FILE + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            _write_all(fd, data)
+            if fsync:
+                _fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        if fsync:
+            _fsync_dir(directory)
+    except OSError as exc:
+        raise _os_error("cannot write the snapshot", path, exc) from exc
+    return len(data)
+
+
+def read_snapshot(directory: os.PathLike | str) -> tuple[int, bytes] | None:
+    """The snapshot in ``directory`` as (index, blob), or None if there is none.
+
+    A snapshot is written whole or not at all, so any damage is corruption: CorruptLog names
+    the file and the offset, and the node does not start on it.
+    """
+    path = Path(directory) / SNAPSHOT_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _os_error("cannot read the snapshot", path, exc) from exc
+    head = len(SNAPSHOT_HEADER)
+    if data[:len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
+        raise CorruptLog(f"{path}: not a paxosd snapshot (bad magic at offset 0)", path=path, offset=0)
+    if data[:head] != SNAPSHOT_HEADER:
+        raise CorruptLog(f"{path}: unsupported snapshot format version at offset {len(SNAPSHOT_MAGIC)}",
+                         path=path, offset=len(SNAPSHOT_MAGIC))
+    if len(data) < head + ENTRY_HEADER_BYTES:
+        raise CorruptLog(f"{path}: truncated at offset {len(data)}", path=path, offset=len(data))
+    length, crc = ENTRY_HEADER.unpack_from(data, head)
+    payload = data[head + ENTRY_HEADER_BYTES:]
+    if len(payload) != length:
+        raise CorruptLog(f"{path}: truncated or overlong: {len(payload)} payload bytes at offset "
+                         f"{head + ENTRY_HEADER_BYTES}, header says {length}",
+                         path=path, offset=head + ENTRY_HEADER_BYTES)
+    if zlib.crc32(payload) != crc:
+        raise CorruptLog(f"{path}: checksum mismatch in the payload at offset {head + ENTRY_HEADER_BYTES}",
+                         path=path, offset=head + ENTRY_HEADER_BYTES)
+    try:
+        index, blob = _loads(payload)
+        if type(index) is not int or index < 1 or type(blob) is not bytes:
+            raise ValueError("not [index, image]")
+    except ValueError as exc:
+        raise CorruptLog(f"{path}: undecodable snapshot at offset {head + ENTRY_HEADER_BYTES}: {exc}",
+                         path=path, offset=head + ENTRY_HEADER_BYTES) from None
+    return index, blob
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        n = os.write(fd, view[done:])
+        if n <= 0:  # pragma: no cover - regular files do not do this
+            raise OSError(errno.EIO, "write returned 0")
+        done += n

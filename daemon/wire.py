@@ -14,8 +14,9 @@ Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the d
     3 Reject          [3, sender, ballot, promised, commit_index]
     4 Accept          [4, sender, ballot, commit_index, first_slot, batches, read_round]
     5 Accepted        [5, sender, ballot, first_slot, last_slot, read_round]
-    6 CatchupRequest  [6, sender, from_slot]
+    6 CatchupRequest  [6, sender, from_slot, snapshot_index, snapshot_offset]
     7 Catchup         [7, sender, first_slot, batches, commit_index]
+    8 SnapshotChunk   [8, sender, index, offset, total, data]
 
 A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, arg2]`` (see
 ``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
@@ -51,6 +52,7 @@ from daemon.messages import (
     Accepted,
     Catchup,
     CatchupRequest,
+    SnapshotChunk,
     Prepare,
     Promise,
     Reject,
@@ -135,6 +137,9 @@ def _uint(value, low: int, high: int, where: str) -> int:
     if type(value) is not int or not low <= value <= high:
         raise _fail(where, f"an integer in [{low}, {high}]", value)
     return value
+
+
+MAX_SNAPSHOT_BYTES = 1 << 40  # a snapshot's size, as a sanity bound on offsets
 
 
 def _slot(value, where: str, low: int = 1) -> int:
@@ -275,7 +280,9 @@ def encode_peer(msg) -> list:
     if t is Reject:
         return [3, msg.sender, msg.ballot, msg.promised, msg.commit_index]
     if t is CatchupRequest:
-        return [6, msg.sender, msg.from_slot]
+        return [6, msg.sender, msg.from_slot, msg.snapshot_index, msg.snapshot_offset]
+    if t is SnapshotChunk:
+        return [8, msg.sender, msg.index, msg.offset, msg.total, msg.data]
     if t is Catchup:
         return [7, msg.sender, msg.first_slot, msg.batches, msg.commit_index]
     raise TypeError(f"not a peer message: {msg!r:.100}")
@@ -323,9 +330,26 @@ def _decode_accepted(obj, members):
 
 
 def _decode_catchup_request(obj, members):
-    _arity(obj, 3, "CatchupRequest", "[6, sender, from_slot]")
+    _arity(obj, 5, "CatchupRequest", "[6, sender, from_slot, snapshot_index, snapshot_offset]")
     return CatchupRequest(_sender(obj[1], members, "CatchupRequest"),
-                          _slot(obj[2], "CatchupRequest.from_slot"))
+                          _slot(obj[2], "CatchupRequest.from_slot"),
+                          _slot(obj[3], "CatchupRequest.snapshot_index", 0),
+                          _uint(obj[4], 0, MAX_SNAPSHOT_BYTES, "CatchupRequest.snapshot_offset"))
+
+
+def _decode_snapshot_chunk(obj, members):
+    _arity(obj, 6, "SnapshotChunk", "[8, sender, index, offset, total, data]")
+    sender = _sender(obj[1], members, "SnapshotChunk")
+    index = _slot(obj[2], "SnapshotChunk.index")
+    offset = _uint(obj[3], 0, MAX_SNAPSHOT_BYTES, "SnapshotChunk.offset")
+    total = _uint(obj[4], 1, MAX_SNAPSHOT_BYTES, "SnapshotChunk.total")
+    data = obj[5]
+    if type(data) is not bytes:
+        raise _fail("SnapshotChunk.data", "a byte string", data)
+    if offset + len(data) > total or not data:
+        raise _fail("SnapshotChunk.data", f"1 to {total - offset} bytes (total {total}, offset "
+                    f"{offset})", f"{len(data)} bytes")
+    return SnapshotChunk(sender, index, offset, total, data)
 
 
 def _decode_catchup(obj, members):
@@ -342,7 +366,7 @@ def _decode_catchup(obj, members):
 
 
 _DECODERS = (None, _decode_prepare, _decode_promise, _decode_reject, _decode_accept,
-             _decode_accepted, _decode_catchup_request, _decode_catchup)
+             _decode_accepted, _decode_catchup_request, _decode_catchup, _decode_snapshot_chunk)
 
 
 def decode_peer(obj, members):
@@ -353,8 +377,8 @@ def decode_peer(obj, members):
     if not _is_array(obj) or not obj:
         raise _fail("peer message", "an array [tag, fields...]", obj)
     tag = obj[0]
-    if type(tag) is not int or not 1 <= tag <= 7:
-        raise _fail("peer message tag", "an integer in [1, 7]", tag)
+    if type(tag) is not int or not 1 <= tag <= 8:
+        raise _fail("peer message tag", "an integer in [1, 8]", tag)
     return _DECODERS[tag](obj, members)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from daemon import core as core_module
 from daemon.core import CoreConfig, DurableState, Node
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, Reply
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Reply, Snapshot
 from tests.linearizability import Operation, check
 
 ELECTION = (0.150, 0.300)
@@ -125,7 +125,8 @@ class SimNode:
     up: bool = True
     incarnation: int = 0
     paused_until: float = 0.0
-    durable: list = field(default_factory=list)
+    durable: list = field(default_factory=list)  # records written since the snapshot
+    snapshot: object = None  # the durable Snapshot, if any
     unsynced: list = field(default_factory=list)  # records not yet part of an fsync
     unsynced_sends: list = field(default_factory=list)
     syncing: list = field(default_factory=list)  # records of the fsync in flight
@@ -155,14 +156,17 @@ class Simulation:
         self.rng = random.Random(seed)
         self.mix = FaultMix.draw(self.rng)
         self.mix_text = self.mix.describe()
-        self.node_class = BUGS[bug] if bug else Node
+        self.node_class = self._checked(BUGS[bug] if bug else Node)
         self.verbose = verbose
         self.config = CoreConfig(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION,
                                  window=self.rng.choice([1, 4, 16, 64]),
                                  max_batch_commands=self.rng.choice([1, 3, 64]),
                                  catchup_slots=self.rng.choice([4, 16, 64]),
                                  behind_limit=self.rng.choice([4, 64]),
-                                 max_message_bytes=self.rng.choice([4096, 32 << 20]))
+                                 max_message_bytes=self.rng.choice([4096, 32 << 20]),
+                                 snapshot_every=self.rng.choice([0, 5, 40]),
+                                 log_retain=self.rng.choice([0, 3, 64]),
+                                 snapshot_chunk_bytes=self.rng.choice([64, 4096, 1 << 20]))
         self.ids = list(range(1, nodes + 1))
         self.now = 0.0
         self.queue: list = []
@@ -189,6 +193,31 @@ class Simulation:
             if every:
                 self._schedule(self.rng.expovariate(1 / every), kind, None)
 
+    def _checked(self, base):
+        """The node class, with every advance of a commit index shown to the checker first
+        (before compaction can drop the values)."""
+        sim = self
+
+        class Checked(base):
+            def _set_commit(self, commit_index):
+                sim._learned(self, commit_index)
+                super()._set_commit(commit_index)
+
+        return Checked
+
+    def _learned(self, node, commit_index: int) -> None:
+        chosen = self.chosen
+        log = node.log
+        for slot in range(node.commit_index + 1, commit_index + 1):
+            batch = log[slot][1]
+            known = chosen.get(slot)
+            if known is None:
+                chosen[slot] = batch
+                for cmd in batch:
+                    self.chosen_commands.add((cmd[0], cmd[1]))
+            elif known != batch:
+                raise Violation(f"slot {slot}: node {node.id} learned {batch!r} but {known!r} was chosen")
+
     # -------------------------------------------------------------------------- scheduling
 
     def _schedule(self, delay: float, kind: str, data) -> None:
@@ -200,7 +229,7 @@ class Simulation:
         sim.up = True
         sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
         sim.sync_in_flight = False
-        durable = DurableState.from_records(sim.durable)
+        durable = DurableState.from_records(sim.durable, sim.snapshot)
         rng = random.Random(self.rng.getrandbits(64))
         sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable)
         sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
@@ -255,7 +284,14 @@ class Simulation:
         self._schedule(self.rng.uniform(*self.mix.fsync), "fsync", (sim.id, sim.incarnation))
 
     def _fsync_done(self, sim: SimNode) -> None:
-        sim.durable.extend(sim.syncing)
+        for item in sim.syncing:
+            if isinstance(item, Snapshot):
+                # The driver's compaction: snapshot durable, then its checkpoint starts a
+                # new log and every older record goes.
+                sim.snapshot = item
+                sim.durable = list(item.checkpoint)
+            else:
+                sim.durable.append(item)
         sends = sim.syncing_sends
         sim.syncing, sim.syncing_sends = [], []
         sim.sync_in_flight = False
@@ -433,19 +469,14 @@ class Simulation:
             return
         if node.applied_index > node.commit_index:
             raise Violation(f"node {sim.id} applied {node.applied_index} beyond commit {node.commit_index}")
-        chosen = self.chosen
         log = node.log
-        for slot in range(sim.checked_commit + 1, node.commit_index + 1):
-            batch = log[slot][1]
-            known = chosen.get(slot)
-            if known is None:
-                chosen[slot] = batch
-                for cmd in batch:
-                    self.chosen_commands.add((cmd[0], cmd[1]))
-            elif known != batch:
-                raise Violation(f"slot {slot}: node {sim.id} learned {batch!r} but {known!r} was chosen")
-        if node.commit_index > sim.checked_commit:
-            sim.checked_commit = node.commit_index
+        chosen = self.chosen
+        # A chosen value never changes in a node's log.
+        for slot in range(max(sim.checked_commit, node.log_start - 1) + 1, node.commit_index + 1):
+            if log[slot][1] != chosen[slot]:
+                raise Violation(f"slot {slot}: node {sim.id} holds {log[slot][1]!r} but "
+                                f"{chosen[slot]!r} was chosen")
+        sim.checked_commit = node.commit_index
 
     def _final_checks(self) -> None:
         live = [s.node for s in self.nodes.values()]
@@ -456,7 +487,7 @@ class Simulation:
         if len(states) != 1:
             raise Violation("after healing, replicas' key-value states differ")
         for n in live:
-            for slot in range(1, n.commit_index + 1):
+            for slot in range(n.log_start, n.commit_index + 1):
                 if n.log[slot][1] != self.chosen[slot]:
                     raise Violation(f"node {n.id} slot {slot} differs from the chosen value")
         for w in self.acked_writes:

@@ -361,3 +361,47 @@ def test_accept_runs_are_cut_to_fit_the_message_limit():
     assert accepts and max(len(m.batches) for m in accepts) < 8
     assert all(sum(len(b[0][4]) + 40 for b in m.batches) <= 300 for m in accepts)
     assert len(c.replies[leader.id]) == 8 and all(r.status == OK for r in c.replies[leader.id])
+
+
+def test_a_follower_behind_the_oldest_retained_slot_catches_up_by_snapshot_chunks():
+    cfg = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.3), window=8,
+                     snapshot_every=5, log_retain=0, snapshot_chunk_bytes=64)
+    c = Cluster(cfg=cfg)
+    c.advance(1.0)
+    leader = c.leader()
+    lagging = next(i for i in c.ids if i != leader.id)
+    c.cut |= {(leader.id, lagging), (lagging, leader.id)}
+    others = [i for i in c.ids if i not in (leader.id, lagging)]
+    c.cut |= {(o, lagging) for o in others} | {(lagging, o) for o in others}
+    for seq in range(1, 31):
+        leader.submit(seq, put(100 + seq, 1, b"k%d" % (seq % 4), b"v%d" % seq), c.now)
+        c.pump()
+    assert leader.snapshot_index >= 25 and leader.log_start > 1
+    chunks_before = sum(1 for _, _, m in c.sent if type(m).__name__ == "SnapshotChunk")
+    c.cut.clear()
+    c.advance(1.0)
+    follower = c.nodes[lagging]
+    assert sum(1 for _, _, m in c.sent if type(m).__name__ == "SnapshotChunk") - chunks_before > 1
+    assert follower.snapshot_index > 0
+    assert follower.commit_index == leader.commit_index
+    assert follower.kv.state() == leader.kv.state()
+    # What it persisted restarts it to the same state.
+    snapshot = next(r for r in reversed(c.records[lagging]) if type(r).__name__ == "Snapshot")
+    after = c.records[lagging][c.records[lagging].index(snapshot) + 1:]
+    again = Node(lagging, c.ids, cfg, random.Random(5), c.now,
+                 DurableState.from_records(list(snapshot.checkpoint) + after, snapshot))
+    assert again.kv.state() == leader.kv.state()
+
+
+def test_a_candidate_behind_a_snapshot_is_refused_and_told_how_far_behind_it_is():
+    cfg = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.3), snapshot_every=2,
+                     log_retain=0)
+    node = Node(2, [1, 2, 3], cfg, random.Random(0), 0.0)
+    b = ballot_pack(1, 1)
+    node.receive(Accept(1, b, 0, 1, tuple((put(1, s, b"k", b"v"),) for s in range(1, 5)), 0), 0.0)
+    node.receive(Accept(1, b, 4, 5, (), 0), 0.0)
+    node.ready()
+    assert node.snapshot_index == 4 and node.log_start == 5
+    node.receive(Prepare(3, ballot_pack(2, 3), 3), 0.0)
+    out = node.ready()
+    assert [m for _, m in out.send] == [Reject(2, ballot_pack(2, 3), b, 4)]

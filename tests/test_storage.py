@@ -600,3 +600,35 @@ def test_cutting_the_file_anywhere_keeps_exactly_the_whole_records_before_the_cu
 def test_records_that_could_not_be_read_back_are_refused(bad):
     with pytest.raises(ValueError, match="unsigned 64-bit"):
         encode_record(bad)
+
+
+def test_a_snapshot_round_trips_and_damage_is_named_with_its_offset(tmp_path):
+    from daemon.storage import SNAPSHOT_FILE, read_snapshot, write_snapshot
+
+    assert read_snapshot(tmp_path) is None
+    write_snapshot(tmp_path, 42, b"image bytes" * 100)
+    assert read_snapshot(tmp_path) == (42, b"image bytes" * 100)
+    path = tmp_path / SNAPSHOT_FILE
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog, match=r"snapshot: checksum mismatch .* at offset \d+"):
+        read_snapshot(tmp_path)
+    path.write_bytes(bytes(data[:30]))
+    with pytest.raises(CorruptLog, match="offset"):
+        read_snapshot(tmp_path)
+
+
+def test_rotating_the_log_keeps_only_the_checkpoint(tmp_path):
+    wal, _ = WAL.open(tmp_path)
+    wal.append([PromiseRecord(5)] + [CommitRecord(i) for i in range(1, 200)])
+    wal.sync()
+    big = wal.written_bytes
+    checkpoint = [PromiseRecord(9), AcceptRecord(9, 200, ((),)), CommitRecord(199)]
+    wal.rotate(checkpoint)
+    assert wal.written_bytes < big
+    wal.append([CommitRecord(200)])
+    wal.close()
+    again, records = WAL.open(tmp_path)
+    again.close()
+    assert records == checkpoint + [CommitRecord(200)]

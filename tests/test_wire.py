@@ -22,6 +22,7 @@ from daemon.messages import (
     Prepare,
     Promise,
     Reject,
+    SnapshotChunk,
 )
 from daemon.wire import WireError, decode_peer, decode_request, encode_peer
 
@@ -46,7 +47,9 @@ EXAMPLES = [
     Accepted(2, B1, 13, 15, 5),
     Accepted(2, B1, 16, 15, 0),  # a heartbeat's empty run
     CatchupRequest(3, 1),
+    CatchupRequest(3, 7, 120, 4096),
     Catchup(1, 5, (BATCH, ()), 9),
+    SnapshotChunk(1, 120, 4096, 10000, b"\x83" * 100),
 ]
 
 
@@ -113,7 +116,7 @@ def test_not_an_array_or_an_unknown_tag():
     bad({"a": 1}, "peer message", "dict")
     bad([], "peer message")
     bad([0, 1, B1, 1], "tag", "0")
-    bad([8, 1, B1, 1], "tag", "8")
+    bad([9, 1, B1, 1], "tag", "9")
     bad(["1", 1, B1, 1], "tag")
     bad([True, 1, B1, 1], "tag", "bool")
 
@@ -125,7 +128,7 @@ def test_not_an_array_or_an_unknown_tag():
     ([3, 3, B1, B2], ["Reject", "5 items"]),
     ([4, 1, B1, 0, 1, []], ["Accept", "7 items"]),
     ([5, 2, B1, 1, 1], ["Accepted", "6 items"]),
-    ([6, 3], ["CatchupRequest", "3 items"]),
+    ([6, 3], ["CatchupRequest", "5 items"]),
     ([7, 1, 1, []], ["Catchup", "5 items"]),
 ])
 def test_short_or_long_arrays_are_refused(obj, words):
@@ -134,9 +137,9 @@ def test_short_or_long_arrays_are_refused(obj, words):
 
 def test_sender_must_be_a_member():
     bad([1, 9, ballot_pack(1, 9), 1], "Prepare.sender", "9")
-    bad([6, 0, 1], "CatchupRequest.sender", "0")
-    bad([6, "1", 1], "CatchupRequest.sender", "'1'")
-    bad([6, True, 1], "CatchupRequest.sender", "bool")
+    bad([6, 0, 1, 0, 0], "CatchupRequest.sender", "0")
+    bad([6, "1", 1, 0, 0], "CatchupRequest.sender", "'1'")
+    bad([6, True, 1, 0, 0], "CatchupRequest.sender", "bool")
 
 
 def test_ballots_are_checked():
@@ -155,7 +158,7 @@ def test_ballots_are_checked():
 def test_slots_are_checked():
     bad([1, 1, B1, 0], "Prepare.from_slot", "0")
     bad([1, 1, B1, 2**62 + 1], "Prepare.from_slot")
-    bad([6, 3, -1], "CatchupRequest.from_slot", "-1")
+    bad([6, 3, -1, 0, 0], "CatchupRequest.from_slot", "-1")
     bad([4, 1, B1, -1, 1, [], 0], "Accept.commit_index", "-1")
     bad([4, 1, B1, 0, 0, [], 0], "Accept.first_slot", "0")
     bad([4, 1, B1, 0, 2**62, [(), ()], 0], "Accept.batches", "run past")
@@ -364,3 +367,10 @@ def test_format_ballot():
     assert wire.format_ballot(ballot_pack(3, 2)) == "3.2"
     assert wire.format_ballot(0) == "0.0"
     assert wire.format_ballot(BALLOT_CHOSEN) == "chosen"
+
+
+def test_a_snapshot_chunk_must_fit_its_total():
+    bad([8, 1, 5, 90, 100, b"x" * 20], "SnapshotChunk.data", "20 bytes")
+    bad([8, 1, 5, 0, 100, b""], "SnapshotChunk.data")
+    bad([8, 1, 5, 0, 100, "text"], "SnapshotChunk.data", "byte string")
+    bad([8, 1, 0, 0, 100, b"x"], "SnapshotChunk.index")
