@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW")
     p.set_defaults(func=cmd_cas)
 
+    p = commands.add_parser("transfer-leader", parents=[client], help="hand leadership to "
+                            "node ID (for maintenance of the current leader) and wait until it "
+                            "leads")
+    p.add_argument("node_id", metavar="ID", type=_positive_int)
+    p.set_defaults(func=cmd_transfer_leader)
+
     p = commands.add_parser("status", parents=[client], help="one row per member: role, "
                             "ballot, commit and applied index, lag (exit 1 if any is unreachable)")
     p.add_argument("--json", action="store_true", help="print the status maps as JSON")
@@ -476,6 +482,12 @@ def cmd_cas(args: argparse.Namespace) -> int:
     expected = "absent" if old is None else f"{args.old!r}"
     print(f"not swapped: the value of {args.key!r} was not {expected}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def cmd_transfer_leader(args: argparse.Namespace) -> int:
+    _run_client(args, lambda c: c.transfer_leader(args.node_id))
+    print(f"node {args.node_id} leads")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------

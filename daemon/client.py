@@ -478,6 +478,19 @@ class Client:
             raise OperationFailed(f"status: the server returned {result!r:.100}, expected a map")
         return {**result, "endpoint": answered_by}
 
+    async def transfer_leader(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Ask the leader to hand leadership to ``node_id`` and wait until it has: the leader
+        lets its slots in flight be chosen, then the target stands at once."""
+        await self._call("transfer", b"", None, None, node_id, 0, timeout, False)
+        deadline = trio.current_time() + (self.timeout if timeout is None else timeout)
+        while trio.current_time() < deadline:
+            rows = await self.cluster_status(timeout=max(0.1, min(1.0, deadline - trio.current_time())))
+            if any(r.get("id") == node_id and r.get("role") == "leader" for r in rows):
+                self.leader = None  # rediscover on the next call
+                return
+            await trio.sleep(0.02)
+        raise OperationFailed(f"node {node_id} did not take over leadership in time")
+
     async def cluster_status(self, *, timeout: float | None = None) -> list[dict]:
         """The status of every endpoint, asked concurrently, in endpoint order.
 

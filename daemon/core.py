@@ -49,6 +49,7 @@ from daemon.messages import (
     Reply,
     Snapshot,
     SnapshotChunk,
+    TimeoutNow,
 )
 
 # Bytes a command costs on the wire beyond its key and values (the CBOR array, ids, op): an
@@ -236,6 +237,7 @@ class Node:
         self.peer_read_round: dict[int, int] = {}
         self.reads: deque = deque()  # (req, key, read_index, round)
         self.catchup_asked_at = -1.0
+        self.transfer: list | None = None  # [target, req or None when answered, deadline]
 
         self._out = Ready()
         self._apply()
@@ -253,6 +255,8 @@ class Node:
                 self._retransmit()
             if now - self.last_broadcast >= cfg.heartbeat_interval:
                 self._broadcast_accept(self.window.next_slot, ())
+            if self.transfer is not None and self.transfer[1] is None and now > self.transfer[2]:
+                self.transfer = None  # the target never stood: lead on
         elif now >= self.election_deadline:
             self._start_election()
 
@@ -298,9 +302,47 @@ class Node:
         read_index = max(self.commit_index, self.read_floor)
         self.reads.append((req, key, read_index, self.read_round))
 
+    def transfer_leadership(self, req, target: int, now: float) -> None:
+        """Hand leadership to ``target``: stop taking new commands into slots, let what is in
+        flight be chosen, then tell the target to stand at once. Answered OK when the target is
+        told (``leader`` names it), ERROR if it cannot be or does not happen in time."""
+        self.now = now
+        if self.role != LEADER:
+            self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
+        elif target == self.id:
+            self._out.replies.append(Reply(req, OK, leader=self.id))
+        elif target not in self.index:
+            self._out.replies.append(Reply(req, ERROR, f"node {target} is not a member"))
+        elif self.transfer is not None:
+            self._out.replies.append(Reply(req, ERROR, f"already handing over to node {self.transfer[0]}"))
+        else:
+            self.transfer = [target, req, now + 2 * self.config.election_timeout[1]]
+
+    def _hand_over(self) -> None:
+        target, req, deadline = self.transfer
+        if req is None:
+            return  # told already; waiting to see the target's higher ballot
+        if self.now > deadline:
+            self.transfer = None
+            self._out.replies.append(Reply(req, ERROR, f"node {target} did not catch up in time"))
+            return
+        if self.window.in_flight or self.queued_batches:
+            return
+        if self.now - self.contact.get(target, -1e9) > 2 * self.config.heartbeat_interval:
+            return  # not hearing from it lately: it could not win now
+        self._out.send.append((target, TimeoutNow(self.id, self.ballot)))
+        self._out.replies.append(Reply(req, OK, leader=target))
+        self.transfer[1] = None
+
+    def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        if self.role == FOLLOWER and msg.ballot == self.promised and msg.sender == self.leader_id:
+            self._start_election()
+
     def ready(self) -> Ready:
         """Drain the outputs produced since the last call (batching new proposals first)."""
         if self.role == LEADER:
+            if self.transfer is not None:
+                self._hand_over()
             self._fill_window()
             if not self.read_round_sent:
                 self._broadcast_accept(self.window.next_slot, ())
@@ -322,7 +364,9 @@ class Node:
             self.promised = b
             self._out.persist.append(PromiseRecord(b))
             if self.role != FOLLOWER and b > self.ballot:
-                self._step_down(None)
+                # Clients are sent to the node we handed over to, if this is it standing.
+                handed = self.transfer is not None and self.transfer[0] == msg.sender
+                self._step_down(msg.sender if handed else None)
         log = self.log
         commit = self.commit_index
         entries = []
@@ -632,7 +676,7 @@ class Node:
             if queued:
                 batch = queued.popleft()
                 cost = batch_cost(batch)
-            elif self.pending:
+            elif self.pending and self.transfer is None:
                 before = self.pending_bytes
                 batch = self._take_batch()
                 cost = before - self.pending_bytes
@@ -786,6 +830,10 @@ class Node:
         self.role = FOLLOWER
         self.leader_id = leader
         replies = self._out.replies
+        if self.transfer is not None:
+            if self.transfer[1] is not None:
+                replies.append(Reply(self.transfer[1], NOT_LEADER, leader=leader))
+            self.transfer = None
         for req in self.waiting.values():
             replies.append(Reply(req, NOT_LEADER, leader=leader))
         for reqs in self.also_waiting.values():
@@ -816,6 +864,7 @@ class Node:
         CatchupRequest: _on_catchup_request,
         Catchup: _on_catchup,
         SnapshotChunk: _on_snapshot_chunk,
+        TimeoutNow: _on_timeout_now,
     }
 
     # ------------------------------------------------------------------------------ status

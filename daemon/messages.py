@@ -141,7 +141,16 @@ class SnapshotChunk:
     data: bytes
 
 
-PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup, SnapshotChunk)
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader of ``ballot`` hands over: the receiver stands for election at once."""
+
+    sender: int
+    ballot: int
+
+
+PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup, SnapshotChunk,
+                 TimeoutNow)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ EV_PEER = 0  # payload: list of validated peer messages
 EV_CLIENT = 1  # payload: list of (is_read, tag, command tuple | key)
 EV_TICK = 2
 EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
+EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
 
 _OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -290,6 +291,8 @@ class Server:
                 elif kind == EV_PEER:
                     for msg in payload:
                         node.receive(msg, now)
+                elif kind == EV_TRANSFER:
+                    node.transfer_leadership(payload[0], payload[1], now)
                 elif kind == EV_TICK:
                     self._tick_pending = False
                     node.tick(now)
@@ -469,6 +472,8 @@ class Server:
                         elif op == "status":
                             conn.push([req.req_id, OK, self.status(),
                                        leader_address(self.node.leader_id)])
+                        elif op == "transfer":
+                            await send((EV_TRANSFER, (tag, req.client_id)))
                         else:
                             work.append((False, tag, (req.client_id, req.seq, _OPCODES[op],
                                                       req.key, req.arg1, req.arg2)))

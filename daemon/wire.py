@@ -17,6 +17,7 @@ Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the d
     6 CatchupRequest  [6, sender, from_slot, snapshot_index, snapshot_offset]
     7 Catchup         [7, sender, first_slot, batches, commit_index]
     8 SnapshotChunk   [8, sender, index, offset, total, data]
+    9 TimeoutNow      [9, sender, ballot]
 
 A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, arg2]`` (see
 ``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
@@ -26,7 +27,7 @@ The hello opens every peer connection, in both directions: ``["paxosd", 1, clust
 
 The client protocol: a client frame is an array of requests
 ``[req_id, op, client_id, seq, key, arg1, arg2]`` with op one of "put", "get", "delete", "cas",
-"status"; a server frame is an array of replies ``[req_id, status, result, leader]`` with status
+"status", "transfer" (client_id: the node to hand leadership to); a server frame is an array of replies ``[req_id, status, result, leader]`` with status
 one of "ok", "not_leader", "stale", "busy", "error" and leader the leader's client address
 "host:port" (or null when unknown).
 """
@@ -53,6 +54,7 @@ from daemon.messages import (
     Catchup,
     CatchupRequest,
     SnapshotChunk,
+    TimeoutNow,
     Prepare,
     Promise,
     Reject,
@@ -92,7 +94,7 @@ MAX_BALLOT = (MAX_ROUND << 16) | 0xFFFF
 
 ERROR = "error"  # the reply status for a request the server could not take (result: why)
 REPLY_STATUSES = (OK, NOT_LEADER, STALE, BUSY, ERROR)
-CLIENT_OPS = ("put", "get", "delete", "cas", "status")
+CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer")
 
 TAGS = {cls: i + 1 for i, cls in enumerate(PEER_MESSAGES)}
 
@@ -283,6 +285,8 @@ def encode_peer(msg) -> list:
         return [6, msg.sender, msg.from_slot, msg.snapshot_index, msg.snapshot_offset]
     if t is SnapshotChunk:
         return [8, msg.sender, msg.index, msg.offset, msg.total, msg.data]
+    if t is TimeoutNow:
+        return [9, msg.sender, msg.ballot]
     if t is Catchup:
         return [7, msg.sender, msg.first_slot, msg.batches, msg.commit_index]
     raise TypeError(f"not a peer message: {msg!r:.100}")
@@ -365,8 +369,14 @@ def _decode_catchup(obj, members):
     return Catchup(sender, first_slot, batches, commit_index)
 
 
+def _decode_timeout_now(obj, members):
+    _arity(obj, 3, "TimeoutNow", "[9, sender, ballot]")
+    return TimeoutNow(_sender(obj[1], members, "TimeoutNow"), _ballot(obj[2], "TimeoutNow.ballot"))
+
+
 _DECODERS = (None, _decode_prepare, _decode_promise, _decode_reject, _decode_accept,
-             _decode_accepted, _decode_catchup_request, _decode_catchup, _decode_snapshot_chunk)
+             _decode_accepted, _decode_catchup_request, _decode_catchup, _decode_snapshot_chunk,
+             _decode_timeout_now)
 
 
 def decode_peer(obj, members):
@@ -377,8 +387,8 @@ def decode_peer(obj, members):
     if not _is_array(obj) or not obj:
         raise _fail("peer message", "an array [tag, fields...]", obj)
     tag = obj[0]
-    if type(tag) is not int or not 1 <= tag <= 8:
-        raise _fail("peer message tag", "an integer in [1, 8]", tag)
+    if type(tag) is not int or not 1 <= tag <= 9:
+        raise _fail("peer message tag", "an integer in [1, 9]", tag)
     return _DECODERS[tag](obj, members)
 
 
@@ -481,6 +491,9 @@ def _decode_request_slowly(obj) -> Request:
             raise _fail("request.op", f"one of {', '.join(map(repr, CLIENT_OPS))}", op)
         if op == "status":
             return Request(req_id, op, 0, 0, b"", None, None)
+        if op == "transfer":  # client_id names the node to hand leadership to
+            _uint(client_id, 1, 0xFFFF, "request.client_id (the node to hand leadership to)")
+            return Request(req_id, op, client_id, 0, b"", None, None)
         _uint(client_id, 0, U64_MAX, "request.client_id")
         _uint(seq, 0, U64_MAX, "request.seq")
         if type(key) is not bytes:

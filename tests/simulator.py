@@ -54,6 +54,7 @@ class FaultMix:
     partition_every: float  # mean seconds between partition changes (0 = never)
     crash_every: float  # mean seconds between crashes (0 = never)
     pause_every: float  # mean seconds between pauses (0 = never)
+    transfer_every: float  # mean seconds between leadership transfers (0 = never)
     fsync: tuple[float, float]  # fsync latency range, seconds
 
     @classmethod
@@ -69,6 +70,7 @@ class FaultMix:
             partition_every=maybe(0.7, 0.2, 2.0),
             crash_every=maybe(0.8, 0.1, 2.0),
             pause_every=maybe(0.3, 0.5, 3.0),
+            transfer_every=maybe(0.4, 0.2, 2.0),
             fsync=(0.0002, rng.choice([0.0005, 0.002, 0.01, 0.05])),
         )
 
@@ -76,6 +78,7 @@ class FaultMix:
         return (f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay<={self.delay_max * 1000:.0f}ms "
                 f"reorder={self.long_delay:.2f} partition/{self.partition_every:.1f}s "
                 f"crash/{self.crash_every:.1f}s pause/{self.pause_every:.1f}s "
+                f"transfer/{self.transfer_every:.1f}s "
                 f"fsync<={self.fsync[1] * 1000:.1f}ms")
 
 
@@ -189,7 +192,8 @@ class Simulation:
             self.clients[cid] = {"seq": 0, "op": None, "target": self.rng.choice(self.ids), "n": 0}
             self._schedule(self.rng.uniform(0, 0.05), "client", cid)
         for kind, every in (("partition", self.mix.partition_every),
-                            ("crash", self.mix.crash_every), ("pause", self.mix.pause_every)):
+                            ("crash", self.mix.crash_every), ("pause", self.mix.pause_every),
+                            ("transfer", self.mix.transfer_every)):
             if every:
                 self._schedule(self.rng.expovariate(1 / every), kind, None)
 
@@ -373,6 +377,8 @@ class Simulation:
         self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "reply", (node_id, reply))
 
     def _on_reply(self, node_id: int, reply: Reply) -> None:
+        if reply.req == ("transfer",):
+            return
         cid, seq, attempt, call = reply.req
         client = self.clients[cid]
         op = client["op"]
@@ -439,6 +445,13 @@ class Simulation:
                     self._crash(sim)
                     self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
             self._schedule(rng.expovariate(1 / self.mix.crash_every), "crash", None)
+        elif kind == "transfer":
+            leaders = [s for s in self.nodes.values() if s.up and s.node.role == "leader"]
+            if leaders:
+                sim = rng.choice(leaders)
+                sim.node.transfer_leadership(("transfer",), rng.choice(self.ids), self.now)
+                self._drain(sim)
+            self._schedule(rng.expovariate(1 / self.mix.transfer_every), "transfer", None)
         elif kind == "pause":
             sim = self.nodes[rng.choice(self.ids)]
             sim.paused_until = max(sim.paused_until, self.now + rng.uniform(0.05, 1.0))
@@ -569,7 +582,7 @@ class Simulation:
         elif kind == "reply":
             trace.update(b"p%d%s%.6f" % (data[0], data[1].status.encode(), self.now))
             self._on_reply(*data)
-        elif kind in ("partition", "crash", "pause"):
+        elif kind in ("partition", "crash", "pause", "transfer"):
             trace.update(kind.encode())
             self._fault(kind)
         elif kind == "restart":

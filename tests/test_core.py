@@ -405,3 +405,45 @@ def test_a_candidate_behind_a_snapshot_is_refused_and_told_how_far_behind_it_is(
     node.receive(Prepare(3, ballot_pack(2, 3), 3), 0.0)
     out = node.ready()
     assert [m for _, m in out.send] == [Reject(2, ballot_pack(2, 3), b, 4)]
+
+
+def test_leadership_moves_to_the_named_node_without_waiting_for_a_timeout():
+    c = Cluster()
+    c.advance(1.0)
+    old = c.leader()
+    target = next(i for i in c.ids if i != old.id)
+    old.submit("w", put(1, 1, b"k", b"v"), c.now)
+    old.transfer_leadership("t", target, c.now)
+    c.pump()  # no tick: only messages move
+    assert c.nodes[target].role == LEADER and old.role == FOLLOWER
+    got = {r.req: (r.status, r.leader) for r in c.replies[old.id]}
+    assert got["t"] == (OK, target)
+    assert got["w"] == (NOT_LEADER, target)  # not yet in a slot: held, then sent on
+
+
+def test_commands_that_arrive_during_a_hand_over_are_sent_to_the_new_leader():
+    c = Cluster()
+    c.advance(1.0)
+    old = c.leader()
+    target = next(i for i in c.ids if i != old.id)
+    c.cut |= {(target, old.id)}  # the leader does not hear the target: the hand-over stalls
+    c.advance(0.2)
+    old.transfer_leadership("t", target, c.now)
+    old.submit("w", put(1, 1, b"k", b"v"), c.now)
+    c.pump()
+    assert not [r for r in c.replies[old.id] if r.req == "w"]  # held, not proposed
+    c.advance(1.0)  # the hand-over times out and the leader leads on
+    got = {r.req: r for r in c.replies[old.id]}
+    assert got["t"].status == "error" and got["w"].status == OK
+
+
+def test_a_transfer_to_a_stranger_or_by_a_follower_is_refused():
+    c = Cluster()
+    c.advance(1.0)
+    leader = c.leader()
+    follower = next(n for n in c.nodes.values() if n.role == FOLLOWER)
+    leader.transfer_leadership("x", 99, c.now)
+    follower.transfer_leadership("y", leader.id, c.now)
+    c.pump()
+    assert [(r.status, r.result) for r in c.replies[leader.id]] == [("error", "node 99 is not a member")]
+    assert [(r.status, r.leader) for r in c.replies[follower.id]] == [(NOT_LEADER, leader.id)]

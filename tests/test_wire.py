@@ -23,6 +23,7 @@ from daemon.messages import (
     Promise,
     Reject,
     SnapshotChunk,
+    TimeoutNow,
 )
 from daemon.wire import WireError, decode_peer, decode_request, encode_peer
 
@@ -50,6 +51,7 @@ EXAMPLES = [
     CatchupRequest(3, 7, 120, 4096),
     Catchup(1, 5, (BATCH, ()), 9),
     SnapshotChunk(1, 120, 4096, 10000, b"\x83" * 100),
+    TimeoutNow(1, B1),
 ]
 
 
@@ -116,7 +118,7 @@ def test_not_an_array_or_an_unknown_tag():
     bad({"a": 1}, "peer message", "dict")
     bad([], "peer message")
     bad([0, 1, B1, 1], "tag", "0")
-    bad([9, 1, B1, 1], "tag", "9")
+    bad([10, 1, B1, 1], "tag", "10")
     bad(["1", 1, B1, 1], "tag")
     bad([True, 1, B1, 1], "tag", "bool")
 
@@ -374,3 +376,11 @@ def test_a_snapshot_chunk_must_fit_its_total():
     bad([8, 1, 5, 0, 100, b""], "SnapshotChunk.data")
     bad([8, 1, 5, 0, 100, "text"], "SnapshotChunk.data", "byte string")
     bad([8, 1, 0, 0, 100, b"x"], "SnapshotChunk.index")
+
+
+def test_a_transfer_request_names_a_node_in_client_id():
+    from daemon.wire import BadRequest
+
+    assert decode_request([1, "transfer", 2, 0, b"", None, None]).client_id == 2
+    with pytest.raises(BadRequest, match="client_id"):
+        decode_request([1, "transfer", 0, 0, b"", None, None])

@@ -65,3 +65,23 @@ async def test_nodes_snapshot_compact_their_log_and_restart_from_the_snapshot(tm
     cluster.servers.clear()
     with trio.fail_after(TEST_TIMEOUT):
         await run_cluster(cluster, read_back)
+
+
+async def test_leadership_can_be_handed_to_a_named_node_and_writes_go_on(tmp_path):
+    from daemon.client import Client
+
+    cluster = compacting_config(tmp_path, every=1000)
+
+    async def hand_over():
+        leader = await cluster.wait_for_leader()
+        target = next(i for i in (1, 2, 3) if i != leader)
+        endpoints = [str(cluster.client_address(i)) for i in (1, 2, 3)]
+        async with Client.connect(endpoints, timeout=10) as c:
+            await c.put("before", "1")
+            await c.transfer_leader(target)
+            assert cluster.servers[target].node.role == "leader"
+            await c.put("after", "2")
+            assert await c.get("before") == b"1" and await c.get("after") == b"2"
+
+    with trio.fail_after(TEST_TIMEOUT):
+        await run_cluster(cluster, hand_over)
