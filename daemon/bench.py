@@ -1,22 +1,32 @@
 """``paxosd bench``: commit throughput and latency, measured from separate client processes.
 
 Against the cluster named by ``--config``, or, by default, a local cluster it starts from
-etc/paxosd.yaml (or etc/paxosd-5.yaml with ``--nodes 5``) on free loopback ports and in a
-temporary data directory, and stops afterwards.
+etc/paxosd.yaml (or etc/paxosd-5.yaml with ``--nodes 5``): the file's timing, batching, storage
+and limits settings are kept and only the member addresses (free loopback ports) and the data
+directory (a temporary one) are replaced. The local cluster is stopped afterwards.
 
 Each client process keeps ``--in-flight`` commands outstanding on one connection to the leader,
 one client session per outstanding command (a session carries one write at a time). Replies
 that arrive together are answered with one frame of new requests, so the client costs a few
-system calls per batch, not per command. Latency is measured per command from the moment its
-frame is written to the moment its reply frame is read.
+system calls per batch, not per command.
+
+Latency is per command: from the moment its request is first written to the moment its "ok"
+reply is read, retries (after "busy", or after the leader moved) included. Throughput and the
+latency percentiles count the commands whose reply arrives inside the measured interval (after
+``--warmup``, for ``--duration`` seconds). Percentiles are nearest-rank: p99 is the smallest
+latency that at least 99% of the commands did not exceed. CPU time is counted over the measured
+interval only, for every process: the nodes (local cluster) and the clients.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
+import queue
 import random
 import shutil
 import socket
@@ -24,13 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastpath import FrameReader, dumps, encode_frame, loads
 
-REPO_ETC = Path(__file__).resolve().parent.parent / "etc"
-PROGRESS_EVERY = 1.0
+REPO = Path(__file__).resolve().parent.parent
+REPO_ETC = REPO / "etc"
+PROGRESS_EVERY = 1.0  # seconds between progress lines
+STATUS_EVERY = 0.25  # seconds between samples of the leader's status
+BUCKET = 0.25  # seconds per bucket of the throughput-over-time series
+KEYSPACE = 100_000
 
 
 # ------------------------------------------------------------------------------ client worker
@@ -61,25 +76,32 @@ class _Conn:
                     replies.extend(loads(frame))
                 return replies
 
+    def status(self) -> dict | None:
+        self.send([[0, "status", 0, 0, b"", None, None]])
+        (reply,) = self.receive()
+        return reply[2] if reply[1] == "ok" and isinstance(reply[2], dict) else None
+
     def close(self) -> None:
         self.sock.close()
+
+
+def _status(endpoint: str, timeout: float = 2.0) -> dict | None:
+    try:
+        conn = _Conn(endpoint, timeout=timeout)
+        try:
+            return conn.status()
+        finally:
+            conn.close()
+    except (OSError, ValueError):
+        return None
 
 
 def find_leader(endpoints: list[str], deadline: float) -> str:
     """The client address of the current leader, asking each endpoint for its status."""
     while time.monotonic() < deadline:
         for address in endpoints:
-            try:
-                conn = _Conn(address, timeout=1.0)
-                try:
-                    conn.send([[0, "status", 0, 0, b"", None, None]])
-                    (reply,) = conn.receive()
-                finally:
-                    conn.close()
-            except (OSError, ValueError):
-                continue
-            status = reply[2] if reply[1] == "ok" else None
-            if isinstance(status, dict) and status.get("role") == "leader":
+            status = _status(address, timeout=1.0)
+            if status is not None and status.get("role") == "leader":
                 return address
         time.sleep(0.05)
     raise TimeoutError(f"no leader among {', '.join(endpoints)}")
@@ -87,104 +109,140 @@ def find_leader(endpoints: list[str], deadline: float) -> str:
 
 def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, read_ratio: float,
             warmup: float, duration: float, start_at: float, results, progress) -> None:
-    """One client process: closed loop with ``in_flight`` commands outstanding."""
-    rng = random.Random(os.getpid() ^ index)
+    """One client process: a closed loop with ``in_flight`` commands outstanding."""
+    rng = random.Random(os.urandom(16))
     value = rng.randbytes(value_size)
-    sessions = [[rng.getrandbits(62) + 1, 0] for _ in range(in_flight)]
-    keyspace = 100_000
-    conn = None
-    sent_at: dict[int, tuple[float, int]] = {}  # req_id -> (time sent, session index)
+    keys = [b"k%d" % i for i in range(KEYSPACE)]
+    # Outstanding command i: session sessions[i] at seq seqs[i]; request[i] is its request
+    # (element 0, the request id, is renewed on every send); first_sent[i] when first sent.
+    sessions = [rng.getrandbits(62) + 1 for _ in range(in_flight)]
+    seqs = [0] * in_flight
+    request: list = [None] * in_flight
+    first_sent = [0.0] * in_flight
+    slot_of: dict[int, int] = {}  # request id -> i
     next_req = 1
-    samples: list[float] = []
-    per_second: dict[int, int] = {}
-    errors = 0
-    error_kinds: dict[str, int] = {}
+    writes = array("d")  # latency in seconds of each write answered inside the interval
+    reads = array("d")
+    buckets: dict[int, int] = {}  # BUCKET-long interval since the start of measuring -> writes
+    errors: dict[str, int] = {}
     redirects = 0
+    reconnects = 0
     measure_from = start_at + warmup
     stop_at = measure_from + duration
+    cpu_from = None
     last_report = time.monotonic()
     reported = 0
     done = 0
 
-    def make(session_index: int, now: float) -> list:
-        nonlocal next_req
-        req_id = next_req
-        next_req += 1
-        sent_at[req_id] = (now, session_index)
-        key = b"k%d" % rng.randrange(keyspace)
+    def fresh(i: int, now: float) -> list:
+        first_sent[i] = now
         if read_ratio and rng.random() < read_ratio:
-            return [req_id, "get", 0, 0, key, None, None]
-        session = sessions[session_index]
-        session[1] += 1
-        return [req_id, "put", session[0], session[1], key, value, None]
+            req = [0, "get", 0, 0, keys[rng.randrange(KEYSPACE)], None, None]
+        else:
+            seqs[i] += 1
+            req = [0, "put", sessions[i], seqs[i], keys[rng.randrange(KEYSPACE)], value, None]
+        request[i] = req
+        return stamp(i)
 
-    def resend(session_index: int, now: float) -> list:
-        # Same session, same seq: a retried write applies at most once.
+    def stamp(i: int) -> list:
+        # The same request under a new id: a retried write keeps its session and seq, so it
+        # is applied at most once.
         nonlocal next_req
-        req_id = next_req
+        req = request[i]
+        req[0] = next_req
+        slot_of[next_req] = i
         next_req += 1
-        sent_at[req_id] = (now, session_index)
-        session = sessions[session_index]
-        return [req_id, "put", session[0], session[1], b"retry", value, None]
+        return req
 
+    def count_error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    conn = None
+    leader_hint = None
     while time.monotonic() < start_at:
         time.sleep(0.005)
-    while time.monotonic() < stop_at:
+    now = time.monotonic()
+    pending_out = [fresh(i, now) for i in range(in_flight)]
+    while True:
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        if cpu_from is None and now >= measure_from:
+            cpu_from = time.process_time()
         if conn is None:
             try:
-                leader = find_leader(endpoints, time.monotonic() + 10.0)
-                conn = _Conn(leader, timeout=10.0)
+                address = leader_hint or find_leader(endpoints, min(stop_at, now + 10.0))
+                leader_hint = None
+                conn = _Conn(address, timeout=10.0)
             except (OSError, TimeoutError):
-                errors += 1
+                count_error("connect: no leader reachable")
                 time.sleep(0.05)
                 continue
-            now = time.monotonic()
-            sent_at.clear()
-            conn.send([make(i, now) for i in range(in_flight)])
+            reconnects += 1
+            slot_of.clear()
+            # Everything outstanding goes again on the new connection, as first sent.
+            pending_out = [stamp(i) for i in range(in_flight)]
+        if pending_out:
+            try:
+                conn.send(pending_out)
+            except OSError:
+                conn.close()
+                conn = None
+                count_error("connection lost")
+                continue
+            pending_out = []
         try:
             replies = conn.receive()
         except (OSError, ValueError):
             conn.close()
             conn = None
-            errors += 1
+            count_error("connection lost")
             continue
         now = time.monotonic()
-        second = int(now - measure_from)
-        out = []
+        in_interval = measure_from <= now < stop_at
+        out = pending_out
+        moved = False
         for reply in replies:
-            entry = sent_at.pop(reply[0], None)
-            if entry is None:
+            i = slot_of.pop(reply[0], None)
+            if i is None:
                 continue
-            t0, session_index = entry
-            if reply[1] == "ok":
+            status = reply[1]
+            if status == "ok":
                 done += 1
-                if t0 >= measure_from and now < stop_at:
-                    samples.append(now - t0)
-                    per_second[second] = per_second.get(second, 0) + 1
-                out.append(make(session_index, now))
-            elif reply[1] == "not_leader":
-                redirects += 1
-                out = None
-                break
-            else:
-                errors += 1
-                error_kinds[f"{reply[1]}: {reply[2]}"[:120]] = error_kinds.get(f"{reply[1]}: {reply[2]}"[:120], 0) + 1
-                out.append(resend(session_index, now))
-        if out is None:  # leadership moved: reconnect and start the window afresh
+                if in_interval:
+                    if request[i][1] == "put":
+                        writes.append(now - first_sent[i])
+                        b = int((now - measure_from) / BUCKET)
+                        buckets[b] = buckets.get(b, 0) + 1
+                    else:
+                        reads.append(now - first_sent[i])
+                out.append(fresh(i, now))
+            elif status == "not_leader":
+                moved = True
+                leader_hint = reply[3] if isinstance(reply[3], str) else None
+            elif status == "busy":
+                count_error("busy")
+                out.append(stamp(i))
+            else:  # stale or error: a bug of the benchmark or the server; count it, go on
+                count_error(f"{status}: {reply[2]}"[:120])
+                out.append(fresh(i, now))
+        if moved:  # leadership moved: follow it and send everything outstanding again
+            redirects += 1
             conn.close()
             conn = None
+            pending_out = []
             continue
-        if out:
-            conn.send(out)
         if now - last_report >= 0.5:
             progress.put((index, done - reported))
             reported = done
             last_report = now
+    cpu_to = time.process_time()
     if conn is not None:
         conn.close()
-    results.put({"index": index, "samples": samples, "per_second": per_second,
-                 "errors": errors, "error_kinds": error_kinds, "redirects": redirects,
-                 "cpu_seconds": sum(os.times()[:2])})
+    results.put({"index": index, "writes": writes.tobytes(), "reads": reads.tobytes(),
+                 "buckets": buckets, "errors": errors, "redirects": redirects,
+                 "reconnects": reconnects - 1,
+                 "cpu_seconds": cpu_to - cpu_from if cpu_from is not None else 0.0})
 
 
 # ------------------------------------------------------------------------------ local cluster
@@ -202,33 +260,59 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def base_config_path(nodes: int) -> Path:
+    return REPO_ETC / ("paxosd.yaml" if nodes == 3 else f"paxosd-{nodes}.yaml")
+
+
+def local_config(base: Path | None, nodes: int, ports: list[int], data_dir: Path,
+                 fsync: bool | None, window: int | None) -> dict:
+    """The YAML document of a local cluster: ``base`` (when it exists) with the member
+    addresses and the data directory replaced, and fsync or the window when asked for."""
+    import yaml
+
+    doc = yaml.safe_load(base.read_text()) if base is not None and base.exists() else {}
+    doc = doc or {}
+    doc.setdefault("cluster", "bench")
+    doc.pop("node_id", None)
+    doc["members"] = {i + 1: {"peer": f"127.0.0.1:{ports[2 * i]}",
+                              "client": f"127.0.0.1:{ports[2 * i + 1]}"} for i in range(nodes)}
+    doc["data_dir"] = str(data_dir)
+    if fsync is not None:
+        doc["storage"] = dict(doc.get("storage") or {}, fsync=fsync)
+    if window:
+        doc["batching"] = dict(doc.get("batching") or {}, window=window)
+    if isinstance(doc.get("metrics"), dict) and doc["metrics"].get("address"):
+        doc["metrics"] = dict(doc["metrics"], address=None)  # one address, several nodes: none
+    return doc
+
+
 @dataclass
 class LocalCluster:
     """A cluster of child processes on loopback, in a temporary directory."""
 
     nodes: int
-    fsync: bool
+    fsync: bool | None = None
     window: int | None = None
+    base: Path | None = None
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="paxosd-bench-")))
     processes: dict = field(default_factory=dict)
     config_path: Path | None = None
+    doc: dict = field(default_factory=dict)
 
     def start(self) -> list[str]:
+        import yaml
+
         ports = _free_ports(2 * self.nodes)
-        lines = ["cluster: bench", "members:"]
-        for i in range(self.nodes):
-            lines.append(f"  {i + 1}: {{peer: 127.0.0.1:{ports[2 * i]}, client: 127.0.0.1:{ports[2 * i + 1]}}}")
-        lines.append(f"data_dir: {self.directory / 'data'}")
-        lines.append(f"storage: {{fsync: {'true' if self.fsync else 'false'}}}")
-        if self.window:
-            lines.append(f"batching: {{window: {self.window}}}")
+        self.doc = local_config(self.base, self.nodes, ports, self.directory / "data",
+                                self.fsync, self.window)
         self.config_path = self.directory / "paxosd.yaml"
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
         for i in range(1, self.nodes + 1):
-            log = open(self.directory / f"node-{i}.log", "wb")
-            self.processes[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "serve", "--config", str(self.config_path),
-                 "--node-id", str(i)], stdout=log, stderr=subprocess.STDOUT)
+            with open(self.directory / f"node-{i}.log", "wb") as log:
+                self.processes[i] = subprocess.Popen(
+                    [sys.executable, "-m", "daemon.cli", "serve", "--config",
+                     str(self.config_path), "--node-id", str(i)],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return [f"127.0.0.1:{ports[2 * i + 1]}" for i in range(self.nodes)]
 
     def stop(self) -> None:
@@ -244,6 +328,7 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds (user + system, all threads) each node process has used so far."""
         out = {}
         tick = os.sysconf("SC_CLK_TCK")
         for i, proc in self.processes.items():
@@ -254,27 +339,47 @@ class LocalCluster:
                 pass
         return out
 
+    def pids(self) -> dict[int, int]:
+        return {i: p.pid for i, p in self.processes.items()}
 
-# ------------------------------------------------------------------------------ reporting
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
+# ------------------------------------------------------------------------------ measuring
+
+def percentile(sorted_values, q: float) -> float:
+    """Nearest rank: the smallest value that at least a fraction ``q`` of the values do not
+    exceed (NaN if there are none)."""
+    n = len(sorted_values)
+    if not n:
         return float("nan")
-    k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
-    return sorted_values[k]
+    k = math.ceil(q * n - 1e-9) - 1  # the epsilon: 0.99 * 100 is 99.00000000000001
+    return sorted_values[min(max(k, 0), n - 1)]
 
 
-def _status(endpoint: str) -> dict | None:
-    try:
-        conn = _Conn(endpoint, timeout=2.0)
+class _LeaderWatch:
+    """Samples the leader's status every STATUS_EVERY seconds over one connection."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.conn = None
+        self.samples: list[tuple[float, dict]] = []
+
+    def sample(self) -> dict | None:
         try:
-            conn.send([[0, "status", 0, 0, b"", None, None]])
-            (reply,) = conn.receive()
-        finally:
-            conn.close()
-        return reply[2] if reply[1] == "ok" else None
-    except (OSError, ValueError):
-        return None
+            if self.conn is None:
+                self.conn = _Conn(self.address, timeout=2.0)
+            status = self.conn.status()
+        except (OSError, ValueError):
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return None
+        if status is not None:
+            self.samples.append((time.monotonic(), status))
+        return status
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 def _cpu_model() -> str:
@@ -287,6 +392,25 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
 def run(args) -> int:
     """Run the benchmark described by the parsed command-line ``args``; returns an exit code."""
     cluster = None
@@ -294,39 +418,53 @@ def run(args) -> int:
         "clients": args.clients, "in_flight": args.in_flight, "value_size": args.value_size,
         "duration_s": args.duration, "warmup_s": args.warmup, "read_ratio": args.read_ratio,
     }
+    watch = None
     try:
         if args.config:
             from daemon.config import load_config
 
             config = load_config(args.config)
             endpoints = [str(m.client) for m in config.members]
-            settings.update(nodes=len(endpoints), fsync=config.storage.fsync, cluster="external")
+            settings.update(nodes=len(endpoints), fsync=config.storage.fsync, cluster="external",
+                            config=str(args.config), window=config.batching.window,
+                            max_batch_commands=config.batching.max_batch_commands,
+                            max_batch_bytes=config.batching.max_batch_bytes,
+                            heartbeat_ms=config.timing.heartbeat_ms)
         else:
-            cluster = LocalCluster(args.nodes, args.fsync, window=args.window)
+            base = Path(args.base_config) if args.base_config else base_config_path(args.nodes)
+            cluster = LocalCluster(args.nodes, args.fsync, window=args.window, base=base)
             endpoints = cluster.start()
-            settings.update(nodes=args.nodes, fsync=args.fsync, cluster="local")
+            doc = cluster.doc
+            batching, storage = doc.get("batching") or {}, doc.get("storage") or {}
+            settings.update(nodes=args.nodes, cluster="local",
+                            config=str(base) if base.exists() else None,
+                            fsync=storage.get("fsync", True),
+                            window=batching.get("window", 64),
+                            max_batch_commands=batching.get("max_batch_commands", 4096),
+                            max_batch_bytes=batching.get("max_batch_bytes", 1 << 20),
+                            heartbeat_ms=(doc.get("timing") or {}).get("heartbeat_ms", 50))
         leader = find_leader(endpoints, time.monotonic() + 30.0)
-        before = _status(leader) or {}
+        watch = _LeaderWatch(leader)
         ctx = multiprocessing.get_context("spawn")
         results, progress = ctx.Queue(), ctx.Queue()
-        start_at = time.monotonic() + 1.0 + 0.2 * args.clients
+        start_at = time.monotonic() + 1.0 + 0.3 * args.clients
         workers = [ctx.Process(target=_worker, args=(
             i, [leader] + [e for e in endpoints if e != leader], args.in_flight, args.value_size,
             args.read_ratio, args.warmup, args.duration, start_at, results, progress))
             for i in range(args.clients)]
         for w in workers:
             w.start()
-        _show_progress(progress, start_at, args.warmup, args.duration, args.quiet)
+        marks = _watch(progress, watch, cluster, start_at, args.warmup, args.duration, args.quiet)
         outputs = [results.get(timeout=args.duration + args.warmup + 120) for _ in workers]
         for w in workers:
             w.join(timeout=30)
-        after = _status(leader) or {}
-        server_cpu = cluster.cpu_seconds() if cluster else {}
     finally:
+        if watch is not None:
+            watch.close()
         if cluster is not None:
             cluster.stop()
-    report = _report(outputs, settings, before, after, server_cpu, args)
-    _print_report(report)
+    report = _report(outputs, settings, marks, watch.samples, args)
+    print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
@@ -334,88 +472,183 @@ def run(args) -> int:
     return 0 if report["commits"] else 1
 
 
-def _show_progress(progress, start_at: float, warmup: float, duration: float, quiet: bool) -> None:
-    end = start_at + warmup + duration
+def _watch(progress, watch: _LeaderWatch, cluster, start_at: float, warmup: float,
+           duration: float, quiet: bool) -> dict:
+    """Show the live progress line, sample the leader, and note the nodes' CPU time at the
+    start and the end of the measured interval."""
+    measure_from = start_at + warmup
+    stop_at = measure_from + duration
     # On a terminal the progress line rewrites itself; in a log, one line per update.
     lead, tail = ("\r", "") if sys.stderr.isatty() else ("", "\n")
+    marks: dict = {}
     window_count = 0
-    last = time.monotonic()
+    last = next_status = time.monotonic()
     total = 0
-    while time.monotonic() < end + 0.5:
+    in_flight = None
+    while True:
+        now = time.monotonic()
+        if "cpu_from" not in marks and now >= measure_from:
+            marks["cpu_from"] = cluster.cpu_seconds() if cluster else {}
+            marks["status_from"] = watch.sample()
+            next_status = now + STATUS_EVERY
+        if now >= stop_at:
+            marks["cpu_to"] = cluster.cpu_seconds() if cluster else {}
+            marks["status_to"] = watch.sample()
+            break
+        if now >= next_status:
+            status = watch.sample()
+            in_flight = status.get("in_flight") if status else None
+            next_status = now + STATUS_EVERY
         try:
-            _, n = progress.get(timeout=0.2)
+            _, n = progress.get(timeout=min(0.05, max(0.0, stop_at - now)))
             window_count += n
             total += n
-        except Exception:  # queue.Empty
+        except queue.Empty:
             pass
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY and not quiet:
-            phase = "warmup" if now < start_at + warmup else "measure"
-            print(f"{lead}  {phase}: {window_count / (now - last):>10,.0f} commits/s   "
-                  f"{total:>10,} total   {max(0.0, now - start_at):5.1f}s", end=tail, file=sys.stderr,
-                  flush=True)
+            phase = "warmup " if now < measure_from else "measure"
+            slots = f"   window {in_flight:>3} in flight" if in_flight is not None else ""
+            print(f"{lead}  {phase} {max(0.0, now - start_at):5.1f}s  "
+                  f"{window_count / (now - last):>10,.0f} commits/s  {total:>11,} total{slots}",
+                  end=tail, file=sys.stderr, flush=True)
             window_count = 0
             last = now
     if not quiet and lead:
         print(file=sys.stderr)
+    return marks
 
 
-def _report(outputs, settings, before, after, server_cpu, args) -> dict:
-    samples = sorted(s for o in outputs for s in o["samples"])
-    commits = len(samples)
-    per_second: dict[int, int] = {}
+def _summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return {"mean": sum(s) / len(s), "p50": percentile(s, 0.5), "max": s[-1]}
+
+
+def _report(outputs, settings, marks, status_samples, args) -> dict:
+    writes = array("d")
+    reads = array("d")
     for o in outputs:
-        for sec, n in o["per_second"].items():
-            per_second[int(sec)] = per_second.get(int(sec), 0) + n
-    slots = after.get("commit_index", 0) - before.get("commit_index", 0)
-    applied = after.get("commands_applied", 0) - before.get("commands_applied", 0)
-    client_cpu = sum(o["cpu_seconds"] for o in outputs)
-    total_cpu = client_cpu + sum(server_cpu.values())
+        writes.frombytes(o["writes"])
+        reads.frombytes(o["reads"])
+    writes = sorted(writes)
+    reads = sorted(reads)
+    commits = len(writes)
+    buckets: dict[int, int] = {}
+    for o in outputs:
+        for b, n in o["buckets"].items():
+            buckets[b] = buckets.get(b, 0) + n
+    n_buckets = max(1, int(round(args.duration / BUCKET)))
     ms = 1000.0
+
+    def lat(values):
+        if not values:
+            return None
+        return {"p50": percentile(values, 0.50) * ms, "p90": percentile(values, 0.90) * ms,
+                "p99": percentile(values, 0.99) * ms, "p999": percentile(values, 0.999) * ms,
+                "max": values[-1] * ms, "mean": sum(values) / len(values) * ms}
+
+    # What the leader saw: the batch size (commands per slot) over each sampling interval,
+    # and the slots in flight in its window at each sample.
+    first, last = marks.get("status_from") or {}, marks.get("status_to") or {}
+    slots = last.get("commit_index", 0) - first.get("commit_index", 0)
+    applied = last.get("commands_applied", 0) - first.get("commands_applied", 0)
+    batch_means, in_flight = [], []
+    prev = first
+    for t, status in status_samples:
+        if not first or status.get("id") != first.get("id"):
+            continue
+        if status.get("role") == "leader":
+            in_flight.append(status.get("in_flight", 0))
+        d_slots = status.get("commit_index", 0) - prev.get("commit_index", 0)
+        if d_slots > 0:
+            batch_means.append((status.get("commands_applied", 0)
+                                - prev.get("commands_applied", 0)) / d_slots)
+        prev = status
+
+    cpu_from, cpu_to = marks.get("cpu_from") or {}, marks.get("cpu_to") or {}
+    nodes_cpu = {str(i): round(cpu_to[i] - cpu_from[i], 3) for i in cpu_to if i in cpu_from}
+    clients_cpu = [round(o["cpu_seconds"], 3) for o in sorted(outputs, key=lambda o: o["index"])]
+    total_cpu = sum(nodes_cpu.values()) + sum(clients_cpu)
+    errors: dict[str, int] = {}
+    for o in outputs:
+        for k, v in o["errors"].items():
+            errors[k] = errors.get(k, 0) + v
     return {
         "commits": commits,
         "commits_per_s": commits / args.duration if args.duration else 0.0,
-        "latency_ms": {
-            "p50": percentile(samples, 0.50) * ms, "p90": percentile(samples, 0.90) * ms,
-            "p99": percentile(samples, 0.99) * ms, "p999": percentile(samples, 0.999) * ms,
-            "max": (samples[-1] * ms) if samples else float("nan"),
-        },
-        "throughput_per_second": [per_second.get(i, 0) for i in range(int(args.duration))],
-        "errors": sum(o["errors"] for o in outputs),
-        "error_kinds": {k: v for o in outputs for k, v in o["error_kinds"].items()},
+        "latency_ms": lat(writes),
+        "reads": len(reads),
+        "reads_per_s": len(reads) / args.duration if args.duration else 0.0,
+        "read_latency_ms": lat(reads),
+        "throughput_per_s": [buckets.get(b, 0) / BUCKET for b in range(n_buckets)],
+        "throughput_bucket_s": BUCKET,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
         "redirects": sum(o["redirects"] for o in outputs),
-        "leader": {"slots_committed": slots, "commands_applied": applied,
-                   "mean_batch_commands": (applied / slots) if slots else None,
-                   "window_in_flight_at_end": after.get("in_flight")},
-        "cpu_seconds": {"servers": server_cpu, "clients": client_cpu},
-        "cpu_us_per_commit": (total_cpu / commits * 1e6) if commits and server_cpu else None,
+        "leader": {
+            "id": first.get("id"),
+            "slots_committed": slots,
+            "commands_applied": applied,
+            "batch_commands_mean": (applied / slots) if slots else None,
+            "batch_commands_per_interval": _summary(batch_means),
+            "window_capacity": settings.get("window"),
+            "window_in_flight": _summary(in_flight),
+        },
+        "cpu_seconds": {"nodes": nodes_cpu, "clients": clients_cpu, "total": round(total_cpu, 3)},
+        "cpu_us_per_commit": (total_cpu / (commits + len(reads)) * 1e6
+                              if commits + len(reads) and nodes_cpu else None),
         "settings": settings,
-        "machine": {"cores": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version()},
+        "machine": machine(),
+        "commit": _git_commit(),
+        "command": "paxosd bench " + " ".join(getattr(args, "argv", None) or sys.argv[2:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 
 
-def _print_report(r: dict) -> None:
-    lat = r["latency_ms"]
+def print_report(r: dict) -> None:
     s = r["settings"]
-    print(f"paxosd bench: {s['nodes']} nodes ({s['cluster']}), fsync {'on' if s['fsync'] else 'off'}, "
-          f"{s['clients']} clients x {s['in_flight']} in flight, {s['value_size']}-byte values, "
-          f"read ratio {s['read_ratio']}, {s['duration_s']}s after {s['warmup_s']}s warmup")
-    print(f"  commits/s      {r['commits_per_s']:>12,.0f}   ({r['commits']:,} commits)")
-    print(f"  latency ms     p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
-          f"p99.9 {lat['p999']:.2f}  max {lat['max']:.2f}")
+    rows = []
+    where = s["cluster"] + (f", {Path(s['config']).name}" if s.get("config") else "")
+    rows.append(("settings", f"{s['nodes']} nodes ({where}), fsync {'on' if s['fsync'] else 'OFF'}, "
+                             f"{s['clients']} clients x {s['in_flight']} in flight, "
+                             f"{s['value_size']} B values, reads {s['read_ratio']:.0%}"))
+    rows.append(("", f"{s['duration_s']:g} s measured after {s['warmup_s']:g} s warmup; window "
+                     f"{s.get('window')}, batches of <= {s.get('max_batch_commands')} commands"))
+    rows.append(("commits/s", f"{r['commits_per_s']:,.0f}  ({r['commits']:,} commits)"))
+    if r["reads"]:
+        rows.append(("reads/s", f"{r['reads_per_s']:,.0f}  ({r['reads']:,} reads)"))
+    for name, lat in (("latency ms", r["latency_ms"]), ("read latency ms", r["read_latency_ms"])):
+        if lat:
+            rows.append((name, f"p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+                               f"p99.9 {lat['p999']:.2f}  max {lat['max']:.2f}"))
     ld = r["leader"]
-    if ld["mean_batch_commands"] is not None:
-        print(f"  leader         {ld['slots_committed']:,} slots, mean batch {ld['mean_batch_commands']:.1f} commands")
+    if ld["batch_commands_mean"] is not None:
+        per = ld["batch_commands_per_interval"]
+        text = f"{ld['batch_commands_mean']:.1f} commands per slot ({ld['slots_committed']:,} slots)"
+        if per:
+            text += f"; per {STATUS_EVERY:g} s: p50 {per['p50']:.1f}, max {per['max']:.1f}"
+        rows.append(("leader batch", text))
+    occ = ld["window_in_flight"]
+    if occ:
+        rows.append(("leader window", f"mean {occ['mean']:.1f}, p50 {occ['p50']:g}, max {occ['max']:g} "
+                                      f"slots in flight of {ld['window_capacity']}"))
     cpu = r["cpu_seconds"]
-    servers = ", ".join(f"node {k}: {v:.1f}s" for k, v in sorted(cpu["servers"].items()))
-    print(f"  cpu            clients {cpu['clients']:.1f}s" + (f"; {servers}" if servers else ""))
+    parts = [f"node {k} {v:.2f}" for k, v in sorted(cpu["nodes"].items())]
+    parts += [f"client {i + 1} {v:.2f}" for i, v in enumerate(cpu["clients"])]
+    rows.append(("cpu seconds", ", ".join(parts) + f"; total {cpu['total']:.2f}"))
     if r["cpu_us_per_commit"] is not None:
-        print(f"  cpu/commit     {r['cpu_us_per_commit']:.1f} us (all processes)")
+        rows.append(("cpu per command", f"{r['cpu_us_per_commit']:.1f} us (all processes)"))
     if r["errors"] or r["redirects"]:
-        print(f"  errors         {r['errors']} errors, {r['redirects']} redirects")
+        rows.append(("errors", f"{r['errors']:,} errors, {r['redirects']} redirects"))
         for kind, n in sorted(r["error_kinds"].items(), key=lambda kv: -kv[1])[:3]:
-            print(f"                 {n} x {kind}")
+            rows.append(("", f"{n:,} x {kind}"))
+    width = max(len(k) for k, _ in rows)
+    print(f"paxosd bench ({r['date']}, commit {r['commit']}, {r['machine']['cores']} cores)")
+    print(f"  {'-' * width}  {'-' * 60}")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
 
 
 def _plot(report: dict, outputs, path: str) -> None:
@@ -427,38 +660,75 @@ def _plot(report: dict, outputs, path: str) -> None:
     except ImportError:
         print("--plot needs matplotlib: pip install 'paxosd[plot]'", file=sys.stderr)
         return
-    samples = sorted(s * 1000 for o in outputs for s in o["samples"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    tp = report["throughput_per_second"]
-    ax1.plot(range(len(tp)), tp)
-    ax1.set_xlabel("second")
+    writes = array("d")
+    for o in outputs:
+        writes.frombytes(o["writes"])
+    samples = sorted(x * 1000 for x in writes)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    tp = report["throughput_per_s"]
+    step = report["throughput_bucket_s"]
+    ax1.plot([i * step for i in range(len(tp))], tp, lw=1)
+    ax1.set_ylim(bottom=0)
+    ax1.set_xlabel("seconds since measuring started")
     ax1.set_ylabel("commits/s")
     ax1.set_title("throughput")
+    ax1.grid(alpha=0.3)
     if samples:
-        ys = [i / len(samples) for i in range(len(samples))]
-        ax2.plot(samples, ys)
+        lo, hi = max(samples[0], 1e-3), samples[-1]
+        bins = [lo * (hi / lo) ** (i / 60) for i in range(61)] if hi > lo else 10
+        ax2.hist(samples, bins=bins, color="tab:blue", alpha=0.6)
         ax2.set_xscale("log")
-    ax2.set_xlabel("latency (ms)")
-    ax2.set_ylabel("fraction of commits")
+        ax2.set_ylabel("commands")
+        lat = report["latency_ms"]
+        for name, key, color in (("p50", "p50", "tab:green"), ("p99", "p99", "tab:orange"),
+                                 ("p99.9", "p999", "tab:red")):
+            ax2.axvline(lat[key], color=color, lw=1, label=f"{name} {lat[key]:.2f} ms")
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("latency (ms, log scale)")
     ax2.set_title("latency distribution")
     s = report["settings"]
     fig.suptitle(f"paxosd bench: {s['nodes']} nodes, fsync {'on' if s['fsync'] else 'off'}, "
-                 f"{s['clients']}x{s['in_flight']} in flight, {s['value_size']} B values")
+                 f"{s['clients']} clients x {s['in_flight']} in flight, {s['value_size']} B values: "
+                 f"{report['commits_per_s']:,.0f} commits/s", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="benchmark this running cluster instead of starting one")
+    parser.add_argument("--base-config", help="the local cluster's settings (default "
+                        "etc/paxosd.yaml, or etc/paxosd-5.yaml with --nodes 5)")
     parser.add_argument("--nodes", type=int, choices=[3, 5], default=3, help="local cluster size")
-    parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
-    parser.add_argument("--in-flight", type=int, default=100, help="commands in flight per client")
+    parser.add_argument("--clients", type=_positive(int), default=2,
+                        help="client processes (default 2)")
+    parser.add_argument("--in-flight", type=_positive(int), default=100,
+                        help="commands in flight per client (default 100)")
     parser.add_argument("--value-size", type=int, default=64, help="bytes per value (default 64)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--read-ratio", type=float, default=0.0, help="fraction of reads (0..1)")
-    parser.add_argument("--fsync", action=__import__("argparse").BooleanOptionalAction, default=True,
-                        help="fsync the local cluster's WAL (default on)")
+    parser.add_argument("--duration", type=_positive(float), default=10.0,
+                        help="seconds measured (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds before measuring (default 2)")
+    parser.add_argument("--read-ratio", type=_fraction, default=0.0,
+                        help="fraction of linearizable reads (0..1, default 0)")
+    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=None,
+                        help="fsync the local cluster's WAL (default: as the config file says, on)")
     parser.add_argument("--window", type=int, help="slot window of the local cluster")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--plot", help="draw throughput and latency to this PNG (needs matplotlib)")

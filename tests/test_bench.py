@@ -1,0 +1,78 @@
+"""`paxosd bench` end to end, briefly: a local cluster, client processes, the report.
+
+No speed is asserted: the machine running the suite is shared and its figures swing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon.bench import local_config, percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_short_bench_commits_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "bench", "--duration", "2", "--warmup", "0.5",
+         "--clients", "2", "--in-flight", "20", "--quiet", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["commits"] > 0 and report["commits_per_s"] > 0
+    lat = report["latency_ms"]
+    assert set(lat) >= {"p50", "p90", "p99", "p999", "max"}
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    s = report["settings"]
+    assert (s["nodes"], s["clients"], s["in_flight"], s["value_size"], s["fsync"]) == (3, 2, 20, 64, True)
+    assert s["config"].endswith("paxosd.yaml") and s["window"] >= 1
+    assert set(report["cpu_seconds"]["nodes"]) == {"1", "2", "3"}
+    assert len(report["cpu_seconds"]["clients"]) == 2
+    assert report["leader"]["slots_committed"] > 0
+    assert report["errors"] == 0
+
+    # The table: a title, a rule, then "key  value" rows, keys aligned, the figures present.
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("paxosd bench")
+    rule = lines[1].split()
+    assert len(rule) == 2 and set(rule[0]) == {"-"}
+    width = len(rule[0])
+    rows = {line[2:2 + width].strip(): line[2 + width:].strip() for line in lines[2:]}
+    assert all(line[2 + width:3 + width] == " " for line in lines[2:])
+    for key in ("settings", "commits/s", "latency ms", "leader batch", "leader window",
+                "cpu seconds", "cpu per command"):
+        assert key in rows, (key, result.stdout)
+    assert f"{report['commits_per_s']:,.0f}" in rows["commits/s"]
+    assert all(word in rows["latency ms"] for word in ("p50", "p90", "p99", "p99.9", "max"))
+
+
+def test_percentiles_are_nearest_rank():
+    values = list(range(1, 101))  # 1..100
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 0.999) == 100
+    assert percentile(values, 1.0) == 100
+    assert percentile([7], 0.5) == 7
+    assert math.isnan(percentile([], 0.5))
+    thousand = list(range(1, 1001))
+    assert percentile(thousand, 0.999) == 999 and percentile(thousand, 0.9) == 900
+
+
+def test_the_local_cluster_keeps_the_files_settings(tmp_path):
+    base = ROOT / "etc" / "paxosd.yaml"
+    doc = local_config(base, 3, [9001, 9002, 9003, 9004, 9005, 9006], tmp_path, None, None)
+    import yaml
+
+    original = yaml.safe_load(base.read_text())
+    for key in ("timing", "batching", "storage", "limits", "cluster"):
+        assert doc[key] == original[key]
+    assert doc["data_dir"] == str(tmp_path)
+    assert doc["members"][2] == {"peer": "127.0.0.1:9003", "client": "127.0.0.1:9004"}
+    off = local_config(base, 3, list(range(9001, 9007)), tmp_path, False, 16)
+    assert off["storage"]["fsync"] is False and off["batching"]["window"] == 16
+    assert off["batching"]["max_batch_commands"] == original["batching"]["max_batch_commands"]
