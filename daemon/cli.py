@@ -280,7 +280,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args, node_id=args.node_id)
+    from daemon.security import check_files
+
+    warnings = check_files(config)  # the secret, certificates and keys exist and load
     sys.stdout.write(describe(config))
+    for warning in warnings:
+        print(f"paxosd check-config: warning: {config.path}: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

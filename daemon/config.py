@@ -8,6 +8,10 @@ are errors: a misspelt option must not silently fall back to its default.
 The defaults are stated once, as the defaults of the dataclasses below; ``describe`` renders the
 effective settings (defaults filled in, paths resolved) as YAML that loads back to the same
 ``Config``.
+
+Files the configuration names (the cluster secret, certificates and keys) are not opened by
+``load_config``: client commands load the file too and need not read the node's secrets.
+``daemon.security.check_files`` checks them; ``paxosd check-config`` and a starting node call it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import yaml
 
 __all__ = [
     "Address",
+    "Auth",
     "Batching",
     "Config",
     "ConfigError",
@@ -33,6 +38,7 @@ __all__ = [
     "Member",
     "Metrics",
     "StorageSettings",
+    "TLSFiles",
     "Timing",
     "describe",
     "load_config",
@@ -91,11 +97,13 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One node of the cluster: its id, the address peers dial and the address clients dial."""
+    """One node of the cluster: its id, the address peers dial, the address clients dial, and
+    where it serves metrics (None: the file-wide ``metrics.address``)."""
 
     id: int
     peer: Address
     client: Address
+    metrics: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +151,29 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """The Prometheus endpoint; None serves no metrics."""
+    """The Prometheus endpoint of every member that names none of its own; None: no metrics
+    (unless the member sets ``members.N.metrics``)."""
 
     address: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Peer authentication: the file holding the cluster's shared secret; None: peers prove
+    nothing beyond the hello (cluster name and member id)."""
+
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files for TLS on a port: this node's certificate and key, and the CA that the other
+    side's certificate must chain to (required for the peer port; for the client port, None
+    lets any client connect)."""
+
+    ca: Path | None
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +193,9 @@ class Config:
     storage: StorageSettings = StorageSettings()
     limits: Limits = Limits()
     metrics: Metrics = Metrics()
+    auth: Auth = Auth()
+    tls: TLSFiles | None = None
+    client_tls: TLSFiles | None = None
 
     def member(self, member_id: int) -> Member:
         """The member with this id; KeyError if there is none."""
@@ -191,6 +222,14 @@ class Config:
                 str(self.path), "node_id", "not set: give node_id in the file or --node-id"
             )
         return self.data_dir / f"node-{node_id}"
+
+    def metrics_address(self, node_id: int | None = None) -> Address | None:
+        """Where ``node_id`` (default: this node) serves /metrics: its own ``metrics`` address,
+        else the file-wide ``metrics.address``; None: it serves none."""
+        if node_id is None:
+            node_id = self.node_id
+        own = self.member(node_id).metrics if node_id is not None else None
+        return own if own is not None else self.metrics.address
 
     def with_node_id(self, node_id: int) -> Config:
         """This configuration as seen by member ``node_id``; ConfigError if it is no member."""
@@ -266,10 +305,7 @@ def parse_config(
     data_dir = doc.get("data_dir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not data_dir.strip():
         p.fail("data_dir", data_dir, "a directory path")
-    data_dir_path = Path(os.path.expanduser(data_dir))
-    if not data_dir_path.is_absolute():
-        data_dir_path = base / data_dir_path
-    data_dir_path = Path(os.path.normpath(data_dir_path))
+    data_dir_path = _resolve(base, data_dir)
 
     timing = p.section(doc, "timing", Timing, _TIMING_CHECKS)
     if timing.election_timeout_ms[0] > timing.election_timeout_ms[1]:
@@ -297,6 +333,11 @@ def parse_config(
             f"so that a batch fits in one frame with room to spare, got {batching.max_batch_bytes}",
         )
     metrics = p.section(doc, "metrics", Metrics, _METRICS_CHECKS)
+    if metrics.address is not None:
+        p.check_unused("metrics.address", metrics.address, members)
+    auth = p.section(doc, "auth", Auth, {"secret_file": _optional_path(base)})
+    tls = p.tls(doc, "tls", base, ca_required=True)
+    client_tls = p.tls(doc, "client_tls", base, ca_required=False)
 
     return Config(
         path=Path(os.path.abspath(name)) if path is not None else Path(name),
@@ -309,7 +350,18 @@ def parse_config(
         storage=storage,
         limits=limits,
         metrics=metrics,
+        auth=auth,
+        tls=tls,
+        client_tls=client_tls,
     )
+
+
+def _resolve(base: Path, path: str) -> Path:
+    """``path`` with ~ expanded, relative to ``base`` unless absolute, normalised."""
+    resolved = Path(os.path.expanduser(path))
+    if not resolved.is_absolute():
+        resolved = base / resolved
+    return Path(os.path.normpath(resolved))
 
 
 def _check_node_id(name: str, node_id: Any, member_ids: tuple[int, ...], source: str = "") -> None:
@@ -360,6 +412,20 @@ def _ms_range(p: _Parser, key: str, value: Any) -> tuple[int, int]:
 
 def _optional_address(p: _Parser, key: str, value: Any) -> Address | None:
     return None if value is None else p.address(key, value)
+
+
+def _path(base: Path) -> Callable[[_Parser, str, Any], Path]:
+    def check(p: _Parser, key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value.strip():
+            p.fail(key, value, "a file path (relative paths are relative to this file)")
+        return _resolve(base, value)
+
+    return check
+
+
+def _optional_path(base: Path) -> Callable[[_Parser, str, Any], Path | None]:
+    check = _path(base)
+    return lambda p, key, value: None if value is None else check(p, key, value)
 
 
 _TIMING_CHECKS = {
@@ -433,6 +499,36 @@ class _Parser:
             self.fail(key, value, expected + " (host: a hostname or IP address; IPv6 as [addr])")
         return Address(host, int(port_text))
 
+    def tls(self, doc: dict, key: str, base: Path, *, ca_required: bool) -> TLSFiles | None:
+        """The TLS section ``key`` ({ca, cert, key}), or None when absent or null."""
+        value = doc.get(key)
+        if value is None:
+            return None
+        names = ["ca", "cert", "key"]
+        if not isinstance(value, dict):
+            self.fail(key, value, "a mapping {ca: FILE, cert: FILE, key: FILE} (PEM files)")
+        self.check_keys(value, key, names)
+        for required in (names if ca_required else names[1:]):
+            if value.get(required) is None:
+                raise ConfigError(self.name, f"{key}.{required}", "required key is missing")
+        path = _path(base)
+        ca = value.get("ca")
+        return TLSFiles(
+            ca=None if ca is None else path(self, f"{key}.ca", ca),
+            cert=path(self, f"{key}.cert", value["cert"]),
+            key=path(self, f"{key}.key", value["key"]),
+        )
+
+    def check_unused(self, key: str, addr: Address, members: tuple[Member, ...]) -> None:
+        """``addr`` (at ``key``) is no member's peer, client or metrics address."""
+        ident = (addr.host.lower().rstrip("."), addr.port)
+        for m in members:
+            for role in ("peer", "client", "metrics"):
+                other = getattr(m, role)
+                if other is not None and (other.host.lower().rstrip("."), other.port) == ident:
+                    raise ConfigError(self.name, key,
+                                      f"address {addr} is already used by members.{m.id}.{role}")
+
     def members(self, value: Any) -> tuple[Member, ...]:
         if not isinstance(value, dict):
             self.fail(
@@ -453,7 +549,7 @@ class _Parser:
                 )
             if not isinstance(spec, dict):
                 self.fail(key, spec, "a mapping {peer: host:port, client: host:port}")
-            self.check_keys(spec, key, ["peer", "client"])
+            self.check_keys(spec, key, ["peer", "client", "metrics"])
             for required in ("peer", "client"):
                 if required not in spec:
                     raise ConfigError(self.name, f"{key}.{required}", "required key is missing")
@@ -462,6 +558,7 @@ class _Parser:
                     member_id,
                     peer=self.address(f"{key}.peer", spec["peer"]),
                     client=self.address(f"{key}.client", spec["client"]),
+                    metrics=_optional_address(self, f"{key}.metrics", spec.get("metrics")),
                 )
             )
         members.sort(key=lambda m: m.id)
@@ -479,8 +576,10 @@ class _Parser:
             )
         seen: dict[tuple[str, int], str] = {}
         for m in members:
-            for role in ("peer", "client"):
+            for role in ("peer", "client", "metrics"):
                 addr = getattr(m, role)
+                if addr is None:
+                    continue
                 ident = (addr.host.lower().rstrip("."), addr.port)
                 key = f"members.{m.id}.{role}"
                 if ident in seen:
@@ -593,20 +692,30 @@ def describe(config: Config) -> str:
         lines.append(f"  {m.id}:")
         lines.append(f"    peer: {_scalar(str(m.peer))}")
         lines.append(f"    client: {_scalar(str(m.client))}")
+        if m.metrics is not None:
+            lines.append(f"    metrics: {_scalar(str(m.metrics))}")
     node_dir = f"  # this node: {config.node_dir()}" if config.node_id is not None else ""
     lines.append(f"data_dir: {_scalar(str(config.data_dir))}{node_dir}")
-    for section in ("timing", "batching", "storage", "limits", "metrics"):
-        lines.append(f"{section}:")
+    for section in ("timing", "batching", "storage", "limits", "metrics", "auth", "tls",
+                    "client_tls"):
         settings = getattr(config, section)
+        if settings is None:
+            lines.append(f"{section}: null")
+            continue
+        lines.append(f"{section}:")
         for f in dataclasses.fields(settings):
             value = getattr(settings, f.name)
             if isinstance(value, tuple):
                 text = "[" + ", ".join(_scalar(v) for v in value) + "]"
-            elif isinstance(value, Address):
+            elif isinstance(value, (Address, Path)):
                 text = _scalar(str(value))
             else:
                 text = _scalar(value)
             lines.append(f"  {f.name}: {text}")
+    if config.node_id is not None:
+        address = config.metrics_address()
+        lines.append(f"# this node serves metrics: "
+                     f"{'http://' + str(address) + '/metrics' if address else 'no'}")
     return "\n".join(lines) + "\n"
 
 

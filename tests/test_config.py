@@ -10,6 +10,7 @@ import pytest
 
 from daemon.config import (
     Address,
+    Auth,
     Batching,
     Config,
     ConfigError,
@@ -17,6 +18,7 @@ from daemon.config import (
     Member,
     Metrics,
     StorageSettings,
+    TLSFiles,
     Timing,
     describe,
     load_config,
@@ -389,3 +391,81 @@ def test_a_key_given_twice_is_an_error(tmp_path):
 def test_parse_config_without_a_path_names_a_placeholder():
     with pytest.raises(ConfigError, match="<config>: cluster: required key is missing"):
         parse_config("members: {}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-member metrics, peer authentication and TLS.
+
+
+def test_a_members_own_metrics_address_wins_over_the_file_wide_one(tmp_path):
+    text = MINIMAL.replace("client: 127.0.0.1:7001}", "client: 127.0.0.1:7001, metrics: 127.0.0.1:9201}")
+    config = load_config(write(tmp_path, text + "metrics: {address: 127.0.0.1:9101}\n", "m.yaml"))
+    assert config.member(1).metrics == Address("127.0.0.1", 9201)
+    assert config.metrics_address(1) == Address("127.0.0.1", 9201)
+    assert config.metrics_address(2) == config.metrics_address(3) == Address("127.0.0.1", 9101)
+    assert config.with_node_id(1).metrics_address() == Address("127.0.0.1", 9201)
+    assert parse_config(describe(config), config.path) == config
+
+
+def test_metrics_are_off_when_neither_address_is_set(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL, "m.yaml"), node_id=2)
+    assert config.metrics_address() is None and config.metrics_address(1) is None
+    assert "this node serves metrics: no" in describe(config)
+
+
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("client: 127.0.0.1:7001}", "client: 127.0.0.1:7001, metrics: 127.0.0.1:7102}",
+         "members.2.peer"),
+        ("client: 127.0.0.1:7003}", "client: 127.0.0.1:7003, metrics: 127.0.0.1:7001}",
+         "members.3.metrics"),
+    ],
+)
+def test_a_metrics_address_is_used_once_too(tmp_path, old, new, key):
+    message = str(error_for(tmp_path, MINIMAL.replace(old, new)))
+    assert f"{key}: address" in message and "is already used by members." in message
+
+
+def test_the_file_wide_metrics_address_is_no_members_address(tmp_path):
+    message = str(error_for(tmp_path, with_extra("metrics: {address: 127.0.0.1:7002}\n")))
+    assert "metrics.address: address 127.0.0.1:7002 is already used by members.2.client" in message
+
+
+def test_auth_and_tls_paths_resolve_against_the_file_directory(tmp_path):
+    config = load_config(write(tmp_path, with_extra("""\
+        auth: {secret_file: secret}
+        tls: {ca: tls/ca.pem, cert: /etc/paxosd/node.pem, key: tls/key.pem}
+        client_tls: {cert: tls/node.pem, key: tls/key.pem}
+        """), "a.yaml"))
+    assert config.auth == Auth(tmp_path / "secret")
+    assert config.tls == TLSFiles(tmp_path / "tls" / "ca.pem", Path("/etc/paxosd/node.pem"),
+                                  tmp_path / "tls" / "key.pem")
+    assert config.client_tls == TLSFiles(None, tmp_path / "tls" / "node.pem",
+                                         tmp_path / "tls" / "key.pem")
+    assert parse_config(describe(config), config.path) == config
+
+
+def test_auth_and_tls_are_off_by_default(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL, "a.yaml"))
+    assert config.auth == Auth() == Auth(None)
+    assert config.tls is None and config.client_tls is None
+    assert "tls: null" in describe(config)
+
+
+@pytest.mark.parametrize(
+    "extra, key, expected",
+    [
+        ("auth: {secret: x}\n", "auth.secret", "unknown key in auth (did you mean 'secret_file'?)"),
+        ("auth: {secret_file: 5}\n", "auth.secret_file", "a file path"),
+        ("tls: {cert: c.pem, key: k.pem}\n", "tls.ca", "required key is missing"),
+        ("tls: {ca: ca.pem, key: k.pem}\n", "tls.cert", "required key is missing"),
+        ("tls: {ca: ca.pem, cert: c.pem, key: ''}\n", "tls.key", "a file path"),
+        ("tls: {ca: ca.pem, cert: c.pem, key: k.pem, ciphers: x}\n", "tls.ciphers", "unknown key"),
+        ("tls: ca.pem\n", "tls", "a mapping {ca: FILE, cert: FILE, key: FILE}"),
+        ("client_tls: {ca: ca.pem, cert: c.pem}\n", "client_tls.key", "required key is missing"),
+    ],
+)
+def test_bad_auth_and_tls_sections_name_the_key(tmp_path, extra, key, expected):
+    message = str(error_for(tmp_path, with_extra(extra)))
+    assert f"{key}: " in message and expected in message
