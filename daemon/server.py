@@ -8,7 +8,8 @@ One nursery tree per node::
     ├── client listener  per connection a reader and a writer task
     ├── core loop        the only caller of the Node
     ├── WAL writer       group commit: one append and one fsync for whatever accumulated
-    └── ticker           a tick every 10 ms
+    ├── ticker           a tick every 10 ms
+    └── metrics          GET /metrics, when the node has a metrics address (daemon.metrics)
 
 Everything reaches the core loop through one bounded inbox (peer messages, client requests,
 ticks, "the WAL is durable up to here"). Each iteration takes every event available without
@@ -44,7 +45,8 @@ from daemon import wire
 from daemon.config import ConfigError, load_config
 from daemon.core import LEADER, CoreConfig, DurableState, Node
 from daemon.log import node_logger, setup as setup_logging
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Snapshot
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, Snapshot
+from daemon.metrics import NodeMetrics, serve_metrics
 from daemon.kv import decode_image, encode_image
 from daemon.storage import SNAPSHOT_FILE, WAL, StorageError, read_snapshot, write_snapshot
 from daemon.transport import Transport
@@ -54,6 +56,7 @@ __all__ = ["Server", "main", "run", "sd_notify", "serve"]
 TICK_INTERVAL = 0.010
 INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
 SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
+SLOW_FSYNC_LOG_INTERVAL = 10.0  # seconds; slow syncs in between are counted, said in one line
 CLIENT_RECEIVE_BYTES = 256 * 1024
 MAX_IN_FLIGHT_PER_CLIENT = 16384  # requests read from one connection but not yet answered
 MAX_REPLIES_PER_FRAME = 4096
@@ -166,6 +169,16 @@ class Server:
         self._next_watchdog = 0.0
         self._role = None
         self._leader = None
+        self.metrics = NodeMetrics(config.batching.max_batch_commands)
+        self.metrics.registry.on_collect(
+            lambda: self.metrics.collect(self.node, self.transport, self._clients))
+        # What the metrics have counted: the commit index, and the state machine's count of
+        # applied commands (a snapshot installed from the leader replaces the state machine).
+        self._counted_commit = 0
+        self._counted_kv = None
+        self._counted_applied = 0
+        self._slow_fsyncs = 0  # slow syncs not yet logged
+        self._slow_fsync_logged = -SLOW_FSYNC_LOG_INTERVAL
         self.cancel_scope: trio.CancelScope | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -188,6 +201,8 @@ class Server:
                           len(records), wire.format_ballot(durable.promised),
                           durable.commit_index)
             self._role, self._leader = self.node.role, self.node.leader_id
+            self._counted_commit = self.node.commit_index
+            self._counted_kv, self._counted_applied = self.node.kv, self.node.kv.applied_commands
             with trio.CancelScope() as self.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.transport.run)
@@ -196,7 +211,13 @@ class Server:
                     nursery.start_soon(self._wal_writer)
                     nursery.start_soon(self._ticker)
                     me = config.member(self.id)
-                    self.log.info("listening: peers on %s, clients on %s", me.peer, me.client)
+                    metrics_address = config.metrics_address()
+                    if metrics_address is not None:
+                        await nursery.start(serve_metrics, metrics_address,
+                                            self.metrics.registry, self.log)
+                    self.log.info("listening: peers on %s, clients on %s, metrics %s", me.peer,
+                                  me.client, f"on http://{metrics_address}/metrics"
+                                  if metrics_address is not None else "off")
                     sd_notify("READY=1", self.log)
                     task_status.started(self)
         finally:
@@ -308,6 +329,8 @@ class Server:
             self._carry_out(node.ready())
             if node.role != self._role or node.leader_id != self._leader:
                 self._leadership_changed()
+            if node.commit_index != self._counted_commit:
+                self._count_progress()
 
     def _carry_out(self, ready) -> None:
         """Carry out one ``Ready`` in the contract's order (see daemon.core)."""
@@ -330,6 +353,10 @@ class Server:
         send = self.transport.send
         for dest, msg in outgoing:
             if dest == me:
+                if type(msg) is Accept and msg.batches:  # slots this leader just opened
+                    observe = self.metrics.batch.observe
+                    for batch in msg.batches:
+                        observe(len(batch))
                 self._self_msgs.append(msg)
             else:
                 send(dest, msg)
@@ -354,6 +381,8 @@ class Server:
     def _leadership_changed(self) -> None:
         node = self.node
         role, leader = node.role, node.leader_id
+        if leader is not None and leader != self._leader:
+            self.metrics.leader_changes.inc()
         if role == LEADER:
             self.log.info("became leader (ballot %s, commit index %d)",
                           wire.format_ballot(node.ballot), node.commit_index)
@@ -361,11 +390,32 @@ class Server:
             if leader != self._leader:
                 self.log.info("leader is node %d (ballot %s)", leader,
                               wire.format_ballot(node.promised))
+        elif self._leader == self.id:
+            self.log.info("stepped down as leader (promised ballot %s); waiting for an election",
+                          wire.format_ballot(node.promised))
         elif self._leader is not None:
-            self.log.info("lost leader node %d; waiting for an election", self._leader)
+            self.log.info("lost leader node %d (promised ballot %s); waiting for an election",
+                          self._leader, wire.format_ballot(node.promised))
         else:
             self.log.debug("standing for election (ballot %s)", wire.format_ballot(node.ballot))
         self._role, self._leader = role, leader
+
+    def _count_progress(self) -> None:
+        """The commands committed and applied since the last count (once per core loop
+        iteration in which the commit index moved; per slot, not per command)."""
+        node = self.node
+        log = node.log
+        committed = 0
+        for slot in range(self._counted_commit + 1, node.commit_index + 1):
+            entry = log.get(slot)  # None: installed with a snapshot, its commands unknown here
+            if entry is not None:
+                committed += len(entry[1])
+        self._counted_commit = node.commit_index
+        self.metrics.committed.inc(committed)
+        kv = node.kv
+        if kv is self._counted_kv:
+            self.metrics.applied.inc(kv.applied_commands - self._counted_applied)
+        self._counted_kv, self._counted_applied = kv, kv.applied_commands
 
     # -- the WAL writer --------------------------------------------------------------------------
 
@@ -381,17 +431,36 @@ class Server:
             # Whatever the core hands over while this write runs waits for the next one.
             records, self._wal_pending = self._wal_pending, []
             target = self._wal_handed
+            before = wal.written_bytes
             if any(type(r) is Snapshot for r in records):
                 seconds = await trio.to_thread.run_sync(self._write_with_snapshots, records)
             elif in_thread:
                 seconds = await trio.to_thread.run_sync(_append_and_sync, wal, records)
             else:
                 seconds = _append_and_sync(wal, records)
-            if seconds > SLOW_FSYNC:
-                self.log.warning("slow WAL fsync: %.0f ms for %d records", seconds * 1000,
-                                 len(records))
+            after = wal.written_bytes
+            # A snapshot starts the log afresh: then all of the new log was written.
+            self.metrics.wal_bytes.inc(after - before if after >= before else after)
+            if in_thread:
+                self.metrics.fsync.observe(seconds)
+                if seconds > SLOW_FSYNC:
+                    self._slow_fsync(seconds, len(records))
             self._wal_durable = target
             await self._inbox_send.send((EV_DURABLE, target))
+
+    def _slow_fsync(self, seconds: float, records: int) -> None:
+        """Log a slow fsync, at most once per SLOW_FSYNC_LOG_INTERVAL (a slow disk is slow for
+        every group commit: one line says it, with how many were slow since the last line)."""
+        self._slow_fsyncs += 1
+        now = trio.current_time()
+        if now - self._slow_fsync_logged < SLOW_FSYNC_LOG_INTERVAL:
+            return
+        since = (f"; {self._slow_fsyncs - 1} more slower than {SLOW_FSYNC * 1000:.0f} ms since "
+                 f"the last report" if self._slow_fsyncs > 1 else "")
+        self.log.warning("slow WAL fsync: %.0f ms for %d records%s", seconds * 1000, records,
+                         since)
+        self._slow_fsyncs = 0
+        self._slow_fsync_logged = now
 
     # -- the ticker ------------------------------------------------------------------------------
 

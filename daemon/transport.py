@@ -49,6 +49,8 @@ class PeerLink:
         self.address = address
         self.queue: deque = deque()
         self.dropped = 0  # messages dropped because the queue was full
+        self.sent = 0  # messages written to the peer (counted per write, for the metrics)
+        self.received = 0  # valid messages received from the peer
         self.connected = False  # a connection with a completed hello is up
         self._has_work = trio.Event()
         self._generation = 0
@@ -85,6 +87,7 @@ class Transport:
         self.links = {m.id: PeerLink(m.id, m.peer) for m in config.members if m.id != self.id}
         self._hello = encode_frame(dumps(wire.encode_hello(self.cluster, self.id)))
         self._rng = random.Random()
+        self.auth_failures = 0  # connections refused by TLS or the secret check
 
     # -- the core's side -------------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class Transport:
                             raise wire.WireError(f"{type(msg).__name__}.sender: expected {peer_id} "
                                                  f"(the peer of this connection), got {msg.sender}")
                         msgs.append(msg)
+                    link.received += len(msgs)
                     await deliver(msgs)
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
@@ -259,6 +263,7 @@ class Transport:
                     continue
                 objs = [wire.encode_peer(m) for m in queue]
                 queue.clear()
+                link.sent += len(objs)
                 data = encode_frames(objs)
                 if len(data) - 4 > max_frame:
                     data = self._drop_oversized(link, objs)
