@@ -399,12 +399,16 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info) -> bool:
-        await self.aclose()
-        nursery_manager, self._nursery = self._nursery_manager, None
-        # The background tasks never raise and aclose has cancelled them, so the nursery only
-        # waits for them to end. The body's own exception is not handed to the nursery: it
-        # propagates as itself, not wrapped in an ExceptionGroup.
-        await nursery_manager.__aexit__(None, None, None)
+        try:
+            await self.aclose()
+        finally:
+            # Even when aclose is cancelled (its checkpoint raises Cancelled in a cancelled
+            # scope), the nursery must be exited, or trio's task tree is left corrupted.
+            nursery_manager, self._nursery = self._nursery_manager, None
+            # The background tasks never raise and aclose has cancelled them, so the nursery
+            # only waits for them to end. The body's own exception is not handed to the
+            # nursery: it propagates as itself, not wrapped in an ExceptionGroup.
+            await nursery_manager.__aexit__(None, None, None)
         return False
 
     async def aclose(self) -> None:
