@@ -10,7 +10,10 @@
     paxosd bench [options]                     the benchmark of daemon.bench
 
 Client commands find the cluster from ``--endpoints host:port,...`` (client addresses) or from
-the configuration file: ``--config``, else $PAXOSD_CONFIG, else /etc/paxosd/paxosd.yaml.
+the configuration file: ``--config``, else $PAXOSD_CONFIG, else /etc/paxosd/paxosd.yaml. They
+speak TLS when given ``--cacert`` (the CA the servers' certificates chain to), ``--cert`` and
+``--key`` (a client certificate, when the servers require one), or when the file has a
+``client_tls`` section (then without --cacert the system's trusted CAs verify the servers).
 
 Exit status: 0 success; 1 the operation failed, including "no leader" and "outcome unknown"
 (a ``get`` of a missing key and a ``cas`` that did not swap also exit 1); 2 a usage or
@@ -92,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="client addresses of the members (instead of --config)")
     group.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                        help="deadline of each operation, retries included (default: 5)")
+    group = client.add_argument_group("TLS (client_tls on the servers)")
+    # dest: tls_*, since "key" is also the KEY argument of put, get, ...
+    group.add_argument("--cacert", metavar="FILE", dest="tls_cacert",
+                       help="speak TLS; verify the servers' certificates against this CA "
+                            "(PEM; default with client_tls in the file: the system's CAs)")
+    group.add_argument("--cert", metavar="FILE", dest="tls_cert",
+                       help="present this client certificate (PEM; servers with client_tls.ca "
+                            "require one)")
+    group.add_argument("--key", metavar="FILE", dest="tls_key",
+                       help="the private key of --cert (PEM; default: inside the --cert file)")
 
     p = commands.add_parser("put", parents=[client], help="set KEY to VALUE")
     p.add_argument("key", metavar="KEY")
@@ -434,20 +447,46 @@ def _describe_exit(code: int) -> str:
 # Client commands.
 
 
-def _run_client(args: argparse.Namespace, work, endpoints: list[str] | None = None) -> Any:
+def _run_client(args: argparse.Namespace, work, endpoints: list[str] | None = None,
+                config: Config | None = None) -> Any:
     """Run ``await work(client)`` with a client of the cluster the arguments name."""
     import trio
 
     from daemon.client import Client
 
     if endpoints is None:
-        endpoints, _ = _endpoints(args)
+        endpoints, config = _endpoints(args)
+    ssl_context = _client_tls(args, config)
 
     async def session():
-        async with Client(endpoints, timeout=args.timeout) as client:
+        async with Client(endpoints, timeout=args.timeout, ssl_context=ssl_context) as client:
             return await work(client)
 
     return trio.run(session)
+
+
+def _client_tls(args: argparse.Namespace, config: Config | None):
+    """The TLS context the options ask for (--cacert/--cert/--key, or client_tls in the
+    file), or None for plain TCP."""
+    files = {flag: getattr(args, "tls_" + flag.lstrip("-"), None)
+             for flag in ("--cacert", "--cert", "--key")}
+    if not any(files.values()) and (config is None or config.client_tls is None):
+        return None
+    import ssl
+
+    from daemon.security import client_context
+
+    for flag, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{flag} {path}: no such file")
+    try:
+        return client_context(files["--cacert"], files["--cert"], files["--key"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, ssl.SSLError) as exc:
+        given = ", ".join(f"{flag} {path}" for flag, path in files.items() if path)
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise UsageError(f"cannot use {given}: {reason}") from None
 
 
 def _arg_bytes(text: str) -> bytes:
@@ -639,7 +678,7 @@ def cmd_load(args: argparse.Namespace, config: Config | None = None) -> int:
     else:
         endpoints = [str(m.client) for m in config.members]
     result = _run_client(
-        args, lambda c: run_load(c, args.count, args.clients, args.value_size), endpoints)
+        args, lambda c: run_load(c, args.count, args.clients, args.value_size), endpoints, config)
     ok, elapsed, latencies = result["ok"], result["elapsed"], result["latencies"]
     fsync = ("on" if config.storage.fsync else "OFF") if config is not None else "as configured"
     rate = ok / elapsed if elapsed > 0 else math.nan

@@ -24,6 +24,10 @@ What the library promises:
 - When a write's deadline passes after it may have reached a node, the library cannot know
   whether it was applied and says so with ``OutcomeUnknown``; it never reports such a write as
   failed. Reads are retried freely.
+
+For a cluster whose client port uses TLS (``client_tls``), pass ``ssl_context``, e.g.
+``daemon.security.client_context(cacert="ca.pem", cert="me.pem", key="me-key.pem")``: the
+server's certificate must chain to the CA and name the host of the endpoint dialed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import itertools
 import os
 import random
 import secrets
+import ssl
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -171,6 +176,17 @@ def _dial_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _stream_error(exc: BaseException) -> str:
+    """What broke a stream: trio wraps a TLS alert (the server refused our certificate) in a
+    BrokenResourceError whose own text is empty."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS: {cause.reason or cause}"
+    return str(exc) or (str(cause) if cause is not None else "") or type(exc).__name__
+
+
 def _backoff(attempt: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2**min(attempt, 16)) * random.uniform(0.5, 1.0)
 
@@ -279,7 +295,7 @@ class _Connection:
                     frames.append(batch)
                 await self.stream.send_all(encode_frames(frames))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(f"send failed: {str(exc) or type(exc).__name__}")
+            self._fail(f"send failed: {_stream_error(exc)}")
         except Exception as exc:  # a bug or an unencodable request: fail loudly, not silently
             self._fail(f"send failed: {type(exc).__name__}: {exc}")
 
@@ -293,7 +309,7 @@ class _Connection:
                 for payload in self.reader.feed(data):
                     self._dispatch(loads(payload))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(f"receive failed: {str(exc) or type(exc).__name__}")
+            self._fail(f"receive failed: {_stream_error(exc)}")
         except (FrameError, _ProtocolViolation) as exc:
             self._fail(f"protocol error from the server: {exc}")
         except Exception as exc:
@@ -358,6 +374,7 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_frame: int = DEFAULT_MAX_FRAME,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoints: list[str] = []
         for endpoint in endpoints:
@@ -371,6 +388,7 @@ class Client:
         self.timeout = float(timeout)
         self.attempt_timeout = float(attempt_timeout)
         self.max_frame = max_frame
+        self.ssl_context = ssl_context  # None: plain TCP
         self.leader: str | None = None  # the address believed to lead
         self._next_endpoint = 0
         self._connections: dict[str, _Connection] = {}
@@ -714,6 +732,8 @@ class Client:
             if stream is None:
                 self._dial_errors[address] = f"cannot connect within {DIAL_TIMEOUT:g} s"
                 raise _DialFailed(f"{address}: {self._dial_errors[address]}")
+            if self.ssl_context is not None:
+                stream = await self._tls_handshake(address, host, stream)
             self._dial_errors.pop(address, None)
             connection = _Connection(address, stream, self.max_frame)
             self._connections[address] = connection
@@ -722,6 +742,19 @@ class Client:
         finally:
             del self._dialing[address]
             done.set()
+
+    async def _tls_handshake(self, address: str, host: str, stream) -> trio.SSLStream:
+        tls = trio.SSLStream(stream, self.ssl_context, server_hostname=host)
+        problem = None
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                await tls.do_handshake()
+                return tls
+            except (OSError, trio.BrokenResourceError) as exc:
+                problem = f"TLS handshake failed: {_stream_error(exc)}"
+        await trio.aclose_forcefully(stream)
+        self._dial_errors[address] = problem or f"no TLS handshake within {DIAL_TIMEOUT:g} s"
+        raise _DialFailed(f"{address}: {self._dial_errors[address]}")
 
     async def _run_connection(self, connection: _Connection) -> None:
         try:

@@ -7,6 +7,10 @@ from the daemon itself (a traceback after a crash is the exception). Lines look 
 
 Several nodes may share one process (the in-process tests): the node id travels with each
 record (``node_logger``), not in global state.
+
+An event that can repeat without end (a misconfigured peer redialing, a scanner) goes through a
+``Throttle``: its first occurrence is logged, then at most one line per interval saying how many
+were left unsaid.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["FORMAT", "node_logger", "setup"]
+__all__ = ["FORMAT", "Throttle", "node_logger", "setup"]
 
 FORMAT = "%(asctime)s %(levelname)s node=%(node)s %(name)s: %(message)s"
 
@@ -46,3 +50,24 @@ def setup(level: int = logging.INFO, stream=None) -> None:
 def node_logger(node_id: int | None, name: str = "paxosd.server") -> logging.LoggerAdapter:
     """A logger whose records carry ``node`` = ``node_id``."""
     return logging.LoggerAdapter(logging.getLogger(name), {"node": node_id})
+
+
+class Throttle:
+    """Which repetitions of an event to log: the first of each key, then at most one per
+    ``interval`` seconds. Remembers at most ``max_keys`` keys (then starts afresh)."""
+
+    def __init__(self, interval: float, max_keys: int = 1024) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict = {}  # key -> (time last logged, repeats not logged since)
+
+    def check(self, key, now: float) -> int | None:
+        """None: stay silent this time; else log, saying this many repeats went unsaid."""
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return None
+        if len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return seen[1] if seen is not None else 0

@@ -44,12 +44,13 @@ from fastpath import FrameError, FrameReader, encode_frames, loads
 from daemon import wire
 from daemon.config import ConfigError, load_config
 from daemon.core import LEADER, CoreConfig, DurableState, Node
-from daemon.log import node_logger, setup as setup_logging
+from daemon.log import Throttle, node_logger, setup as setup_logging
 from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, Snapshot
 from daemon.metrics import NodeMetrics, serve_metrics
 from daemon.kv import decode_image, encode_image
 from daemon.storage import SNAPSHOT_FILE, WAL, StorageError, read_snapshot, write_snapshot
-from daemon.transport import Transport
+from daemon.security import server_context
+from daemon.transport import Transport, tls_failure
 
 __all__ = ["Server", "main", "run", "sd_notify", "serve"]
 
@@ -61,6 +62,8 @@ CLIENT_RECEIVE_BYTES = 256 * 1024
 MAX_IN_FLIGHT_PER_CLIENT = 16384  # requests read from one connection but not yet answered
 MAX_REPLIES_PER_FRAME = 4096
 CLIENT_DRAIN_TIMEOUT = 5.0  # after a client half-closes, how long its pending replies may take
+CLIENT_HANDSHAKE_TIMEOUT = 5.0  # seconds for a client's TLS handshake (client_tls)
+REFUSAL_LOG_INTERVAL = 60.0  # seconds; a repeated refusal of clients is logged once in it
 
 # Inbox event kinds.
 EV_PEER = 0  # payload: list of validated peer messages
@@ -165,6 +168,9 @@ class Server:
         self._wal_has_work = trio.Event()
         self._after_persist: deque = deque()  # (wal sequence number, [(dest, msg), ...])
         self._clients = 0
+        self._client_tls = (server_context(config, config.client_tls, "client_tls")
+                            if config.client_tls is not None else None)
+        self._client_refusals = Throttle(REFUSAL_LOG_INTERVAL)
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
         self._role = None
@@ -186,9 +192,12 @@ class Server:
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         node_dir = config.node_dir(self.id)
-        self.log.info("config loaded from %s: cluster %s, members %s, data dir %s, fsync %s",
-                      config.path, config.cluster, ",".join(map(str, self.members)), node_dir,
-                      "on" if config.storage.fsync else "OFF")
+        self.log.info("config loaded from %s: cluster %s, members %s, data dir %s, fsync %s, "
+                      "peer authentication %s, client TLS %s", config.path, config.cluster,
+                      ",".join(map(str, self.members)), node_dir,
+                      "on" if config.storage.fsync else "OFF", self.transport.protection,
+                      "off" if self._client_tls is None else "on" if config.client_tls.ca is None
+                      else "on, client certificates required")
         self.wal, records = await trio.to_thread.run_sync(
             partial(WAL.open, node_dir, fsync=config.storage.fsync,
                     log=node_logger(self.id, "paxosd.storage")))
@@ -484,13 +493,38 @@ class Server:
             listeners = await trio.open_tcp_listeners(me.port, host=me.host)
         except OSError as exc:
             raise OSError(f"cannot listen for clients on {me}: {exc.strerror or exc}") from None
-        await trio.serve_listeners(self._client_connection, listeners, task_status=task_status)
+        handler = self._client_connection
+        if self._client_tls is not None:
+            listeners = [trio.SSLListener(listener, self._client_tls) for listener in listeners]
+            handler = self._client_tls_connection
+        await trio.serve_listeners(handler, listeners, task_status=task_status)
+
+    async def _client_tls_connection(self, stream: trio.SSLStream) -> None:
+        """A client_tls connection: the TLS handshake first, then the client protocol."""
+        try:
+            with trio.fail_after(CLIENT_HANDSHAKE_TIMEOUT):
+                await stream.do_handshake()
+        except (trio.TooSlowError, *_NET_ERRORS) as exc:
+            why = (f"none within {CLIENT_HANDSHAKE_TIMEOUT:g} s"
+                   if isinstance(exc, trio.TooSlowError) else tls_failure(exc))
+            if why is not None:
+                self._client_refused(stream, f"TLS handshake failed: {why}")
+            await trio.aclose_forcefully(stream)
+            return
+        await self._client_connection(stream)
+
+    def _client_refused(self, stream, why: str) -> None:
+        where = _remote(stream)
+        unsaid = self._client_refusals.check((where.rpartition(":")[0], why), trio.current_time())
+        if unsaid is not None:
+            more = f" ({unsaid} more like it since the last report)" if unsaid else ""
+            self.log.warning("client connection from %s refused: %s%s", where, why, more)
 
     async def _client_connection(self, stream) -> None:
         async with stream:
             if self._clients >= self.config.limits.max_clients:
-                self.log.warning("refused a client connection: already %d clients "
-                                 "(limits.max_clients)", self._clients)
+                self._client_refused(stream, f"already {self._clients} clients "
+                                             f"(limits.max_clients)")
                 return
             self._clients += 1
             conn = ClientConnection(stream)
@@ -595,6 +629,7 @@ def _load_snapshot(directory) -> Snapshot | None:
     return Snapshot(index, image)
 
 def _remote(stream) -> str:
+    stream = getattr(stream, "transport_stream", stream)  # through TLS to the socket
     try:
         host, port = stream.socket.getpeername()[:2]
     except (OSError, AttributeError, ValueError):

@@ -5,6 +5,14 @@ that one connection. The dialer reconnects with capped exponential backoff and j
 connection opens with a hello in each direction (``daemon.wire``): a peer of another cluster,
 another protocol version, an unknown id or our own id is refused and the reason logged.
 
+Before any protocol message is read, a peer proves who it is when the configuration asks
+(``daemon.security``): with ``tls`` the connection is mutual TLS against the cluster's CA (the
+handshake comes first, before the hello); with ``auth.secret_file`` the hello carries a nonce
+each way and both sides prove the secret, the acceptor first, then the acceptor says "welcome"
+and only then does the dialer send protocol messages. A connection that fails either check is
+closed and the reason logged: once per reason and remote host per REFUSAL_LOG_INTERVAL on the
+accepting side, once per reason on the dialing side until a connection succeeds.
+
 Sending never blocks the protocol core: ``Transport.send`` appends to a bounded per-peer queue
 (when full, the oldest message is dropped: the protocol retransmits what matters) and the peer's
 sender task writes everything queued since its last write with one ``send_all`` of
@@ -16,8 +24,10 @@ invalid message logs one line and closes that connection only.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import ssl
 from collections import deque
 from typing import Awaitable, Callable
 
@@ -25,10 +35,10 @@ import trio
 
 from fastpath import FrameError, FrameReader, dumps, encode_frame, encode_frames, loads
 
-from daemon import wire
-from daemon.log import node_logger
+from daemon import security, wire
+from daemon.log import Throttle, node_logger
 
-__all__ = ["PeerLink", "Transport"]
+__all__ = ["PeerLink", "Transport", "tls_failure"]
 
 HELLO_TIMEOUT = 2.0  # seconds for the hello exchange, per connection
 CONNECT_TIMEOUT = 2.0
@@ -37,6 +47,7 @@ BACKOFF_MAX = 2.0
 SEND_QUEUE_LIMIT = 1024  # messages per peer; beyond it the oldest is dropped
 RECEIVE_BYTES = 256 * 1024
 HELLO_MAX_FRAME = 4096  # a connection that has not said hello may not make us buffer more
+REFUSAL_LOG_INTERVAL = 60.0  # seconds; the same refusal from the same host is logged once in it
 
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -88,6 +99,19 @@ class Transport:
         self._hello = encode_frame(dumps(wire.encode_hello(self.cluster, self.id)))
         self._rng = random.Random()
         self.auth_failures = 0  # connections refused by TLS or the secret check
+        # ConfigError here if a file cannot be used; a node does not start half-protected.
+        self.secret, warnings = security.load_secret(config)
+        for warning in warnings:
+            self.log.warning("%s: %s", config.path, warning)
+        self._tls_server, self._tls_dialer = security.peer_contexts(config) or (None, None)
+        self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
+
+    @property
+    def protection(self) -> str:
+        """How peers prove who they are, for the log."""
+        parts = (["mutual TLS"] if self._tls_server is not None else []) + \
+                (["cluster secret"] if self.secret is not None else [])
+        return " + ".join(parts) or "none (no tls, no auth.secret_file)"
 
     # -- the core's side -------------------------------------------------------------------------
 
@@ -113,77 +137,196 @@ class Transport:
                     nursery.start_soon(self._dial, link)
             task_status.started(listeners)
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            where = _remote(stream)
-            reader = FrameReader(HELLO_MAX_FRAME)
+    async def _accept(self, raw: trio.SocketStream) -> None:
+        async with raw:
+            where = _remote(raw)
+            stream = raw
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
-                    payloads = await _receive_frames(stream, reader)
-                    if payloads is None:
+                    if self._tls_server is not None:
+                        stream = trio.SSLStream(raw, self._tls_server, server_side=True)
+                        await stream.do_handshake()
+                    peer_id = await self._handshake_as_acceptor(stream)
+                    if peer_id is None:
                         return  # closed before saying anything: a port probe
-                    hello = loads(payloads[0])
-                    try:
-                        peer_id = wire.check_hello(hello, self.cluster, self.members, self.id)
-                        if peer_id > self.id:
-                            raise wire.HelloError(
-                                f"node {peer_id} dialed node {self.id}, but the lower id dials")
-                    except wire.HelloError:
-                        # Answer a well-formed hello anyway, so the other side can log why.
-                        await stream.send_all(self._hello)
-                        raise
-                    if len(payloads) > 1 or reader.buffered:
-                        raise wire.WireError("sent more than a hello before the answer")
-                    await stream.send_all(self._hello)
             except trio.TooSlowError:
-                self.log.warning("peer connection from %s refused: no hello within %g s",
-                                 where, HELLO_TIMEOUT)
+                self._refused(where, f"no hello within {HELLO_TIMEOUT:g} s", logging.WARNING)
+                return
+            except wire.AuthError as exc:
+                self._refused(where, str(exc), auth=True)
                 return
             except (FrameError, wire.WireError) as exc:
-                self.log.error("peer connection from %s refused: %s", where, exc)
+                self._refused(where, str(exc))
                 return
-            except _NET_ERRORS:
+            except _NET_ERRORS as exc:
+                why = tls_failure(exc)
+                if why is not None:
+                    self._refused(where, f"TLS handshake failed: {why}", auth=True)
                 return
             await self._run_connection(self.links[peer_id], stream, FrameReader(self.max_frame), [])
+
+    async def _handshake_as_acceptor(self, stream) -> int | None:
+        """The hello (and with the secret, the proofs) on an accepted connection: the peer's
+        id once it may send protocol messages, None if it closed without a word."""
+        reader = FrameReader(HELLO_MAX_FRAME)
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return None
+        if self._tls_server is None and data[:2] == b"\x16\x03":
+            raise wire.AuthError("the peer opened with a TLS handshake, and this node has no "
+                                 "tls section: configure tls on every member or on none")
+        payloads = reader.feed(data) or await _receive_frames(stream, reader)
+        if payloads is None:
+            return None
+        secret = self.secret
+        hello = loads(payloads[0])
+        nonce = os.urandom(security.NONCE_BYTES) if secret is not None else None
+        try:
+            peer_id = wire.check_hello(hello, self.cluster, self.members, self.id,
+                                       secret=secret is not None)
+            if peer_id > self.id:
+                raise wire.HelloError(
+                    f"node {peer_id} dialed node {self.id}, but the lower id dials")
+        except wire.HelloError:
+            # Answer a well-formed hello anyway, so the other side can log why.
+            await stream.send_all(self._hello if nonce is None else encode_frame(dumps(
+                wire.encode_hello(self.cluster, self.id, nonce))))
+            raise
+        if len(payloads) > 1 or reader.buffered:
+            raise wire.WireError("sent more than a hello before the answer")
+        if secret is None:
+            await stream.send_all(self._hello)
+            return peer_id
+        their_nonce = hello[4]
+        proof = security.prove(secret, security.ROLE_ACCEPTOR, self.cluster, peer_id, self.id,
+                               their_nonce, nonce)
+        await stream.send_all(encode_frames([wire.encode_hello(self.cluster, self.id, nonce),
+                                             wire.encode_proof(proof)]))
+        payloads = await _receive_frames(stream, reader)
+        if payloads is None:
+            raise wire.AuthError(f"node {peer_id} closed the connection instead of proving the "
+                                 f"cluster secret")
+        kind, value = wire.decode_auth_step(loads(payloads[0]))
+        if kind == "refused":
+            raise wire.AuthError(f"node {peer_id} refused this node's proof: {value}")
+        if kind != "proof":
+            raise wire.WireError(f"node {peer_id}: expected its proof of the cluster secret, "
+                                 f"got {kind!r}")
+        if not security.verify(secret, value, security.ROLE_DIALER, self.cluster, peer_id,
+                               self.id, their_nonce, nonce):
+            await stream.send_all(encode_frame(dumps(wire.encode_refusal(
+                "authentication failed: the proof does not match the cluster secret"))))
+            raise wire.AuthError(f"node {peer_id} failed authentication: its proof does not "
+                                 f"match the cluster secret (auth.secret_file differs?)")
+        if len(payloads) > 1 or reader.buffered:
+            raise wire.WireError(f"node {peer_id} sent more than its proof before the answer")
+        await stream.send_all(encode_frame(dumps(wire.encode_welcome())))
+        return peer_id
+
+    async def _handshake_as_dialer(self, link: PeerLink, stream) -> tuple[FrameReader, list]:
+        """The hello (and with the secret, the proofs) on a dialed connection: the reader and
+        the protocol payloads already received."""
+        secret = self.secret
+        nonce = os.urandom(security.NONCE_BYTES) if secret is not None else None
+        await stream.send_all(self._hello if nonce is None else encode_frame(dumps(
+            wire.encode_hello(self.cluster, self.id, nonce))))
+        reader = FrameReader(self.max_frame)
+        payloads = await self._next_frames(stream, reader, [], "the hello")
+        hello = loads(payloads[0])
+        peer_id = wire.check_hello(hello, self.cluster, self.members, self.id,
+                                   secret=secret is not None)
+        if peer_id != link.id:
+            raise wire.HelloError(f"node {peer_id} answered at the address of node {link.id}")
+        if secret is None:
+            return reader, payloads[1:]
+        their_nonce = hello[4]
+        payloads = await self._next_frames(stream, reader, payloads[1:], "authentication")
+        kind, value = wire.decode_auth_step(loads(payloads[0]))
+        if kind == "refused":
+            raise wire.AuthError(f"node {peer_id} refused the connection: {value}")
+        if kind != "proof":
+            raise wire.HelloError(f"node {peer_id}: expected its proof of the cluster secret, "
+                                  f"got {kind!r}")
+        if not security.verify(secret, value, security.ROLE_ACCEPTOR, self.cluster, self.id,
+                               peer_id, nonce, their_nonce):
+            await stream.send_all(encode_frame(dumps(wire.encode_refusal(
+                "authentication failed: the proof does not match the cluster secret"))))
+            raise wire.AuthError(f"node {peer_id} failed authentication: its proof does not "
+                                 f"match the cluster secret (auth.secret_file differs?)")
+        proof = security.prove(secret, security.ROLE_DIALER, self.cluster, self.id, peer_id,
+                               nonce, their_nonce)
+        await stream.send_all(encode_frame(dumps(wire.encode_proof(proof))))
+        payloads = await self._next_frames(stream, reader, payloads[1:], "authentication")
+        kind, value = wire.decode_auth_step(loads(payloads[0]))
+        if kind == "refused":
+            raise wire.AuthError(f"node {peer_id} refused this node's proof: {value}")
+        if kind != "welcome":
+            raise wire.HelloError(f"node {peer_id}: expected 'welcome', got {kind!r}")
+        return reader, payloads[1:]
+
+    @staticmethod
+    async def _next_frames(stream, reader: FrameReader, payloads: list, during: str) -> list:
+        """``payloads`` if there are any, else the next frames from ``stream``."""
+        if payloads:
+            return payloads
+        payloads = await _receive_frames(stream, reader)
+        if payloads is None:
+            raise trio.BrokenResourceError(f"closed the connection during {during}")
+        return payloads
+
+    def _refused(self, where: str, why: str, level: int = logging.ERROR, *,
+                 auth: bool = False) -> None:
+        """Log a refused inbound connection: once per (host, reason) per REFUSAL_LOG_INTERVAL,
+        saying how many more there were since (a misconfigured peer redials every few seconds;
+        a scanner may connect as fast as it likes)."""
+        if auth:
+            self.auth_failures += 1
+        unsaid = self._refusals.check((where.rpartition(":")[0] or where, why),
+                                      trio.current_time())
+        if unsaid is not None:
+            more = f" ({unsaid} more like it since the last report)" if unsaid else ""
+            self.log.log(level, "peer connection from %s refused: %s%s", where, why, more)
 
     async def _dial(self, link: PeerLink) -> None:
         backoff = BACKOFF_MIN
         address = link.address
         while True:
-            stream = None
+            raw = stream = None
             try:
                 with trio.fail_after(CONNECT_TIMEOUT + HELLO_TIMEOUT):
-                    stream = await trio.open_tcp_stream(address.host, address.port)
-                    await stream.send_all(self._hello)
-                    reader = FrameReader(self.max_frame)
-                    payloads = await _receive_frames(stream, reader)
-                    if payloads is None:
-                        raise trio.BrokenResourceError("closed the connection during the hello")
-                    peer_id = wire.check_hello(loads(payloads[0]), self.cluster, self.members,
-                                               self.id)
-                    if peer_id != link.id:
-                        raise wire.HelloError(f"node {peer_id} answered at the address of "
-                                              f"node {link.id}")
+                    raw = stream = await trio.open_tcp_stream(address.host, address.port)
+                    if self._tls_dialer is not None:
+                        stream = trio.SSLStream(raw, self._tls_dialer,
+                                                server_hostname=address.host)
+                        await stream.do_handshake()
+                    reader, payloads = await self._handshake_as_dialer(link, stream)
             except (trio.TooSlowError, FrameError, wire.WireError, *_NET_ERRORS) as exc:
-                if stream is not None:
-                    await trio.aclose_forcefully(stream)
+                if raw is not None:
+                    await trio.aclose_forcefully(raw)
                 self._dial_failed(link, exc)
                 await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             except BaseException:
-                if stream is not None:
-                    await trio.aclose_forcefully(stream)
+                if raw is not None:
+                    await trio.aclose_forcefully(raw)
                 raise
             backoff = BACKOFF_MIN
             link._last_refusal = None
-            async with stream:
-                await self._run_connection(link, stream, reader, payloads[1:])
+            try:
+                await self._run_connection(link, stream, reader, payloads)
+            finally:
+                await trio.aclose_forcefully(stream)
             await trio.sleep(BACKOFF_MIN * self._rng.uniform(0.5, 1.0))
 
     def _dial_failed(self, link: PeerLink, exc: BaseException) -> None:
+        tls = tls_failure(exc)
+        if tls is not None:
+            exc = wire.AuthError(f"TLS handshake failed: {tls}")
         if isinstance(exc, (wire.WireError, FrameError)):
-            why = f"refused by peer {link.id} at {link.address}: {exc}"
+            if isinstance(exc, wire.AuthError):
+                self.auth_failures += 1
+            why = f"connection to peer {link.id} at {link.address} refused: {exc}"
             if why != link._last_refusal:  # a configuration error: say it once, loudly
                 link._last_refusal = why
                 self.log.error("%s", why)
@@ -210,7 +353,8 @@ class Transport:
                 link._scope = nursery.cancel_scope
                 link.connected = True
                 link._down_reported = False
-                self.log.info("peer %d up (%s)", link.id, _remote(stream))
+                self.log.info("peer %d up (%s%s)", link.id, _remote(stream),
+                              ", TLS" if isinstance(stream, trio.SSLStream) else "")
                 nursery.start_soon(self._send_loop, link, stream, nursery.cancel_scope)
                 why = await self._receive_loop(link, stream, reader, payloads)
                 nursery.cancel_scope.cancel()
@@ -305,7 +449,24 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """Why TLS refused the connection, if it did (trio wraps the ssl error in
+    BrokenResourceError); None for other errors and for an end of stream mid-handshake."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, ssl.SSLError):
+            return (exc.reason or str(exc)).lower().replace("_", " ")
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 def _remote(stream) -> str:
+    stream = getattr(stream, "transport_stream", stream)  # through TLS to the socket
     try:
         host, port = stream.socket.getpeername()[:2]
     except (OSError, AttributeError, ValueError):

@@ -23,7 +23,11 @@ A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, 
 ``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
 and the simulator compare them as tuples.
 
-The hello opens every peer connection, in both directions: ``["paxosd", 1, cluster, node_id]``.
+The hello opens every peer connection, in both directions: ``["paxosd", 1, cluster, node_id]``,
+with a fifth item, a random 32-byte nonce, from a node that has the cluster secret. Then, with
+the secret, each side proves it (``daemon.security``) with ``["proof", hmac]``, the acceptor
+first; the acceptor closes the handshake with ``["welcome"]``, and either side may instead say
+``["refused", why]`` before it closes the connection.
 
 The client protocol: a client frame is an array of requests
 ``[req_id, op, client_id, seq, key, arg1, arg2]`` with op one of "put", "get", "delete", "cas",
@@ -64,19 +68,25 @@ __all__ = [
     "CLIENT_OPS",
     "ERROR",
     "HELLO_MAGIC",
+    "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "REPLY_STATUSES",
+    "AuthError",
     "BadRequest",
     "ClientReply",
     "HelloError",
     "Request",
     "WireError",
     "check_hello",
+    "decode_auth_step",
     "decode_peer",
     "decode_reply",
     "decode_request",
     "encode_hello",
     "encode_peer",
+    "encode_proof",
+    "encode_refusal",
+    "encode_welcome",
     "encode_reply",
     "encode_request",
     "format_ballot",
@@ -105,6 +115,10 @@ class WireError(ValueError):
 
 class HelloError(WireError):
     """A peer hello that refuses the connection (wrong cluster, version or node id)."""
+
+
+class AuthError(HelloError):
+    """A peer that did not prove the cluster secret, or that refused our proof."""
 
 
 class BadRequest(WireError):
@@ -403,18 +417,29 @@ def format_ballot(ballot: int) -> str:
 # The hello.
 
 
-def encode_hello(cluster: str, node_id: int) -> list:
-    return [HELLO_MAGIC, PROTOCOL_VERSION, cluster, node_id]
+NONCE_BYTES = 32
+PROOF_BYTES = 32  # HMAC-SHA256
+MAX_REFUSAL_CHARS = 200
 
 
-def check_hello(obj, cluster: str, members, own_id: int) -> int:
+def encode_hello(cluster: str, node_id: int, nonce: bytes | None = None) -> list:
+    """The hello; ``nonce`` (NONCE_BYTES random bytes) when this node has the cluster secret."""
+    hello = [HELLO_MAGIC, PROTOCOL_VERSION, cluster, node_id]
+    if nonce is not None:
+        hello.append(nonce)
+    return hello
+
+
+def check_hello(obj, cluster: str, members, own_id: int, *, secret: bool = False) -> int:
     """The node id a peer's hello announces; HelloError saying what is wrong if it may not
-    join this connection (not a hello, another version, another cluster, an unknown or own id).
+    join this connection (not a hello, another version, another cluster, an unknown or own id,
+    a nonce where this node has no secret (``secret``) or none where it has one). The nonce,
+    when there is one, is ``obj[4]``.
     """
-    if not _is_array(obj) or len(obj) != 4 or obj[0] != HELLO_MAGIC:
+    if not _is_array(obj) or len(obj) not in (4, 5) or obj[0] != HELLO_MAGIC:
         raise HelloError(f"not a paxosd hello: expected [{HELLO_MAGIC!r}, version, cluster, "
                          f"node_id], got {_show(obj)}")
-    _, version, their_cluster, node_id = obj
+    version, their_cluster, node_id = obj[1], obj[2], obj[3]
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise HelloError(f"protocol version {version!r}, this node speaks version "
                          f"{PROTOCOL_VERSION}")
@@ -426,7 +451,44 @@ def check_hello(obj, cluster: str, members, own_id: int) -> int:
     if node_id == own_id:
         raise HelloError(f"node id {node_id} is this node's own id (two nodes configured "
                          f"with the same --node-id?)")
+    if len(obj) == 5:
+        if not secret:
+            raise HelloError(f"node {node_id} authenticates peers with the cluster secret, and "
+                             f"this node has none (auth.secret_file)")
+        if type(obj[4]) is not bytes or len(obj[4]) != NONCE_BYTES:
+            raise HelloError(f"hello nonce: expected {NONCE_BYTES} bytes, got {_show(obj[4])}")
+    elif secret:
+        raise AuthError(f"node {node_id} sent no authentication challenge: this node requires "
+                        f"the cluster secret (auth.secret_file), and the peer has none")
     return node_id
+
+
+def encode_proof(proof: bytes) -> list:
+    return ["proof", proof]
+
+
+def encode_welcome() -> list:
+    return ["welcome"]
+
+
+def encode_refusal(why: str) -> list:
+    return ["refused", why[:MAX_REFUSAL_CHARS]]
+
+
+def decode_auth_step(obj) -> tuple[str, bytes | str | None]:
+    """One step of the authentication after the hello: ("proof", hmac), ("welcome", None) or
+    ("refused", why). HelloError for anything else."""
+    if _is_array(obj) and obj:
+        kind = obj[0]
+        if kind == "proof" and len(obj) == 2 and type(obj[1]) is bytes \
+                and len(obj[1]) == PROOF_BYTES:
+            return "proof", obj[1]
+        if kind == "welcome" and len(obj) == 1:
+            return "welcome", None
+        if kind == "refused" and len(obj) == 2 and type(obj[1]) is str:
+            return "refused", obj[1][:MAX_REFUSAL_CHARS]
+    raise HelloError(f"authentication: expected ['proof', {PROOF_BYTES} bytes], ['welcome'] or "
+                     f"['refused', why], got {_show(obj)}")
 
 
 # ---------------------------------------------------------------------------------------------
