@@ -582,8 +582,14 @@ class Node:
         replies = self._out.replies
         while self.applied_index < self.commit_index:
             slot = self.applied_index + 1
-            for cmd in log[slot][1]:
-                status, result = kv.apply(cmd)
+            batch = log[slot][1]
+            if not waiting:  # nobody here waits for a reply (a follower): one C loop
+                kv.apply_batch(batch)
+                self.applied_index = slot
+                continue
+            outcomes: list = []
+            kv.apply_batch(batch, outcomes)
+            for cmd, (status, result) in zip(batch, outcomes):
                 if waiting:
                     req = waiting.pop((cmd[0], cmd[1]), None)
                     if req is not None:

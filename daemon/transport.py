@@ -370,7 +370,7 @@ class Transport:
                             payloads: list) -> str:
         """Deliver what the peer sends; return why the connection ended."""
         members = self.members
-        decode = wire.decode_peer
+        decode = wire.decode_peer_payload
         deliver = self.deliver
         peer_id = link.id
         try:
@@ -378,7 +378,7 @@ class Transport:
                 if payloads:
                     msgs = []
                     for payload in payloads:
-                        msg = decode(loads(payload), members)
+                        msg = decode(payload, members)
                         if msg.sender != peer_id:
                             raise wire.WireError(f"{type(msg).__name__}.sender: expected {peer_id} "
                                                  f"(the peer of this connection), got {msg.sender}")

@@ -8,6 +8,9 @@ Public surface (see fastpath/_fastpath.pyx for the contracts):
 - ``SlotWindow``: the ring of in-flight slots and their batches
 - frame codec: ``encode_frame``, ``encode_frames``, ``FrameReader``, ``dumps``, ``loads``,
   ``FrameError``, ``FrameTooLarge``, ``DEFAULT_MAX_FRAME``
+- per-batch helpers for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
+  from its bytes), ``split_requests`` (a client frame's plain requests), ``apply_commands`` (a
+  batch applied to the key-value store)
 
 There is no pure-Python fallback: a missing extension is a build error, said loudly.
 """
@@ -24,14 +27,17 @@ try:
         FrameTooLarge,
         QuorumTracker,
         SlotWindow,
+        apply_commands,
         ballot_next,
         ballot_node,
         ballot_pack,
         ballot_round,
+        decode_accept,
         dumps,
         encode_frame,
         encode_frames,
         loads,
+        split_requests,
     )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -51,12 +57,15 @@ __all__ = [
     "FrameTooLarge",
     "QuorumTracker",
     "SlotWindow",
+    "apply_commands",
     "ballot_next",
     "ballot_node",
     "ballot_pack",
     "ballot_round",
+    "decode_accept",
     "dumps",
     "encode_frame",
     "encode_frames",
     "loads",
+    "split_requests",
 ]

@@ -973,3 +973,290 @@ cdef class FrameReader:
 
     def __repr__(self):
         return f"FrameReader(max_frame={self._max_frame}, buffered={self._len})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hot-path helpers: what the daemon does per command, done per batch
+#
+# Each one takes the common, valid case in C and leaves everything else to the caller's general
+# Python code (returning None or the items it did not take), so what is accepted, what is
+# refused and every error message stay those of that code (daemon.wire, daemon.kv).
+
+from cpython.long cimport PyLong_CheckExact
+from cpython.bytes cimport PyBytes_CheckExact
+from cpython.unicode cimport PyUnicode_CheckExact
+from cpython.list cimport PyList_CheckExact
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_New, PyTuple_SET_ITEM
+from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_Next, PyDict_Size
+from cpython.object cimport PyObject
+
+cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t C_MAX_BALLOT = (((1ULL << 48) - 2) << 16) | 0xFFFFULL  # daemon.wire.MAX_BALLOT
+cdef uint64_t C_SLOT_MAX = 1ULL << 62  # daemon.wire.SLOT_MAX
+
+
+class _NotFast(Exception):
+    """Input the fast decoders leave to the general path."""
+
+
+cdef inline int _u64_in(object v, uint64_t lo, uint64_t hi, uint64_t *out) except -1:
+    """1 if ``v`` is an int (exactly: not a bool) in [lo, hi], storing it in ``*out``; else 0."""
+    cdef int overflow = 0
+    cdef long long x
+    cdef uint64_t u = 0
+    if not PyLong_CheckExact(v):
+        return 0
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow == 0:
+        if x < 0:
+            return 0
+        u = <uint64_t>x
+    elif overflow > 0:
+        if not _to_u64(v, &u):
+            return 0
+    else:
+        return 0
+    if u < lo or u > hi:
+        return 0
+    out[0] = u
+    return 1
+
+
+cdef object _decode_t(_In *d, int depth):
+    """``_decode`` with arrays as tuples, for the fast paths; raises _NotFast on anything that
+    is not an int, a byte or text string, null, a boolean or an array (and on bad input)."""
+    cdef Py_ssize_t start = d.pos
+    cdef Py_ssize_t rem, i
+    cdef unsigned char ib, major, info
+    cdef int nb
+    cdef uint64_t v
+    cdef object item, result
+    if start >= d.n:
+        raise _NotFast()
+    ib = d.p[start]
+    major = ib >> 5
+    info = ib & 31
+    d.pos = start + 1
+    if major == 7:
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        raise _NotFast()
+    if info < 24:
+        v = info
+    elif info <= 27:
+        nb = 1 << (info - 24)
+        if d.n - d.pos < nb:
+            raise _NotFast()
+        v = _read_be(d.p + d.pos, nb)
+        d.pos += nb
+    else:
+        raise _NotFast()
+    if major == 0:
+        return PyLong_FromUnsignedLongLong(v)
+    if major == 1:
+        if v <= <uint64_t>INT64_MAX:
+            return -1 - <int64_t>v
+        return -1 - PyLong_FromUnsignedLongLong(v)
+    rem = d.n - d.pos
+    if major == 2 or major == 3:
+        if v > <uint64_t>rem:
+            raise _NotFast()
+        i = d.pos
+        d.pos += <Py_ssize_t>v
+        if major == 2:
+            return PyBytes_FromStringAndSize(<const char *>(d.p + i), <Py_ssize_t>v)
+        try:
+            return PyUnicode_DecodeUTF8(<const char *>(d.p + i), <Py_ssize_t>v, "strict")
+        except UnicodeDecodeError:
+            raise _NotFast() from None
+    if major != 4 or depth >= C_MAX_DEPTH or v > <uint64_t>rem:
+        raise _NotFast()
+    result = PyTuple_New(<Py_ssize_t>v)
+    for i in range(<Py_ssize_t>v):
+        item = _decode_t(d, depth + 1)
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(result, i, item)
+    return result
+
+
+cdef inline bint _command_ok(object cmd) except -1:
+    """``cmd`` is a valid command tuple (daemon.wire._batch's test)."""
+    cdef uint64_t u = 0
+    cdef object op, arg1, arg2
+    if not PyTuple_CheckExact(cmd) or PyTuple_GET_SIZE(cmd) != 6:
+        return False
+    if not (_u64_in(<object>PyTuple_GET_ITEM(cmd, 0), 0, C_U64_MAX, &u)
+            and _u64_in(<object>PyTuple_GET_ITEM(cmd, 1), 0, C_U64_MAX, &u)
+            and PyBytes_CheckExact(<object>PyTuple_GET_ITEM(cmd, 3))):
+        return False
+    op = <object>PyTuple_GET_ITEM(cmd, 2)
+    if not _u64_in(op, 1, 3, &u):
+        return False
+    arg1 = <object>PyTuple_GET_ITEM(cmd, 4)
+    arg2 = <object>PyTuple_GET_ITEM(cmd, 5)
+    if u == 1:  # OP_PUT
+        return PyBytes_CheckExact(arg1) and arg2 is None
+    if u == 3:  # OP_CAS
+        return (arg1 is None or PyBytes_CheckExact(arg1)) and PyBytes_CheckExact(arg2)
+    return arg1 is None and arg2 is None  # OP_DELETE
+
+
+def decode_accept(payload, members):
+    """The fields ``(sender, ballot, commit_index, first_slot, batches, read_round)`` of the
+    Accept that the CBOR ``payload`` encodes, when it is one that ``daemon.wire.decode_peer``
+    accepts from a sender in ``members``; None for anything else (another message, or any
+    fault: the caller then decodes it the general way, which names the fault).
+
+    Batches and commands come as tuples, equal to what ``decode_peer`` returns, built straight
+    from the bytes with one C pass over them.
+    """
+    cdef Py_buffer view
+    cdef _In d
+    cdef object obj, batches, batch
+    cdef uint64_t sender = 0, ballot = 0, first = 0, u = 0
+    cdef Py_ssize_t i, j, n
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        d.p = <const unsigned char *>view.buf
+        d.n = view.len
+        d.pos = 0
+        if d.n < 2 or d.p[0] != 0x87 or d.p[1] != 0x04:  # [4, ... 6 more]
+            return None
+        try:
+            obj = _decode_t(&d, 0)
+        except _NotFast:
+            return None
+        if d.pos != d.n:
+            return None
+    finally:
+        PyBuffer_Release(&view)
+    if not (_u64_in(obj[1], 0, C_U64_MAX, &sender) and obj[1] in members
+            and _u64_in(obj[2], 1, C_MAX_BALLOT, &ballot) and (ballot & 0xFFFF) == sender
+            and _u64_in(obj[3], 0, C_SLOT_MAX, &u)
+            and _u64_in(obj[4], 1, C_SLOT_MAX, &first)
+            and _u64_in(obj[6], 0, C_U64_MAX, &u)):
+        return None
+    batches = obj[5]
+    if not PyTuple_CheckExact(batches):
+        return None
+    n = PyTuple_GET_SIZE(batches)
+    if first + <uint64_t>n - 1 > C_SLOT_MAX:
+        return None
+    for i in range(n):
+        batch = <object>PyTuple_GET_ITEM(batches, i)
+        if not PyTuple_CheckExact(batch):
+            return None
+        for j in range(PyTuple_GET_SIZE(batch)):
+            if not _command_ok(<object>PyTuple_GET_ITEM(batch, j)):
+                return None
+    return (obj[1], obj[2], obj[3], obj[4], batches, obj[6])
+
+
+def split_requests(frame, conn, opcodes):
+    """Sort a client frame (a list, as ``loads`` returns it) into the requests the server
+    takes without further checks and the rest.
+
+    Returns ``(work, rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)``
+    for each valid "get" and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1,
+    arg2))`` for each valid "put", "delete" and "cas" (valid as ``daemon.wire.decode_request``
+    takes them without its slow path); ``rest`` holds every other item, for the general code.
+    """
+    cdef list work = []
+    cdef list rest = []
+    cdef list req
+    cdef object obj, op, arg1, arg2, key
+    cdef uint64_t u = 0
+    cdef bint ok, is_get
+    for obj in frame:
+        if PyList_CheckExact(obj) and PyList_GET_SIZE(obj) == 7:
+            req = <list>obj
+            op = req[1]
+            key = req[4]
+            if (_u64_in(req[0], 0, C_U64_MAX, &u) and _u64_in(req[2], 0, C_U64_MAX, &u)
+                    and _u64_in(req[3], 0, C_U64_MAX, &u) and PyBytes_CheckExact(key)
+                    and PyUnicode_CheckExact(op)):
+                arg1 = req[5]
+                arg2 = req[6]
+                is_get = False
+                if op == "put":
+                    ok = PyBytes_CheckExact(arg1) and arg2 is None
+                elif op == "get":
+                    ok = arg1 is None and arg2 is None
+                    is_get = True
+                elif op == "delete":
+                    ok = arg1 is None and arg2 is None
+                elif op == "cas":
+                    ok = (arg1 is None or PyBytes_CheckExact(arg1)) and PyBytes_CheckExact(arg2)
+                else:
+                    ok = False
+                if ok:
+                    if is_get:
+                        work.append((True, (conn, req[0]), key))
+                    else:
+                        work.append((False, (conn, req[0]),
+                                     (req[2], req[3], opcodes[op], key, arg1, arg2)))
+                    continue
+        rest.append(obj)
+    return work, rest
+
+
+def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale):
+    """``kv.apply(cmd)`` for every command of ``batch``, in order, as one C loop over the
+    store's dicts (``kv.data``, ``kv.sessions``, ``kv.max_sessions``, ``kv.applied_commands``:
+    see daemon.kv.KVStore, whose ``apply`` this follows step for step). If ``results`` is a
+    list, each command's ``(status, result)`` is appended to it. ``op_*``, ``ok`` and ``stale``
+    are the protocol's constants (daemon.messages).
+    """
+    cdef dict data = kv.data
+    cdef dict sessions = kv.sessions
+    cdef Py_ssize_t max_sessions = kv.max_sessions
+    cdef Py_ssize_t applied = 0, pos
+    cdef bint want = results is not None
+    cdef list out = results if want else None
+    cdef PyObject *found
+    cdef PyObject *first_key
+    cdef PyObject *first_value
+    cdef object cmd, client_id, seq, op, key, arg1, arg2, session, last_seq, result, current
+    try:
+        for cmd in batch:
+            client_id, seq, op, key, arg1, arg2 = cmd
+            found = PyDict_GetItem(sessions, client_id)
+            if found != NULL:
+                session = <object>found
+                last_seq = session[0]
+                if seq == last_seq:
+                    if want:
+                        out.append((session[1], session[2]))
+                    continue
+                if seq < last_seq:
+                    if want:
+                        out.append((stale, None))
+                    continue
+                PyDict_DelItem(sessions, client_id)  # re-inserted below, at the most recent end
+            if op == op_put:
+                data[key] = arg1
+                result = None
+            elif op == op_cas:
+                found = PyDict_GetItem(data, key)
+                current = <object>found if found != NULL else None
+                result = current == arg1
+                if result:
+                    data[key] = arg2
+            elif op == op_delete:
+                result = data.pop(key, None) is not None
+            else:
+                raise ValueError(f"command {cmd!r}: unknown op {op!r}")
+            applied += 1
+            sessions[client_id] = (seq, ok, result)
+            if PyDict_Size(sessions) > max_sessions:
+                pos = 0
+                PyDict_Next(sessions, &pos, &first_key, &first_value)
+                PyDict_DelItem(sessions, <object>first_key)
+            if want:
+                out.append((ok, result))
+    finally:
+        kv.applied_commands += applied
