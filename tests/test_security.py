@@ -204,3 +204,16 @@ def test_check_config_accepts_good_files_and_warns_about_a_loose_secret(tmp_path
     out, err = capsys.readouterr()
     assert f"secret_file: {tmp_path / 'secret'}" in out and f"cert: {tmp_path / 'node.pem'}" in out
     assert "warning" in err and "chmod 600" in err
+
+
+def test_a_node_does_not_start_without_its_secret_or_certificates(tmp_path):
+    from daemon.server import Server
+
+    config = config_with(tmp_path, "auth: {secret_file: secret}\n").with_node_id(1)
+    with pytest.raises(ConfigError, match=r"auth\.secret_file: .*secret: no such file"):
+        Server(config)
+    write_secret(tmp_path)
+    config = config_with(tmp_path, "auth: {secret_file: secret}\n"
+                                   "client_tls: {cert: node.pem, key: node-key.pem}\n")
+    with pytest.raises(ConfigError, match=r"client_tls\.cert: .*node\.pem: no such file"):
+        Server(config.with_node_id(1))
