@@ -26,6 +26,8 @@ Kinds (``KINDS``; ``PROCESS_KINDS`` touch processes, the rest the proxy):
     bridge             two halves that only one node (the bridge) connects (5 nodes or more)
     reset              close every connection of one link (the dialer reconnects)
     slow               delay every chunk on one node's links by 10-80 ms, both ways
+    transfer-leader    ask the leader to hand leadership to another node (an instant fault:
+                       the handover runs under whatever else the round does)
 """
 
 from __future__ import annotations
@@ -37,19 +39,20 @@ from dataclasses import dataclass, field
 
 import trio
 
-from tests.faults.cluster import ProcessCluster
+from tests.faults.cluster import ProcessCluster, raw_call
 
 __all__ = ["KINDS", "Fault", "Nemesis", "Round", "schedule"]
 
 KINDS = ("kill", "kill-leader", "power-cut", "power-cut-all", "pause", "pause-leader",
          "partition", "one-way", "isolate-leader", "leader-one-way", "majority-minority",
-         "bridge", "reset", "slow")
+         "bridge", "reset", "slow", "transfer-leader")
 PROCESS_KINDS = frozenset({"kill", "kill-leader", "power-cut", "power-cut-all", "pause",
                            "pause-leader"})
 # How often each kind is drawn, relative to the others.
 WEIGHTS = {"kill": 3, "kill-leader": 3, "power-cut": 4, "power-cut-all": 1, "pause": 2,
            "pause-leader": 3, "partition": 2, "one-way": 2, "isolate-leader": 3,
-           "leader-one-way": 2, "majority-minority": 3, "bridge": 2, "reset": 1, "slow": 1}
+           "leader-one-way": 2, "majority-minority": 3, "bridge": 2, "reset": 1, "slow": 1,
+           "transfer-leader": 2}
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,12 @@ class Nemesis:
                         cluster.proxy.set_delay((target, other), f.amount)
                         cluster.proxy.set_delay((other, target), f.amount)
                 self.note(f"slow: node {target}'s links, {f.amount * 1000:.0f} ms per chunk")
+            elif f.kind == "transfer-leader":
+                to = f.other if f.other != target else f.node
+                reply = await raw_call(cluster.client_port[target],
+                                       ["transfer", to, 0, b"", None, None], timeout=1.0)
+                answer = "no answer" if reply is None else f"{reply.status} {reply.result or ''}"
+                self.note(f"transfer-leader: node {target} to node {to}: {answer}")
             else:
                 raise ValueError(f"unknown fault kind {f.kind!r}")
         if blocked:
