@@ -2,21 +2,26 @@
 
 ``feed_stream(chunks)`` takes what a peer or client connection could deliver, in the pieces it
 arrives in, and runs it through everything a node runs it through before the core sees it:
-``fastpath.FrameReader`` (the length checked against the limit), ``fastpath.loads``, then each
-decoder that may see the payload: ``wire.check_hello`` (the first frame of a peer connection),
-``wire.decode_peer`` (the others) and ``wire.decode_request`` (each request of a client frame).
+``fastpath.FrameReader`` (the length checked against the limit), then each decoder that may see
+the payload: ``wire.check_hello`` (the first frame of a peer connection), the peer decoder of
+the transport (``wire.decode_peer_payload``: an Accept straight from its bytes in C, anything
+else through ``loads`` and ``wire.decode_peer``) and the client path of the server
+(``fastpath.split_requests``, then ``wire.decode_request`` for the rest).
 
 The documented errors are ``fastpath.FrameError`` (FrameTooLarge included) from framing and
 CBOR, and ``wire.WireError`` (HelloError and BadRequest included) from validation; anything
 else escaping is a bug. Each decoder is tried on its own, so one that raises does not hide
-another that would crash.
+another that would crash. Where a fast path stands beside a general one, they must agree: the
+same message or the same kind of error (an AssertionError says where they differ).
 """
 
 from __future__ import annotations
 
-from fastpath import BALLOT_CHOSEN, FrameError, FrameReader, dumps, encode_frame, loads
+import fastpath
+from fastpath import BALLOT_CHOSEN, MAX_ROUND, FrameError, FrameReader, dumps, encode_frame, loads
 
 from daemon import wire
+from daemon.messages import OP_CAS, OP_DELETE, OP_PUT
 
 __all__ = ["DOCUMENTED", "MEMBERS", "SEEDS", "feed_stream", "seed_frames"]
 
@@ -38,6 +43,9 @@ SEEDS = [
     [2, 2, _B1, 4, [[3, BALLOT_CHOSEN, _BATCH], [6, _B2, [_PUT]]]],  # Promise
     [3, 3, _B1, _B2, 17],  # Reject
     [4, 1, _B1, 12, 13, [_BATCH, [], [_CAS]], 5],  # Accept
+    [4, 1, _B1, 0, 1, [], 0],  # Accept: a heartbeat
+    [4, 1, MAX_ROUND << 16 | 1, 1 << 62, 1 << 62, [[[(1 << 64) - 1, 0, 1, b"", b"", None]]],
+     (1 << 64) - 1],  # Accept: values at their limits
     [5, 2, _B1, 13, 15, 5],  # Accepted
     [6, 3, 7, 0, 0],  # CatchupRequest
     [7, 1, 5, [_BATCH, []], 9],  # Catchup
@@ -53,14 +61,13 @@ def seed_frames() -> list[bytes]:
 
 
 def decode_all(payload: bytes) -> int:
-    """Run one frame payload through loads and every decoder; how many accepted it."""
-    obj = loads(payload)  # FrameError is documented
+    """Run one frame payload through every decoder; how many accepted it."""
     accepted = 0
     for decode in (_hello, _peer, _requests):
         try:
-            decode(obj)
+            decode(payload)
             accepted += 1
-        except wire.WireError:
+        except DOCUMENTED:
             pass
     return accepted
 
@@ -82,22 +89,68 @@ def feed_stream(chunks, max_frame: int = MAX_FRAME) -> int:
     return frames
 
 
-def _hello(obj) -> None:
-    wire.check_hello(obj, "faults", MEMBERS, 1)
+def _hello(payload: bytes) -> None:
+    wire.check_hello(loads(payload), "faults", MEMBERS, 1)
 
 
-def _peer(obj) -> None:
-    msg = wire.decode_peer(obj, MEMBERS)
+def _outcome(decode, *args):
+    try:
+        return "ok", decode(*args)
+    except FrameError:
+        return "error", FrameError
+    except wire.WireError:
+        return "error", wire.WireError
+
+
+def _peer(payload: bytes) -> None:
+    general = _outcome(lambda: wire.decode_peer(loads(payload), MEMBERS))
+    fast_decoder = getattr(wire, "decode_peer_payload", None)
+    if fast_decoder is not None:
+        fast = _outcome(fast_decoder, payload, MEMBERS)
+        assert fast == general, f"decode_peer_payload {fast} != decode_peer {general}"
+    if general[0] == "error":
+        raise wire.WireError("refused") if general[1] is wire.WireError else FrameError("bad")
+    msg = general[1]
     assert msg.sender in MEMBERS, msg
 
 
-def _requests(obj) -> None:
+_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}  # as daemon.server has them
+_CONN = object()
+
+
+def _requests(payload: bytes) -> None:
+    obj = loads(payload)
     if type(obj) is not list:
         raise wire.WireError("client frame: expected an array of requests")
+    expected = []  # what the general path makes of the plain requests
     for item in obj:
         try:
             req = wire.decode_request(item)
         except wire.BadRequest as exc:
             assert type(exc.req_id) is int
             continue
+        except wire.WireError:
+            continue  # the server closes the connection
         assert req.op in wire.CLIENT_OPS, req
+        if req.op == "get":
+            expected.append((True, (_CONN, req.req_id), req.key))
+        elif req.op in _OPCODES:
+            expected.append((False, (_CONN, req.req_id), (req.client_id, req.seq,
+                                                          _OPCODES[req.op], req.key, req.arg1,
+                                                          req.arg2)))
+    split = getattr(fastpath, "split_requests", None)
+    if split is None:
+        return
+    work, rest = split(obj, _CONN, _OPCODES)
+    for item in rest:  # what the fast pass left goes the general way, as in the server
+        try:
+            req = wire.decode_request(item)
+        except wire.WireError:
+            continue
+        if req.op == "get":
+            work.append((True, (_CONN, req.req_id), req.key))
+        elif req.op in _OPCODES:
+            work.append((False, (_CONN, req.req_id), (req.client_id, req.seq, _OPCODES[req.op],
+                                                      req.key, req.arg1, req.arg2)))
+    key = lambda w: repr(w[1][1]) + repr(w)  # noqa: E731 - order within a frame is free
+    assert sorted(work, key=key) == sorted(expected, key=key), (work, expected)

@@ -87,13 +87,63 @@ def test_mutated_valid_frames_raise_only_documented_errors(index, data):
     only_documented_errors(chunked(bytes(frame), cuts))
 
 
-def test_the_seeds_are_accepted_by_the_decoder_they_are_for():
-    from tests.faults.hostile import decode_all
-    from fastpath import loads
+edge_ints = st.sampled_from([0, 1, 2, 3, 4, 9, 0xFFFF, 0x10000, (3 << 16) | 1, (3 << 16) | 2,
+                             (1 << 48) - 1, 1 << 62, (1 << 62) + 1, 1 << 63, (1 << 64) - 1,
+                             -1, -(1 << 64)]) | st.integers(0, 1 << 20)
+odd_values = st.booleans() | st.none() | st.binary(max_size=3) | st.text(max_size=2) | st.just([])
+near = edge_ints | odd_values
+near_bytes = st.binary(max_size=4) | near
+command = st.one_of(
+    st.tuples(edge_ints, edge_ints, st.sampled_from([1, 2, 3]) | near, near_bytes,
+              st.none() | near_bytes, st.none() | near_bytes).map(list),
+    st.lists(near, max_size=8))
+accept_like = st.tuples(
+    st.just(4) | near, st.sampled_from([1, 2, 3]) | near, edge_ints | near, edge_ints,
+    edge_ints, st.lists(st.lists(command, max_size=3) | near, max_size=3), edge_ints | near,
+).map(list) | st.lists(near, max_size=9).map(lambda xs: [4, *xs])
 
-    for frame in seed_frames():
-        assert feed_stream([frame]) == 1
-        assert decode_all(frame[4:]) >= 1, loads(frame[4:])
+
+@FUZZ
+@given(accept_like)
+def test_near_valid_accepts_decode_the_same_on_the_fast_and_the_general_path(obj):
+    """The transport decodes Accepts from their bytes in C (when fastpath has that); on every
+    near-valid Accept it must give what the general decoder gives, message or error."""
+    from tests.faults.hostile import _peer
+
+    try:
+        _peer(dumps(obj))
+    except DOCUMENTED:
+        pass
+
+
+requests_like = st.lists(st.one_of(
+    st.tuples(edge_ints | near, st.sampled_from(["put", "get", "delete", "cas", "status",
+                                                  "transfer", "nope"]) | near,
+              edge_ints | near, edge_ints | near, near_bytes, st.none() | near_bytes,
+              st.none() | near_bytes).map(list),
+    st.lists(near, max_size=8)), max_size=6)
+
+
+@FUZZ
+@given(requests_like)
+def test_near_valid_client_frames_split_the_same_as_the_general_path(frame):
+    from tests.faults.hostile import _requests
+
+    try:
+        _requests(dumps(frame))
+    except DOCUMENTED:
+        pass
+
+
+def test_the_seeds_are_accepted_by_the_decoder_they_are_for():
+    from tests.faults.hostile import _hello, _peer, _requests
+
+    hello, *peer, client = [frame[4:] for frame in seed_frames()]
+    _hello(hello)
+    for payload in peer:
+        _peer(payload)
+    _requests(client)
+    assert all(feed_stream([frame]) == 1 for frame in seed_frames())
 
 
 # ------------------------------------------------------------------------------ a running node
