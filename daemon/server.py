@@ -671,6 +671,7 @@ def run(config) -> int:
     # what start-up created.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+    log = node_logger(config.node_id)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
