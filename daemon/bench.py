@@ -678,6 +678,10 @@ def _plot(report: dict, outputs, path: str) -> None:
         bins = [lo * (hi / lo) ** (i / 60) for i in range(61)] if hi > lo else 10
         ax2.hist(samples, bins=bins, color="tab:blue", alpha=0.6)
         ax2.set_xscale("log")
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+        ax2.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax2.xaxis.set_minor_formatter(NullFormatter())
         ax2.set_ylabel("commands")
         lat = report["latency_ms"]
         for name, key, color in (("p50", "p50", "tab:green"), ("p99", "p99", "tab:orange"),

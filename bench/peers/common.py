@@ -1,0 +1,107 @@
+"""What the peer benchmarks share with `paxosd bench`: the closed-loop client measurements, the
+nearest-rank percentiles, the report's JSON shape and the machine description. Standard library
+only, so each peer script runs in whatever environment its system needs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def percentile(sorted_values, q: float) -> float:
+    """Nearest rank, as daemon.bench.percentile."""
+    n = len(sorted_values)
+    if not n:
+        return float("nan")
+    k = math.ceil(q * n - 1e-9) - 1
+    return sorted_values[min(max(k, 0), n - 1)]
+
+
+def latency_summary(seconds) -> dict | None:
+    values = sorted(seconds)
+    if not values:
+        return None
+    ms = 1000.0
+    return {"p50": percentile(values, 0.5) * ms, "p90": percentile(values, 0.9) * ms,
+            "p99": percentile(values, 0.99) * ms, "p999": percentile(values, 0.999) * ms,
+            "max": values[-1] * ms, "mean": sum(values) / len(values) * ms}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def report(system: str, writes: list, duration: float, settings: dict, nodes_cpu: dict,
+           clients_cpu: list, errors: int, command: str) -> dict:
+    total = sum(nodes_cpu.values()) + sum(clients_cpu)
+    commits = len(writes)
+    return {
+        "system": system,
+        "commits": commits,
+        "commits_per_s": commits / duration,
+        "latency_ms": latency_summary(writes),
+        "errors": errors,
+        "cpu_seconds": {"nodes": nodes_cpu, "clients": clients_cpu, "total": round(total, 3)},
+        "cpu_us_per_commit": total / commits * 1e6 if commits else None,
+        "settings": settings,
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def print_report(r: dict) -> None:
+    s = r["settings"]
+    lat = r["latency_ms"] or {}
+    print(f"{r['system']}: {s['nodes']} nodes, fsync {'on' if s.get('fsync') else 'off'}, "
+          f"{s['clients']} clients x {s['in_flight']} in flight, {s['value_size']} B values, "
+          f"{s['duration_s']:g} s")
+    print(f"  commits/s        {r['commits_per_s']:,.0f}  ({r['commits']:,} commits, "
+          f"{r['errors']} errors)")
+    if lat:
+        print(f"  latency ms       p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+              f"p99.9 {lat['p999']:.2f}  max {lat['max']:.2f}")
+    cpu = r["cpu_seconds"]
+    print(f"  cpu seconds      nodes {sum(cpu['nodes'].values()):.2f}, clients "
+          f"{sum(cpu['clients']):.2f}; per command "
+          f"{r['cpu_us_per_commit'] or float('nan'):.1f} us")
+
+
+def write_json(r: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(r, indent=2) + "\n")

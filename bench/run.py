@@ -1,0 +1,106 @@
+"""Run the benchmark scenarios and record them: `python bench/run.py [--peers] [SCENARIO ...]`.
+
+Each scenario is one `paxosd bench` run (and, with --peers, the same workload against PySyncObj
+and etcd, see bench/peers/); each writes bench/results/<date>-<system>-<scenario>.json, the
+inflight100 and peak ones a plot beside it. At the end bench/compare.py prints the side-by-side
+table of what this run recorded.
+
+Scenarios (all 64-byte values, 3 nodes, fsync on, clients in separate processes, unless named):
+
+    one          one command at a time: 1 client x 1 in flight
+    inflight100  100 commands in flight: 2 clients x 50
+    peak         the most throughput: 4 clients x 1000 in flight
+    nodes5       5 nodes, 2 clients x 100
+    value1k      1 KiB values, 2 clients x 100
+    nofsync      fsync off, 2 clients x 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PEERS = ROOT / "bench" / "peers"
+
+SCENARIOS = {
+    "one": ["--clients", "1", "--in-flight", "1"],
+    "inflight100": ["--clients", "2", "--in-flight", "50"],
+    "peak": ["--clients", "4", "--in-flight", "1000"],
+    "nodes5": ["--nodes", "5", "--clients", "2", "--in-flight", "100"],
+    "value1k": ["--value-size", "1024", "--clients", "2", "--in-flight", "100"],
+    "nofsync": ["--no-fsync", "--clients", "2", "--in-flight", "100"],
+}
+# The same workloads for the peers (etcd's clients are threads, one request per connection).
+PEER_SCENARIOS = {
+    "one": {"pysyncobj": ["--clients", "1", "--in-flight", "1"],
+            "etcd": ["--clients", "1", "--in-flight", "1"]},
+    "inflight100": {"pysyncobj": ["--clients", "2", "--in-flight", "50"],
+                    "etcd": ["--clients", "4", "--in-flight", "25"]},
+    "peak": {"pysyncobj": ["--clients", "4", "--in-flight", "1000"],
+             "etcd": ["--clients", "4", "--in-flight", "100"]},
+}
+
+
+def _run(cmd: list[str], out: Path, system: str, scenario: str) -> dict | None:
+    print(f"$ {' '.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0 or not out.exists():
+        print(f"  {system} {scenario}: failed (exit {result.returncode})", file=sys.stderr)
+        return None
+    report = json.loads(out.read_text())
+    shown = ["python", *cmd[1:]] if cmd[0] == sys.executable else cmd
+    report.update(system=report.get("system", system), scenario=scenario, command=" ".join(shown))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help="default: all")
+    p.add_argument("--duration", default="10")
+    p.add_argument("--warmup", default="2")
+    p.add_argument("--peers", action="store_true", help="also run PySyncObj and etcd")
+    p.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", "/tmp/peers-venv/bin/python"),
+                   help="a Python with pysyncobj installed (default $PEERS_PYTHON or "
+                        "/tmp/peers-venv/bin/python)")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d-%H%M")
+    written = []
+    for scenario in args.scenarios:
+        if scenario not in SCENARIOS:
+            p.error(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
+        out = out_dir / f"{stamp}-paxosd-{scenario}.json"
+        cmd = [sys.executable, "-m", "daemon.cli", "bench", *SCENARIOS[scenario],
+               "--duration", args.duration, "--warmup", args.warmup, "--quiet", "--json", str(out)]
+        if scenario in ("inflight100", "peak"):
+            cmd += ["--plot", str(out.with_suffix(".png"))]
+        if _run(cmd, out, "paxosd", scenario):
+            written.append(out)
+        if args.peers and scenario in PEER_SCENARIOS:
+            for system, extra in PEER_SCENARIOS[scenario].items():
+                out = out_dir / f"{stamp}-{system}-{scenario}.json"
+                if system == "pysyncobj":
+                    cmd = [args.peers_python, str(PEERS / "pysyncobj_bench.py")]
+                else:
+                    cmd = [sys.executable, str(PEERS / "etcd_bench.py")]
+                cmd += [*extra, "--duration", args.duration, "--warmup", args.warmup,
+                        "--json", str(out)]
+                if _run(cmd, out, system, scenario):
+                    written.append(out)
+    if written:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), *map(str, written)])
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
