@@ -6,7 +6,8 @@ short timeouts, doing put, get and cas on a few keys. Every value written is uni
 with its call and return times (``time.monotonic``, one clock for all) and its outcome:
 
 - a definite answer: ``ret`` and ``result`` set;
-- ``OutcomeUnknown`` (the write may or may not have been applied, now or later): ``ret=None``;
+- ``OutcomeUnknown`` (the write may or may not have been applied, now or later), or a write
+  cut short by cancellation: ``ret=None``;
 - a definite failure that did not apply (``Unavailable``/``NoLeader`` on a write that never
   reached a node; any failed read): left out of the history, counted.
 
