@@ -54,7 +54,7 @@ def fmt(value) -> str:
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a) for a in argv] or sorted(RESULTS.glob("*.json"))
+    paths = [Path(a) for a in argv if a.endswith(".json")] or sorted(RESULTS.glob("*.json"))
     found = load(paths)
     if not found:
         print("no results", file=sys.stderr)

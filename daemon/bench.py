@@ -681,7 +681,13 @@ def _plot(report: dict, outputs, path: str) -> None:
         from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
         ax2.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax2.xaxis.set_minor_formatter(NullFormatter())
+        if hi < 100 * lo:  # under two decades: label 2 and 5 times each power of ten too
+            from matplotlib.ticker import LogLocator
+
+            ax2.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax2.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        else:
+            ax2.xaxis.set_minor_formatter(NullFormatter())
         ax2.set_ylabel("commands")
         lat = report["latency_ms"]
         for name, key, color in (("p50", "p50", "tab:green"), ("p99", "p99", "tab:orange"),

@@ -109,7 +109,8 @@ def _node(index: int, peer_ports: list[int], client_port: int, batch: bool, read
             def callback(result, error):
                 with cond:
                     pending.append((req_id, error))
-                    cond.notify()
+                    if len(pending) == 1:  # the writer waits only on an empty list
+                        cond.notify()
             return callback
 
         threading.Thread(target=writer, daemon=True).start()
