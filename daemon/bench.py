@@ -46,6 +46,9 @@ PROGRESS_EVERY = 1.0  # seconds between progress lines
 STATUS_EVERY = 0.25  # seconds between samples of the leader's status
 BUCKET = 0.25  # seconds per bucket of the throughput-over-time series
 KEYSPACE = 100_000
+# Settings that name files (daemon.config), resolved against the directory of their file.
+PATH_KEYS = (("auth", ("secret_file",)), ("tls", ("ca", "cert", "key")),
+             ("client_tls", ("ca", "cert", "key")))
 
 
 # ------------------------------------------------------------------------------ client worker
@@ -283,6 +286,15 @@ def local_config(base: Path | None, nodes: int, ports: list[int], data_dir: Path
         doc["batching"] = dict(doc.get("batching") or {}, window=window)
     if isinstance(doc.get("metrics"), dict) and doc["metrics"].get("address"):
         doc["metrics"] = dict(doc["metrics"], address=None)  # one address, several nodes: none
+    # The file is written elsewhere: its relative paths keep pointing where they did.
+    here = base.resolve().parent if base is not None else Path.cwd()
+    for section, keys in PATH_KEYS:
+        values = doc.get(section)
+        if isinstance(values, dict):
+            for key in keys:
+                value = values.get(key)
+                if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                    values[key] = str(here / value)
     return doc
 
 

