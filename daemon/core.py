@@ -11,7 +11,8 @@ outputs:
         1. append ``ready.persist`` to the write-ahead log;
         2. send ``ready.send`` at once (nothing in it depends on unsynced records);
         3. send ``ready.send_after_persist`` only once every record handed out so far, in this
-           ready and all earlier ones, is durable;
+           ready and all earlier ones, is durable (a CommitRecord may lag: nothing sent depends
+           on it, and a commit index lost in a crash is learned again);
         4. deliver ``ready.replies`` to clients.
     Messages addressed to the node's own id are delivered back to it by the driver, on the same
     terms. The leader is an acceptor too: its own Accepted reaches its quorum tracker only
