@@ -30,6 +30,15 @@ from dataclasses import dataclass, field
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
 from daemon.kv import KVStore, decode_image, encode_image
+from daemon.membership import (
+    MEMBERS_KEY,
+    Configuration,
+    Member,
+    config_batch,
+    config_of_batch,
+    decode_configuration,
+    initial_configuration,
+)
 from daemon.messages import (
     BUSY,
     ERROR,
@@ -178,17 +187,20 @@ class Node:
     """
 
     def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,
-                 durable: DurableState | None = None) -> None:
-        members = tuple(sorted(members))
-        if node_id not in members:
-            raise ValueError(f"node {node_id} is not among the members {members}")
-        if not 1 <= len(members) <= 64:
-            raise ValueError(f"need 1 to 64 members, got {len(members)}")
+                 durable: DurableState | None = None, incarnation: int = 0) -> None:
+        initial = initial_configuration(members)
+        if node_id not in initial.ids and incarnation == 0:
+            raise ValueError(f"node {node_id} is not among the members {initial.ids} "
+                             "(a node joining a running cluster needs an incarnation)")
+        if not 1 <= len(initial.members) <= 64:
+            raise ValueError(f"need 1 to 64 members, got {len(initial.members)}")
+        if not 1 <= node_id <= 0xFFFF:
+            raise ValueError(f"node id {node_id} is not in 1..65535")
         self.id = node_id
-        self.members = members
-        self.peers = tuple(m for m in members if m != node_id)
-        self.index = {m: i for i, m in enumerate(members)}
-        self.quorum = len(members) // 2 + 1
+        self.incarnation = incarnation
+        self.initial = initial
+        self.configs: list[Configuration] = [initial]  # by effective slot; see _config_at
+        self.config_version = 0
         self.config = config
         self.rng = rng
         self.now = now
@@ -222,8 +234,14 @@ class Node:
         self._reset_election_timer()
         self.promises: dict[int, Promise] = {}
         self.from_slot = 0
-        self.tracker = QuorumTracker(len(members), self.quorum, config.window)
         self.window = SlotWindow(config.window)
+        self.prep_config: Configuration = initial  # the configuration a Phase 1 runs in
+        self.boundary: dict | None = None  # promises for the next configuration (leader)
+        self.boundary_slot = 0
+        self.fence = 1 << 62  # no slot from here on until the configuration command is chosen
+        self.fence_slot = 0
+        self.pending_change: tuple | None = None  # (req or None, members) to propose
+        self.change_waiting: dict[int, object] = {}  # slot -> req of a configuration command
         self.queued_batches: deque = deque()  # re-proposals waiting for room in the window
         self.pending: list = []  # client commands waiting for a batch
         self.pending_bytes = 0
@@ -233,6 +251,7 @@ class Node:
         self.last_broadcast = now
         self.last_progress = now
         self.contact: dict[int, float] = {}
+        self.heard: dict[int, float] = {}
         self.read_round = 0
         self.read_round_sent = True
         self.peer_read_round: dict[int, int] = {}
@@ -241,6 +260,9 @@ class Node:
         self.transfer: list | None = None  # [target, req or None when answered, deadline]
 
         self._out = Ready()
+        if snapshot is not None:
+            self._configs_from_store()
+        self._use(self._config_at(self.commit_index + 1))
         self._apply()
 
     # ------------------------------------------------------------------------------ inputs
@@ -255,11 +277,16 @@ class Node:
             if now - self.last_progress >= 2 * cfg.heartbeat_interval and self.window.in_flight:
                 self._retransmit()
             if now - self.last_broadcast >= cfg.heartbeat_interval:
+                if self.boundary is not None:
+                    self._send_boundary_prepare()
                 self._broadcast_accept(self.window.next_slot, ())
             if self.transfer is not None and self.transfer[1] is None and now > self.transfer[2]:
                 self.transfer = None  # the target never stood: lead on
         elif now >= self.election_deadline:
-            self._start_election()
+            if self._may_stand():
+                self._start_election()
+            else:
+                self._reset_election_timer()
 
     def receive(self, msg, now: float) -> None:
         self.now = now
@@ -275,6 +302,10 @@ class Node:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
         key = (cmd[0], cmd[1])
+        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:
+            self._out.replies.append(Reply(req, ERROR, (
+                "client id 0 and the key " + repr(MEMBERS_KEY) + " are reserved for membership")))
+            return
         if key in self.waiting:  # a retry of a command already on its way: answer both
             self.also_waiting.setdefault(key, []).append(req)
             return
@@ -313,14 +344,87 @@ class Node:
         elif target == self.id:
             self._out.replies.append(Reply(req, OK, leader=self.id))
         elif target not in self.index:
-            self._out.replies.append(Reply(req, ERROR, f"node {target} is not a member"))
+            self._out.replies.append(Reply(req, ERROR, f"node {target} is not a voting member"))
         elif self.transfer is not None:
             self._out.replies.append(Reply(req, ERROR, f"already handing over to node {self.transfer[0]}"))
         else:
-            self.transfer = [target, req, now + 2 * self.config.election_timeout[1]]
+            self.transfer = [target, req, now + 2 * self.config.election_timeout[1], OK]
+
+    def change_members(self, req, change: tuple, now: float) -> None:
+        """A membership change: ``("add", id, peer, client)`` adds a learner (the leader makes
+        it a voter once it has caught up); ``("remove", id)`` removes a member. Answered OK once
+        the configuration command is chosen; the leader asked to remove itself hands leadership
+        over first and answers NOT_LEADER naming the node to ask again."""
+        self.now = now
+        out = self._out.replies
+        if self.role != LEADER:
+            out.append(Reply(req, NOT_LEADER, leader=self.leader_id))
+            return
+        busy = self._change_in_progress()
+        if busy:
+            out.append(Reply(req, ERROR, busy))
+            return
+        latest = self.configs[-1]
+        kind, member_id = change[0], change[1]
+        if type(member_id) is not int or not 1 <= member_id <= 0xFFFF:
+            out.append(Reply(req, ERROR, f"member id {member_id!r} is not in 1..65535"))
+        elif kind == "add":
+            if latest.get(member_id) is not None:
+                out.append(Reply(req, ERROR, f"node {member_id} is already a member"))
+            elif len(latest.members) >= 64:
+                out.append(Reply(req, ERROR, "a cluster has at most 64 members"))
+            else:
+                member = Member(member_id, change[2], change[3], False, 0)
+                self.pending_change = (req, latest.with_member(member))
+        elif kind == "remove":
+            member = latest.get(member_id)
+            if member is None:
+                out.append(Reply(req, ERROR, f"node {member_id} is not a member"))
+            elif member.voter and latest.voters == (member_id,):
+                out.append(Reply(req, ERROR, f"node {member_id} is the last voting member"))
+            elif member.voter and not self._quorum_left_without(member_id):
+                out.append(Reply(req, ERROR, (
+                    f"removing node {member_id} would leave fewer voters in contact than a "
+                    "quorum of the rest; bring the others back first")))
+            elif member_id == self.id:
+                target = self._successor(exclude=self.id)
+                if target is None:
+                    out.append(Reply(req, ERROR, "no other voting member is in contact to take over"))
+                elif self.transfer is not None:
+                    out.append(Reply(req, ERROR, f"already handing over to node {self.transfer[0]}"))
+                else:
+                    self.transfer = [target, req, now + 2 * self.config.election_timeout[1],
+                                     NOT_LEADER]
+            else:
+                self.pending_change = (req, latest.without(member_id))
+        else:
+            out.append(Reply(req, ERROR, f"unknown membership change {kind!r}"))
+
+    def _quorum_left_without(self, member_id: int) -> bool:
+        """Whether the voters other than ``member_id`` that this leader hears from lately, under
+        the incarnation the configuration names, make a quorum of those voters."""
+        rest = [m for m in self.configs[-1].voters if m != member_id]
+        since = self.now - 2 * self.config.election_timeout[1]
+        alive = sum(1 for m in rest if m == self.id or self.heard.get(m, -1e9) >= since)
+        return alive >= len(rest) // 2 + 1
+
+    def _change_in_progress(self) -> str:
+        if self.pending_change is not None or self.fence_slot or self.change_waiting:
+            return "a membership change is in progress; try again once it is chosen"
+        if self.configs[-1].effective > self.commit_index + 1 or self.boundary is not None:
+            return "the last membership change has not taken effect yet; try again shortly"
+        return ""
+
+    def _successor(self, exclude: int) -> int | None:
+        """The voter (other than ``exclude``) heard from most recently, if lately."""
+        since = self.now - 2 * self.config.heartbeat_interval
+        heard = [(self.contact.get(m, -1e9), m) for m in self.configs[-1].voters
+                 if m != exclude and m in self.index]
+        heard = [h for h in heard if h[0] >= since]
+        return max(heard)[1] if heard else None
 
     def _hand_over(self) -> None:
-        target, req, deadline = self.transfer
+        target, req, deadline, status = self.transfer
         if req is None:
             return  # told already; waiting to see the target's higher ballot
         if self.now > deadline:
@@ -332,11 +436,12 @@ class Node:
         if self.now - self.contact.get(target, -1e9) > 2 * self.config.heartbeat_interval:
             return  # not hearing from it lately: it could not win now
         self._out.send.append((target, TimeoutNow(self.id, self.ballot)))
-        self._out.replies.append(Reply(req, OK, leader=target))
+        self._out.replies.append(Reply(req, status, leader=target))
         self.transfer[1] = None
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
-        if self.role == FOLLOWER and msg.ballot == self.promised and msg.sender == self.leader_id:
+        if (self.role == FOLLOWER and msg.ballot == self.promised and msg.sender == self.leader_id
+                and self._may_stand()):
             self._start_election()
 
     def ready(self) -> Ready:
@@ -383,7 +488,7 @@ class Node:
             self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
             return
         self._out.send_after_persist.append(
-            (msg.sender, Promise(self.id, b, commit, tuple(entries))))
+            (msg.sender, Promise(self.id, b, commit, tuple(entries), self.incarnation)))
 
     def _on_accept(self, msg: Accept) -> None:
         b = msg.ballot
@@ -419,7 +524,8 @@ class Node:
         if raised:
             self._out.persist.append(PromiseRecord(b))
         self._out.send_after_persist.append(
-            (msg.sender, Accepted(self.id, b, first, last, msg.read_round)))
+            (msg.sender, Accepted(self.id, b, first, last, msg.read_round, self.commit_index,
+                                  self.incarnation)))
         if msg.commit_index > self.commit_index:
             self._learn_commit(msg.commit_index, b, msg.sender)
 
@@ -506,20 +612,19 @@ class Node:
             (msg.sender, SnapshotChunk(self.id, self.snapshot_index, offset, len(blob), data)))
 
     def _on_snapshot_chunk(self, msg: SnapshotChunk) -> None:
-        self.catchup_asked_at = -1.0
         if self.role == LEADER or msg.index <= self.commit_index:
             return
         incoming = self.incoming
         if incoming is None or incoming[0] != msg.index or incoming[1] != msg.total:
-            if msg.offset != 0:
-                self.incoming = None
-                self._ask_catchup(msg.sender)
-                return
+            if msg.offset != 0 or (incoming is not None and msg.index < incoming[0]):
+                return  # not the start of a newer snapshot; the next (rate-limited) ask mends it
             incoming = self.incoming = (msg.index, msg.total, bytearray())
         buf = incoming[2]
-        if msg.offset != len(buf):  # a duplicate or one that overtook another: ask again
-            self._ask_catchup(msg.sender)
+        if msg.offset != len(buf):
+            # A duplicate, or one that overtook another. Asking again here would start a
+            # second stream of chunks; the next rate-limited ask mends it instead.
             return
+        self.catchup_asked_at = -1.0  # the answer to our last ask: ask for the next one now
         buf += msg.data
         if len(buf) < msg.total:
             self._ask_catchup(msg.sender)
@@ -537,6 +642,7 @@ class Node:
         self.kv = KVStore.from_image(image, self.config.max_sessions)
         self.applied_index = self.commit_index = self.snapshot_index = index
         self.snapshot_image, self.snapshot_blob = image, blob
+        self._configs_from_store()
         log = self.log
         for slot in [s for s in log if s <= index]:
             del log[slot]
@@ -584,6 +690,8 @@ class Node:
         while self.applied_index < self.commit_index:
             slot = self.applied_index + 1
             batch = log[slot][1]
+            if len(batch) == 1 and batch[0][0] == 0:
+                self._apply_configuration(slot, batch)
             if not waiting:  # nobody here waits for a reply (a follower): one C loop
                 kv.apply_batch(batch)
                 self.applied_index = slot
@@ -605,6 +713,131 @@ class Node:
         if self.reads:
             self._serve_reads()
 
+    # ------------------------------------------------------------------------------ membership
+
+    def _config_at(self, slot: int) -> Configuration:
+        """The configuration slot ``slot`` is proposed in (known for every slot up to
+        commit_index + W; beyond, only as far as chosen configuration commands go)."""
+        configs = self.configs
+        cfg = configs[0]
+        for c in configs:
+            if c.effective > slot:
+                break
+            cfg = c
+        return cfg
+
+    def _may_stand(self) -> bool:
+        """A node stands for election only as a voter, under its own incarnation, both now and
+        in the latest configuration it knows (a member being removed does not stand)."""
+        inc = self.incarnation
+        return (self._config_at(self.commit_index + 1).votes(self.id, inc)
+                and self.configs[-1].votes(self.id, inc))
+
+    def _use(self, cfg: Configuration) -> None:
+        """Propose in ``cfg`` from now on: its voters make the quorums, all its members hear."""
+        self.active = cfg
+        voters = cfg.voters
+        self.members = cfg.ids
+        self.peers = tuple(m for m in cfg.ids if m != self.id)
+        self.voters = voters
+        self.index = {m: i for i, m in enumerate(voters)}
+        self.vote_incarnation = {m.id: m.incarnation for m in cfg.members if m.voter}
+        self.quorum = len(voters) // 2 + 1
+        self.tracker = QuorumTracker(len(voters), self.quorum, self.config.window)
+
+    def _apply_configuration(self, slot: int, batch: tuple) -> None:
+        value = config_of_batch(batch)
+        if value is None:
+            return
+        try:
+            new, old = decode_configuration(value)
+        except ValueError as exc:
+            raise ProtocolError(f"slot {slot} holds a broken configuration command: {exc}") from None
+        if new.slot != slot:
+            raise ProtocolError(f"slot {slot} holds the configuration command of slot {new.slot}")
+        configs = self.configs
+        if not any(c.slot == slot and c.effective == new.effective for c in configs):
+            configs.append(new)
+            configs.sort(key=lambda c: c.effective)
+            # Forget configurations no slot from here on can be proposed in.
+            keep = self._config_at(slot + 1)
+            del configs[:configs.index(keep)]
+            self.config_version += 1
+        if slot == self.fence_slot:
+            self.fence, self.fence_slot = 1 << 62, 0
+        req = self.change_waiting.pop(slot, None)
+        if req is not None:
+            self._out.replies.append(Reply(req, OK, (
+                f"members from slot {new.effective}: {new.describe()}")))
+
+    def _configs_from_store(self) -> None:
+        """After a snapshot: the configurations it knows (the latest and the one before)."""
+        value = self.kv.data.get(MEMBERS_KEY)
+        if value is None:
+            self.configs = [self.initial]
+        else:
+            new, old = decode_configuration(value)
+            self.configs = [old, new] if old.effective < new.effective else [new]
+        self.config_version += 1
+
+    def addresses(self) -> dict:
+        """id -> (peer, client) of every member of every configuration this node knows."""
+        out = {}
+        for cfg in [self.initial] + self.configs + [self.active]:
+            for m in cfg.members:
+                if m.peer is not None or m.id not in out:
+                    out[m.id] = (m.peer, m.client)
+        return out
+
+    @property
+    def configuration(self) -> Configuration:
+        """The latest configuration this node knows (it may not be in effect yet)."""
+        return self.configs[-1]
+
+    def _start_boundary(self, cfg: Configuration, slot: int) -> None:
+        """Slots from ``slot`` on are proposed in ``cfg``: Phase 1 with a quorum of it first."""
+        if not cfg.votes(self.id, self.incarnation) and self.active.votes(self.id, self.incarnation):
+            # Leaving: hand over to a voter of the new configuration and step down.
+            target = None
+            heard = sorted(((self.contact.get(m, -1e9), m) for m in cfg.voters), reverse=True)
+            if heard:
+                target = heard[0][1]
+                self._out.send.append((target, TimeoutNow(self.id, self.ballot)))
+            self._step_down(target)
+            return
+        self.boundary = {}
+        self.boundary_slot = slot
+        self._send_boundary_prepare()
+
+    def _send_boundary_prepare(self) -> None:
+        """(Again, to those that have not answered: a Prepare may be lost like any message.)"""
+        prepare = Prepare(self.id, self.ballot, self.boundary_slot)
+        for m in self._config_at(self.boundary_slot).voters:
+            if m not in self.boundary:
+                self._out.send.append((m, prepare))
+
+    def _finish_boundary(self, cfg: Configuration) -> None:
+        slot = self.boundary_slot
+        best: dict[int, tuple[int, tuple]] = {}
+        for promise in self.boundary.values():
+            for s, b, batch in promise.entries:
+                if s >= slot and (s not in best or b > best[s][0]):
+                    best[s] = (b, batch)
+        self.boundary = None
+        self.queued_batches.clear()
+        self.fence, self.fence_slot = 1 << 62, 0
+        for s in range(slot, max(best, default=slot - 1) + 1):
+            entry = best.get(s)
+            self.queued_batches.append(entry[1] if entry is not None else NOOP)
+        if not self.queued_batches:
+            self.queued_batches.append(NOOP)  # a slot chosen in this configuration, for reads
+        self.read_floor = max(self.read_floor, slot - 1 + len(self.queued_batches))
+        contact = self.contact
+        self._use(cfg)
+        self.tracker.reset(self.ballot, self.commit_index)
+        self.contact = {m: contact.get(m, self.now) for m in cfg.ids}
+        self.peer_read_round = {m: self.peer_read_round.get(m, 0) for m in cfg.voters}
+
     # ------------------------------------------------------------------------------ proposer
 
     def _start_election(self) -> None:
@@ -615,21 +848,31 @@ class Node:
         self.max_seen = ballot
         self.promises = {}
         self.from_slot = self.commit_index + 1
+        self.prep_config = self._config_at(self.from_slot)
         # Our own promise is durable before anyone hears of the ballot, so a restart can never
         # pick the same ballot again.
         self.promised = ballot
         self._out.persist.append(PromiseRecord(ballot))
         prepare = Prepare(self.id, ballot, self.from_slot)
-        for m in self.members:
+        for m in self.prep_config.voters:
             self._out.send_after_persist.append((m, prepare))
         self._reset_election_timer()
 
     def _on_promise(self, msg: Promise) -> None:
-        if self.role != CANDIDATE or msg.ballot != self.ballot:
+        if msg.ballot != self.ballot:
             return
-        self.promises[msg.sender] = msg
-        if len(self.promises) >= self.quorum:
-            self._become_leader()
+        if self.role == CANDIDATE:
+            cfg = self.prep_config
+            if cfg.votes(msg.sender, msg.incarnation):
+                self.promises[msg.sender] = msg
+                if len(self.promises) >= len(cfg.voters) // 2 + 1:
+                    self._become_leader()
+        elif self.role == LEADER and self.boundary is not None:
+            cfg = self._config_at(self.boundary_slot)
+            if cfg.votes(msg.sender, msg.incarnation):
+                self.boundary[msg.sender] = msg
+                if len(self.boundary) >= len(cfg.voters) // 2 + 1:
+                    self._finish_boundary(cfg)
 
     def _become_leader(self) -> None:
         ballot = self.ballot
@@ -665,10 +908,12 @@ class Node:
         self.role = LEADER
         self.leader_id = self.id
         self.promises = {}
+        self._use(self.prep_config)
         self.tracker.reset(ballot, self.commit_index)
         self.window.reset(self.commit_index + 1)
         self.contact = {m: self.now for m in self.members}
-        self.peer_read_round = {m: 0 for m in self.members}
+        self.heard: dict[int, float] = {}  # voter -> last Accepted under its incarnation
+        self.peer_read_round = {m: 0 for m in self.voters}
         self.last_progress = self.now
         self._fill_window()
 
@@ -680,13 +925,37 @@ class Node:
         batches = []
         run_bytes = 0
         while window.has_room():
+            slot = window.next_slot
+            if slot >= self.fence or self.boundary is not None:
+                break  # wait for the configuration command to be chosen / for promises
+            if self.active is not self.configs[-1] and self._config_at(slot) != self.active:
+                if not window.in_flight:
+                    if batches:
+                        self._broadcast_accept(first, tuple(batches))
+                        batches = []
+                    self._start_boundary(self._config_at(slot), slot)
+                break
             if queued:
                 batch = queued.popleft()
                 cost = batch_cost(batch)
+                if len(batch) == 1 and batch[0][0] == 0:
+                    self._fence_for(slot, batch)
+            elif self.pending_change is not None and self.transfer is None:
+                req, members = self.pending_change
+                self.pending_change = None
+                effective = slot + self.config.window
+                batch = config_batch(slot, effective, members, self.configs[-1])
+                cost = batch_cost(batch)
+                self.fence, self.fence_slot = effective, slot
+                if req is not None:
+                    self.change_waiting[slot] = req
             elif self.pending and self.transfer is None:
                 before = self.pending_bytes
                 batch = self._take_batch()
                 cost = before - self.pending_bytes
+            elif slot < self.configs[-1].effective and self.active is not self.configs[-1]:
+                batch = NOOP  # idle: no-ops bring the next configuration into effect
+                cost = batch_cost(batch)
             else:
                 break
             if batches and run_bytes + cost > limit:
@@ -697,6 +966,13 @@ class Node:
             run_bytes += cost
         if batches:
             self._broadcast_accept(first, tuple(batches))
+
+    def _fence_for(self, slot: int, batch: tuple) -> None:
+        value = config_of_batch(batch)
+        if value is not None:
+            effective = decode_configuration(value)[0].effective
+            if effective < self.fence:
+                self.fence, self.fence_slot = effective, slot
 
     def _take_batch(self) -> tuple:
         pending = self.pending
@@ -733,7 +1009,9 @@ class Node:
         """Resend in-flight slots to each peer that has not acknowledged them."""
         window = self.window
         tracker = self.tracker
-        for m in self.peers:
+        for m in self.voters:
+            if m == self.id:
+                continue
             bit = 1 << self.index[m]
             first = None
             for slot in range(window.first_slot, window.next_slot):
@@ -767,7 +1045,10 @@ class Node:
         if self.role != LEADER or msg.ballot != self.ballot:
             return
         sender = msg.sender
-        self.contact[sender] = self.now
+        if self.vote_incarnation.get(sender, -1) != msg.incarnation:
+            self._learner_progress(msg)  # a learner, or a member back under a new incarnation
+            return
+        self.contact[sender] = self.heard[sender] = self.now
         if msg.read_round > self.peer_read_round[sender]:
             self.peer_read_round[sender] = msg.read_round
         if msg.first_slot <= msg.last_slot:
@@ -776,6 +1057,17 @@ class Node:
                 self._on_chosen(new)
         if self.reads:
             self._serve_reads()
+
+    def _learner_progress(self, msg: Accepted) -> None:
+        """Make a learner a voter once it has caught up (under the incarnation it runs)."""
+        sender = msg.sender
+        member = self.configs[-1].get(sender)
+        if (member is None or (member.voter and member.incarnation == msg.incarnation)
+                or msg.commit_index + self.config.catchup_slots < self.commit_index
+                or self.transfer is not None or self._change_in_progress()):
+            return
+        promoted = Member(sender, member.peer, member.client, True, msg.incarnation)
+        self.pending_change = (None, self.configs[-1].with_member(promoted))
 
     def _on_chosen(self, commit_index: int) -> None:
         start = self.commit_index + 1
@@ -803,6 +1095,8 @@ class Node:
             return
         rounds = sorted((self.read_round if m == self.id else r)
                         for m, r in self.peer_read_round.items())
+        if len(rounds) < self.quorum:
+            return
         confirmed = rounds[-self.quorum]
         reads = self.reads
         replies = self._out.replies
@@ -823,7 +1117,8 @@ class Node:
 
     def _lost_quorum_contact(self) -> bool:
         limit = self.now - 2 * self.config.election_timeout[1]
-        fresh = sum(1 for m, t in self.contact.items() if m == self.id or t >= limit)
+        contact = self.contact
+        fresh = sum(1 for m in self.voters if m == self.id or contact.get(m, -1e9) >= limit)
         return fresh < self.quorum
 
     # ------------------------------------------------------------------------------ helpers
@@ -841,6 +1136,14 @@ class Node:
             if self.transfer[1] is not None:
                 replies.append(Reply(self.transfer[1], NOT_LEADER, leader=leader))
             self.transfer = None
+        if self.pending_change is not None and self.pending_change[0] is not None:
+            replies.append(Reply(self.pending_change[0], NOT_LEADER, leader=leader))
+        for req in self.change_waiting.values():
+            replies.append(Reply(req, NOT_LEADER, leader=leader))
+        self.pending_change = None
+        self.change_waiting.clear()
+        self.boundary = None
+        self.fence, self.fence_slot = 1 << 62, 0
         for req in self.waiting.values():
             replies.append(Reply(req, NOT_LEADER, leader=leader))
         for reqs in self.also_waiting.values():
@@ -890,4 +1193,8 @@ class Node:
             "log_start": self.log_start,
             "pending": len(self.pending),
             "in_flight": self.window.in_flight if self.role == LEADER else 0,
+            "incarnation": self.incarnation,
+            "voter": self.configs[-1].votes(self.id, self.incarnation),
+            "members": [m.as_list() for m in self.configs[-1].members],
+            "members_effective": self.configs[-1].effective,
         }

@@ -58,6 +58,7 @@ class Promise:
     ballot: int
     commit_index: int
     entries: tuple
+    incarnation: int = 0  # of the acceptor's data directory (see daemon.membership)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,8 @@ class Accepted:
     """Phase 2b, sent only after the accepted entries are durable.
 
     The acceptor holds slots ``first_slot..last_slot`` (empty when first > last) at ``ballot``
-    and confirms ``ballot`` for ``read_round``.
+    and confirms ``ballot`` for ``read_round``. ``commit_index`` is the acceptor's (the leader
+    sees from it how far a learner has caught up); ``incarnation`` is its data directory's.
     """
 
     sender: int
@@ -103,6 +105,8 @@ class Accepted:
     first_slot: int
     last_slot: int
     read_round: int
+    commit_index: int = 0
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ the checks catch it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -55,6 +56,7 @@ class FaultMix:
     crash_every: float  # mean seconds between crashes (0 = never)
     pause_every: float  # mean seconds between pauses (0 = never)
     transfer_every: float  # mean seconds between leadership transfers (0 = never)
+    member_every: float  # mean seconds between membership changes and disk wipes (0 = never)
     fsync: tuple[float, float]  # fsync latency range, seconds
 
     @classmethod
@@ -71,6 +73,7 @@ class FaultMix:
             crash_every=maybe(0.8, 0.1, 2.0),
             pause_every=maybe(0.3, 0.5, 3.0),
             transfer_every=maybe(0.4, 0.2, 2.0),
+            member_every=maybe(0.5, 0.3, 2.0),
             fsync=(0.0002, rng.choice([0.0005, 0.002, 0.01, 0.05])),
         )
 
@@ -78,7 +81,7 @@ class FaultMix:
         return (f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay<={self.delay_max * 1000:.0f}ms "
                 f"reorder={self.long_delay:.2f} partition/{self.partition_every:.1f}s "
                 f"crash/{self.crash_every:.1f}s pause/{self.pause_every:.1f}s "
-                f"transfer/{self.transfer_every:.1f}s "
+                f"transfer/{self.transfer_every:.1f}s member/{self.member_every:.1f}s "
                 f"fsync<={self.fsync[1] * 1000:.1f}ms")
 
 
@@ -112,7 +115,22 @@ class _ForgetsPromise(Node):
         return out
 
 
+class _IgnoresIncarnation(Node):
+    """Broken on purpose: a promise counts whatever incarnation it comes from, so a member
+    whose disk was wiped answers a Prepare without the values it had accepted."""
+
+    def receive(self, msg, now):
+        if type(msg).__name__ == "Promise":
+            for cfg in self.configs + [self.active, self.prep_config]:
+                m = cfg.get(msg.sender)
+                if m is not None and m.voter:
+                    msg = dataclasses.replace(msg, incarnation=m.incarnation)
+                    break
+        super().receive(msg, now)
+
+
 BUGS = {
+    "ignores-incarnation": _IgnoresIncarnation,
     "answers-before-persist": _AnswersBeforePersist,
     "skips-reproposal": _SkipsReproposal,
     "forgets-promise": _ForgetsPromise,
@@ -126,7 +144,9 @@ class SimNode:
     id: int
     node: Node | None = None
     up: bool = True
-    incarnation: int = 0
+    incarnation: int = 0  # boots so far (for events addressed to one boot)
+    member_incarnation: int = 0  # the node's data directory's (non-zero once wiped or joining)
+    started: bool = False
     paused_until: float = 0.0
     durable: list = field(default_factory=list)  # records written since the snapshot
     snapshot: object = None  # the durable Snapshot, if any
@@ -148,6 +168,7 @@ class ClientOp:
     call: float
     attempt: int = 0
     deadline: float = 0.0
+    answered: bool = False  # the last attempt got an answer (a redirect, busy, ...)
 
 
 class Simulation:
@@ -170,14 +191,17 @@ class Simulation:
                                  snapshot_every=self.rng.choice([0, 5, 40]),
                                  log_retain=self.rng.choice([0, 3, 64]),
                                  snapshot_chunk_bytes=self.rng.choice([64, 4096, 1 << 20]))
-        self.ids = list(range(1, nodes + 1))
+        self.ids = list(range(1, nodes + 1))  # the initial members
+        self.all_ids = list(range(1, nodes + 3))  # and two spare machines to add
         self.now = 0.0
         self.queue: list = []
         self.counter = 0
         self.trace = hashlib.sha256()
         self.events = 0
         self.blocked: set[tuple[int, int]] = set()
-        self.nodes = {i: SimNode(i) for i in self.ids}
+        self.nodes = {i: SimNode(i, up=False) for i in self.all_ids}
+        self.wipes = 0
+        self.changes = 0
         self.chosen: dict[int, tuple] = {}
         self.chosen_commands: set[tuple[int, int]] = set()
         self.history: list[Operation] = []
@@ -185,15 +209,17 @@ class Simulation:
         self.keys = [b"k%d" % i for i in range(keys)]
         self.clients = {}
         self.healed = False
-        for sim in self.nodes.values():
-            self._boot(sim)
+        self.waiting_at_bound: list | None = None
+        for i in self.ids:
+            self._boot(self.nodes[i])
         for c in range(clients):
             cid = self.rng.getrandbits(40) + 1
             self.clients[cid] = {"seq": 0, "op": None, "target": self.rng.choice(self.ids), "n": 0}
-            self._schedule(self.rng.uniform(0, 0.05), "client", cid)
+            self._wake(cid, self.rng.uniform(0, 0.05))
         for kind, every in (("partition", self.mix.partition_every),
                             ("crash", self.mix.crash_every), ("pause", self.mix.pause_every),
-                            ("transfer", self.mix.transfer_every)):
+                            ("transfer", self.mix.transfer_every),
+                            ("member", self.mix.member_every)):
             if every:
                 self._schedule(self.rng.expovariate(1 / every), kind, None)
 
@@ -230,12 +256,13 @@ class Simulation:
 
     def _boot(self, sim: SimNode) -> None:
         sim.incarnation += 1
-        sim.up = True
+        sim.up = sim.started = True
         sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
         sim.sync_in_flight = False
         durable = DurableState.from_records(sim.durable, sim.snapshot)
         rng = random.Random(self.rng.getrandbits(64))
-        sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable)
+        sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable,
+                                   sim.member_incarnation)
         sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
         self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
         self._drain(sim)
@@ -306,6 +333,12 @@ class Simulation:
 
     # -------------------------------------------------------------------------- clients
 
+    def _wake(self, cid: int, delay: float) -> None:
+        """One pending wake-up per client: a newer one replaces the older."""
+        client = self.clients[cid]
+        client["wake"] = client.get("wake", 0) + 1
+        self._schedule(delay, "client", (cid, client["wake"]))
+
     def _client_step(self, cid: int) -> None:
         client = self.clients[cid]
         op = client["op"]
@@ -315,10 +348,10 @@ class Simulation:
             op = self._new_op(cid)
             client["op"] = op
         elif self.now < op.deadline:
-            self._schedule(op.deadline - self.now, "client", cid)
+            self._wake(cid, op.deadline - self.now)
             return
-        else:
-            client["target"] = self.rng.choice(self.ids)  # timed out: try elsewhere
+        elif not op.answered:
+            client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
         self._send_request(cid, op)
 
     def _new_op(self, cid: int) -> ClientOp:
@@ -346,9 +379,10 @@ class Simulation:
     def _send_request(self, cid: int, op: ClientOp) -> None:
         client = self.clients[cid]
         op.attempt += 1
+        op.answered = False
         op.deadline = self.now + 0.2
         target = client["target"]
-        self._schedule(0.2 + 1e-6, "client", cid)
+        self._wake(cid, 0.2 + 1e-6)
         if self.rng.random() < self.mix.drop:
             return
         self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "request",
@@ -377,7 +411,7 @@ class Simulation:
         self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "reply", (node_id, reply))
 
     def _on_reply(self, node_id: int, reply: Reply) -> None:
-        if reply.req == ("transfer",):
+        if reply.req in (("transfer",), ("member",)):
             return
         cid, seq, attempt, call = reply.req
         client = self.clients[cid]
@@ -395,17 +429,19 @@ class Simulation:
                 self.acked_writes.append((cid, op.seq))
             client["op"] = None
             client["target"] = node_id
-            self._schedule(self.rng.uniform(0, 0.01), "client", cid)
+            self._wake(cid, self.rng.uniform(0, 0.01))
         elif reply.status == NOT_LEADER and attempt == op.attempt:
             if reply.leader is not None:
                 client["target"] = reply.leader
             else:
-                client["target"] = self.rng.choice(self.ids)
+                client["target"] = self.rng.choice(self.all_ids)
             op.deadline = self.now + 0.02  # retry soon, not at once: an election may be on
-            self._schedule(0.02, "client", cid)
+            op.answered = True
+            self._wake(cid, 0.02)
         elif attempt == op.attempt:
             op.deadline = self.now + 0.02
-            self._schedule(0.02, "client", cid)
+            op.answered = True
+            self._wake(cid, 0.02)
 
     # -------------------------------------------------------------------------- faults
 
@@ -416,29 +452,31 @@ class Simulation:
         if kind == "partition":
             self.blocked = set()
             shape = rng.choice(["heal", "symmetric", "asymmetric", "isolate"])
+            ids = self.all_ids
             if shape == "symmetric":
-                group = set(rng.sample(self.ids, rng.randint(1, self.n - 1)))
-                self.blocked = {(a, b) for a in self.ids for b in self.ids
+                group = set(rng.sample(ids, rng.randint(1, len(ids) - 1)))
+                self.blocked = {(a, b) for a in ids for b in ids
                                 if (a in group) != (b in group)}
             elif shape == "asymmetric":
                 for _ in range(rng.randint(1, self.n)):
-                    a, b = rng.sample(self.ids, 2)
+                    a, b = rng.sample(ids, 2)
                     self.blocked.add((a, b))
             elif shape == "isolate":
-                x = rng.choice(self.ids)
-                self.blocked = {(a, b) for a in self.ids for b in self.ids
+                x = rng.choice(ids)
+                self.blocked = {(a, b) for a in ids for b in ids
                                 if a != b and x in (a, b)}
             self._schedule(rng.expovariate(1 / self.mix.partition_every), "partition", None)
         elif kind == "crash":
             # Half the crashes hit the leader: that is where lost state hurts most.
             # A fifth of them are power cuts across a majority or the whole cluster at once.
             leaders = [s.id for s in self.nodes.values() if s.up and s.node.role == "leader"]
+            started = [s.id for s in self.nodes.values() if s.started]
             if rng.random() < 0.2:
-                victims = rng.sample(self.ids, rng.choice([self.n // 2 + 1, self.n]))
+                victims = rng.sample(started, rng.choice([len(started) // 2 + 1, len(started)]))
             elif leaders and rng.random() < 0.5:
                 victims = [rng.choice(leaders)]
             else:
-                victims = [rng.choice(self.ids)]
+                victims = [rng.choice(started)]
             for victim in victims:
                 sim = self.nodes[victim]
                 if sim.up:
@@ -452,10 +490,63 @@ class Simulation:
                 sim.node.transfer_leadership(("transfer",), rng.choice(self.ids), self.now)
                 self._drain(sim)
             self._schedule(rng.expovariate(1 / self.mix.transfer_every), "transfer", None)
+        elif kind == "member":
+            self._membership()
+            self._schedule(rng.expovariate(1 / self.mix.member_every), "member", None)
         elif kind == "pause":
-            sim = self.nodes[rng.choice(self.ids)]
+            sim = self.nodes[rng.choice(self.all_ids)]
             sim.paused_until = max(sim.paused_until, self.now + rng.uniform(0.05, 1.0))
             self._schedule(rng.expovariate(1 / self.mix.pause_every), "pause", None)
+
+    def _best_node(self):
+        """The running node that knows the most (what the cluster is becoming)."""
+        nodes = [s.node for s in self.nodes.values() if s.up]
+        return max(nodes, key=lambda n: (n.commit_index, n.configuration.effective))
+
+    def _latest_configuration(self):
+        return self._best_node().configuration
+
+    def _membership(self) -> None:
+        """Add a machine, remove a member, or wipe a member's disk and bring it back joining."""
+        rng = self.rng
+        if not any(s.up for s in self.nodes.values()):
+            return
+        leaders = [s for s in self.nodes.values() if s.up and s.node.role == "leader"]
+        latest = self._latest_configuration()
+        # A wipe loses an acceptor's state for good: at most one member may be without its
+        # state (wiped, not yet a voter under its new incarnation) at a time.
+        # Every configuration that may still decide a slot counts (a cluster of two voters
+        # tolerates no loss at all).
+        configs = self._best_node().configs
+        unrestored = [m for cfg in configs for m in cfg.members
+                      if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
+        action = rng.choice(["add", "remove", "wipe"])
+        if action == "wipe" and not unrestored and min(len(c.voters) for c in configs) >= 4:
+            sim = self.nodes[rng.choice(latest.voters)]
+            if sim.up:
+                self._crash(sim)
+            sim.durable, sim.snapshot, sim.checked_commit = [], None, 0
+            sim.member_incarnation = rng.getrandbits(62) + 1
+            self.wipes += 1
+            self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
+            return
+        if not leaders:
+            return
+        sim = rng.choice(leaders)
+        if action == "add" or len(latest.voters) <= 2 or unrestored:
+            candidates = [i for i in self.all_ids if latest.get(i) is None]
+            if not candidates:
+                return
+            new = self.nodes[rng.choice(candidates)]
+            sim.node.change_members(("member",), ("add", new.id, None, None), self.now)
+            if not new.started:
+                new.member_incarnation = rng.getrandbits(62) + 1
+                self._schedule(rng.uniform(0.0, 0.5), "restart", new.id)
+        else:
+            victim = rng.choice(latest.ids)
+            sim.node.change_members(("member",), ("remove", victim), self.now)
+        self.changes += 1
+        self._drain(sim)
 
     def _crash(self, sim: SimNode) -> None:
         sim.up = False
@@ -471,7 +562,7 @@ class Simulation:
         self.mix.drop = self.mix.duplicate = self.mix.long_delay = 0.0
         for sim in self.nodes.values():
             sim.paused_until = 0.0
-            if not sim.up:
+            if not sim.up and sim.started:
                 self._boot(sim)
 
     # -------------------------------------------------------------------------- checks
@@ -492,7 +583,14 @@ class Simulation:
         sim.checked_commit = node.commit_index
 
     def _final_checks(self) -> None:
-        live = [s.node for s in self.nodes.values()]
+        final = self._latest_configuration()
+        live = [self.nodes[i].node for i in final.ids]
+        if None in live:
+            raise Violation(f"members {final.ids} are not all running after healing")
+        for m in final.members:
+            if m.voter and m.incarnation != self.nodes[m.id].member_incarnation:
+                raise Violation(f"member {m.id} is still not a voter under its incarnation "
+                                f"{self.nodes[m.id].member_incarnation} after healing")
         commits = {n.id: n.commit_index for n in live}
         if len(set(commits.values())) != 1:
             raise Violation(f"after healing, commit indexes differ: {commits}")
@@ -506,7 +604,9 @@ class Simulation:
         for w in self.acked_writes:
             if w not in self.chosen_commands:
                 raise Violation(f"acknowledged write (client {w[0]}, seq {w[1]}) is not in the chosen log")
-        pending = [cid for cid, c in self.clients.items() if c["op"] is not None]
+        pending = self.waiting_at_bound
+        if pending is None:
+            pending = [cid for cid, c in self.clients.items() if c["op"] is not None]
         if pending:
             raise Violation(f"clients {pending} still waiting {self.now - self.heal_time:.2f}s after healing")
         history = list(self.history)
@@ -527,7 +627,12 @@ class Simulation:
                 self._heal()
                 heal_at = t
             if heal_at is not None and t > heal_at + settle:
-                break
+                if self.waiting_at_bound is None:
+                    # Whatever is still open now failed the bound; a little more time lets
+                    # the last commit index reach everyone before the replicas are compared.
+                    self.waiting_at_bound = [c for c, v in self.clients.items() if v["op"] is not None]
+                if t > heal_at + settle + 2 * ELECTION[1]:
+                    break
             self._dispatch(kind, data)
         else:
             raise Violation("the event queue ran dry")
@@ -568,7 +673,9 @@ class Simulation:
             trace.update(b"f%d%.6f" % (node_id, self.now))
             self._fsync_done(sim)
         elif kind == "client":
-            self._client_step(data)
+            cid, wake = data
+            if self.clients[cid]["wake"] == wake:
+                self._client_step(cid)
         elif kind == "request":
             target = data[0]
             sim = self.nodes[target]
@@ -582,7 +689,7 @@ class Simulation:
         elif kind == "reply":
             trace.update(b"p%d%s%.6f" % (data[0], data[1].status.encode(), self.now))
             self._on_reply(*data)
-        elif kind in ("partition", "crash", "pause", "transfer"):
+        elif kind in ("partition", "crash", "pause", "transfer", "member"):
             trace.update(kind.encode())
             self._fault(kind)
         elif kind == "restart":

@@ -54,7 +54,8 @@ class Cluster:
             if not queue:
                 return
             dst, msg = queue.pop(0)
-            self.nodes[dst].receive(msg, self.now)
+            if dst in self.nodes:  # else a machine not started (yet)
+                self.nodes[dst].receive(msg, self.now)
         raise AssertionError("messages kept flowing")
 
     def advance(self, seconds, step=0.01):
@@ -445,5 +446,5 @@ def test_a_transfer_to_a_stranger_or_by_a_follower_is_refused():
     leader.transfer_leadership("x", 99, c.now)
     follower.transfer_leadership("y", leader.id, c.now)
     c.pump()
-    assert [(r.status, r.result) for r in c.replies[leader.id]] == [("error", "node 99 is not a member")]
+    assert [(r.status, r.result) for r in c.replies[leader.id]] == [("error", "node 99 is not a voting member")]
     assert [(r.status, r.leader) for r in c.replies[follower.id]] == [(NOT_LEADER, leader.id)]

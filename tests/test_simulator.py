@@ -22,6 +22,13 @@ REGRESSIONS = [
     (2066, 3, 20000),
     # A follower far behind caught up one slot per round trip and missed the settle bound.
     (3753, 5, 20000),
+    # A learner fetching a snapshot from two members at once: every chunk, even a stale one,
+    # started another ask, the streams multiplied and kept restarting it (never caught up).
+    (1975, 5, 4000),
+    # Membership: an idle leader never reached the slot a new configuration takes effect at
+    # (now filled with no-ops); a lost Prepare for the new configuration was never resent.
+    (306, 3, 4000),
+    (168, 3, 4000),
 ]
 
 
@@ -52,3 +59,11 @@ def test_a_failing_seed_prints_the_command_that_replays_it(capsys):
     assert simulator.main(["--seed", str(seed), "--bug", "skips-reproposal"]) == 1
     out = capsys.readouterr().out
     assert f"--seed {seed}" in out and "Violation" in out
+
+
+def test_a_core_that_counts_a_wiped_members_promise_loses_a_chosen_value():
+    # With votes counted whatever the incarnation, a member back from a wiped disk answers a
+    # Prepare without the values it had accepted, and a chosen write is overwritten.
+    ok, text, _ = simulator.run_seed(1807, 5, 4000, "ignores-incarnation")
+    assert not ok and "was chosen" in text, text
+    assert simulator.run_seed(1807, 5, 4000)[0]
