@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="paxosd-faults-"))
+    # SIGTERM as Ctrl-C: the cluster's ``finally`` then ends every node it started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_campaign(args.nodes, seconds, args.seed, directory, clients=args.clients,
                           keys=args.keys, kinds=kinds, snapshot_every_slots=args.snapshot_every,
                           verbose=args.verbose)
