@@ -223,7 +223,8 @@ class Node:
             self.snapshot_image = None
         self.snapshot_blob: bytes | None = None  # encoded lazily, for catch-up
         self.log_start = self.snapshot_index + 1 if snapshot is not None else 1
-        self.incoming: tuple | None = None  # (index, total, bytearray) of a snapshot arriving
+        # A snapshot arriving: [index, total, bytearray, sender, time of the last chunk].
+        self.incoming: list | None = None
         self.max_seen = max([self.promised] + [b for b, _ in self.log.values() if b != BALLOT_CHOSEN])
 
         # Proposer state.
@@ -552,6 +553,9 @@ class Node:
         self._apply()
 
     def _ask_catchup(self, source: int) -> None:
+        incoming = self.incoming
+        if incoming is not None and self.now - incoming[4] < 2 * self.config.election_timeout[1]:
+            source = incoming[3]  # one snapshot, from one member, at a time
         if source == self.id:
             return
         if self.now - self.catchup_asked_at < self.config.heartbeat_interval:
@@ -616,15 +620,20 @@ class Node:
             return
         incoming = self.incoming
         if incoming is None or incoming[0] != msg.index or incoming[1] != msg.total:
-            if msg.offset != 0 or (incoming is not None and msg.index < incoming[0]):
-                return  # not the start of a newer snapshot; the next (rate-limited) ask mends it
-            incoming = self.incoming = (msg.index, msg.total, bytearray())
+            # Only the start of a snapshot begins one, and only from the member we are fetching
+            # from (it took a newer one) unless that member has gone quiet.
+            if msg.offset != 0 or (
+                    incoming is not None and msg.sender != incoming[3]
+                    and self.now - incoming[4] < 2 * self.config.election_timeout[1]):
+                return  # the next (rate-limited) ask mends it
+            incoming = self.incoming = [msg.index, msg.total, bytearray(), msg.sender, self.now]
         buf = incoming[2]
         if msg.offset != len(buf):
             # A duplicate, or one that overtook another. Asking again here would start a
             # second stream of chunks; the next rate-limited ask mends it instead.
             return
         self.catchup_asked_at = -1.0  # the answer to our last ask: ask for the next one now
+        incoming[4] = self.now
         buf += msg.data
         if len(buf) < msg.total:
             self._ask_catchup(msg.sender)

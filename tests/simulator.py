@@ -619,6 +619,7 @@ class Simulation:
     def run(self) -> str:
         settle = 20 * ELECTION[1]  # bound on completing everything after healing
         heal_at = None
+        catch_up = 0.0
         while self.queue:
             t, _, kind, data = heapq.heappop(self.queue)
             self.now = t
@@ -628,10 +629,16 @@ class Simulation:
                 heal_at = t
             if heal_at is not None and t > heal_at + settle:
                 if self.waiting_at_bound is None:
-                    # Whatever is still open now failed the bound; a little more time lets
-                    # the last commit index reach everyone before the replicas are compared.
+                    # Whatever is still open now failed the bound. A node that is behind
+                    # (a new member fetching everything) gets the time catch-up needs at one
+                    # Catchup of catchup_slots per round trip before replicas are compared.
                     self.waiting_at_bound = [c for c, v in self.clients.items() if v["op"] is not None]
-                if t > heal_at + settle + 2 * ELECTION[1]:
+                    commits = [self.nodes[i].node.commit_index
+                               for i in self._latest_configuration().ids if self.nodes[i].up]
+                    lag = max(commits) - min(commits) if commits else 0
+                    round_trip = 2 * self.mix.delay_max + HEARTBEAT
+                    catch_up = 2 * ELECTION[1] + lag / self.config.catchup_slots * round_trip
+                if t > heal_at + settle + catch_up:
                     break
             self._dispatch(kind, data)
         else:
