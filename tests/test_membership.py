@@ -173,3 +173,38 @@ def test_a_configuration_command_round_trips():
     assert cmd[0] == 0 and cmd[2] == OP_PUT and cmd[3] == MEMBERS_KEY
     new, prev = decode_configuration(cmd[4])
     assert (new.slot, new.effective, new.ids, prev) == (17, 25, (1, 2, 3), old)
+
+
+def _wiped_member_scenario(candidate_class):
+    """1 and 2 choose a write while 3 hears nothing; 2's disk is wiped and 1 goes down; 3
+    (built from ``candidate_class``) stands. The slot's value at 3 if it wins, else None."""
+    c = Cluster(3, CFG)
+    c.advance(1.0)
+    leader = c.leader()
+    # Make 1 the leader, 2 its partner, 3 the one that hears nothing.
+    if leader.id != 1:
+        leader.transfer_leadership("t", 1, c.now)
+        c.advance(1.0)
+    c.nodes[3] = candidate_class(3, c.ids, CFG, random.Random(3), c.now,
+                                 DurableState.from_records(c.records[3]))
+    c.cut = {(1, 3), (3, 1), (2, 3), (3, 2)}
+    c.nodes[1].submit("w", put(9, 1, b"k", b"chosen"), c.now)
+    c.pump()
+    assert [r.status for r in c.replies[1] if r.req == "w"] == [OK]
+    slot = c.nodes[1].commit_index
+    # 2 comes back from a wiped disk under a new incarnation; 1 is gone.
+    c.nodes[2] = Node(2, c.ids, CFG, random.Random(2), c.now, None, 4242)
+    del c.nodes[1]
+    c.cut = set()
+    c.advance(3.0)
+    three = c.nodes[3]
+    return three.log.get(slot, (None, None))[1] if three.role == LEADER else None
+
+
+def test_a_wiped_members_empty_promise_cannot_elect_a_leader_that_forgets_a_chosen_write():
+    from tests.simulator import BUGS
+
+    # The real core: 3 cannot win with 2's new incarnation (two of three lost their state).
+    assert _wiped_member_scenario(Node) is None
+    # A core that counted that promise elects 3 and fills the chosen slot with a no-op.
+    assert _wiped_member_scenario(BUGS["ignores-incarnation"]) == ()

@@ -66,10 +66,3 @@ def test_a_failing_seed_prints_the_command_that_replays_it(capsys):
     out = capsys.readouterr().out
     assert f"--seed {seed}" in out and "Violation" in out
 
-
-def test_a_core_that_counts_a_wiped_members_promise_loses_a_chosen_value():
-    # With votes counted whatever the incarnation, a member back from a wiped disk answers a
-    # Prepare without the values it had accepted, and a chosen write is overwritten.
-    ok, text, _ = simulator.run_seed(1807, 5, 4000, "ignores-incarnation")
-    assert not ok and "was chosen" in text, text
-    assert simulator.run_seed(1807, 5, 4000)[0]
