@@ -23,6 +23,7 @@ import trio
 
 from daemon.cli import COLUMNS, format_table, main, percentile, status_rows
 from tests.test_client import FakeNode
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
@@ -38,20 +39,6 @@ def paxosd(*args: str, timeout: float = 60, env: dict | None = None) -> subproce
         [sys.executable, "-m", "daemon.cli", *args],
         cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout,
     )
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports, found free by binding 127.0.0.1:0."""
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def write_config(tmp_path: Path, name: str = "paxosd.yaml", members: int = 3,

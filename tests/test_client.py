@@ -30,6 +30,7 @@ from daemon.client import (
 from daemon.kv import KVStore
 from daemon.messages import OP_CAS, OP_DELETE, OP_PUT
 from fastpath import FrameReader, dumps, encode_frame, loads
+from tests.ports import free_ports
 
 OPS = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 
@@ -471,19 +472,6 @@ def test_sync_client_against_a_fake_node_in_another_thread():
 
 # ---------------------------------------------------------------------------------------------
 # Against an in-process three-node cluster of daemon.server.serve.
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class InProcessCluster:

@@ -24,22 +24,10 @@ from fastpath import FrameReader, dumps, encode_frame, loads
 from daemon import wire
 from daemon.config import load_config
 from daemon.server import sd_notify, serve
+from tests.ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_TIMEOUT = 30
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def write_config(tmp_path: Path, *, cluster: str = "test", fsync: bool = True) -> Path:

@@ -95,7 +95,8 @@ async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
         await nursery.start(cluster.proxy.run)
         cluster.start_all()
         if await cluster.wait_for_leader(timeout=60) is None:
-            report.problems.append("no leader was elected at the start")
+            report.problems.append("no leader was elected at the start\n"
+                                   + await cluster.describe())
             nursery.cancel_scope.cancel()
             return
         stop = trio.Event()
@@ -108,7 +109,8 @@ async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
             stop.set()
         nemesis.check_processes()
         if await cluster.wait_for_leader(timeout=30) is None:
-            report.problems.append("no leader within 30 s of healing every fault")
+            report.problems.append("no leader within 30 s of healing every fault\n"
+                                   + await cluster.describe())
         elif not await cluster.wait_caught_up(timeout=30):
             report.problems.append("not every node applied the leader's commit index within "
                                    "30 s of healing")

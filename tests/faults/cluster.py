@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from fastpath import FrameReader, dumps, encode_frame, loads
 
 from daemon import wire
 from tests.faults.proxy import FaultProxy
+from tests.ports import free_ports
 
 __all__ = ["ProcessCluster", "free_ports", "raw_call", "REPO"]
 
@@ -57,20 +57,6 @@ REPO = Path(__file__).resolve().parents[2]
 MARKER_ENV = "PAXOSD_TEST_SYNCED_MARKER"
 STOP_TIMEOUT = 10.0
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now (bound to port 0, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def raw_call(port: int, request: list, timeout: float = 0.5):
@@ -361,6 +347,23 @@ class ProcessCluster:
                             return True
                 await trio.sleep(0.1)
         return False
+
+    async def describe(self, lines: int = 8) -> str:
+        """Each node's process state, status and last log lines: what a failed wait shows."""
+        statuses = await self.statuses()
+        out = []
+        for i in self.ids:
+            proc = self.procs.get(i)
+            state = ("never started" if proc is None else "running" if proc.poll() is None
+                     else f"exited with {proc.returncode}")
+            if i in self.paused:
+                state += ", paused"
+            st = statuses.get(i)
+            brief = ({k: st.get(k) for k in ("role", "leader", "ballot", "commit_index")}
+                     if st else "no status answer")
+            tail = self.log_text(i).splitlines()[-lines:]
+            out.append(f"node {i}: {state}; {brief}\n" + "\n".join("    " + t for t in tail))
+        return "\n".join(out)
 
     def log_text(self, i: int) -> str:
         try:
