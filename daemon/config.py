@@ -98,12 +98,14 @@ class Address:
 @dataclass(frozen=True, slots=True)
 class Member:
     """One node of the cluster: its id, the address peers dial, the address clients dial, and
-    where it serves metrics (None: the file-wide ``metrics.address``)."""
+    where it serves metrics (None: the file-wide ``metrics.address``). ``join``: not one of the
+    initial members; it joins the running cluster once ``paxosd member add`` adds it."""
 
     id: int
     peer: Address
     client: Address
     metrics: Address | None = None
+    join: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +211,15 @@ class Config:
         return tuple(m.id for m in self.members)
 
     @property
+    def initial_members(self) -> tuple[Member, ...]:
+        """The members the cluster started with (every member not marked ``join``); later
+        membership lives in the log (``paxosd member``)."""
+        return tuple(m for m in self.members if not m.join)
+
+    @property
     def quorum(self) -> int:
-        """How many members make a majority."""
-        return len(self.members) // 2 + 1
+        """How many initial members make a majority."""
+        return len(self.initial_members) // 2 + 1
 
     def node_dir(self, node_id: int | None = None) -> Path:
         """The data directory of ``node_id`` (default: this node's)."""
@@ -239,6 +247,12 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Loading.
+
+
+def parse_address(text: Any, where: str) -> Address:
+    """``text`` ("host:port", IPv6 as "[addr]:port") as an Address; ConfigError naming
+    ``where`` if it is not one."""
+    return _Parser(where).address("address", text)
 
 
 def load_config(path: str | os.PathLike, node_id: int | None = None) -> Config:
@@ -549,7 +563,7 @@ class _Parser:
                 )
             if not isinstance(spec, dict):
                 self.fail(key, spec, "a mapping {peer: host:port, client: host:port}")
-            self.check_keys(spec, key, ["peer", "client", "metrics"])
+            self.check_keys(spec, key, ["peer", "client", "metrics", "join"])
             for required in ("peer", "client"):
                 if required not in spec:
                     raise ConfigError(self.name, f"{key}.{required}", "required key is missing")
@@ -559,6 +573,7 @@ class _Parser:
                     peer=self.address(f"{key}.peer", spec["peer"]),
                     client=self.address(f"{key}.client", spec["client"]),
                     metrics=_optional_address(self, f"{key}.metrics", spec.get("metrics")),
+                    join=_bool(self, f"{key}.join", spec.get("join", False)),
                 )
             )
         members.sort(key=lambda m: m.id)
@@ -566,11 +581,16 @@ class _Parser:
             raise ConfigError(
                 self.name, "members", f"expected at most {MAX_MEMBERS} members, got {len(members)}"
             )
-        if len(members) % 2 == 0:
+        initial = [m for m in members if not m.join]
+        if not initial:
+            raise ConfigError(self.name, "members", "every member is marked join: at least one "
+                              "must be an initial member")
+        if len(initial) % 2 == 0:
             raise ConfigError(
                 self.name,
                 "members",
-                f"expected an odd number of members (1, 3, 5 or 7), got {len(members)}: "
+                f"expected an odd number of initial members (1, 3, 5 or 7; members marked join "
+                f"do not count), got {len(initial)}: "
                 f"a majority quorum of an even count tolerates no more failures than one member "
                 f"fewer, and a split in half elects no leader",
             )
@@ -686,7 +706,7 @@ def describe(config: Config) -> str:
         f"# effective configuration from {config.path}",
         f"cluster: {_scalar(config.cluster)}",
         f"node_id: {_scalar(config.node_id)}",
-        f"members:  # quorum: {config.quorum} of {len(config.members)}",
+        f"members:  # quorum: {config.quorum} of {len(config.initial_members)} initial members",
     ]
     for m in config.members:
         lines.append(f"  {m.id}:")
@@ -694,6 +714,8 @@ def describe(config: Config) -> str:
         lines.append(f"    client: {_scalar(str(m.client))}")
         if m.metrics is not None:
             lines.append(f"    metrics: {_scalar(str(m.metrics))}")
+        if m.join:
+            lines.append("    join: true  # not an initial member")
     node_dir = f"  # this node: {config.node_dir()}" if config.node_id is not None else ""
     lines.append(f"data_dir: {_scalar(str(config.data_dir))}{node_dir}")
     for section in ("timing", "batching", "storage", "limits", "metrics", "auth", "tls",

@@ -52,6 +52,7 @@ __all__ = [
     "decode_record",
     "encode_entries",
     "encode_record",
+    "load_incarnation",
 ]
 
 MAGIC = b"PAXOSWAL"
@@ -69,6 +70,8 @@ SNAPSHOT_FILE = "snapshot"
 SNAPSHOT_MAGIC = b"PAXOSSNP"
 SNAPSHOT_HEADER = SNAPSHOT_MAGIC + struct.pack(">I", FORMAT_VERSION)
 LOCK_FILE = "LOCK"
+INCARNATION_FILE = "incarnation"
+MAX_INCARNATION = (1 << 63) - 1
 
 TAG_PROMISE = 1
 TAG_ACCEPT = 2
@@ -733,3 +736,57 @@ def _write_all(fd: int, data: bytes) -> None:
         if n <= 0:  # pragma: no cover - regular files do not do this
             raise OSError(errno.EIO, "write returned 0")
         done += n
+
+
+# ---------------------------------------------------------------------------------------------
+# The incarnation: which life of this data directory the node runs (see daemon.membership).
+
+
+def load_incarnation(directory: os.PathLike | str, *, empty: bool, join: bool,
+                     fsync: bool = True) -> tuple[int, str]:
+    """This data directory's incarnation, and how it was found (for the log).
+
+    The ``incarnation`` file holds it once chosen. Without one: a directory that holds state
+    (``empty`` false) predates the file and is incarnation 0, the initial members'; an empty
+    one gets 0 too, as a member starting the cluster for the first time, unless ``join`` (a
+    node joining a running cluster, or a member that lost its data): then a random non-zero
+    number, so votes it gives can never be mistaken for the promises it forgot. A new file is
+    written atomically (temporary file, fsync, rename, fsync of the directory) before the node
+    says anything to anyone.
+    """
+    directory = Path(directory)
+    path = directory / INCARNATION_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(f"{path}: cannot read the incarnation: {exc}") from exc
+    if text is not None:
+        value = text.strip()
+        if not value.isdigit() or not 0 <= int(value) <= MAX_INCARNATION:
+            raise CorruptLog(f"{path}: not an incarnation number: {value[:40]!r}", path=path,
+                             offset=0)
+        return int(value), "from the data directory"
+    if not empty:
+        incarnation, how = 0, "0: the data directory predates incarnations"
+    elif join:
+        incarnation = int.from_bytes(os.urandom(8), "big") & MAX_INCARNATION or 1
+        how = "new: joining a running cluster with an empty data directory"
+    else:
+        incarnation, how = 0, "0: an initial member starting with an empty data directory"
+    tmp = directory / (INCARNATION_FILE + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            _write_all(fd, f"{incarnation}\n".encode())
+            if fsync:
+                _fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        if fsync:
+            _fsync_dir(directory)
+    except OSError as exc:
+        raise _os_error("cannot write the incarnation", path, exc) from exc
+    return incarnation, how

@@ -350,7 +350,25 @@ def test_members_must_be_a_non_empty_mapping(tmp_path):
 def test_even_member_count_is_refused(tmp_path, count):
     members = "".join(f"  {i}: {{peer: h:{7100 + i}, client: h:{7000 + i}}}\n" for i in range(1, count + 1))
     message = str(error_for(tmp_path, f"cluster: x\nmembers:\n{members}"))
-    assert f"members: expected an odd number of members (1, 3, 5 or 7), got {count}" in message
+    assert f"members: expected an odd number of initial members (1, 3, 5 or 7; members marked " \
+           f"join do not count), got {count}" in message
+
+
+def test_a_member_marked_join_is_not_an_initial_member(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster: x\nmembers:\n"
+                    "  1: {peer: h:7101, client: h:7001}\n"
+                    "  2: {peer: h:7102, client: h:7002}\n"
+                    "  3: {peer: h:7103, client: h:7003}\n"
+                    "  4: {peer: h:7104, client: h:7004, join: true}\n")
+    config = load_config(path, 4)
+    assert [m.id for m in config.initial_members] == [1, 2, 3]
+    assert config.member(4).join and config.quorum == 2
+    assert parse_config(describe(config), config.path) == config
+    bad = str(error_for(tmp_path, "cluster: x\nmembers:\n  1: {peer: h:1, client: h:2, join: 1}\n"))
+    assert "members.1.join" in bad
+    every = str(error_for(tmp_path, "cluster: x\nmembers:\n  1: {peer: h:1, client: h:2, join: true}\n"))
+    assert "at least one must be an initial member" in every
 
 
 def test_up_to_64_members_and_no_more(tmp_path):

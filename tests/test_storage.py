@@ -632,3 +632,22 @@ def test_rotating_the_log_keeps_only_the_checkpoint(tmp_path):
     again, records = WAL.open(tmp_path)
     again.close()
     assert records == checkpoint + [CommitRecord(200)]
+
+
+def test_the_incarnation_is_chosen_once_and_kept(tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert storage.load_incarnation(fresh, empty=True, join=False)[0] == 0
+    assert storage.load_incarnation(fresh, empty=True, join=True) == (0, "from the data directory")
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    inc, how = storage.load_incarnation(joined, empty=True, join=True)
+    assert inc != 0 and "joining" in how
+    assert (joined / "incarnation").read_text() == f"{inc}\n"
+    assert storage.load_incarnation(joined, empty=False, join=False)[0] == inc
+    old = tmp_path / "old"
+    old.mkdir()
+    assert storage.load_incarnation(old, empty=False, join=True)[0] == 0  # it has state
+    (old / "incarnation").write_text("twelve\n")
+    with pytest.raises(storage.CorruptLog, match="incarnation"):
+        storage.load_incarnation(old, empty=False, join=False)
