@@ -50,7 +50,8 @@ from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, 
                              Snapshot)
 from daemon.metrics import NodeMetrics, serve_metrics
 from daemon.kv import decode_image, encode_image
-from daemon.storage import SNAPSHOT_FILE, WAL, StorageError, read_snapshot, write_snapshot
+from daemon.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
+                            write_snapshot)
 from daemon.security import server_context
 from daemon.transport import Transport, tls_failure
 
@@ -74,6 +75,10 @@ EV_CLIENT = 1  # payload: list of (is_read, tag, command tuple | key)
 EV_TICK = 2
 EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
 EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
+JOIN_HELP = ("join a running cluster: with an empty data directory, start under a new "
+             "incarnation (a new member, or a member whose data was lost); ignored when the "
+             "data directory holds state")
+EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 
 _OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -147,15 +152,18 @@ class Server:
     Created by ``serve``; handed to ``task_status.started`` so tests can look inside.
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, *, join: bool = False) -> None:
         if config.node_id is None:
             raise ConfigError(str(config.path), "node_id",
                               "not set: give node_id in the file or --node-id")
         self.config = config
         self.id = config.node_id
         self.log = node_logger(self.id)
-        self.members = config.member_ids
+        self.join = join or config.member(self.id).join
+        self.members = tuple(m.id for m in config.initial_members)
         self.client_address = {m.id: str(m.client) for m in config.members}
+        self._config_version = 0  # the core's, when the transport last heard of its members
+        self.incarnation = 0
         self.node: Node | None = None
         self.wal: WAL | None = None
         self._inbox_send, self._inbox_recv = trio.open_memory_channel(INBOX_CAPACITY)
@@ -207,11 +215,24 @@ class Server:
         try:
             durable = DurableState.from_records(records, await trio.to_thread.run_sync(
                 _load_snapshot, node_dir))
-            self.node = Node(self.id, self.members, core_config(config), random.Random(),
-                             trio.current_time(), durable)
+            empty = not records and durable.snapshot is None
+            self.incarnation, how = await trio.to_thread.run_sync(partial(
+                load_incarnation, node_dir, empty=empty, join=self.join,
+                fsync=config.storage.fsync))
+            self.log.info("incarnation %d (%s)", self.incarnation, how)
+            if self.join and not empty:
+                self.log.info("the data directory holds state: starting from it (--join only "
+                              "matters for an empty one)")
+            initial = {m.id: (str(m.peer), str(m.client)) for m in config.initial_members}
+            try:
+                self.node = Node(self.id, initial, core_config(config), random.Random(),
+                                 trio.current_time(), durable, self.incarnation)
+            except ValueError as exc:
+                raise ConfigError(str(config.path), f"members.{self.id}", str(exc)) from None
             self.log.info("recovered %d WAL records: promised ballot %s, commit index %d",
                           len(records), wire.format_ballot(durable.promised),
                           durable.commit_index)
+            self._membership_changed()
             self._role, self._leader = self.node.role, self.node.leader_id
             self._counted_commit = self.node.commit_index
             self._counted_kv, self._counted_applied = self.node.kv, self.node.kv.applied_commands
@@ -290,6 +311,7 @@ class Server:
         status = self.node.status()
         status["peers"] = self.transport.reachable()
         status["cluster"] = self.config.cluster
+        status["yaml_members"] = list(self.members)
         return status
 
     # -- the core loop ---------------------------------------------------------------------------
@@ -326,6 +348,8 @@ class Server:
                         node.receive(msg, now)
                 elif kind == EV_TRANSFER:
                     node.transfer_leadership(payload[0], payload[1], now)
+                elif kind == EV_MEMBER:
+                    node.change_members(payload[0], payload[1], now)
                 elif kind == EV_TICK:
                     self._tick_pending = False
                     node.tick(now)
@@ -338,6 +362,8 @@ class Server:
                 self._release_durable()
             while self_msgs:
                 node.receive(self_msgs.popleft(), now)
+            if node.config_version != self._config_version:
+                self._membership_changed()  # before anything is sent to a new member
             self._carry_out(node.ready())
             if node.role != self._role or node.leader_id != self._leader:
                 self._leadership_changed()
@@ -389,6 +415,27 @@ class Server:
             status = reply.status
             leader = address.get(reply.leader) if status == NOT_LEADER else current
             conn.push([req_id, status, reply.result, leader])
+
+    def _membership_changed(self) -> None:
+        """The log (or a snapshot) brought a new configuration: reach its members, log it."""
+        node = self.node
+        self._config_version = node.config_version
+        addresses = node.addresses()
+        for member_id, (peer, client) in addresses.items():
+            if client is not None:
+                self.client_address[member_id] = client
+        self.transport.set_peers({i: peer for i, (peer, _) in addresses.items()
+                                  if peer is not None})
+        cfg = node.configuration
+        if cfg.slot == 0:
+            return
+        me = cfg.get(self.id)
+        members = ", ".join(f"{m.id}{'' if m.voter else ' (learner)'}"
+                            f"{f' (incarnation {m.incarnation})' if m.incarnation else ''}"
+                            for m in cfg.members)
+        self.log.info("membership: %s (chosen in slot %d, in effect from slot %d)%s",
+                      members, cfg.slot, cfg.effective,
+                      "" if me is not None else "; this node is no longer a member")
 
     def _leadership_changed(self) -> None:
         node = self.node
@@ -587,6 +634,11 @@ class Server:
                                        leader_address(self.node.leader_id)])
                         elif op == "transfer":
                             await send((EV_TRANSFER, (tag, req.client_id)))
+                        elif op == "member_add":
+                            await send((EV_MEMBER, (tag, ("add", req.client_id, req.key.decode(),
+                                                          req.arg1.decode()))))
+                        elif op == "member_remove":
+                            await send((EV_MEMBER, (tag, ("remove", req.client_id))))
                         else:
                             work.append((False, tag, (req.client_id, req.seq, _OPCODES[op],
                                                       req.key, req.arg1, req.arg2)))
@@ -647,10 +699,11 @@ def _remote(stream) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(config, *, join: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run node ``config.node_id`` until cancelled; ``task_status.started(server)`` once it
-    listens. On the way out (cancellation or error) the WAL is flushed and closed."""
-    await Server(config).serve(task_status)
+    listens. On the way out (cancellation or error) the WAL is flushed and closed. ``join``:
+    with an empty data directory, join a running cluster under a new incarnation."""
+    await Server(config, join=join).serve(task_status)
 
 
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
@@ -662,7 +715,7 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def run(config) -> int:
+def run(config, *, join: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code (0 after a clean stop)."""
     setup_logging()
     # Commands and log entries are small tuples that never form cycles, and the default gen-0
@@ -683,7 +736,7 @@ def run(config) -> int:
                         return
 
                 nursery.start_soon(on_signal)
-                await serve(config)
+                await serve(config, join=join)
 
     try:
         trio.run(main)
@@ -710,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="this node's member id (overrides node_id in the file)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--join", action="store_true", help=JOIN_HELP)
     args = parser.parse_args(argv)
     setup_logging(getattr(logging, args.log_level))
     try:
@@ -719,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paxosd: {exc}", file=sys.stderr)
         return 2
-    return run(config)
+    return run(config, join=args.join)
 
 
 if __name__ == "__main__":

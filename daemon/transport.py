@@ -36,6 +36,7 @@ import trio
 from fastpath import FrameError, FrameReader, dumps, encode_frame, encode_frames, loads
 
 from daemon import security, wire
+from daemon.config import ConfigError, parse_address
 from daemon.log import Throttle, node_logger
 
 __all__ = ["PeerLink", "Transport", "tls_failure"]
@@ -91,7 +92,7 @@ class Transport:
         self.config = config
         self.id = config.node_id
         self.cluster = config.cluster
-        self.members = frozenset(config.member_ids)
+        self.members = set(config.member_ids)  # who may connect; grows with the membership
         self.max_frame = config.limits.max_frame_bytes
         self.deliver = deliver
         self.log = log or node_logger(self.id, "paxosd.transport")
@@ -105,6 +106,8 @@ class Transport:
             self.log.warning("%s: %s", config.path, warning)
         self._tls_server, self._tls_dialer = security.peer_contexts(config) or (None, None)
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
+        self._nursery: trio.Nursery | None = None
+        self.unroutable = 0  # messages for a node this transport has no address of
 
     @property
     def protection(self) -> str:
@@ -117,7 +120,35 @@ class Transport:
 
     def send(self, peer_id: int, msg) -> None:
         """Queue ``msg`` for ``peer_id``; never blocks."""
-        self.links[peer_id].put(msg)
+        link = self.links.get(peer_id)
+        if link is None:
+            self.unroutable += 1
+            return
+        link.put(msg)
+
+    def set_peers(self, addresses: dict) -> None:
+        """Membership changed: ``addresses`` maps member id -> "host:port" of every member the
+        node knows. New members get a link (and a dialer, when this node has the lower id);
+        a member whose address changed is dialed there from the next attempt on. Links to
+        former members stay (the core stops sending to them)."""
+        for peer_id, text in addresses.items():
+            if peer_id == self.id:
+                continue
+            try:
+                address = parse_address(text, f"the address of member {peer_id} in the log")
+            except ConfigError as exc:
+                self.log.error("%s", exc)
+                continue
+            self.members.add(peer_id)
+            link = self.links.get(peer_id)
+            if link is None:
+                link = self.links[peer_id] = PeerLink(peer_id, address)
+                self.log.info("peer %d joins at %s", peer_id, address)
+                if peer_id > self.id and self._nursery is not None:
+                    self._nursery.start_soon(self._dial, link)
+            elif link.address != address:
+                self.log.info("peer %d moves from %s to %s", peer_id, link.address, address)
+                link.address = address
 
     def reachable(self) -> dict[int, bool]:
         return {peer_id: link.connected for peer_id, link in self.links.items()}
@@ -132,7 +163,8 @@ class Transport:
             raise OSError(f"cannot listen for peers on {me}: {exc.strerror or exc}") from None
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._accept, listeners)
-            for link in self.links.values():
+            self._nursery = nursery
+            for link in list(self.links.values()):
                 if link.id > self.id:
                     nursery.start_soon(self._dial, link)
             task_status.started(listeners)
@@ -289,8 +321,8 @@ class Transport:
 
     async def _dial(self, link: PeerLink) -> None:
         backoff = BACKOFF_MIN
-        address = link.address
         while True:
+            address = link.address
             raw = stream = None
             try:
                 with trio.fail_after(CONNECT_TIMEOUT + HELLO_TIMEOUT):

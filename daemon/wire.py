@@ -10,10 +10,12 @@ Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the d
 ``daemon.messages``; the tag is the 1-based position of the class in ``PEER_MESSAGES``::
 
     1 Prepare         [1, sender, ballot, from_slot]
-    2 Promise         [2, sender, ballot, commit_index, entries]   entry: [slot, ballot, batch]
+    2 Promise         [2, sender, ballot, commit_index, entries, incarnation]
+                      entry: [slot, ballot, batch]
     3 Reject          [3, sender, ballot, promised, commit_index]
     4 Accept          [4, sender, ballot, commit_index, first_slot, batches, read_round]
-    5 Accepted        [5, sender, ballot, first_slot, last_slot, read_round]
+    5 Accepted        [5, sender, ballot, first_slot, last_slot, read_round, commit_index,
+                       incarnation]
     6 CatchupRequest  [6, sender, from_slot, snapshot_index, snapshot_offset]
     7 Catchup         [7, sender, first_slot, batches, commit_index]
     8 SnapshotChunk   [8, sender, index, offset, total, data]
@@ -23,7 +25,9 @@ A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, 
 ``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
 and the simulator compare them as tuples.
 
-The hello opens every peer connection, in both directions: ``["paxosd", 1, cluster, node_id]``,
+``incarnation`` is the sender's data directory's (``daemon.membership``).
+
+The hello opens every peer connection, in both directions: ``["paxosd", 2, cluster, node_id]``,
 with a fifth item, a random 32-byte nonce, from a node that has the cluster secret. Then, with
 the secret, each side proves it (``daemon.security``) with ``["proof", hmac]``, the acceptor
 first; the acceptor closes the handshake with ``["welcome"]``, and either side may instead say
@@ -31,7 +35,10 @@ first; the acceptor closes the handshake with ``["welcome"]``, and either side m
 
 The client protocol: a client frame is an array of requests
 ``[req_id, op, client_id, seq, key, arg1, arg2]`` with op one of "put", "get", "delete", "cas",
-"status", "transfer" (client_id: the node to hand leadership to); a server frame is an array of replies ``[req_id, status, result, leader]`` with status
+"status", "transfer" (client_id: the node to hand leadership to), "member_add" (client_id: the
+new member's id, key: its peer address, arg1: its client address, both "host:port" as UTF-8) and
+"member_remove" (client_id: the member's id); a server frame is an array of replies
+``[req_id, status, result, leader]`` with status
 one of "ok", "not_leader", "stale", "busy", "error" and leader the leader's client address
 "host:port" (or null when unknown).
 """
@@ -93,7 +100,7 @@ __all__ = [
     "format_ballot",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Promise and Accepted carry incarnations
 HELLO_MAGIC = "paxosd"
 
 U64_MAX = (1 << 64) - 1
@@ -105,7 +112,8 @@ MAX_BALLOT = (MAX_ROUND << 16) | 0xFFFF
 
 ERROR = "error"  # the reply status for a request the server could not take (result: why)
 REPLY_STATUSES = (OK, NOT_LEADER, STALE, BUSY, ERROR)
-CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer")
+CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer", "member_add", "member_remove")
+MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
 
 TAGS = {cls: i + 1 for i, cls in enumerate(PEER_MESSAGES)}
 
@@ -289,11 +297,12 @@ def encode_peer(msg) -> list:
         return [4, msg.sender, msg.ballot, msg.commit_index, msg.first_slot, msg.batches,
                 msg.read_round]
     if t is Accepted:
-        return [5, msg.sender, msg.ballot, msg.first_slot, msg.last_slot, msg.read_round]
+        return [5, msg.sender, msg.ballot, msg.first_slot, msg.last_slot, msg.read_round,
+                msg.commit_index, msg.incarnation]
     if t is Prepare:
         return [1, msg.sender, msg.ballot, msg.from_slot]
     if t is Promise:
-        return [2, msg.sender, msg.ballot, msg.commit_index, msg.entries]
+        return [2, msg.sender, msg.ballot, msg.commit_index, msg.entries, msg.incarnation]
     if t is Reject:
         return [3, msg.sender, msg.ballot, msg.promised, msg.commit_index]
     if t is CatchupRequest:
@@ -315,9 +324,10 @@ def _decode_prepare(obj, members):
 
 
 def _decode_promise(obj, members):
-    _arity(obj, 5, "Promise", "[2, sender, ballot, commit_index, entries]")
+    _arity(obj, 6, "Promise", "[2, sender, ballot, commit_index, entries, incarnation]")
     return Promise(_sender(obj[1], members, "Promise"), _ballot(obj[2], "Promise.ballot"),
-                   _slot(obj[3], "Promise.commit_index", 0), _entries(obj[4], "Promise.entries"))
+                   _slot(obj[3], "Promise.commit_index", 0), _entries(obj[4], "Promise.entries"),
+                   _uint(obj[5], 0, U64_MAX, "Promise.incarnation"))
 
 
 def _decode_reject(obj, members):
@@ -339,13 +349,16 @@ def _decode_accept(obj, members):
 
 
 def _decode_accepted(obj, members):
-    _arity(obj, 6, "Accepted", "[5, sender, ballot, first_slot, last_slot, read_round]")
+    _arity(obj, 8, "Accepted", "[5, sender, ballot, first_slot, last_slot, read_round, "
+           "commit_index, incarnation]")
     sender = _sender(obj[1], members, "Accepted")
     ballot = _ballot(obj[2], "Accepted.ballot")
     first_slot = _slot(obj[3], "Accepted.first_slot")
     last_slot = _slot(obj[4], "Accepted.last_slot", first_slot - 1)
     return Accepted(sender, ballot, first_slot, last_slot,
-                    _uint(obj[5], 0, U64_MAX, "Accepted.read_round"))
+                    _uint(obj[5], 0, U64_MAX, "Accepted.read_round"),
+                    _slot(obj[6], "Accepted.commit_index", 0),
+                    _uint(obj[7], 0, U64_MAX, "Accepted.incarnation"))
 
 
 def _decode_catchup_request(obj, members):
@@ -566,6 +579,14 @@ def _decode_request_slowly(obj) -> Request:
         if op == "transfer":  # client_id names the node to hand leadership to
             _uint(client_id, 1, 0xFFFF, "request.client_id (the node to hand leadership to)")
             return Request(req_id, op, client_id, 0, b"", None, None)
+        if op == "member_remove":
+            _uint(client_id, 1, 0xFFFF, "request.client_id (the member to remove)")
+            return Request(req_id, op, client_id, 0, b"", None, None)
+        if op == "member_add":
+            _uint(client_id, 1, 0xFFFF, "request.client_id (the new member's id)")
+            _address_bytes(key, "request.key (the new member's peer address)")
+            _address_bytes(arg1, "request.arg1 (the new member's client address)")
+            return Request(req_id, op, client_id, 0, key, arg1, None)
         _uint(client_id, 0, U64_MAX, "request.client_id")
         _uint(seq, 0, U64_MAX, "request.seq")
         if type(key) is not bytes:
@@ -578,6 +599,19 @@ def _decode_request_slowly(obj) -> Request:
     except WireError as exc:
         raise BadRequest(req_id, str(exc)) from None
     return Request(req_id, op, client_id, seq, key, arg1, arg2)
+
+
+def _address_bytes(value, where: str) -> None:
+    """A "host:port" address as UTF-8 bytes (checked for shape; the leader checks it fully)."""
+    if type(value) is not bytes or not 3 <= len(value) <= MAX_ADDRESS_BYTES:
+        raise _fail(where, f"a host:port address as 3 to {MAX_ADDRESS_BYTES} UTF-8 bytes", value)
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise _fail(where, "UTF-8 host:port", value) from None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(where, "host:port with a port from 1 to 65535", value)
 
 
 @dataclass(frozen=True, slots=True)

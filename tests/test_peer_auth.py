@@ -242,7 +242,7 @@ async def test_a_peer_without_the_secret_is_refused_before_any_frame_and_logged_
                     assert data, "closed before answering the hello"
                     payloads += reader.feed(data)
             hello = loads(payloads[0])
-            assert hello[:4] == ["paxosd", 1, "test", target] and len(hello[4]) == 32
+            assert hello[:4] == ["paxosd", wire.PROTOCOL_VERSION, "test", target] and len(hello[4]) == 32
             if case == "wrong secret":
                 assert wire.decode_auth_step(loads(payloads[1]))[0] == "proof"
                 forged = prove(OTHER_SECRET, ROLE_DIALER, "test", 1, target, nonce, hello[4])

@@ -262,16 +262,16 @@ async def test_bad_input_on_the_peer_port_closes_that_connection_only(tmp_path, 
             elif case == "oversized length":
                 await stream.send_all(b"\x10\x00\x00\x00")  # 256 MiB > max_frame_bytes
             elif case == "wrong cluster":
-                await stream.send_all(encode_frame(dumps(["paxosd", 1, "other", 1])))
+                await stream.send_all(encode_frame(dumps(["paxosd", wire.PROTOCOL_VERSION, "other", 1])))
             elif case == "unknown node id":
-                await stream.send_all(encode_frame(dumps(["paxosd", 1, "test", 42])))
+                await stream.send_all(encode_frame(dumps(["paxosd", wire.PROTOCOL_VERSION, "test", 42])))
             # "no hello": say nothing; the hello timeout closes the connection.
             data = await read_until_closed(stream)
             if case in ("wrong cluster", "unknown node id"):
                 # A well-formed hello is answered (so the other side can log why), then closed.
                 payloads = FrameReader(4096).feed(data)
                 hello = loads(payloads[0])
-                assert hello == ["paxosd", 1, "test", leader]
+                assert hello == ["paxosd", wire.PROTOCOL_VERSION, "test", leader]
             else:
                 assert data == b""
             await stream.aclose()
@@ -291,7 +291,7 @@ async def test_a_peer_of_another_cluster_is_refused_and_logged(tmp_path, caplog)
             leader = await cluster.wait_for_leader()
             peer = cluster.peer_address(leader)
             stream = await trio.open_tcp_stream(peer.host, peer.port)
-            await stream.send_all(encode_frame(dumps(["paxosd", 1, "other", 1])))
+            await stream.send_all(encode_frame(dumps(["paxosd", wire.PROTOCOL_VERSION, "other", 1])))
             await read_until_closed(stream)
             await stream.aclose()
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]

@@ -40,12 +40,14 @@ BATCH = (PUT, DELETE, CAS, CAS_ABSENT)
 EXAMPLES = [
     Prepare(1, B1, 1),
     Promise(2, B1, 4, ()),
+    Promise(2, B1, 4, (), 77),
     Promise(2, B1, 4, ((3, BALLOT_CHOSEN, BATCH), (4, BALLOT_CHOSEN, ()), (6, B2, (PUT,)))),
     Reject(3, B1, B2, 17),
     Reject(3, B1, 0, 0),
     Accept(1, B1, 0, 1, (), 0),
     Accept(1, B1, 12, 13, (BATCH, (), (CAS,)), 5),
     Accepted(2, B1, 13, 15, 5),
+    Accepted(2, B1, 13, 15, 5, 12, 0x1234_5678_9ABC),
     Accepted(2, B1, 16, 15, 0),  # a heartbeat's empty run
     CatchupRequest(3, 1),
     CatchupRequest(3, 7, 120, 4096),
@@ -126,10 +128,10 @@ def test_not_an_array_or_an_unknown_tag():
 @pytest.mark.parametrize("obj,words", [
     ([1, 1, B1], ["Prepare", "4 items", "got 3"]),
     ([1, 1, B1, 1, 1], ["Prepare", "4 items", "got 5"]),
-    ([2, 2, B1, 0], ["Promise", "5 items"]),
+    ([2, 2, B1, 0], ["Promise", "6 items"]),
     ([3, 3, B1, B2], ["Reject", "5 items"]),
     ([4, 1, B1, 0, 1, []], ["Accept", "7 items"]),
-    ([5, 2, B1, 1, 1], ["Accepted", "6 items"]),
+    ([5, 2, B1, 1, 1], ["Accepted", "8 items"]),
     ([6, 3], ["CatchupRequest", "5 items"]),
     ([7, 1, 1, []], ["Catchup", "5 items"]),
 ])
@@ -152,9 +154,9 @@ def test_ballots_are_checked():
     bad([1, 1, 2**64, 1], "Prepare.ballot")
     bad([1, 1, ballot_pack(3, 2), 1], "Prepare.ballot", "node 1", "3.2")  # not the sender's
     bad([4, 2, B1, 0, 1, [], 0], "Accept.ballot", "node 2")
-    bad([5, 2, None, 1, 0, 0], "Accepted.ballot", "None")
+    bad([5, 2, None, 1, 0, 0, 0, 0], "Accepted.ballot", "None")
     bad([3, 3, B1, -5, 0], "Reject.promised", "-5")
-    bad([2, 2, "x", 0, []], "Promise.ballot", "'x'")
+    bad([2, 2, "x", 0, [], 0], "Promise.ballot", "'x'")
 
 
 def test_slots_are_checked():
@@ -165,8 +167,8 @@ def test_slots_are_checked():
     bad([4, 1, B1, 0, 0, [], 0], "Accept.first_slot", "0")
     bad([4, 1, B1, 0, 2**62, [(), ()], 0], "Accept.batches", "run past")
     bad([4, 1, B1, 0, 1, [], -1], "Accept.read_round", "-1")
-    bad([5, 2, B1, 0, 0, 0], "Accepted.first_slot", "0")
-    bad([5, 2, B1, 5, 3, 0], "Accepted.last_slot", "3")  # only first - 1 may mark an empty run
+    bad([5, 2, B1, 0, 0, 0, 0, 0], "Accepted.first_slot", "0")
+    bad([5, 2, B1, 5, 3, 0, 0, 0], "Accepted.last_slot", "3")  # only first - 1 may mark an empty run
     bad([7, 1, 0, [], 0], "Catchup.first_slot", "0")
     bad([7, 1, 5, [[], []], 5], "Catchup.commit_index", "6")
 
@@ -193,7 +195,7 @@ def test_commands_are_checked():
 
 def test_promise_entries_are_checked():
     def promise(*entries):
-        return [2, 2, B1, 0, list(entries)]
+        return [2, 2, B1, 0, list(entries), 0]
 
     bad(promise([1, B1]), "Promise.entries[0]", "entry")
     bad(promise([0, B1, []]), "Promise.entries[0].slot", "0")
@@ -202,7 +204,10 @@ def test_promise_entries_are_checked():
     bad(promise([1, B1, [[1]]]), "Promise.entries[0].batch[0]")
     bad(promise([1, B1, []], [2, BALLOT_CHOSEN, []]), "Promise.entries[1].ballot", "chosen")
     bad(promise([1, BALLOT_CHOSEN, []], [3, BALLOT_CHOSEN, []]), "Promise.entries[1].ballot")
-    bad([2, 2, B1, 0, {}], "Promise.entries", "dict")
+    bad([2, 2, B1, 0, {}, 0], "Promise.entries", "dict")
+    bad([2, 2, B1, 0, [], -1], "Promise.incarnation", "-1")
+    bad([5, 2, B1, 1, 1, 0, 0, "x"], "Accepted.incarnation", "'x'")
+    bad([5, 2, B1, 1, 1, 0, -2, 0], "Accepted.commit_index", "-2")
 
 
 def test_members_decide_who_may_send():
@@ -287,11 +292,11 @@ def test_hello_accepts_a_member_of_the_same_cluster():
 
 
 @pytest.mark.parametrize("hello,words", [
-    (["paxosd", 1, "other", 2], ["cluster 'other'", "'demo'"]),
-    (["paxosd", 2, "demo", 2], ["protocol version 2", "version 1"]),
+    (["paxosd", 2, "other", 2], ["cluster 'other'", "'demo'"]),
+    (["paxosd", 1, "demo", 2], ["protocol version 1", "version 2"]),
     (["paxosd", True, "demo", 2], ["protocol version True"]),
-    (["paxosd", 1, "demo", 9], ["node id 9", "not a member"]),
-    (["paxosd", 1, "demo", 1], ["node id 1", "own id"]),
+    (["paxosd", 2, "demo", 9], ["node id 9", "not a member"]),
+    (["paxosd", 2, "demo", 1], ["node id 1", "own id"]),
     (["raft", 1, "demo", 2], ["not a paxosd hello"]),
     ([1, 2], ["not a paxosd hello"]),
     ("paxosd", ["not a paxosd hello"]),
@@ -384,3 +389,23 @@ def test_a_transfer_request_names_a_node_in_client_id():
     assert decode_request([1, "transfer", 2, 0, b"", None, None]).client_id == 2
     with pytest.raises(BadRequest, match="client_id"):
         decode_request([1, "transfer", 0, 0, b"", None, None])
+
+
+def test_membership_requests_carry_the_member_and_its_addresses():
+    from daemon.wire import BadRequest
+
+    req = decode_request([1, "member_add", 4, 0, b"10.0.0.4:7001", b"10.0.0.4:7000", None])
+    assert (req.op, req.client_id, req.key, req.arg1) == ("member_add", 4, b"10.0.0.4:7001",
+                                                          b"10.0.0.4:7000")
+    assert decode_request([2, "member_remove", 1, 0, b"", None, None]).client_id == 1
+    for obj, field in [
+        ([3, "member_add", 0, 0, b"h:1", b"h:2", None], "client_id"),
+        ([3, "member_add", 4, 0, b"h", b"h:2", None], "request.key"),
+        ([3, "member_add", 4, 0, b"h:1", b"h:99999", None], "request.arg1"),
+        ([3, "member_add", 4, 0, b"h:1", None, None], "request.arg1"),
+        ([3, "member_add", 4, 0, b"\xff:1", b"h:2", None], "UTF-8"),
+        ([3, "member_remove", 70000, 0, b"", None, None], "client_id"),
+    ]:
+        with pytest.raises(BadRequest, match=field) as info:
+            decode_request(obj)
+        assert info.value.req_id == 3

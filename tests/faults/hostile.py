@@ -38,7 +38,7 @@ _BATCH = [_PUT, _CAS, [7, 2, 2, b"k", None, None]]
 # Valid CBOR values of every kind a socket may carry, written as plain arrays (not through the
 # message classes) so they stay valid seeds as the message set grows.
 SEEDS = [
-    ["paxosd", 1, "faults", 2],  # a hello
+    ["paxosd", wire.PROTOCOL_VERSION, "faults", 2],  # a hello
     [1, 1, _B1, 1],  # Prepare
     [2, 2, _B1, 4, [[3, BALLOT_CHOSEN, _BATCH], [6, _B2, [_PUT]]]],  # Promise
     [3, 3, _B1, _B2, 17],  # Reject

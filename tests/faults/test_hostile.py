@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fastpath import dumps, encode_frame
 
+from daemon import wire
 from daemon.client import Client
 from tests.faults.cluster import ProcessCluster
 from tests.faults.hostile import DOCUMENTED, SEEDS, feed_stream, seed_frames
@@ -237,7 +238,7 @@ def _garbage(rng: random.Random) -> list[bytes]:
         b"\x00\x00\x00\x05\xff\xff\xff\xff\xff",  # a frame whose payload is not CBOR
         encode_frame(dumps({"not": "an array"})),
         encode_frame(dumps(["paxosd", 99, "faults", 2])),  # another protocol version
-        encode_frame(dumps(["paxosd", 1, "faults", 2])) + rng.randbytes(512),  # hello + junk
+        encode_frame(dumps(["paxosd", wire.PROTOCOL_VERSION, "faults", 2])) + rng.randbytes(512),  # hello + junk
         encode_frame(dumps([[1, "put", -1, 1, b"k", b"v", None]])),
         encode_frame(dumps([4, 2, 1, 0, 1, [[[1, 1, 1, b"k", 5, None]]], 0])),
         encode_frame(b"\x9f" * 100),  # indefinite-length arrays, nested
