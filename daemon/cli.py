@@ -1,10 +1,12 @@
 """The ``paxosd`` command: run a node or a whole loopback cluster, and talk to a cluster.
 
-    paxosd serve --config F [--node-id N]      run one node (the systemd unit's command)
+    paxosd serve --config F [--node-id N] [--join]   run one node (the systemd unit's command)
     paxosd cluster --config F                  run every member of F as a child process
     paxosd check-config --config F             validate F and print the effective settings
     paxosd put K V | get K | delete K | cas K OLD NEW
     paxosd status                              one row per member, like etcdctl endpoint status
+    paxosd member add ID PEER CLIENT | member remove ID | member list   membership, via the log
+    paxosd transfer-leader ID                  hand leadership over (for maintenance)
     paxosd load [--count N] [--clients C] [--value-size B]   measured commits/s and latency
     paxosd demo --config F [load options]      cluster + load + stop, in one command
     paxosd bench [options]                     the benchmark of daemon.bench
@@ -34,7 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.config import Config, ConfigError, describe, load_config
+from daemon.config import Config, ConfigError, describe, load_config, parse_address
 
 DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
 CONFIG_ENV = "PAXOSD_CONFIG"
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(p, "")
     p.add_argument("--node-id", type=int, metavar="N", help="this node's member id "
                    "(overrides node_id in the file)")
+    p.add_argument("--join", action="store_true", help="join a running cluster: with an "
+                   "empty data directory, start under a new incarnation (a new member, or a "
+                   "member whose data directory was lost); ignored when it holds state")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("cluster", help="run every member of the file as a child process "
@@ -132,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
                             "leads")
     p.add_argument("node_id", metavar="ID", type=_positive_int)
     p.set_defaults(func=cmd_transfer_leader)
+
+    p = commands.add_parser("member", help="change or show the membership (it lives in the "
+                            "log; the YAML file names the initial members)")
+    member = p.add_subparsers(dest="member_command", metavar="add|remove|list", required=True)
+    q = member.add_parser("add", parents=[client], help="add node ID: a learner until it has "
+                          "caught up, then a voter (start it with serve --join)")
+    q.add_argument("node_id", metavar="ID", type=_positive_int)
+    q.add_argument("peer", metavar="PEER", help="host:port where peers reach it")
+    q.add_argument("client_address", metavar="CLIENT", help="host:port where clients reach it")
+    q.set_defaults(func=cmd_member_add)
+    q = member.add_parser("remove", parents=[client], help="remove member ID (the leader "
+                          "hands leadership over first if it is the one removed)")
+    q.add_argument("node_id", metavar="ID", type=_positive_int)
+    q.set_defaults(func=cmd_member_remove)
+    q = member.add_parser("list", parents=[client], help="the members in the log, and the "
+                          "initial members of the YAML file when they differ")
+    q.add_argument("--json", action="store_true", help="print the membership as JSON")
+    q.set_defaults(func=cmd_member_list)
 
     p = commands.add_parser("status", parents=[client], help="one row per member: role, "
                             "ballot, commit and applied index, lag (exit 1 if any is unreachable)")
@@ -278,7 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "not set: give node_id in the file or --node-id N")
     from daemon.server import run  # the server's imports are not needed by client commands
 
-    code = run(config)
+    code = run(config, join=args.join)
     return EXIT_OK if code is None else int(code)
 
 
@@ -534,6 +557,69 @@ def cmd_transfer_leader(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_member_add(args: argparse.Namespace) -> int:
+    for what, text in (("PEER", args.peer), ("CLIENT", args.client_address)):
+        parse_address(text, f"member add {what}")  # ConfigError (exit 2) naming the bad one
+    from daemon.client import OperationFailed
+
+    async def add(c):
+        known = {m["id"]: m for m in (await c.members())["members"]}
+        if args.node_id in known:
+            m = known[args.node_id]
+            raise OperationFailed(f"member add: node {args.node_id} is already a member (peer {m['peer']}, client "
+                           f"{m['client']}, {'voter' if m['voter'] else 'learner'})")
+        await c.member_add(args.node_id, args.peer, args.client_address)
+
+    _run_client(args, add)
+    print(f"node {args.node_id} added as a learner (peers: {args.peer}, clients: "
+          f"{args.client_address}); it becomes a voter once it has caught up. Start it with: "
+          f"paxosd serve --node-id {args.node_id} --join")
+    return EXIT_OK
+
+
+def cmd_member_remove(args: argparse.Namespace) -> int:
+    from daemon.client import OperationFailed
+
+    async def remove(c):
+        known = [m["id"] for m in (await c.members())["members"]]
+        if args.node_id not in known:
+            raise OperationFailed(f"member remove: node {args.node_id} is not a member (members: "
+                           f"{', '.join(map(str, known))})")
+        await c.member_remove(args.node_id)
+
+    _run_client(args, remove)
+    print(f"node {args.node_id} removed")
+    return EXIT_OK
+
+
+def cmd_member_list(args: argparse.Namespace) -> int:
+    _, config = _endpoints(args)
+    info = _run_client(args, lambda c: c.members())
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK
+    rows = [(str(m["id"]), "voter" if m["voter"] else "learner", m["peer"] or "",
+             m["client"] or "", str(m["incarnation"])) for m in info["members"]]
+    sys.stdout.write(format_table(("ID", "ROLE", "PEER", "CLIENT", "INCARNATION"), rows))
+    note = membership_note(info, config)
+    if note:
+        print(note)
+    return EXIT_OK
+
+
+def membership_note(info: dict, config: Config | None) -> str | None:
+    """A line saying how the log's membership differs from the YAML file's initial members
+    (None when they are the same)."""
+    in_log = sorted(m["id"] for m in info["members"])
+    yaml_ids = sorted(m.id for m in config.initial_members) if config is not None \
+        else sorted(info.get("yaml_members") or [])
+    if in_log == yaml_ids:
+        return None
+    return (f"membership differs from the YAML file: the log has {','.join(map(str, in_log))} "
+            f"(from slot {info['effective']}), the file's initial members are "
+            f"{','.join(map(str, yaml_ids))}")
+
+
 # ---------------------------------------------------------------------------------------------
 # status
 
@@ -611,6 +697,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(statuses, indent=2, sort_keys=True, default=_json_default))
     else:
         sys.stdout.write(format_table(COLUMNS, status_rows(statuses, member_ids)))
+        known = [s for s in statuses if "members" in s]
+        if known:
+            latest = max(known, key=lambda s: s.get("members_effective") or 0)
+            note = membership_note({"members": [{"id": m[0]} for m in latest["members"]],
+                                    "effective": latest.get("members_effective")}, config)
+            if note:
+                print(note)
     return EXIT_FAILED if any("error" in s for s in statuses) else EXIT_OK
 
 

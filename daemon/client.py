@@ -513,6 +513,45 @@ class Client:
             await trio.sleep(0.02)
         raise OperationFailed(f"node {node_id} did not take over leadership in time")
 
+    async def member_add(self, node_id: int, peer: str, client: str, *,
+                         timeout: float | None = None) -> None:
+        """Add node ``node_id`` (peers dial it at ``peer``, clients at ``client``, both
+        "host:port"): it joins as a learner, and the leader makes it a voter once it has
+        caught up. Returns once the configuration with the learner is chosen."""
+        try:
+            await self._call("member_add", peer.encode(), client.encode(), None, node_id, 0,
+                             timeout, False)
+        except OperationFailed as exc:
+            # A retry of an add that was chosen meanwhile is told the member exists.
+            if "already a member" not in str(exc) or not await self._is_member(
+                    node_id, (peer, client), timeout):
+                raise
+
+    async def member_remove(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Remove member ``node_id`` (the leader asked to remove itself hands leadership over
+        first; the request then follows it). Returns once the configuration is chosen."""
+        try:
+            await self._call("member_remove", b"", None, None, node_id, 0, timeout, False)
+        except OperationFailed as exc:
+            if "is not a member" not in str(exc) or await self._is_member(node_id, None, timeout):
+                raise
+
+    async def members(self, *, timeout: float | None = None) -> dict:
+        """The membership as the leader (or any node) knows it: ``{"members": [{"id", "peer",
+        "client", "voter", "incarnation"}, ...], "effective": slot, "yaml_members": [ids],
+        "endpoint": who answered}``."""
+        st = await self.status(timeout=timeout)
+        return {"members": [dict(zip(("id", "peer", "client", "voter", "incarnation"), m))
+                            for m in st.get("members", [])],
+                "effective": st.get("members_effective"),
+                "yaml_members": st.get("yaml_members"), "endpoint": st["endpoint"]}
+
+    async def _is_member(self, node_id: int, addresses, timeout) -> bool:
+        for m in (await self.members(timeout=timeout))["members"]:
+            if m["id"] == node_id:
+                return addresses is None or (m["peer"], m["client"]) == tuple(addresses)
+        return False
+
     async def cluster_status(self, *, timeout: float | None = None) -> list[dict]:
         """The status of every endpoint, asked concurrently, in endpoint order.
 

@@ -320,6 +320,39 @@ def test_cli_commands_against_a_three_node_cluster(cluster):
 
 
 @needs_server
+def test_member_commands_change_and_show_the_membership(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    result = paxosd("member", "list", *cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ID", "ROLE", "PEER", "CLIENT", "INCARNATION"]
+    assert [r.split()[:2] for r in rows] == [["1", "voter"], ["2", "voter"], ["3", "voter"]]
+
+    peer, client = free_ports(2)
+    result = paxosd("member", "add", "9", f"127.0.0.1:{peer}", f"127.0.0.1:{client}", *cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "node 9 added as a learner" in result.stdout and "--join" in result.stdout
+    result = paxosd("member", "list", *cfg)
+    rows = result.stdout.splitlines()[1:]
+    assert rows[3].split() == ["9", "learner", f"127.0.0.1:{peer}", f"127.0.0.1:{client}", "0"]
+    assert "membership differs from the YAML file: the log has 1,2,3,9" in result.stdout
+    result = paxosd("status", *cfg)
+    assert "the log has 1,2,3,9" in result.stdout, result.stdout
+    result = paxosd("member", "add", "9", f"127.0.0.1:{peer}", f"127.0.0.1:{client}", *cfg)
+    assert result.returncode == 1 and "already a member" in result.stderr
+
+    result = paxosd("member", "remove", "9", *cfg)
+    assert (result.returncode, result.stdout) == (0, "node 9 removed\n"), result.stderr
+    result = paxosd("member", "list", *cfg)
+    assert len(result.stdout.splitlines()) == 4 and "differs" not in result.stdout
+    result = paxosd("member", "remove", "9", *cfg)
+    assert result.returncode == 1 and "not a member" in result.stderr
+    result = paxosd("member", "add", "10", "nohost", "127.0.0.1:1", *cfg)
+    assert result.returncode == 2 and "member add PEER" in result.stderr
+
+
+@needs_server
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     config, process, out_path = cluster
     result = paxosd("load", "--config", str(config), "--count", "2000", "--clients", "32",
