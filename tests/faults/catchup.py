@@ -2,6 +2,7 @@
 
     python -m tests.faults.catchup --slots 1000000 --snapshot-every 100000
     python -m tests.faults.catchup --slots 3000 --snapshot-every 300 -v
+    python -m tests.faults.catchup --slots 3000 --snapshot-every 300 --wipe
 
 Starts a 3-node cluster on 127.0.0.1 (fsync on, snapshots every ``--snapshot-every`` slots),
 kills one follower, writes until the leader's commit index has moved ``--slots`` past what the
@@ -10,11 +11,16 @@ leader's log no longer reaches back to the follower (so only a snapshot can brin
 restarts it and times how long it takes to apply everything the leader had committed. Then the
 follower is made leader and reads back a sample of keys. Prints a summary; exit status 0 when
 the follower caught up by snapshot and agrees.
+
+With ``--wipe`` the follower's data directory is deleted while it is down and it comes back
+with ``serve --join``: under a new incarnation, as a learner, until the leader sees it caught up
+and makes it a voter again (only a voter can take over leadership, which the check asks of it).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -40,20 +46,26 @@ class CatchupReport:
     catchup_seconds: float = 0.0
     caught_up: bool = False
     agrees: bool = False
+    wiped: bool = False
+    incarnation_after: int = 0
     problems: str = ""
 
     @property
     def ok(self) -> bool:
         return (self.caught_up and self.agrees and not self.problems
-                and self.follower_snapshot_after > self.follower_commit_before)
+                and self.follower_snapshot_after > self.follower_commit_before
+                and (not self.wiped or self.incarnation_after != 0))
 
     def summary(self) -> str:
         return "\n".join([
-            f"follower down for {self.slots_behind} slots ({self.writes} writes in "
+            f"follower {'wiped and ' if self.wiped else ''}down for {self.slots_behind} slots "
+            f"({self.writes} writes in "
             f"{self.write_seconds:.1f} s); leader's log starts at slot {self.leader_log_start}, "
             f"follower had {self.follower_commit_before}",
             f"caught up: {'yes' if self.caught_up else 'NO'} in {self.catchup_seconds:.1f} s "
-            f"(installed the snapshot of slot {self.follower_snapshot_after})",
+            f"(installed the snapshot of slot {self.follower_snapshot_after})"
+            + (f"; back as a voter under incarnation {self.incarnation_after}"
+               if self.wiped else ""),
             f"agrees after taking over as leader: {'yes' if self.agrees else 'NO'}",
             *( [f"problems: {self.problems}"] if self.problems else []),
             f"verdict: {'OK' if self.ok else 'FAILED'}",
@@ -71,7 +83,7 @@ async def _wait_status(cluster: ProcessCluster, i: int, pred, timeout: float) ->
 
 
 async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int,
-                   report: CatchupReport, verbose: bool) -> None:
+                   report: CatchupReport, verbose: bool, wipe: bool) -> None:
     leader = await cluster.wait_for_leader(30)
     if leader is None:
         report.problems = "no leader"
@@ -82,6 +94,9 @@ async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int
         st = await _wait_status(cluster, follower, lambda s: s["commit_index"] >= 1, 10)
         report.follower_commit_before = st["commit_index"] if st else 0
         cluster.kill(follower)
+        if wipe:
+            shutil.rmtree(cluster.node_dir(follower))
+            report.wiped = True
         target = report.follower_commit_before + slots
         started = time.monotonic()
         done = trio.Event()
@@ -124,14 +139,16 @@ async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int
                                "the follower could catch up from the log")
         # Back it comes.
         started = time.monotonic()
-        cluster.start(follower)
-        st = await _wait_status(cluster, follower, lambda s: s["applied_index"] >= goal,
+        cluster.start(follower, join=wipe)
+        st = await _wait_status(cluster, follower,
+                                lambda s: s["applied_index"] >= goal and s["voter"],
                                 max(60.0, slots / 200))
         report.catchup_seconds = time.monotonic() - started
         report.caught_up = st is not None
         if st is None:
             return
         report.follower_snapshot_after = st["snapshot_index"]
+        report.incarnation_after = st["incarnation"]
         # It now serves as leader: every key reads back as the old leader had it.
         await c.transfer_leader(follower)
         after = await _read_all(c, keys)
@@ -153,13 +170,13 @@ async def _read_all(c: Client, keys: int) -> dict:
 
 
 def run_catchup(directory: Path, slots: int, snapshot_every: int, *, sessions: int = 32,
-                keys: int = 1000, verbose: bool = False) -> CatchupReport:
+                keys: int = 1000, verbose: bool = False, wipe: bool = False) -> CatchupReport:
     report = CatchupReport()
     cluster = ProcessCluster(directory, 3, proxy=False, snapshot_every_slots=snapshot_every,
                              heartbeat_ms=50, election_timeout_ms=(150, 300))
     try:
         cluster.start_all()
-        trio.run(_catchup, cluster, slots, sessions, keys, report, verbose)
+        trio.run(_catchup, cluster, slots, sessions, keys, report, verbose, wipe)
         exits = cluster.unexpected_exits()
         if exits:
             report.problems += f" nodes exited by themselves: {exits}"
@@ -175,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=300, metavar="SLOTS")
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--dir", help="working directory (default: a new temporary one)")
+    parser.add_argument("--wipe", action="store_true", help="delete the follower's data "
+                        "directory while it is down; it comes back with serve --join")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="paxosd-catchup-"))
     report = run_catchup(directory, args.slots, args.snapshot_every, sessions=args.sessions,
-                         verbose=args.verbose)
+                         verbose=args.verbose, wipe=args.wipe)
     print(report.summary(), flush=True)
     return 0 if report.ok else 1
 

@@ -84,26 +84,30 @@ async def raw_call(port: int, request: list, timeout: float = 0.5):
 
 
 class ProcessCluster:
-    """``n`` nodes (ids 1..n) in ``directory``. Nothing runs until ``start``."""
+    """``n`` nodes (ids 1..n) in ``directory``, and ``spares`` more (ids n+1..) that the files
+    list with ``join: true``, for membership changes. Nothing runs until ``start``."""
 
     def __init__(self, directory: Path, n: int = 3, *, proxy: bool = True,
                  power_loss: bool = False, heartbeat_ms: int = 30,
                  election_timeout_ms: tuple[int, int] = (200, 400),
                  snapshot_every_slots: int | None = None, max_frame_bytes: int = 4 * 1024 * 1024,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", spares: int = 0) -> None:
+        assert not (spares and proxy), "spare nodes are not wired through the proxy"
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ids = tuple(range(1, n + 1))
+        self.spares = tuple(range(n + 1, n + spares + 1))
         self.power_loss = power_loss
         self.max_frame_bytes = max_frame_bytes
         self.log_level = log_level
-        ports = free_ports(2 * n)
-        self.peer_port = {i: ports[i - 1] for i in self.ids}
-        self.client_port = {i: ports[n + i - 1] for i in self.ids}
+        total = n + spares
+        ports = free_ports(2 * total)
+        self.peer_port = {i: ports[i - 1] for i in self.ids + self.spares}
+        self.client_port = {i: ports[total + i - 1] for i in self.ids + self.spares}
         self.proxy = FaultProxy(self.peer_port) if proxy else None
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
-        self.starts = {i: 0 for i in self.ids}
+        self.starts = {i: 0 for i in self.ids + self.spares}
         self.expected_exit: set[int] = set()  # nodes we stopped on purpose
         settings = [
             f"data_dir: {self.directory / 'data'}",
@@ -116,15 +120,16 @@ class ProcessCluster:
             f"limits: {{max_frame_bytes: {max_frame_bytes}}}",
         ]
         self.config_path = {}
-        for me in (None, *self.ids):
+        for me in (None, *self.ids, *self.spares):
             lines = ["cluster: faults", "members:"]
-            for m in self.ids:
+            for m in self.ids + self.spares:
                 if me is None or m == me or self.proxy is None:
                     peer = self.peer_port[m]
                 else:
                     peer = self.proxy.port(me, m)
                 lines.append(f"  {m}: {{peer: 127.0.0.1:{peer}, "
-                             f"client: 127.0.0.1:{self.client_port[m]}}}")
+                             f"client: 127.0.0.1:{self.client_port[m]}"
+                             + (", join: true" if m in self.spares else "") + "}")
             path = self.directory / ("cluster.yaml" if me is None else f"node-{me}.yaml")
             path.write_text("\n".join(lines + settings) + "\n")
             self.config_path[me] = path
@@ -149,7 +154,9 @@ class ProcessCluster:
 
     # -- processes -------------------------------------------------------------------------------
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, *, join: bool = False) -> None:
+        """Start node ``i``; ``join``: with ``--join`` (an empty data directory starts under a
+        new incarnation)."""
         assert not self.running(i), f"node {i} is already running"
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
@@ -164,7 +171,8 @@ class ProcessCluster:
             log.flush()
             self.procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "daemon.server", "--config", str(self.config_path[i]),
-                 "--node-id", str(i), "--log-level", self.log_level],
+                 "--node-id", str(i), "--log-level", self.log_level]
+                + (["--join"] if join else []),
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT)
         self.expected_exit.discard(i)
@@ -308,7 +316,7 @@ class ProcessCluster:
             out[i] = await self.status(i, timeout)
 
         async with trio.open_nursery() as nursery:
-            for i in self.ids:
+            for i in self.ids + tuple(s for s in self.spares if s in self.procs):
                 nursery.start_soon(ask, i)
         return out
 
