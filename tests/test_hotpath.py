@@ -105,7 +105,7 @@ def test_decode_accept_examples():
         with pytest.raises(wire.WireError, match=words):
             wire.decode_peer_payload(dumps(obj), MEMBERS)
     # Not an Accept at all: decoded the general way.
-    accepted = dumps([5, 2, ballot_pack(3, 1), 1, 1, 0])
+    accepted = dumps([5, 2, ballot_pack(3, 1), 1, 1, 0, 0, 0])
     assert fastpath.decode_accept(accepted, MEMBERS) is None
     assert wire.decode_peer_payload(accepted, MEMBERS) == wire.decode_peer(loads(accepted), MEMBERS)
 

@@ -40,18 +40,23 @@ _BATCH = [_PUT, _CAS, [7, 2, 2, b"k", None, None]]
 SEEDS = [
     ["paxosd", wire.PROTOCOL_VERSION, "faults", 2],  # a hello
     [1, 1, _B1, 1],  # Prepare
-    [2, 2, _B1, 4, [[3, BALLOT_CHOSEN, _BATCH], [6, _B2, [_PUT]]]],  # Promise
+    [2, 2, _B1, 4, [[3, BALLOT_CHOSEN, _BATCH], [6, _B2, [_PUT]]], 0],  # Promise
+    [2, 2, _B1, 0, [], (1 << 64) - 1],  # Promise: a new incarnation, nothing accepted
     [3, 3, _B1, _B2, 17],  # Reject
     [4, 1, _B1, 12, 13, [_BATCH, [], [_CAS]], 5],  # Accept
     [4, 1, _B1, 0, 1, [], 0],  # Accept: a heartbeat
     [4, 1, MAX_ROUND << 16 | 1, 1 << 62, 1 << 62, [[[(1 << 64) - 1, 0, 1, b"", b"", None]]],
      (1 << 64) - 1],  # Accept: values at their limits
-    [5, 2, _B1, 13, 15, 5],  # Accepted
+    [5, 2, _B1, 13, 15, 5, 12, 0],  # Accepted
+    [5, 3, _B1, 16, 15, 0, 0, 99],  # Accepted: a learner's heartbeat answer
     [6, 3, 7, 0, 0],  # CatchupRequest
     [7, 1, 5, [_BATCH, []], 9],  # Catchup
     [8, 1, 120, 0, 100, b"\x83" * 100],  # SnapshotChunk
     [[1, "put", 7, 1, b"k", b"v", None], [2, "get", 0, 0, b"k", None, None],
-     [3, "cas", 7, 2, b"k", b"v", b"w"], [4, "status", 0, 0, b"", None, None]],  # client frame
+     [3, "cas", 7, 2, b"k", b"v", b"w"], [4, "status", 0, 0, b"", None, None],
+     [5, "member_add", 4, 0, b"127.0.0.1:7104", b"127.0.0.1:7004", None],
+     [6, "member_remove", 1, 0, b"", None, None], [7, "transfer", 2, 0, b"", None, None]],
+    # the client frame last
 ]
 
 
