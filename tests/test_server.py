@@ -30,11 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_TIMEOUT = 30
 
 
-def write_config(tmp_path: Path, *, cluster: str = "test", fsync: bool = True) -> Path:
-    ports = free_ports(6)
+def write_config(tmp_path: Path, *, cluster: str = "test", fsync: bool = True,
+                 members: int = 3) -> Path:
+    ports = free_ports(2 * members)
     lines = [f"cluster: {cluster}", "members:"]
-    for i in (1, 2, 3):
-        lines.append(f"  {i}: {{peer: 127.0.0.1:{ports[i - 1]}, client: 127.0.0.1:{ports[i + 2]}}}")
+    for i in range(1, members + 1):
+        lines.append(f"  {i}: {{peer: 127.0.0.1:{ports[i - 1]}, "
+                     f"client: 127.0.0.1:{ports[members + i - 1]}}}")
     lines += [
         f"data_dir: {tmp_path / 'data'}",
         "timing: {heartbeat_ms: 20, election_timeout_ms: [100, 200]}",
@@ -89,9 +91,9 @@ class RawClient:
 
 
 class Cluster:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, run=(1, 2, 3)):
         self.path = path
-        self.configs = {i: load_config(path, node_id=i) for i in (1, 2, 3)}
+        self.configs = {i: load_config(path, node_id=i) for i in run}
         self.servers: dict = {}
 
     def client_address(self, node_id: int):
@@ -125,8 +127,8 @@ class Cluster:
 
 
 @asynccontextmanager
-async def running_cluster(tmp_path: Path, **kwargs):
-    cluster = Cluster(write_config(tmp_path, **kwargs))
+async def running_cluster(tmp_path: Path, run=(1, 2, 3), **kwargs):
+    cluster = Cluster(write_config(tmp_path, **kwargs), run)
     async with trio.open_nursery() as nursery:
         for i, config in cluster.configs.items():
             cluster.servers[i] = await nursery.start(serve, config)
@@ -282,6 +284,60 @@ async def test_bad_input_on_the_peer_port_closes_that_connection_only(tmp_path, 
             status = (await c.call("status")).result
             assert all(status["peers"].values())
             assert status["role"] == "leader"
+            await c.aclose()
+
+
+def _core_state(server) -> tuple:
+    node = server.node
+    return (node.role, node.leader_id, node.promised, node.max_seen, node.commit_index,
+            node.applied_index, sorted(node.log.items()))
+
+
+async def test_a_rejected_peer_frame_changes_nothing(tmp_path):
+    # Near-valid messages from a peer that passed the hello, each of which would move the node
+    # (a higher ballot, new values, a commit index) if any part of it were acted on. Each is
+    # refused as a whole: the connection closes and the node's state is as it was.
+    big = (1 << 40) << 16  # a ballot round far above anything in use
+    # Five members, three running: the frames claim to come from node 1, which is down, so no
+    # real connection of node 1's is displaced by them.
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running_cluster(tmp_path, run=(3, 4, 5), members=5) as cluster:
+            leader = await cluster.wait_for_leader(among=(3, 4, 5))
+            c = await cluster.client(leader)
+            assert (await c.call("put", 1, 1, b"k", b"v")).status == "ok"
+            await trio.sleep(0.3)  # let the followers learn the commit
+            target, me = 3, 1  # the lower id dials: node 3 accepts a hello from node 1
+            bad = [
+                [1, me, big | me, 1, 0],  # Prepare: one field too many
+                [1, me, big | 2, 1],  # Prepare: a ballot of node 2, sent by node 1
+                [4, me, big | me, 99, 1, [[[1, 1, 1, 1, b"k", b"v2", None]], "junk"], 0],
+                [4, me, big | me, 99, 2, [[[1, 1, 1, 1, b"k", b"v2", None]]], -1],
+                [9, 42, big | 42],  # TimeoutNow from a stranger
+                [7, me, 2, [["not a batch"]], 50],  # Catchup with a malformed batch
+                [8, me, 10**6, 0, 10, "not bytes"],  # SnapshotChunk with text for data
+                {"type": "Prepare"},
+            ]
+            before = _core_state(cluster.servers[target])
+            for obj in bad:
+                peer = cluster.peer_address(target)
+                stream = await trio.open_tcp_stream(peer.host, peer.port)
+                await stream.send_all(encode_frame(dumps(
+                    ["paxosd", wire.PROTOCOL_VERSION, "test", me])))
+                reader = FrameReader(4096)
+                answer = []
+                while not answer:
+                    chunk = await stream.receive_some(4096)
+                    assert chunk, "the hello was not answered"
+                    answer = reader.feed(chunk)
+                assert loads(answer[0])[:4] == ["paxosd", wire.PROTOCOL_VERSION, "test", target]
+                await stream.send_all(encode_frame(dumps(obj)))
+                await read_until_closed(stream)  # (what node 3 had for node 1, then closed)
+                await stream.aclose()
+                assert _core_state(cluster.servers[target]) == before, obj
+            # And the cluster goes on as before.
+            assert (await c.call("put", 1, 2, b"k", b"v3")).status == "ok"
+            status = (await c.call("status")).result
+            assert status["leader"] == leader
             await c.aclose()
 
 
