@@ -3,6 +3,7 @@
     python -m tests.faults.catchup --slots 1000000 --snapshot-every 100000
     python -m tests.faults.catchup --slots 3000 --snapshot-every 300 -v
     python -m tests.faults.catchup --slots 3000 --snapshot-every 300 --wipe
+    python -m tests.faults.catchup --slots 20000 --snapshot-every 5000 --keys 100000 --value-size 64
 
 Starts a 3-node cluster on 127.0.0.1 (fsync on, snapshots every ``--snapshot-every`` slots),
 kills one follower, writes until the leader's commit index has moved ``--slots`` past what the
@@ -30,6 +31,7 @@ from pathlib import Path
 import trio
 
 from daemon.client import Client
+from daemon.storage import SNAPSHOT_FILE, read_snapshot
 from tests.faults.cluster import ProcessCluster
 
 __all__ = ["CatchupReport", "run_catchup"]
@@ -43,6 +45,8 @@ class CatchupReport:
     leader_log_start: int = 0
     follower_commit_before: int = 0
     follower_snapshot_after: int = 0
+    snapshot_bytes: int = 0
+    snapshot_durable_seconds: float = 0.0
     catchup_seconds: float = 0.0
     caught_up: bool = False
     agrees: bool = False
@@ -63,7 +67,9 @@ class CatchupReport:
             f"{self.write_seconds:.1f} s); leader's log starts at slot {self.leader_log_start}, "
             f"follower had {self.follower_commit_before}",
             f"caught up: {'yes' if self.caught_up else 'NO'} in {self.catchup_seconds:.1f} s "
-            f"(installed the snapshot of slot {self.follower_snapshot_after})"
+            f"(installed the snapshot of slot {self.follower_snapshot_after}; "
+            f"{self.snapshot_bytes:,} bytes, on its disk {self.snapshot_durable_seconds:.1f} s "
+            f"after the restart)"
             + (f"; back as a voter under incarnation {self.incarnation_after}"
                if self.wiped else ""),
             f"agrees after taking over as leader: {'yes' if self.agrees else 'NO'}",
@@ -83,7 +89,7 @@ async def _wait_status(cluster: ProcessCluster, i: int, pred, timeout: float) ->
 
 
 async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int,
-                   report: CatchupReport, verbose: bool, wipe: bool) -> None:
+                   value_size: int, report: CatchupReport, verbose: bool, wipe: bool) -> None:
     leader = await cluster.wait_for_leader(30)
     if leader is None:
         report.problems = "no leader"
@@ -105,7 +111,7 @@ async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int
         async def writer(n: int) -> None:
             i = n
             while not done.is_set():
-                await c.put(b"k%d" % (i % keys), b"v%d" % i)
+                await c.put(b"k%d" % (i % keys), (b"v%d." % i).ljust(value_size, b"x"))
                 written[0] += 1
                 i += sessions
 
@@ -148,6 +154,18 @@ async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int
         if st is None:
             return
         report.follower_snapshot_after = st["snapshot_index"]
+        # The installed snapshot is written to disk by the WAL writer after it is applied.
+        with trio.move_on_after(60):
+            while True:
+                on_disk = read_snapshot(cluster.node_dir(follower))
+                if on_disk is not None and on_disk[0] >= report.follower_snapshot_after:
+                    report.snapshot_durable_seconds = time.monotonic() - started
+                    report.snapshot_bytes = (cluster.node_dir(follower) / SNAPSHOT_FILE).stat().st_size
+                    break
+                await trio.sleep(0.05)
+        if not report.snapshot_bytes:
+            report.problems = "the installed snapshot was not written to the follower's disk"
+            return
         report.incarnation_after = st["incarnation"]
         # It now serves as leader: every key reads back as the old leader had it.
         await c.transfer_leader(follower)
@@ -170,13 +188,14 @@ async def _read_all(c: Client, keys: int) -> dict:
 
 
 def run_catchup(directory: Path, slots: int, snapshot_every: int, *, sessions: int = 32,
-                keys: int = 1000, verbose: bool = False, wipe: bool = False) -> CatchupReport:
+                keys: int = 1000, value_size: int = 0, verbose: bool = False,
+                wipe: bool = False) -> CatchupReport:
     report = CatchupReport()
     cluster = ProcessCluster(directory, 3, proxy=False, snapshot_every_slots=snapshot_every,
                              heartbeat_ms=50, election_timeout_ms=(150, 300))
     try:
         cluster.start_all()
-        trio.run(_catchup, cluster, slots, sessions, keys, report, verbose, wipe)
+        trio.run(_catchup, cluster, slots, sessions, keys, value_size, report, verbose, wipe)
         exits = cluster.unexpected_exits()
         if exits:
             report.problems += f" nodes exited by themselves: {exits}"
@@ -191,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=3000)
     parser.add_argument("--snapshot-every", type=int, default=300, metavar="SLOTS")
     parser.add_argument("--sessions", type=int, default=32)
+    parser.add_argument("--keys", type=int, default=1000,
+                        help="distinct keys written (the size of the state a snapshot holds)")
+    parser.add_argument("--value-size", type=int, default=0, metavar="BYTES",
+                        help="pad each value to this many bytes")
     parser.add_argument("--dir", help="working directory (default: a new temporary one)")
     parser.add_argument("--wipe", action="store_true", help="delete the follower's data "
                         "directory while it is down; it comes back with serve --join")
@@ -198,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="paxosd-catchup-"))
     report = run_catchup(directory, args.slots, args.snapshot_every, sessions=args.sessions,
-                         verbose=args.verbose, wipe=args.wipe)
+                         keys=args.keys, value_size=args.value_size, verbose=args.verbose,
+                         wipe=args.wipe)
     print(report.summary(), flush=True)
     return 0 if report.ok else 1
 
