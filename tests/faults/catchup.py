@@ -88,6 +88,28 @@ async def _wait_status(cluster: ProcessCluster, i: int, pred, timeout: float) ->
     return None
 
 
+async def _wait_snapshot_on_disk(directory: Path, index: int, timeout: float) -> int:
+    """The size of the snapshot file in ``directory`` once it holds slot ``index`` or later; 0
+    if it does not within ``timeout``. (The WAL writer stores an installed snapshot after the
+    node has applied it.)"""
+    path = directory / SNAPSHOT_FILE
+    seen = None
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            # Read the file only when a new one has been renamed into place.
+            if st is not None and (st.st_ino, st.st_size) != seen:
+                seen = (st.st_ino, st.st_size)
+                on_disk = read_snapshot(directory)
+                if on_disk is not None and on_disk[0] >= index:
+                    return st.st_size
+            await trio.sleep(0.05)
+    return 0
+
+
 async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int,
                    value_size: int, report: CatchupReport, verbose: bool, wipe: bool) -> None:
     leader = await cluster.wait_for_leader(30)
@@ -154,15 +176,9 @@ async def _catchup(cluster: ProcessCluster, slots: int, sessions: int, keys: int
         if st is None:
             return
         report.follower_snapshot_after = st["snapshot_index"]
-        # The installed snapshot is written to disk by the WAL writer after it is applied.
-        with trio.move_on_after(60):
-            while True:
-                on_disk = read_snapshot(cluster.node_dir(follower))
-                if on_disk is not None and on_disk[0] >= report.follower_snapshot_after:
-                    report.snapshot_durable_seconds = time.monotonic() - started
-                    report.snapshot_bytes = (cluster.node_dir(follower) / SNAPSHOT_FILE).stat().st_size
-                    break
-                await trio.sleep(0.05)
+        report.snapshot_bytes = await _wait_snapshot_on_disk(
+            cluster.node_dir(follower), report.follower_snapshot_after, 60)
+        report.snapshot_durable_seconds = time.monotonic() - started
         if not report.snapshot_bytes:
             report.problems = "the installed snapshot was not written to the follower's disk"
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_a_campaign_ended_by_sigterm_ends_the_nodes_it_started(tmp_path):
     work = tmp_path / "campaign"
     runner = subprocess.Popen(
         [sys.executable, "-m", "tests.faults.campaign", "--seconds", "60", "--seed", "3",
-         "--dir", str(work)],
+         "--dir", str(work), "--verbose"],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     nodes: list[int] = []
     try:
@@ -89,7 +90,10 @@ def test_a_campaign_ended_by_sigterm_ends_the_nodes_it_started(tmp_path):
             time.sleep(0.2)
             nodes = _nodes_under(work)
         assert len(nodes) == 3, f"the campaign did not start its 3 nodes: {nodes}"
-        time.sleep(1.0)  # into the workload and faults
+        # Into the workload and faults: --verbose prints each fault as it is injected.
+        assert select.select([runner.stdout], [], [], 30)[0], "no fault within 30 s"
+        first = runner.stdout.readline().decode()
+        assert first.strip(), "the campaign ended before its first fault"
         runner.send_signal(signal.SIGTERM)
         runner.communicate(timeout=30)
         left = [pid for pid in _nodes_under(work) if pid in nodes]
