@@ -253,6 +253,7 @@ class Node:
         self.last_progress = now
         self.contact: dict[int, float] = {}
         self.heard: dict[int, float] = {}
+        self.voter_commit = 0
         self.read_round = 0
         self.read_round_sent = True
         self.peer_read_round: dict[int, int] = {}
@@ -276,6 +277,11 @@ class Node:
                 self._step_down(None)
                 return
             if now - self.last_progress >= 2 * cfg.heartbeat_interval and self.window.in_flight:
+                if self.voter_commit > self.commit_index:
+                    # A voter knows slots chosen that we re-proposed and it cannot vouch for
+                    # (it compacted them): stand down; an election catches the rest up.
+                    self._step_down(None)
+                    return
                 self._retransmit()
             if now - self.last_broadcast >= cfg.heartbeat_interval:
                 if self.boundary is not None:
@@ -460,11 +466,20 @@ class Node:
     # ------------------------------------------------------------------------------ acceptor
 
     def _on_prepare(self, msg: Prepare) -> None:
+        """Promise ``msg.ballot`` and report every slot from ``msg.from_slot`` up: chosen ones
+        (up to the commit index at least) as BALLOT_CHOSEN, the rest at the ballot held.
+
+        Promises: a Promise covers ``[from_slot, commit_index]`` in full, or none is sent; an
+        acceptor that compacted past ``from_slot``, or is too far ahead to report it all,
+        refuses with a Reject carrying its commit index, whatever the ballot (an equal one
+        too: a duplicated Prepare, a boundary Prepare under the election's ballot), so the
+        candidate catches up instead of taking a gap for a hole. The promise never goes down.
+        """
         b = msg.ballot
         self._observe(b)
         behind = (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
                   or msg.from_slot < self.log_start)
-        if b < self.promised or (b > self.promised and behind):
+        if b < self.promised or behind:
             self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
             return
         if b > self.promised:
@@ -488,10 +503,22 @@ class Node:
             # promise itself stands (it is already in the log), which is always safe.
             self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
             return
+        covered = sum(1 for e in entries if e[0] <= commit)
+        if covered != max(0, commit - msg.from_slot + 1):
+            raise ProtocolError(f"node {self.id}: a Promise from slot {msg.from_slot} would report "
+                                f"{covered} of the chosen slots up to {commit}")
         self._out.send_after_persist.append(
             (msg.sender, Promise(self.id, b, commit, tuple(entries), self.incarnation)))
 
     def _on_accept(self, msg: Accept) -> None:
+        """Accept the run if ``msg.ballot`` is at least the promise, raising the promise to it;
+        learn the commit index that came with it.
+
+        Promises: an Accepted goes out only after what it acknowledges is persisted, and it
+        acknowledges only slots this node holds at that ballot. A slot already known chosen is
+        kept (never rewritten) and acknowledged only if the Accept carries the very value it
+        holds chosen: an acceptor never lends its vote to a value it knows was not chosen.
+        """
         b = msg.ballot
         self._observe(b)
         if b < self.promised:
@@ -508,9 +535,12 @@ class Node:
         batches = msg.batches
         first = msg.first_slot
         last = first + len(batches) - 1
+        acked = first
         if batches:
             # Slots already known chosen keep their value; accept the rest of the run.
             skip = max(0, self.commit_index + 1 - first)
+            if skip and not self._holds_chosen(first, batches[:skip]):
+                acked = min(first + skip, last + 1)
             if skip < len(batches):
                 log = self.log
                 start = first + skip
@@ -525,10 +555,21 @@ class Node:
         if raised:
             self._out.persist.append(PromiseRecord(b))
         self._out.send_after_persist.append(
-            (msg.sender, Accepted(self.id, b, first, last, msg.read_round, self.commit_index,
+            (msg.sender, Accepted(self.id, b, acked, last, msg.read_round, self.commit_index,
                                   self.incarnation)))
         if msg.commit_index > self.commit_index:
             self._learn_commit(msg.commit_index, b, msg.sender)
+
+    def _holds_chosen(self, first: int, batches: tuple) -> bool:
+        """Whether this node holds ``batches`` as the chosen values of slots from ``first``
+        (a retransmit or a re-proposal of what it already learned; compacted slots cannot be
+        compared, so they are not acknowledged)."""
+        log = self.log
+        for i, batch in enumerate(batches):
+            entry = log.get(first + i)
+            if entry is None or entry[1] != batch:
+                return False
+        return True
 
     # ------------------------------------------------------------------------------ learner
 
@@ -548,6 +589,9 @@ class Node:
             self._ask_catchup(source)
 
     def _set_commit(self, commit_index: int) -> None:
+        if commit_index < self.commit_index:
+            raise ProtocolError(f"node {self.id}: commit index {self.commit_index} would go "
+                                f"back to {commit_index}")
         self.commit_index = commit_index
         self._out.persist.append(CommitRecord(commit_index))
         self._apply()
@@ -826,12 +870,17 @@ class Node:
                 self._out.send.append((m, prepare))
 
     def _finish_boundary(self, cfg: Configuration) -> None:
+        """A quorum of ``cfg`` promised this leader's ballot from the boundary slot: re-propose
+        what they report there (the highest ballot per slot, chosen values first) and no-ops
+        in the holes, then lead in ``cfg``.
+
+        Promises: no slot that a promise's commit index says is chosen is no-op-filled; if the
+        promises do not report every such slot, this node steps down and catches up instead.
+        """
         slot = self.boundary_slot
-        best: dict[int, tuple[int, tuple]] = {}
-        for promise in self.boundary.values():
-            for s, b, batch in promise.entries:
-                if s >= slot and (s not in best or b > best[s][0]):
-                    best[s] = (b, batch)
+        best = self._best_reported(self.boundary.values(), slot)
+        if self._chosen_unreported(self.boundary.values(), best, slot):
+            return
         self.boundary = None
         self.queued_batches.clear()
         self.fence, self.fence_slot = 1 << 62, 0
@@ -884,12 +933,18 @@ class Node:
                     self._finish_boundary(cfg)
 
     def _become_leader(self) -> None:
+        """A quorum promised ``self.ballot``: learn what the promises report chosen, re-propose
+        the highest-ballot value of every other reported slot and no-ops in the holes, then
+        lead.
+
+        Promises: every slot up to the highest commit index among the promises is learned as
+        chosen (never no-op-filled); if the promises do not report one of them, this node
+        does not lead but steps down and catches up. Commit never passes what is chosen.
+        """
         ballot = self.ballot
-        best: dict[int, tuple[int, tuple]] = {}
-        for promise in self.promises.values():
-            for slot, b, batch in promise.entries:
-                if slot > self.commit_index and (slot not in best or b > best[slot][0]):
-                    best[slot] = (b, batch)
+        best = self._best_reported(self.promises.values(), self.commit_index + 1)
+        if self._chosen_unreported(self.promises.values(), best, self.commit_index + 1):
+            return
         # Values the promises report chosen are learned at once, as a contiguous run.
         chosen = []
         slot = self.commit_index + 1
@@ -922,9 +977,33 @@ class Node:
         self.window.reset(self.commit_index + 1)
         self.contact = {m: self.now for m in self.members}
         self.heard: dict[int, float] = {}  # voter -> last Accepted under its incarnation
+        self.voter_commit = 0  # the highest commit index a voter reported under this ballot
         self.peer_read_round = {m: 0 for m in self.voters}
         self.last_progress = self.now
         self._fill_window()
+
+    @staticmethod
+    def _best_reported(promises, first: int) -> dict[int, tuple[int, tuple]]:
+        """slot -> (ballot, batch) of the highest ballot any promise reports, from ``first``."""
+        best: dict[int, tuple[int, tuple]] = {}
+        for promise in promises:
+            for slot, b, batch in promise.entries:
+                if slot >= first and (slot not in best or b > best[slot][0]):
+                    best[slot] = (b, batch)
+        return best
+
+    def _chosen_unreported(self, promises, best: dict, first: int) -> bool:
+        """Whether a promise's commit index says a slot from ``first`` on is chosen that no
+        promise reports chosen. Then this node must not fill it: it steps down and asks the
+        member that knows for the chosen slots (it stands again once caught up)."""
+        source = max(promises, key=lambda p: p.commit_index)
+        for slot in range(first, source.commit_index + 1):
+            entry = best.get(slot)
+            if entry is None or entry[0] != BALLOT_CHOSEN:
+                self._step_down(None)
+                self._ask_catchup(source.sender)
+                return True
+        return False
 
     def _fill_window(self) -> None:
         window = self.window
@@ -1058,6 +1137,8 @@ class Node:
             self._learner_progress(msg)  # a learner, or a member back under a new incarnation
             return
         self.contact[sender] = self.heard[sender] = self.now
+        if msg.commit_index > self.voter_commit:
+            self.voter_commit = msg.commit_index
         if msg.read_round > self.peer_read_round[sender]:
             self.peer_read_round[sender] = msg.read_round
         if msg.first_slot <= msg.last_slot:
@@ -1118,8 +1199,15 @@ class Node:
             replies.append(Reply(req, OK, kv.get(key)))
 
     def _on_reject(self, msg: Reject) -> None:
+        """A higher promise makes a leader or candidate step down. A refusal at its own ballot
+        from a member that knows more chosen slots (it compacted past our Prepare, or we are
+        too far behind) sends a candidate, and a leader stuck at a configuration boundary, to
+        catch up from it instead of asking again and again."""
         self._observe(msg.promised)
         if self.role != FOLLOWER and msg.promised > self.ballot:
+            self._step_down(None)
+        elif (self.role == LEADER and self.boundary is not None and msg.ballot == self.ballot
+              and msg.commit_index > self.commit_index):
             self._step_down(None)
         if self.role != LEADER and msg.commit_index > self.commit_index:
             self._ask_catchup(msg.sender)
