@@ -52,6 +52,7 @@ __all__ = [
     "OperationFailed",
     "OutcomeUnknown",
     "PaxosdError",
+    "SessionExpired",
     "SyncClient",
     "Unavailable",
     "format_address",
@@ -64,6 +65,10 @@ NOT_LEADER = "not_leader"
 STALE = "stale"
 BUSY = "busy"
 ERROR = "error"
+SESSION_EXPIRED = "session_expired"
+# A write whose session is refused as expired starts it again above the horizon at most this
+# many times (each refusal means another session was evicted meanwhile).
+MAX_SESSION_RESTARTS = 3
 
 DEFAULT_TIMEOUT = 5.0
 # One attempt waits at most this long for its reply before the call tries the other endpoints:
@@ -111,6 +116,16 @@ class OutcomeUnknown(PaxosdError):
 
 class OperationFailed(PaxosdError):
     """The cluster answered the request with an error (``error`` or ``stale``)."""
+
+
+class SessionExpired(OperationFailed):
+    """The cluster evicted the write's session (``client_id``), so it refused the write
+    without applying it. A session that sent nothing since may start again at seq
+    ``horizon + 1``; ``Client``'s own writes do that by themselves."""
+
+    def __init__(self, message: str, horizon: int) -> None:
+        super().__init__(message)
+        self.horizon = horizon
 
 
 class _ConnectionLost(Exception):
@@ -598,9 +613,16 @@ class Client:
         session = self._sessions.pop() if self._sessions else _Session()
         session.seq += 1
         try:
-            result, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2,
-                                         session.client_id, session.seq, timeout, True)
-            return result
+            for restart in range(MAX_SESSION_RESTARTS + 1):
+                try:
+                    result, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2,
+                                                 session.client_id, session.seq, timeout, True)
+                    return result
+                except SessionExpired as exc:
+                    # Refused before any copy of it could have been applied: not applied.
+                    session.seq = exc.horizon + 1
+                    if restart == MAX_SESSION_RESTARTS:
+                        raise
         finally:
             # Whatever the outcome, this seq is spent: the next write on the session uses a
             # higher one, and a late copy of this one is then refused as stale.
@@ -634,6 +656,7 @@ class Client:
                 break
             target = address or self._target()
             pause = True
+            sent_before = maybe_sent  # an earlier attempt may be applied yet
             waiter = _Waiter()
             reply = None
             lost: _ConnectionLost | None = None
@@ -672,6 +695,14 @@ class Client:
                     return result, target
                 if status == ERROR:
                     raise OperationFailed(f"{op}: {target}: {result}")
+                if status == SESSION_EXPIRED:
+                    if sent_before:
+                        raise OutcomeUnknown(
+                            f"{op}: outcome unknown: the session of client {client_id} expired "
+                            f"while seq {seq} was being retried; it may have been applied once")
+                    raise SessionExpired(
+                        f"{op}: {target}: the session of client {client_id} expired; seq {seq} "
+                        f"was not applied (start again above {result})", result)
                 if status == STALE:
                     raise OperationFailed(
                         f"{op}: {target}: stale session: seq {seq} of client {client_id} is "

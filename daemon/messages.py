@@ -31,6 +31,9 @@ NOT_LEADER = "not_leader"  # retry elsewhere; ``leader`` names the leader when k
 STALE = "stale"  # the command's seq is older than the session's last applied one
 BUSY = "busy"  # the leader's queue is full; retry later
 ERROR = "error"  # the command cannot be carried out as given; ``result`` says why
+# The command's session was evicted (or the seq is from before the last eviction): it was not
+# applied; ``result`` is the eviction horizon, above which a session may start again.
+SESSION_EXPIRED = "session_expired"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +223,8 @@ class Snapshot:
 class Reply:
     """The answer to the request the driver tagged ``req``.
 
-    ``status`` is one of OK, NOT_LEADER, STALE, BUSY, ERROR; ``result`` is the operation's output when
+    ``status`` is one of OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR; ``result`` is the
+    operation's output when
     OK; ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
     """
 

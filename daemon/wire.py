@@ -59,6 +59,7 @@ from daemon.messages import (
     OP_PUT,
     OPS,
     PEER_MESSAGES,
+    SESSION_EXPIRED,
     STALE,
     Accept,
     Accepted,
@@ -111,7 +112,7 @@ SLOT_MAX = 1 << 62
 MAX_BALLOT = (MAX_ROUND << 16) | 0xFFFF
 
 ERROR = "error"  # the reply status for a request the server could not take (result: why)
-REPLY_STATUSES = (OK, NOT_LEADER, STALE, BUSY, ERROR)
+REPLY_STATUSES = (OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR)
 CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer", "member_add", "member_remove")
 MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
 

@@ -1204,17 +1204,19 @@ def split_requests(frame, conn, opcodes):
     return work, rest
 
 
-def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale):
+def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
     """``kv.apply(cmd)`` for every command of ``batch``, in order, as one C loop over the
-    store's dicts (``kv.data``, ``kv.sessions``, ``kv.max_sessions``, ``kv.applied_commands``:
-    see daemon.kv.KVStore, whose ``apply`` this follows step for step). If ``results`` is a
-    list, each command's ``(status, result)`` is appended to it. ``op_*``, ``ok`` and ``stale``
-    are the protocol's constants (daemon.messages).
+    store's dicts (``kv.data``, ``kv.sessions``, ``kv.max_sessions``, ``kv.applied_commands``,
+    ``kv.evicted_at``: see daemon.kv.KVStore, whose ``apply`` this follows step for step). If
+    ``results`` is a list, each command's ``(status, result)`` is appended to it. ``op_*``,
+    ``ok``, ``stale`` and ``expired`` are the protocol's constants (daemon.messages).
     """
     cdef dict data = kv.data
     cdef dict sessions = kv.sessions
     cdef Py_ssize_t max_sessions = kv.max_sessions
     cdef Py_ssize_t applied = 0, pos
+    cdef object evicted_at = kv.evicted_at
+    cdef object base = kv.applied_commands
     cdef bint want = results is not None
     cdef list out = results if want else None
     cdef PyObject *found
@@ -1237,6 +1239,10 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale):
                         out.append((stale, None))
                     continue
                 PyDict_DelItem(sessions, client_id)  # re-inserted below, at the most recent end
+            elif seq <= evicted_at:
+                if want:
+                    out.append((expired, evicted_at))
+                continue
             if op == op_put:
                 data[key] = arg1
                 result = None
@@ -1256,7 +1262,9 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale):
                 pos = 0
                 PyDict_Next(sessions, &pos, &first_key, &first_value)
                 PyDict_DelItem(sessions, <object>first_key)
+                evicted_at = base + applied
             if want:
                 out.append((ok, result))
     finally:
         kv.applied_commands += applied
+        kv.evicted_at = evicted_at

@@ -54,6 +54,7 @@ class FakeNode:
         self.leader: str | None = None
         self.busy = 0  # answer this many writes with "busy"
         self.drop_after_apply = 0  # apply this many writes, then close without replying
+        self.evict_after_apply = 0  # after this many writes, a write of another client follows
         self.silent = False  # never answer writes
         self.reply_delay = 0.0  # answer each request after up to this many seconds
         self.garbage = False  # answer with a frame that is not a reply array
@@ -133,6 +134,9 @@ class FakeNode:
         if self.silent:
             return None
         status, result = self.kv.apply((client_id, seq, OPS[op], key, arg1, arg2))
+        if self.evict_after_apply:  # another client's write pushes this session out
+            self.evict_after_apply -= 1
+            self.kv.apply((client_id + 1, 1, OPS["put"], b"other", b"x", None))
         if self.drop_after_apply:
             self.drop_after_apply -= 1
             return "drop"
@@ -261,6 +265,34 @@ async def test_a_write_whose_reply_was_lost_is_retried_and_answered_from_the_ses
         assert node.connections == 2  # reconnected
         first, retry, second = node.writes()
         assert first == retry and second == (first[0], first[1] + 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_write_on_an_evicted_session_starts_it_again_and_applies_once():
+    async with trio.open_nursery() as nursery:
+        (node,) = await start(nursery)
+        node.kv = KVStore(max_sessions=1)
+        node.evict_after_apply = 1
+        async with Client.connect([node.address], timeout=2) as client:
+            await client.put("k", "1")  # applied; then another client's write evicts us
+            await client.put("k", "2")  # refused as expired, then sent again above the horizon
+        (cid, s1), (_, s2), (_, s3) = node.writes()
+        # Applied: ours (1), the other client's (2, evicting ours at 2); then seq 3 = 2 + 1.
+        assert (s1, s2, s3) == (1, 2, 3)
+        assert node.kv.get(b"k") == b"2" and node.kv.applied_commands == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_retried_write_whose_session_expired_meanwhile_is_outcome_unknown():
+    async with trio.open_nursery() as nursery:
+        (node,) = await start(nursery)
+        node.kv = KVStore(max_sessions=1)
+        node.evict_after_apply = 1
+        node.drop_after_apply = 1  # applied, evicted, and the reply never comes
+        async with Client.connect([node.address], timeout=2) as client:
+            with pytest.raises(OutcomeUnknown, match="expired"):
+                await client.put("k", "v")
+        assert node.kv.applied_commands == 2  # the write and the other client's: not again
         nursery.cancel_scope.cancel()
 
 

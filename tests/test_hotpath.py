@@ -15,7 +15,7 @@ from fastpath import ballot_pack, dumps, loads
 
 from daemon import wire
 from daemon.kv import KVStore
-from daemon.messages import OK, OP_CAS, OP_DELETE, OP_PUT, STALE, Accept
+from daemon.messages import OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, STALE, Accept
 from daemon.server import _OPCODES
 from tests import twins
 
@@ -129,7 +129,7 @@ def test_split_requests_matches_decode_request(frame):
 
 
 def kv_state(kv):
-    return (dict(kv.data), list(kv.sessions.items()), kv.applied_commands)
+    return (dict(kv.data), list(kv.sessions.items()), kv.applied_commands, kv.evicted_at)
 
 
 @SETTINGS
@@ -149,8 +149,8 @@ def test_apply_commands_matches_kv_apply(data):
     for batch in data.draw(st.lists(st.lists(cmd, max_size=8).map(tuple), max_size=6)):
         want = data.draw(st.booleans())
         a, b = ([], []) if want else (None, None)
-        fastpath.apply_commands(fast, batch, a, OP_PUT, OP_DELETE, OP_CAS, OK, STALE)
-        twins.apply_commands(slow, batch, b, OP_PUT, OP_DELETE, OP_CAS, OK, STALE)
+        fastpath.apply_commands(fast, batch, a, OP_PUT, OP_DELETE, OP_CAS, OK, STALE, SESSION_EXPIRED)
+        twins.apply_commands(slow, batch, b, OP_PUT, OP_DELETE, OP_CAS, OK, STALE, SESSION_EXPIRED)
         assert a == b
         assert kv_state(fast) == kv_state(slow)
 
@@ -161,7 +161,7 @@ def test_apply_commands_unknown_op_fails_as_kv_apply_does():
     errors = []
     for kv, fn in ((fast, fastpath.apply_commands), (slow, twins.apply_commands)):
         with pytest.raises(ValueError) as info:
-            fn(kv, batch, None, OP_PUT, OP_DELETE, OP_CAS, OK, STALE)
+            fn(kv, batch, None, OP_PUT, OP_DELETE, OP_CAS, OK, STALE, SESSION_EXPIRED)
         errors.append(str(info.value))
     assert errors[0] == errors[1] and "unknown op 9" in errors[0]
     assert kv_state(fast) == kv_state(slow)

@@ -374,7 +374,7 @@ def split_requests(frame, conn, opcodes):
     return work, rest
 
 
-def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale):
+def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
     for cmd in batch:
         outcome = type(kv).apply(kv, cmd)
         if results is not None:
