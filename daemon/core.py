@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
+from daemon.incarnation import NEW, FreshStart
 from daemon.kv import KVStore, decode_image, encode_image
 from daemon.membership import (
     MEMBERS_KEY,
@@ -52,7 +53,10 @@ from daemon.messages import (
     CatchupRequest,
     ChosenRecord,
     CommitRecord,
+    IncarnationChosen,
     Prepare,
+    Probe,
+    ProbeReply,
     Promise,
     PromiseRecord,
     Reject,
@@ -183,13 +187,15 @@ class Ready:
 class Node:
     """One Multi-Paxos node: acceptor, learner and potential leader.
 
-    ``rng`` is any object with ``uniform(a, b)`` (a seeded ``random.Random`` in the simulator).
+    ``rng`` is any object with ``uniform(a, b)`` and ``getrandbits(k)`` (a seeded
+    ``random.Random`` in the simulator). ``incarnation`` None: an initial member on an empty
+    data directory without an incarnation, which decides it first (see daemon.incarnation).
     """
 
     def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,
-                 durable: DurableState | None = None, incarnation: int = 0) -> None:
+                 durable: DurableState | None = None, incarnation: int | None = 0) -> None:
         initial = initial_configuration(members)
-        if node_id not in initial.ids and incarnation == 0:
+        if node_id not in initial.ids and not incarnation:
             raise ValueError(f"node {node_id} is not among the members {initial.ids} "
                              "(a node joining a running cluster needs an incarnation)")
         if not 1 <= len(initial.members) <= 64:
@@ -197,6 +203,15 @@ class Node:
         if not 1 <= node_id <= 0xFFFF:
             raise ValueError(f"node id {node_id} is not in 1..65535")
         self.id = node_id
+        self.fresh: FreshStart | None = None  # deciding the incarnation (daemon.incarnation)
+        if incarnation is None:
+            if durable is not None and (durable.promised != BALLOT_NONE or durable.log
+                                        or durable.commit_index or durable.snapshot):
+                raise ValueError(f"node {node_id}: the incarnation is unknown but the data "
+                                 "directory holds state")
+            incarnation = rng.getrandbits(63) or 1  # taken unless the cluster is new
+            self.fresh = FreshStart(node_id, initial.ids, incarnation, now,
+                                    config.heartbeat_interval)
         self.incarnation = incarnation
         self.initial = initial
         self.configs: list[Configuration] = [initial]  # by effective slot; see _config_at
@@ -265,11 +280,16 @@ class Node:
             self._configs_from_store()
         self._use(self._config_at(self.commit_index + 1))
         self._apply()
+        if self.fresh is not None and self.fresh.decision is not None:
+            self._settle_incarnation()
 
     # ------------------------------------------------------------------------------ inputs
 
     def tick(self, now: float) -> None:
         self.now = now
+        if self.fresh is not None:
+            self._probe()
+            return
         cfg = self.config
         if self.role == LEADER:
             if self._lost_quorum_contact():
@@ -294,6 +314,8 @@ class Node:
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise TypeError(f"node {self.id}: not a peer message: {msg!r}")
+        if self.fresh is not None and type(msg) is not Probe and type(msg) is not ProbeReply:
+            return  # no promise, accept or vote before the incarnation is decided
         handler(self, msg)
 
     def submit(self, req, cmd: tuple, now: float) -> None:
@@ -738,6 +760,8 @@ class Node:
     def _may_stand(self) -> bool:
         """A node stands for election only as a voter, under its own incarnation, both now and
         in the latest configuration it knows (a member being removed does not stand)."""
+        if self.fresh is not None:
+            return False
         inc = self.incarnation
         return (self._config_at(self.commit_index + 1).votes(self.id, inc)
                 and self.configs[-1].votes(self.id, inc))
@@ -1174,6 +1198,38 @@ class Node:
         lo, hi = self.config.election_timeout
         self.election_deadline = self.now + self.rng.uniform(lo, hi)
 
+    # ------------------------------------------------------------------------------ fresh start
+
+    def _probe(self) -> None:
+        """Deciding the incarnation: ask the initial members not yet heard from, now and then."""
+        fresh = self.fresh
+        for m in fresh.due(self.now):
+            self._out.send.append((m, Probe(self.id, fresh.nonce)))
+
+    def _on_probe(self, msg: Probe) -> None:
+        used = self.fresh is None and bool(
+            self.incarnation or self.promised != BALLOT_NONE or self.max_slot
+            or self.commit_index or self.snapshot_index)
+        self._out.send.append((msg.sender, ProbeReply(self.id, msg.nonce, used)))
+
+    def _on_probe_reply(self, msg: ProbeReply) -> None:
+        fresh = self.fresh
+        if fresh is None:
+            return
+        fresh.report(msg.sender, msg.nonce, msg.used)
+        if fresh.decision is not None:
+            self._settle_incarnation()
+
+    def _settle_incarnation(self) -> None:
+        """The incarnation is decided: hand it to the driver to persist. Everything that
+        depends on it (a Promise, an Accepted) leaves through send_after_persist, so only
+        once it is durable."""
+        fresh, self.fresh = self.fresh, None
+        if fresh.decision == NEW:
+            self.incarnation = 0
+        self._out.persist.append(IncarnationChosen(self.incarnation, fresh.why))
+        self._reset_election_timer()
+
     _handlers = {
         Prepare: _on_prepare,
         Promise: _on_promise,
@@ -1184,6 +1240,8 @@ class Node:
         Catchup: _on_catchup,
         SnapshotChunk: _on_snapshot_chunk,
         TimeoutNow: _on_timeout_now,
+        Probe: _on_probe,
+        ProbeReply: _on_probe_reply,
     }
 
     # ------------------------------------------------------------------------------ status
