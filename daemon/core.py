@@ -8,7 +8,8 @@ outputs:
     node.submit(req, cmd, now)     a client write command (see daemon.messages)
     node.read(req, key, now)       a client linearizable read
     ready = node.ready()           drain what to do, in this order:
-        1. append ``ready.persist`` to the write-ahead log;
+        1. append ``ready.persist`` to the write-ahead log (an ``IncarnationChosen`` goes to
+           the data directory's incarnation file instead, in its place in the order);
         2. send ``ready.send`` at once (nothing in it depends on unsynced records);
         3. send ``ready.send_after_persist`` only once every record handed out so far, in this
            ready and all earlier ones, is durable (a CommitRecord may lag: nothing sent depends

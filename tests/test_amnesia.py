@@ -250,3 +250,57 @@ def test_accepted_from_the_deciding_node_never_exists():
     assert from_victim and all(type(m) is Probe for m in from_victim)
     assert not any(type(m) in (Promise, Accepted) for m in from_victim)
     assert not any(type(r) is PromiseRecord for r in c.records[victim])
+
+
+# ------------------------------------------------------------------------------ the daemon
+
+
+async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_comes(
+        tmp_path, caplog):
+    import logging
+
+    import trio
+
+    from daemon.server import serve
+    from tests.test_server import TEST_TIMEOUT, Cluster as Daemons, write_config
+
+    caplog.set_level(logging.INFO, "paxosd")
+    daemons = Daemons(write_config(tmp_path))
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for i in (1, 2):
+                daemons.servers[i] = await nursery.start(serve, daemons.configs[i])
+            c = await daemons.client(1)
+            with trio.fail_after(10):
+                while "waiting for node(s) 3" not in caplog.text:
+                    await trio.sleep(0.05)
+            status = (await c.call("status")).result
+            assert status["incarnation"] is None and status["waiting_for"] == [3]
+            assert status["role"] == "follower" and status["leader"] is None
+            assert not status["voter"]
+            assert "deciding its incarnation" in daemons.servers[1]._status_line()
+            for i in (1, 2):
+                assert not (daemons.configs[i].node_dir(i) / "incarnation").exists()
+                assert daemons.servers[i].node.promised == 0 and not daemons.servers[i]._wal_handed
+            daemons.servers[3] = await nursery.start(serve, daemons.configs[3])
+            leader = await daemons.wait_for_leader()
+            for i in (1, 2, 3):
+                assert (daemons.configs[i].node_dir(i) / "incarnation").read_text() == "0\n"
+            await c.aclose()
+            c = await daemons.client(leader)
+            assert (await c.call("put", 1, 1, b"k", b"v")).status == OK
+            await c.aclose()
+            nursery.cancel_scope.cancel()
+    assert "every other initial member (nodes 2, 3) reports" in caplog.text
+
+
+def test_new_cluster_is_for_initial_members_only(tmp_path):
+    from daemon.config import ConfigError, load_config
+    from daemon.server import Server, main
+    from tests.test_server import write_config
+
+    path = write_config(tmp_path)
+    with pytest.raises(ConfigError, match="--new-cluster is for an initial member"):
+        Server(load_config(path, node_id=1), join=True, new_cluster=True)
+    with pytest.raises(SystemExit):
+        main(["--config", str(path), "--node-id", "1", "--join", "--new-cluster"])
