@@ -204,16 +204,8 @@ class Node:
         if not 1 <= node_id <= 0xFFFF:
             raise ValueError(f"node id {node_id} is not in 1..65535")
         self.id = node_id
-        self.fresh: FreshStart | None = None  # deciding the incarnation (daemon.incarnation)
-        if incarnation is None:
-            if durable is not None and (durable.promised != BALLOT_NONE or durable.log
-                                        or durable.commit_index or durable.snapshot):
-                raise ValueError(f"node {node_id}: the incarnation is unknown but the data "
-                                 "directory holds state")
-            incarnation = rng.getrandbits(63) or 1  # taken unless the cluster is new
-            self.fresh = FreshStart(node_id, initial.ids, incarnation, now,
-                                    config.heartbeat_interval)
-        self.incarnation = incarnation
+        self.fresh = FreshStart.if_unknown(incarnation, node_id, initial.ids, durable, rng, now)
+        self.incarnation = incarnation if self.fresh is None else self.fresh.nonce
         self.initial = initial
         self.configs: list[Configuration] = [initial]  # by effective slot; see _config_at
         self.config_version = 0
@@ -281,8 +273,6 @@ class Node:
             self._configs_from_store()
         self._use(self._config_at(self.commit_index + 1))
         self._apply()
-        if self.fresh is not None and self.fresh.decision is not None:
-            self._settle_incarnation()
 
     # ------------------------------------------------------------------------------ inputs
 
@@ -1202,8 +1192,12 @@ class Node:
     # ------------------------------------------------------------------------------ fresh start
 
     def _probe(self) -> None:
-        """Deciding the incarnation: ask the initial members not yet heard from, now and then."""
+        """Deciding the incarnation: ask the initial members not yet heard from, now and then
+        (a single initial member has no one to ask: it is decided at the first tick)."""
         fresh = self.fresh
+        if fresh.decision is not None:
+            self._settle_incarnation()
+            return
         for m in fresh.due(self.now):
             self._out.send.append((m, Probe(self.id, fresh.nonce)))
 

@@ -65,8 +65,11 @@ anything sent after it (daemon.core).
 
 from __future__ import annotations
 
+from fastpath import BALLOT_NONE
+
 __all__ = ["NEW", "REJOIN", "FreshStart"]
 
+PROBE_INTERVAL = 0.05  # seconds between two Probes to a member that has not answered
 NEW = "new"  # a new cluster: incarnation 0
 REJOIN = "rejoin"  # the cluster has run: a new incarnation, as a learner
 
@@ -83,6 +86,21 @@ class FreshStart:
     ``report`` takes each answer. ``decision`` becomes NEW or REJOIN, never to change again,
     with ``why`` in words for the log.
     """
+
+    @classmethod
+    def if_unknown(cls, incarnation: int | None, node_id: int, initial_ids, durable, rng,
+                   now: float, interval: float = PROBE_INTERVAL) -> FreshStart | None:
+        """None when ``incarnation`` is known; else a FreshStart whose nonce is the random
+        incarnation to rejoin under (from ``rng.getrandbits``) unless the cluster is new.
+        ValueError if ``durable`` (a daemon.core.DurableState) holds anything: a node with
+        state has an incarnation."""
+        if incarnation is not None:
+            return None
+        if durable is not None and (durable.promised != BALLOT_NONE or durable.log
+                                    or durable.commit_index or durable.snapshot is not None):
+            raise ValueError(f"node {node_id}: the incarnation is unknown but the data "
+                             "directory holds state")
+        return cls(node_id, initial_ids, rng.getrandbits(63) or 1, now, interval)
 
     def __init__(self, node_id: int, initial_ids, nonce: int, now: float,
                  interval: float) -> None:

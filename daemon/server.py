@@ -78,12 +78,12 @@ EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
 JOIN_HELP = ("join a running cluster: with an empty data directory, start under a new "
              "incarnation (a new member, or a member whose data was lost); ignored when the "
              "data directory holds state")
+EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory, take "
                     "incarnation 0 at once instead of waiting until every other initial member "
                     "reports that it never promised anything; never for a member that may "
                     "have lost its data; ignored when the data directory holds state")
 DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
-EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 
 _OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)

@@ -78,6 +78,7 @@ def test_one_used_answer_means_rejoin_and_answers_to_another_start_do_not_count(
 
 def test_a_single_member_cluster_decides_at_once():
     node = Node(1, [1], CFG, random.Random(1), 0.0, None, None)
+    node.tick(0.01)
     assert node.fresh is None and node.incarnation == 0
     [record] = node.ready().persist
     assert record.incarnation == 0 and "only initial member" in record.why
