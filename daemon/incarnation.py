@@ -50,6 +50,8 @@ every other member answering, the argument closes:
 What this does not cover: a majority of the members losing their data at once. If every other
 member is wiped or has never started too, nothing distinguishes the cluster from a new one;
 the data was lost with the disks, as in any consensus system, and the members start afresh.
+The same goes for initial members that were removed from the cluster and are started again
+on empty directories: they count as members that lost their data (the README says not to).
 
 The price is availability at a cluster's very first start: every initial member must be up.
 A brand-new cluster started all at once (``paxosd cluster``, ``make demo``, the tests) decides
