@@ -305,3 +305,80 @@ def test_new_cluster_is_for_initial_members_only(tmp_path):
         Server(load_config(path, node_id=1), join=True, new_cluster=True)
     with pytest.raises(SystemExit):
         main(["--config", str(path), "--node-id", "1", "--join", "--new-cluster"])
+
+
+# ------------------------------------------------------------------------------ why every other
+
+
+class _QuorumOfOthers(FreshStart):
+    """The weaker rule: decide "new" once more than n - quorum other members answered "never
+    promised" (enough to meet every quorum), without waiting for the rest."""
+
+    def report(self, sender, nonce, used):
+        super().report(sender, nonce, used)
+        n = len(self.others) + 1
+        if self.decision is None and len(self.empty) > n - (n // 2 + 1):
+            self._decide(NEW, "a quorum's worth of others never promised")
+
+
+def _forgotten_promise_scenario(rule) -> tuple:
+    """Five members. Candidate 5 has node 1's promise for ballot b when 1 loses its disk; 1 is
+    restarted empty and decides by ``rule`` while it cannot hear 5. A delayed Prepare(b) then
+    wins 5 a third promise (from 2), and 3 stands with b' < b. What each of 5 and 3 holds
+    chosen in slot 2, and whether 1 decided."""
+    c = Cluster(5, CFG)
+    y, x, z, u, v = 5, 1, 2, 3, 4
+    others = {(a, b) for a in c.ids for b in c.ids if a != b}
+    c.cut = others - {(y, x), (x, y)}  # 5 reaches only 1
+    c.nodes[y]._start_election()
+    c.pump()
+    b = c.nodes[y].ballot
+    assert c.nodes[x].promised == b and c.nodes[y].role != LEADER
+    # Node 1 loses its disk and is restarted without a flag; it cannot hear 5.
+    node = fresh_node(c, x)
+    if rule is not FreshStart:
+        old = node.fresh
+        node.fresh = rule(x, c.ids, old.nonce, c.now, old.interval)
+    c.cut = {(x, y), (y, x)}
+    node.tick(c.now)
+    c.pump()
+    decided = node.fresh is None
+    # The Prepare(b) that 5 sent 2 arrives late: 5 leads b on {5, 1-before-the-wipe, 2}.
+    c.cut = others - {(y, z), (z, y)}
+    c.nodes[z].receive(Prepare(y, b, 1), c.now)
+    c.pump()
+    assert c.nodes[y].role == LEADER
+    c.cut = others  # 5's Accepts wait
+    c.nodes[y].submit("a", put(50, 1, b"k", b"from 5"), c.now)
+    c.pump()
+    held = [(d, m) for s, d, m in c.sent if s == y and d in (x, z) and type(m) is Accept]
+    # 3 stands with a lower ballot of the same round; it hears 1 and 4 (not 2, which would
+    # refuse: it promised b).
+    c.cut = others - {(u, x), (x, u), (u, v), (v, u)}
+    c.nodes[u]._start_election()
+    c.pump()
+    assert c.nodes[u].ballot < b
+    if c.nodes[u].role == LEADER:
+        c.nodes[u].submit("b", put(30, 1, b"k", b"from 3"), c.now)
+        c.pump()
+    # 5's Accepts arrive at last.
+    c.cut = others - {(x, y), (z, y)}
+    for dst, msg in held:
+        c.nodes[dst].receive(msg, c.now)
+    c.pump()
+
+    def slot2(n):
+        return n.log[2][1] if n.commit_index >= 2 else None
+
+    return slot2(c.nodes[y]), slot2(c.nodes[u]), decided
+
+
+def test_a_quorum_of_never_promised_answers_is_not_enough_every_other_member_must_answer():
+    # With the weaker rule, 1 takes incarnation 0 while its promise to 5 still counts for 5:
+    # slot 2 is chosen twice, with different values.
+    at5, at3, decided = _forgotten_promise_scenario(_QuorumOfOthers)
+    assert decided and at5 is not None and at3 is not None and at5 != at3
+    # With every other member required, 1 waits for 5 and votes for no one meanwhile: 3 cannot
+    # win, and 5 cannot have slot 2 chosen on 1's acceptance either.
+    at5, at3, decided = _forgotten_promise_scenario(FreshStart)
+    assert not decided and at3 is None and at5 is None
