@@ -31,8 +31,9 @@ node X promises ballot b to candidate Y, then loses its disk. With only three "n
 answers (Z, U, V) X would take incarnation 0 while Y, unasked, is still collecting promises
 for b; Z then promises b, and Y leads b on the promises of {Y, X-before-the-wipe, Z}. U stands
 with a ballot b' < b, wins {U, X, V} (X promised nothing it remembers) and gets v' chosen in
-slot 1; X then accepts Y's v under the higher b, so {Y, Z, X} choose v in slot 1 too. With
-every other member answering, the argument closes:
+slot 1; X then accepts Y's v under the higher b, so {Y, Z, X} choose v in slot 1 too
+(tests/test_amnesia.py plays this out). With every other member answering, the argument
+closes:
 
 1. Every answer was given after this start sent its Probe (the Probe carries a nonce that is
    new for every start and only answers echoing it count), so after the node's previous life
