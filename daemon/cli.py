@@ -1,6 +1,6 @@
 """The ``paxosd`` command: run a node or a whole loopback cluster, and talk to a cluster.
 
-    paxosd serve --config F [--node-id N] [--join]   run one node (the systemd unit's command)
+    paxosd serve --config F [--node-id N] [--join | --new-cluster]   run one node
     paxosd cluster --config F                  run every member of F as a child process
     paxosd check-config --config F             validate F and print the effective settings
     paxosd put K V | get K | delete K | cas K OLD NEW
@@ -74,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(p, "")
     p.add_argument("--node-id", type=int, metavar="N", help="this node's member id "
                    "(overrides node_id in the file)")
-    p.add_argument("--join", action="store_true", help="join a running cluster: with an "
-                   "empty data directory, start under a new incarnation (a new member, or a "
-                   "member whose data directory was lost); ignored when it holds state")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--join", action="store_true", help="join a running cluster: with an "
+                       "empty data directory, start under a new incarnation (a new member, or "
+                       "a member whose data directory was lost); ignored when it holds state")
+    start.add_argument("--new-cluster", action="store_true", help="only when creating a "
+                       "cluster whose other members cannot all start now: with an empty data "
+                       "directory, take incarnation 0 without asking them; never for a member "
+                       "that may have lost its data (without either flag an empty directory "
+                       "asks the other members whether the cluster is new)")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("cluster", help="run every member of the file as a child process "
@@ -301,7 +307,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "not set: give node_id in the file or --node-id N")
     from daemon.server import run  # the server's imports are not needed by client commands
 
-    code = run(config, join=args.join)
+    code = run(config, join=args.join, new_cluster=args.new_cluster)
     return EXIT_OK if code is None else int(code)
 
 
@@ -349,12 +355,16 @@ def _start_members(config: Config, children: dict[int, tuple[int, subprocess.Pop
     print(f"paxosd cluster {config.cluster!r} from {path}: {len(config.members)} members "
           f"(quorum {config.quorum}), data in {config.data_dir}, "
           f"fsync {'on' if config.storage.fsync else 'OFF'}", flush=True)
+    # Every data directory empty: the cluster is new (or all of its data is gone, which comes
+    # to the same), so a member that fails to start does not hold the others back.
+    new = all(not config.node_dir(m.id).exists() or not any(config.node_dir(m.id).iterdir())
+              for m in config.members)
     for m in config.members:
         # A session of its own: a terminal's Ctrl-C reaches only this process, which then
         # stops every child by pid.
         process = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve", "--config", path,
-             "--node-id", str(m.id)],
+             "--node-id", str(m.id)] + (["--new-cluster"] if new and not m.join else []),
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )

@@ -8,7 +8,8 @@ outputs:
     node.submit(req, cmd, now)     a client write command (see daemon.messages)
     node.read(req, key, now)       a client linearizable read
     ready = node.ready()           drain what to do, in this order:
-        1. append ``ready.persist`` to the write-ahead log;
+        1. append ``ready.persist`` to the write-ahead log (an ``IncarnationChosen`` goes to
+           the data directory's incarnation file instead, in its place in the order);
         2. send ``ready.send`` at once (nothing in it depends on unsynced records);
         3. send ``ready.send_after_persist`` only once every record handed out so far, in this
            ready and all earlier ones, is durable (a CommitRecord may lag: nothing sent depends
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
+from daemon.incarnation import NEW, FreshStart
 from daemon.kv import KVStore, decode_image, encode_image
 from daemon.membership import (
     MEMBERS_KEY,
@@ -52,7 +54,10 @@ from daemon.messages import (
     CatchupRequest,
     ChosenRecord,
     CommitRecord,
+    IncarnationChosen,
     Prepare,
+    Probe,
+    ProbeReply,
     Promise,
     PromiseRecord,
     Reject,
@@ -183,13 +188,15 @@ class Ready:
 class Node:
     """One Multi-Paxos node: acceptor, learner and potential leader.
 
-    ``rng`` is any object with ``uniform(a, b)`` (a seeded ``random.Random`` in the simulator).
+    ``rng`` is any object with ``uniform(a, b)`` and ``getrandbits(k)`` (a seeded
+    ``random.Random`` in the simulator). ``incarnation`` None: an initial member on an empty
+    data directory without an incarnation, which decides it first (see daemon.incarnation).
     """
 
     def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,
-                 durable: DurableState | None = None, incarnation: int = 0) -> None:
+                 durable: DurableState | None = None, incarnation: int | None = 0) -> None:
         initial = initial_configuration(members)
-        if node_id not in initial.ids and incarnation == 0:
+        if node_id not in initial.ids and not incarnation:
             raise ValueError(f"node {node_id} is not among the members {initial.ids} "
                              "(a node joining a running cluster needs an incarnation)")
         if not 1 <= len(initial.members) <= 64:
@@ -197,7 +204,8 @@ class Node:
         if not 1 <= node_id <= 0xFFFF:
             raise ValueError(f"node id {node_id} is not in 1..65535")
         self.id = node_id
-        self.incarnation = incarnation
+        self.fresh = FreshStart.if_unknown(incarnation, node_id, initial.ids, durable, rng, now)
+        self.incarnation = incarnation if self.fresh is None else self.fresh.nonce
         self.initial = initial
         self.configs: list[Configuration] = [initial]  # by effective slot; see _config_at
         self.config_version = 0
@@ -271,6 +279,9 @@ class Node:
 
     def tick(self, now: float) -> None:
         self.now = now
+        if self.fresh is not None:
+            self._probe()
+            return
         cfg = self.config
         if self.role == LEADER:
             if self._lost_quorum_contact():
@@ -300,6 +311,8 @@ class Node:
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise TypeError(f"node {self.id}: not a peer message: {msg!r}")
+        if self.fresh is not None and type(msg) is not Probe and type(msg) is not ProbeReply:
+            return  # no promise, accept or vote before the incarnation is decided
         handler(self, msg)
 
     def submit(self, req, cmd: tuple, now: float) -> None:
@@ -782,6 +795,8 @@ class Node:
     def _may_stand(self) -> bool:
         """A node stands for election only as a voter, under its own incarnation, both now and
         in the latest configuration it knows (a member being removed does not stand)."""
+        if self.fresh is not None:
+            return False
         inc = self.incarnation
         return (self._config_at(self.commit_index + 1).votes(self.id, inc)
                 and self.configs[-1].votes(self.id, inc))
@@ -1262,6 +1277,42 @@ class Node:
         lo, hi = self.config.election_timeout
         self.election_deadline = self.now + self.rng.uniform(lo, hi)
 
+    # ------------------------------------------------------------------------------ fresh start
+
+    def _probe(self) -> None:
+        """Deciding the incarnation: ask the initial members not yet heard from, now and then
+        (a single initial member has no one to ask: it is decided at the first tick)."""
+        fresh = self.fresh
+        if fresh.decision is not None:
+            self._settle_incarnation()
+            return
+        for m in fresh.due(self.now):
+            self._out.send.append((m, Probe(self.id, fresh.nonce)))
+
+    def _on_probe(self, msg: Probe) -> None:
+        used = self.fresh is None and bool(
+            self.incarnation or self.promised != BALLOT_NONE or self.max_slot
+            or self.commit_index or self.snapshot_index)
+        self._out.send.append((msg.sender, ProbeReply(self.id, msg.nonce, used)))
+
+    def _on_probe_reply(self, msg: ProbeReply) -> None:
+        fresh = self.fresh
+        if fresh is None:
+            return
+        fresh.report(msg.sender, msg.nonce, msg.used)
+        if fresh.decision is not None:
+            self._settle_incarnation()
+
+    def _settle_incarnation(self) -> None:
+        """The incarnation is decided: hand it to the driver to persist. Everything that
+        depends on it (a Promise, an Accepted) leaves through send_after_persist, so only
+        once it is durable."""
+        fresh, self.fresh = self.fresh, None
+        if fresh.decision == NEW:
+            self.incarnation = 0
+        self._out.persist.append(IncarnationChosen(self.incarnation, fresh.why))
+        self._reset_election_timer()
+
     _handlers = {
         Prepare: _on_prepare,
         Promise: _on_promise,
@@ -1272,6 +1323,8 @@ class Node:
         Catchup: _on_catchup,
         SnapshotChunk: _on_snapshot_chunk,
         TimeoutNow: _on_timeout_now,
+        Probe: _on_probe,
+        ProbeReply: _on_probe_reply,
     }
 
     # ------------------------------------------------------------------------------ status

@@ -156,8 +156,29 @@ class TimeoutNow:
     ballot: int
 
 
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A node on an empty data directory asks: have you ever promised anything, and is the
+    cluster still new? ``nonce`` is fresh per start, so only answers to this start count
+    (see daemon.incarnation)."""
+
+    sender: int
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply:
+    """The answer to a Probe: ``used`` unless the sender runs incarnation 0 and has never
+    promised or accepted anything, learned no chosen slot and holds no snapshot (a node still
+    deciding its own incarnation holds nothing and says so)."""
+
+    sender: int
+    nonce: int
+    used: bool
+
+
 PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Catchup, SnapshotChunk,
-                 TimeoutNow)
+                 TimeoutNow, Probe, ProbeReply)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +220,18 @@ class CommitRecord:
 
 
 RECORDS = (PromiseRecord, AcceptRecord, ChosenRecord, CommitRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class IncarnationChosen:
+    """A node that started on an empty data directory has decided its incarnation (0: an
+    initial member of a new cluster; else a new one, to rejoin as a learner); ``why`` says
+    on what evidence, for the log. Handed out in ``Ready.persist`` but not a WAL record: the
+    driver writes it to the data directory's incarnation file, durably, before anything
+    handed out after it is sent (see daemon.incarnation)."""
+
+    incarnation: int
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,11 +47,11 @@ from daemon.config import ConfigError, load_config
 from daemon.core import LEADER, CoreConfig, DurableState, Node
 from daemon.log import Throttle, node_logger, setup as setup_logging
 from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, CommitRecord,
-                             Snapshot)
+                             IncarnationChosen, Snapshot)
 from daemon.metrics import NodeMetrics, serve_metrics
 from daemon.kv import decode_image, encode_image
 from daemon.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
-                            write_snapshot)
+                            save_incarnation, write_snapshot)
 from daemon.security import server_context
 from daemon.transport import Transport, tls_failure
 
@@ -79,6 +79,11 @@ JOIN_HELP = ("join a running cluster: with an empty data directory, start under 
              "incarnation (a new member, or a member whose data was lost); ignored when the "
              "data directory holds state")
 EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
+NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory, take "
+                    "incarnation 0 at once instead of waiting until every other initial member "
+                    "reports that it never promised anything; never for a member that may "
+                    "have lost its data; ignored when the data directory holds state")
+DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
 
 _OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -152,7 +157,7 @@ class Server:
     Created by ``serve``; handed to ``task_status.started`` so tests can look inside.
     """
 
-    def __init__(self, config, *, join: bool = False) -> None:
+    def __init__(self, config, *, join: bool = False, new_cluster: bool = False) -> None:
         if config.node_id is None:
             raise ConfigError(str(config.path), "node_id",
                               "not set: give node_id in the file or --node-id")
@@ -160,6 +165,12 @@ class Server:
         self.id = config.node_id
         self.log = node_logger(self.id)
         self.join = join or config.member(self.id).join
+        if self.join and new_cluster:
+            raise ConfigError(str(config.path), f"members.{self.id}",
+                              "--new-cluster is for an initial member creating the cluster; "
+                              "this node joins (--join or join: true)")
+        self.new_cluster = new_cluster
+        self._deciding_logged = -DECIDING_LOG_INTERVAL
         self.members = tuple(m.id for m in config.initial_members)
         self.client_address = {m.id: str(m.client) for m in config.members}
         self._config_version = 0  # the core's, when the transport last heard of its members
@@ -218,11 +229,12 @@ class Server:
             empty = not records and durable.snapshot is None
             self.incarnation, how = await trio.to_thread.run_sync(partial(
                 load_incarnation, node_dir, empty=empty, join=self.join,
-                fsync=config.storage.fsync))
-            self.log.info("incarnation %d (%s)", self.incarnation, how)
-            if self.join and not empty:
-                self.log.info("the data directory holds state: starting from it (--join only "
-                              "matters for an empty one)")
+                new_cluster=self.new_cluster, fsync=config.storage.fsync))
+            self.log.info("incarnation %s (%s)",
+                          "undecided" if self.incarnation is None else self.incarnation, how)
+            if (self.join or self.new_cluster) and not empty:
+                self.log.info("the data directory holds state: starting from it (--%s only "
+                              "matters for an empty one)", "join" if self.join else "new-cluster")
             initial = {m.id: (str(m.peer), str(m.client)) for m in config.initial_members}
             try:
                 self.node = Node(self.id, initial, core_config(config), random.Random(),
@@ -232,6 +244,9 @@ class Server:
             self.log.info("recovered %d WAL records: promised ballot %s, commit index %d",
                           len(records), wire.format_ballot(durable.promised),
                           durable.commit_index)
+            # The first "still deciding" warning comes after a moment: a cluster started all
+            # at once decides in one round trip.
+            self._deciding_logged = trio.current_time() - DECIDING_LOG_INTERVAL + 2.0
             self._membership_changed()
             self._role, self._leader = self.node.role, self.node.leader_id
             self._counted_commit = self.node.commit_index
@@ -265,11 +280,20 @@ class Server:
 
     def _write_with_snapshots(self, items: list) -> float:
         """Write records in order; at each Snapshot: sync, write the snapshot file, and start
-        the log afresh from its checkpoint (compaction). Runs in a worker thread."""
+        the log afresh from its checkpoint (compaction); at an IncarnationChosen: write the
+        incarnation file (durable before anything after it is released). Runs in a worker
+        thread."""
         wal = self.wal
         seconds = 0.0
         start = 0
         for i, item in enumerate(items):
+            if type(item) is IncarnationChosen:
+                wal.append(items[start:i])
+                save_incarnation(wal.directory, item.incarnation, fsync=wal.fsync_enabled)
+                self.incarnation = item.incarnation
+                self.log.info("incarnation %d (%s)", item.incarnation, item.why)
+                start = i + 1
+                continue
             if type(item) is not Snapshot:
                 continue
             wal.append(items[start:i])
@@ -303,8 +327,10 @@ class Server:
     def _status_line(self) -> str:
         node = self.node
         leader = node.leader_id if node.leader_id is not None else "none"
+        deciding = ("" if node.fresh is None else "; deciding its incarnation, waiting for node(s) "
+                    + ", ".join(map(str, node.fresh.waiting_for)))
         return (f"{node.role}, leader {leader}, ballot {wire.format_ballot(node.promised)}, "
-                f"commit {node.commit_index}, applied {node.applied_index}")
+                f"commit {node.commit_index}, applied {node.applied_index}{deciding}")
 
     def status(self) -> dict:
         """The status map of the client protocol's "status" request."""
@@ -312,7 +338,26 @@ class Server:
         status["peers"] = self.transport.reachable()
         status["cluster"] = self.config.cluster
         status["yaml_members"] = list(self.members)
+        fresh = self.node.fresh
+        if fresh is not None:  # deciding: not incarnation 0, not yet its new one either
+            status["incarnation"] = None
+            status["waiting_for"] = list(fresh.waiting_for)
         return status
+
+    def _deciding_text(self) -> str:
+        waiting = ", ".join(map(str, self.node.fresh.waiting_for))
+        return (f"empty data directory: not voting until the incarnation is decided; waiting for "
+                f"node(s) {waiting} to report that they never promised anything (every other "
+                f"initial member must, for a new cluster; one report that the cluster has run "
+                f"makes this node rejoin as a learner under a new incarnation). If this is a "
+                f"brand-new cluster and those members cannot start now, start this one with "
+                f"--new-cluster")
+
+    def _log_deciding(self, now: float) -> None:
+        """Say, now and then, what a node deciding its incarnation waits for."""
+        if now - self._deciding_logged >= DECIDING_LOG_INTERVAL:
+            self._deciding_logged = now
+            self.log.warning("%s", self._deciding_text())
 
     # -- the core loop ---------------------------------------------------------------------------
 
@@ -353,6 +398,8 @@ class Server:
                 elif kind == EV_TICK:
                     self._tick_pending = False
                     node.tick(now)
+                    if node.fresh is not None:
+                        self._log_deciding(now)
                     if self._watchdog is not None and now >= self._next_watchdog:
                         # Pinged from the core loop itself: a wedged loop stops the pings.
                         self._next_watchdog = now + self._watchdog
@@ -491,7 +538,7 @@ class Server:
             records, self._wal_pending = self._wal_pending, []
             target = self._wal_handed
             before = wal.written_bytes
-            if any(type(r) is Snapshot for r in records):
+            if any(type(r) is Snapshot or type(r) is IncarnationChosen for r in records):
                 seconds = await trio.to_thread.run_sync(self._write_with_snapshots, records)
             elif in_thread and all(type(r) is CommitRecord for r in records):
                 # Nothing sent waits on a commit index, and one lost in a crash is learned
@@ -699,11 +746,14 @@ def _remote(stream) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config, *, join: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(config, *, join: bool = False, new_cluster: bool = False,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run node ``config.node_id`` until cancelled; ``task_status.started(server)`` once it
-    listens. On the way out (cancellation or error) the WAL is flushed and closed. ``join``:
-    with an empty data directory, join a running cluster under a new incarnation."""
-    await Server(config, join=join).serve(task_status)
+    listens. On the way out (cancellation or error) the WAL is flushed and closed. With an
+    empty data directory: ``join`` joins a running cluster under a new incarnation;
+    ``new_cluster`` takes incarnation 0 at once; neither (the default) decides by asking the
+    other initial members (daemon.incarnation)."""
+    await Server(config, join=join, new_cluster=new_cluster).serve(task_status)
 
 
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
@@ -715,7 +765,7 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def run(config, *, join: bool = False) -> int:
+def run(config, *, join: bool = False, new_cluster: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code (0 after a clean stop)."""
     setup_logging()
     # Commands and log entries are small tuples that never form cycles, and the default gen-0
@@ -736,7 +786,7 @@ def run(config, *, join: bool = False) -> int:
                         return
 
                 nursery.start_soon(on_signal)
-                await serve(config, join=join)
+                await serve(config, join=join, new_cluster=new_cluster)
 
     try:
         trio.run(main)
@@ -763,7 +813,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="this node's member id (overrides node_id in the file)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--join", action="store_true", help=JOIN_HELP)
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--join", action="store_true", help=JOIN_HELP)
+    start.add_argument("--new-cluster", action="store_true", help=NEW_CLUSTER_HELP)
     args = parser.parse_args(argv)
     setup_logging(getattr(logging, args.log_level))
     try:
@@ -773,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paxosd: {exc}", file=sys.stderr)
         return 2
-    return run(config, join=args.join)
+    return run(config, join=args.join, new_cluster=args.new_cluster)
 
 
 if __name__ == "__main__":

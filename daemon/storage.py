@@ -53,6 +53,8 @@ __all__ = [
     "encode_entries",
     "encode_record",
     "load_incarnation",
+    "new_incarnation",
+    "save_incarnation",
 ]
 
 MAGIC = b"PAXOSWAL"
@@ -742,17 +744,22 @@ def _write_all(fd: int, data: bytes) -> None:
 # The incarnation: which life of this data directory the node runs (see daemon.membership).
 
 
+def new_incarnation() -> int:
+    """A random non-zero incarnation, never the initial members' 0."""
+    return int.from_bytes(os.urandom(8), "big") & MAX_INCARNATION or 1
+
+
 def load_incarnation(directory: os.PathLike | str, *, empty: bool, join: bool,
-                     fsync: bool = True) -> tuple[int, str]:
+                     new_cluster: bool = False, fsync: bool = True) -> tuple[int | None, str]:
     """This data directory's incarnation, and how it was found (for the log).
 
     The ``incarnation`` file holds it once chosen. Without one: a directory that holds state
-    (``empty`` false) predates the file and is incarnation 0, the initial members'; an empty
-    one gets 0 too, as a member starting the cluster for the first time, unless ``join`` (a
-    node joining a running cluster, or a member that lost its data): then a random non-zero
-    number, so votes it gives can never be mistaken for the promises it forgot. A new file is
-    written atomically (temporary file, fsync, rename, fsync of the directory) before the node
-    says anything to anyone.
+    (``empty`` false) predates the file and is incarnation 0, the initial members'. An empty
+    one gets a random non-zero number with ``join`` (a node joining a running cluster), 0 with
+    ``new_cluster`` (the operator says this is a brand-new cluster), and otherwise None: not
+    known yet. The protocol core then decides it (daemon.incarnation) and the server saves it
+    with ``save_incarnation``; a node that lost its data must not take 0 on its own word.
+    A new file is written before the node says anything to anyone.
     """
     directory = Path(directory)
     path = directory / INCARNATION_FILE
@@ -771,10 +778,25 @@ def load_incarnation(directory: os.PathLike | str, *, empty: bool, join: bool,
     if not empty:
         incarnation, how = 0, "0: the data directory predates incarnations"
     elif join:
-        incarnation = int.from_bytes(os.urandom(8), "big") & MAX_INCARNATION or 1
+        incarnation = new_incarnation()
         how = "new: joining a running cluster with an empty data directory"
+    elif new_cluster:
+        incarnation, how = 0, "0: --new-cluster, an initial member of a brand-new cluster"
     else:
-        incarnation, how = 0, "0: an initial member starting with an empty data directory"
+        return None, ("not known yet: an empty data directory (a first start, or lost data); "
+                      "asking the other initial members whether the cluster is new")
+    save_incarnation(directory, incarnation, fsync=fsync)
+    return incarnation, how
+
+
+def save_incarnation(directory: os.PathLike | str, incarnation: int, *,
+                     fsync: bool = True) -> None:
+    """Write the ``incarnation`` file atomically (temporary file, fsync, rename, fsync of the
+    directory): once this returns it survives a crash."""
+    if not 0 <= incarnation <= MAX_INCARNATION:
+        raise ValueError(f"incarnation {incarnation} is not in 0..{MAX_INCARNATION}")
+    directory = Path(directory)
+    path = directory / INCARNATION_FILE
     tmp = directory / (INCARNATION_FILE + ".tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
@@ -789,4 +811,3 @@ def load_incarnation(directory: os.PathLike | str, *, empty: bool, join: bool,
             _fsync_dir(directory)
     except OSError as exc:
         raise _os_error("cannot write the incarnation", path, exc) from exc
-    return incarnation, how

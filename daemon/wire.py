@@ -20,6 +20,8 @@ Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the d
     7 Catchup         [7, sender, first_slot, batches, commit_index]
     8 SnapshotChunk   [8, sender, index, offset, total, data]
     9 TimeoutNow      [9, sender, ballot]
+   10 Probe           [10, sender, nonce]
+   11 ProbeReply      [11, sender, nonce, used]       used: a CBOR boolean
 
 A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, arg2]`` (see
 ``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
@@ -27,7 +29,7 @@ and the simulator compare them as tuples.
 
 ``incarnation`` is the sender's data directory's (``daemon.membership``).
 
-The hello opens every peer connection, in both directions: ``["paxosd", 2, cluster, node_id]``,
+The hello opens every peer connection, in both directions: ``["paxosd", 3, cluster, node_id]``,
 with a fifth item, a random 32-byte nonce, from a node that has the cluster secret. Then, with
 the secret, each side proves it (``daemon.security``) with ``["proof", hmac]``, the acceptor
 first; the acceptor closes the handshake with ``["welcome"]``, and either side may instead say
@@ -68,6 +70,8 @@ from daemon.messages import (
     SnapshotChunk,
     TimeoutNow,
     Prepare,
+    Probe,
+    ProbeReply,
     Promise,
     Reject,
 )
@@ -101,7 +105,7 @@ __all__ = [
     "format_ballot",
 ]
 
-PROTOCOL_VERSION = 2  # 2: Promise and Accepted carry incarnations
+PROTOCOL_VERSION = 3  # 2: Promise and Accepted carry incarnations; 3: Probe, ProbeReply
 HELLO_MAGIC = "paxosd"
 
 U64_MAX = (1 << 64) - 1
@@ -314,6 +318,10 @@ def encode_peer(msg) -> list:
         return [9, msg.sender, msg.ballot]
     if t is Catchup:
         return [7, msg.sender, msg.first_slot, msg.batches, msg.commit_index]
+    if t is Probe:
+        return [10, msg.sender, msg.nonce]
+    if t is ProbeReply:
+        return [11, msg.sender, msg.nonce, msg.used]
     raise TypeError(f"not a peer message: {msg!r:.100}")
 
 
@@ -403,9 +411,23 @@ def _decode_timeout_now(obj, members):
     return TimeoutNow(_sender(obj[1], members, "TimeoutNow"), _ballot(obj[2], "TimeoutNow.ballot"))
 
 
+def _decode_probe(obj, members):
+    _arity(obj, 3, "Probe", "[10, sender, nonce]")
+    return Probe(_sender(obj[1], members, "Probe"), _uint(obj[2], 0, U64_MAX, "Probe.nonce"))
+
+
+def _decode_probe_reply(obj, members):
+    _arity(obj, 4, "ProbeReply", "[11, sender, nonce, used]")
+    used = obj[3]
+    if type(used) is not bool:
+        raise _fail("ProbeReply.used", "a boolean", used)
+    return ProbeReply(_sender(obj[1], members, "ProbeReply"),
+                      _uint(obj[2], 0, U64_MAX, "ProbeReply.nonce"), used)
+
+
 _DECODERS = (None, _decode_prepare, _decode_promise, _decode_reject, _decode_accept,
              _decode_accepted, _decode_catchup_request, _decode_catchup, _decode_snapshot_chunk,
-             _decode_timeout_now)
+             _decode_timeout_now, _decode_probe, _decode_probe_reply)
 
 
 def decode_peer(obj, members):
@@ -416,8 +438,8 @@ def decode_peer(obj, members):
     if not _is_array(obj) or not obj:
         raise _fail("peer message", "an array [tag, fields...]", obj)
     tag = obj[0]
-    if type(tag) is not int or not 1 <= tag <= 9:
-        raise _fail("peer message tag", "an integer in [1, 9]", tag)
+    if type(tag) is not int or not 1 <= tag < len(_DECODERS):
+        raise _fail("peer message tag", f"an integer in [1, {len(_DECODERS) - 1}]", tag)
     return _DECODERS[tag](obj, members)
 
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 from daemon import core as core_module
 from daemon.core import CoreConfig, DurableState, Node
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Reply, Snapshot
+from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, IncarnationChosen, Reply,
+                             Snapshot)
 from tests.linearizability import Operation, check
 
 ELECTION = (0.150, 0.300)
@@ -129,7 +130,19 @@ class _IgnoresIncarnation(Node):
         super().receive(msg, now)
 
 
+class _TrustsAnEmptyDisk(Node):
+    """Broken on purpose: the old default. A member restarted on an empty data directory
+    takes incarnation 0 at once and votes without the promises it forgot."""
+
+    def __init__(self, node_id, members, config, rng, now, durable=None, incarnation=0):
+        super().__init__(node_id, members, config, rng, now, durable,
+                         0 if incarnation is None else incarnation)
+        if incarnation is None:
+            self._out.persist.append(IncarnationChosen(0, "taken on its own word"))
+
+
 BUGS = {
+    "trusts-an-empty-disk": _TrustsAnEmptyDisk,
     "ignores-incarnation": _IgnoresIncarnation,
     "answers-before-persist": _AnswersBeforePersist,
     "skips-reproposal": _SkipsReproposal,
@@ -222,6 +235,7 @@ class Simulation:
                             ("member", self.mix.member_every)):
             if every:
                 self._schedule(self.rng.expovariate(1 / every), kind, None)
+        self._amnesia(first=True)
 
     def _checked(self, base):
         """The node class, with every advance of a commit index shown to the checker first
@@ -316,7 +330,9 @@ class Simulation:
 
     def _fsync_done(self, sim: SimNode) -> None:
         for item in sim.syncing:
-            if isinstance(item, Snapshot):
+            if type(item) is IncarnationChosen:  # the driver's incarnation file
+                sim.member_incarnation = item.incarnation
+            elif isinstance(item, Snapshot):
                 # The driver's compaction: snapshot durable, then its checkpoint starts a
                 # new log and every older record goes.
                 sim.snapshot = item
@@ -548,6 +564,47 @@ class Simulation:
         self.changes += 1
         self._drain(sim)
 
+    def _amnesia(self, first: bool = False) -> None:
+        """The amnesia fault: a voting initial member loses its data directory (state, snapshot
+        and incarnation file) and is restarted as systemd would, without --join. It must decide
+        its incarnation (daemon.incarnation) before it votes. Drawn from a stream of its own,
+        so seeds without it run as they always did; at most one member is without its state
+        at a time (as for the membership fault's wipes)."""
+        if first:
+            own = random.Random(f"amnesia-{self.seed}")
+            self.amnesia_every = own.uniform(0.3, 2.0) if own.random() < 0.35 else 0.0
+            if self.amnesia_every:
+                self.mix_text += f" amnesia/{self.amnesia_every:.1f}s"
+                self._schedule(own.expovariate(1 / self.amnesia_every), "amnesia", None)
+            return
+        if self.healed:
+            return
+        self.trace.update(b"amnesia")
+        rng = self.rng
+        self._schedule(rng.expovariate(1 / self.amnesia_every), "amnesia", None)
+        # Only a whole, settled cluster loses a disk: every member up, and every node's view of
+        # every configuration that may still decide a slot names each voter's present
+        # incarnation. (A second loss before the first member's return is known everywhere
+        # can leave no quorum that knows it: two lost disks in three.)
+        up = [s.node for s in self.nodes.values() if s.up]
+        if not up:
+            return
+        configs = self._best_node().configs
+        if any(not self.nodes[i].up for i in configs[-1].ids):
+            return
+        unrestored = [m for node in up for cfg in node.configs for m in cfg.members
+                      if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
+        victims = [i for i in configs[-1].voters if i in self.ids]
+        if unrestored or not victims or min(len(c.voters) for c in configs) < 3:
+            return
+        sim = self.nodes[rng.choice(victims)]
+        if sim.up:
+            self._crash(sim)
+        sim.durable, sim.snapshot, sim.checked_commit = [], None, 0
+        sim.member_incarnation = None  # no incarnation file: the node decides it
+        self.wipes += 1
+        self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
+
     def _crash(self, sim: SimNode) -> None:
         sim.up = False
         sim.node = None
@@ -696,6 +753,8 @@ class Simulation:
         elif kind == "reply":
             trace.update(b"p%d%s%.6f" % (data[0], data[1].status.encode(), self.now))
             self._on_reply(*data)
+        elif kind == "amnesia":
+            self._amnesia()
         elif kind in ("partition", "crash", "pause", "transfer", "member"):
             trace.update(kind.encode())
             self._fault(kind)

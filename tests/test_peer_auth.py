@@ -14,6 +14,7 @@ import os
 import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,12 @@ def write_config(tmp_path: Path, pki: PKI | None = None, *, secret: bytes | None
 
 
 @asynccontextmanager
-async def running(cluster: Cluster, among=(1, 2, 3)):
+async def running(cluster: Cluster, among=(1, 2, 3), new_cluster=False):
+    """``new_cluster``: the nodes take incarnation 0 without asking the other members."""
     async with trio.open_nursery() as nursery:
         for i in among:
-            cluster.servers[i] = await nursery.start(serve, cluster.configs[i])
+            cluster.servers[i] = await nursery.start(partial(serve, new_cluster=new_cluster),
+                                                     cluster.configs[i])
         try:
             yield cluster
         finally:
@@ -272,7 +275,8 @@ async def test_a_member_with_another_secret_cannot_join_and_each_side_logs_it_on
     cluster.configs[3] = load_config(
         write_config(tmp_path, secret=OTHER_SECRET, name="other.yaml", ports=ports), node_id=3)
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(cluster):
+        # Nodes 1 and 2 never hear from node 3: they are told the cluster is new.
+        async with running(cluster, new_cluster=True):
             leader = await cluster.wait_for_leader(among=(1, 2))
             c = await cluster.client(leader)
             assert (await c.call("put", 1, 1, b"k", b"v")).status == "ok"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -127,11 +128,13 @@ class Cluster:
 
 
 @asynccontextmanager
-async def running_cluster(tmp_path: Path, run=(1, 2, 3), **kwargs):
+async def running_cluster(tmp_path: Path, run=(1, 2, 3), new_cluster=False, **kwargs):
+    """``new_cluster``: the nodes take incarnation 0 without asking the members not in ``run``."""
     cluster = Cluster(write_config(tmp_path, **kwargs), run)
     async with trio.open_nursery() as nursery:
         for i, config in cluster.configs.items():
-            cluster.servers[i] = await nursery.start(serve, config)
+            cluster.servers[i] = await nursery.start(partial(serve, new_cluster=new_cluster),
+                                                     config)
         try:
             yield cluster
         finally:
@@ -299,9 +302,11 @@ async def test_a_rejected_peer_frame_changes_nothing(tmp_path):
     # refused as a whole: the connection closes and the node's state is as it was.
     big = (1 << 40) << 16  # a ballot round far above anything in use
     # Five members, three running: the frames claim to come from node 1, which is down, so no
-    # real connection of node 1's is displaced by them.
+    # real connection of node 1's is displaced by them. (Two members never start: the others
+    # are told the cluster is new.)
     with trio.fail_after(TEST_TIMEOUT):
-        async with running_cluster(tmp_path, run=(3, 4, 5), members=5) as cluster:
+        async with running_cluster(tmp_path, run=(3, 4, 5), members=5,
+                                   new_cluster=True) as cluster:
             leader = await cluster.wait_for_leader(among=(3, 4, 5))
             c = await cluster.client(leader)
             assert (await c.call("put", 1, 1, b"k", b"v")).status == "ok"

@@ -51,7 +51,8 @@ def test_the_same_seed_replays_the_same_trace():
     assert simulator.run_seed(12, 5, 3000)[1] != a[1]
 
 
-@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist"])
+@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist",
+                                 "trusts-an-empty-disk"])
 def test_a_deliberately_broken_core_is_caught_within_1000_seeds(bug):
     failures = simulator._run_many((range(1000), None, 4000, bug, True))
     assert failures, f"the simulator did not catch the {bug} core in 1000 seeds"

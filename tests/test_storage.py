@@ -637,8 +637,15 @@ def test_rotating_the_log_keeps_only_the_checkpoint(tmp_path):
 def test_the_incarnation_is_chosen_once_and_kept(tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    assert storage.load_incarnation(fresh, empty=True, join=False)[0] == 0
+    # Without a flag an empty directory's incarnation is not known yet (the core decides it).
+    assert storage.load_incarnation(fresh, empty=True, join=False)[0] is None
+    assert not (fresh / "incarnation").exists()
+    assert storage.load_incarnation(fresh, empty=True, join=False, new_cluster=True)[0] == 0
     assert storage.load_incarnation(fresh, empty=True, join=True) == (0, "from the data directory")
+    decided = tmp_path / "decided"
+    decided.mkdir()
+    storage.save_incarnation(decided, 1234)
+    assert storage.load_incarnation(decided, empty=True, join=False) == (1234, "from the data directory")
     joined = tmp_path / "joined"
     joined.mkdir()
     inc, how = storage.load_incarnation(joined, empty=True, join=True)

@@ -20,6 +20,8 @@ from daemon.messages import (
     Catchup,
     CatchupRequest,
     Prepare,
+    Probe,
+    ProbeReply,
     Promise,
     Reject,
     SnapshotChunk,
@@ -54,6 +56,9 @@ EXAMPLES = [
     Catchup(1, 5, (BATCH, ()), 9),
     SnapshotChunk(1, 120, 4096, 10000, b"\x83" * 100),
     TimeoutNow(1, B1),
+    Probe(2, 0x7FFF_FFFF_FFFF_FFFF),
+    ProbeReply(3, 12345, True),
+    ProbeReply(3, 0, False),
 ]
 
 
@@ -120,7 +125,7 @@ def test_not_an_array_or_an_unknown_tag():
     bad({"a": 1}, "peer message", "dict")
     bad([], "peer message")
     bad([0, 1, B1, 1], "tag", "0")
-    bad([10, 1, B1, 1], "tag", "10")
+    bad([12, 1, B1, 1], "tag", "12")
     bad(["1", 1, B1, 1], "tag")
     bad([True, 1, B1, 1], "tag", "bool")
 
@@ -134,6 +139,8 @@ def test_not_an_array_or_an_unknown_tag():
     ([5, 2, B1, 1, 1], ["Accepted", "8 items"]),
     ([6, 3], ["CatchupRequest", "5 items"]),
     ([7, 1, 1, []], ["Catchup", "5 items"]),
+    ([10, 1], ["Probe", "3 items"]),
+    ([11, 1, 5, True, 0], ["ProbeReply", "4 items"]),
 ])
 def test_short_or_long_arrays_are_refused(obj, words):
     bad(obj, *words)
@@ -208,6 +215,15 @@ def test_promise_entries_are_checked():
     bad([2, 2, B1, 0, [], -1], "Promise.incarnation", "-1")
     bad([5, 2, B1, 1, 1, 0, 0, "x"], "Accepted.incarnation", "'x'")
     bad([5, 2, B1, 1, 1, 0, -2, 0], "Accepted.commit_index", "-2")
+
+
+def test_probes_are_checked():
+    bad([10, 9, 5], "Probe.sender", "9")
+    bad([10, 1, -5], "Probe.nonce", "-5")
+    bad([10, 1, b"n"], "Probe.nonce", "bytes")
+    bad([11, 2, 5, 1], "ProbeReply.used", "a boolean", "int")  # CBOR 1 is not true
+    bad([11, 2, 5, None], "ProbeReply.used", "None")
+    bad([11, 2, 2**64, False], "ProbeReply.nonce")
 
 
 def test_members_decide_who_may_send():
@@ -292,11 +308,11 @@ def test_hello_accepts_a_member_of_the_same_cluster():
 
 
 @pytest.mark.parametrize("hello,words", [
-    (["paxosd", 2, "other", 2], ["cluster 'other'", "'demo'"]),
-    (["paxosd", 1, "demo", 2], ["protocol version 1", "version 2"]),
+    (["paxosd", 3, "other", 2], ["cluster 'other'", "'demo'"]),
+    (["paxosd", 2, "demo", 2], ["protocol version 2", "version 3"]),
     (["paxosd", True, "demo", 2], ["protocol version True"]),
-    (["paxosd", 2, "demo", 9], ["node id 9", "not a member"]),
-    (["paxosd", 2, "demo", 1], ["node id 1", "own id"]),
+    (["paxosd", 3, "demo", 9], ["node id 9", "not a member"]),
+    (["paxosd", 3, "demo", 1], ["node id 1", "own id"]),
     (["raft", 1, "demo", 2], ["not a paxosd hello"]),
     ([1, 2], ["not a paxosd hello"]),
     ("paxosd", ["not a paxosd hello"]),

@@ -52,6 +52,8 @@ SEEDS = [
     [6, 3, 7, 0, 0],  # CatchupRequest
     [7, 1, 5, [_BATCH, []], 9],  # Catchup
     [8, 1, 120, 0, 100, b"\x83" * 100],  # SnapshotChunk
+    [10, 2, (1 << 63) - 1],  # Probe
+    [11, 3, 12345, False],  # ProbeReply
     [[1, "put", 7, 1, b"k", b"v", None], [2, "get", 0, 0, b"k", None, None],
      [3, "cas", 7, 2, b"k", b"v", b"w"], [4, "status", 0, 0, b"", None, None],
      [5, "member_add", 4, 0, b"127.0.0.1:7104", b"127.0.0.1:7004", None],
