@@ -595,7 +595,10 @@ class Simulation:
         unrestored = [m for node in up for cfg in node.configs for m in cfg.members
                       if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
         victims = [i for i in configs[-1].voters if i in self.ids]
-        if unrestored or not victims or min(len(c.voters) for c in configs) < 3:
+        # Nor while a membership change is on its way: a removal chosen after the loss could
+        # leave two voters, one of them without its state (no quorum, for good).
+        changing = any(n.role == "leader" and n._change_in_progress() for n in up)
+        if unrestored or changing or not victims or min(len(c.voters) for c in configs) < 3:
             return
         sim = self.nodes[rng.choice(victims)]
         if sim.up:
