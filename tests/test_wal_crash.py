@@ -36,6 +36,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -715,6 +717,58 @@ def test_a_failed_fsync_is_never_retried(tmp_path, monkeypatch):
             step()
     wal.close()
     assert len(calls) == 1
+
+
+# A node whose first fsync after start fails (the promise of its own election): the wrapper
+# counts the failed calls on stderr, one line each.
+_FAILING_FSYNC_NODE = """
+import errno, sys
+from daemon import server, storage
+armed, real_fsync, real_append = [], storage._fsync, storage.WAL.append
+
+def append(self, records):
+    armed.append(True)
+    return real_append(self, records)
+
+def fsync(fd):
+    if armed:
+        print("FAILED-FSYNC", file=sys.stderr, flush=True)
+        raise OSError(errno.EIO, "Input/output error")
+    real_fsync(fd)
+
+storage.WAL.append, storage._fsync = append, fsync
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+def test_a_node_whose_fsync_fails_exits_at_once_with_a_clear_error(tmp_path):
+    """The daemon as a real process: the first fsync after start fails; the node exits with
+    status 1 and an error naming the log, having tried that fsync once and nothing after."""
+    from tests.ports import free_ports
+
+    peer, client = free_ports(2)
+    config = tmp_path / "one.yaml"
+    config.write_text(
+        "cluster: fsync-test\n"
+        f"members:\n  1: {{peer: 127.0.0.1:{peer}, client: 127.0.0.1:{client}}}\n"
+        f"data_dir: {tmp_path / 'data'}\n"
+        "timing: {heartbeat_ms: 20, election_timeout_ms: [40, 80]}\n"
+        "storage: {fsync: true}\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", _FAILING_FSYNC_NODE, "--config", str(config),
+                             "--node-id", "1"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    wal_path = tmp_path / "data" / "node-1" / "wal.log"
+    assert proc.returncode == 1, err
+    assert err.count("FAILED-FSYNC") == 1, err  # never retried, not even by the shutdown
+    assert f"{wal_path}: cannot fsync the log (a failed fsync is not retried" in err, err
+    assert "Input/output error" in err and "Traceback" not in err, err
 
 
 def test_a_marker_with_a_torn_slot_falls_back_to_the_other(tmp_path):
