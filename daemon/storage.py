@@ -33,19 +33,22 @@ been synced:
   when that group was written, so damage there is corruption (``CorruptLog``, naming the file
   and the offset); damage above every later header's ``synced`` is the torn tail of writes no
   fsync covered, and is cut with one warning;
-- ``wal.synced``, the synced-length marker: after every fsync the log pwrites "salt, synced
-  length" to it (two fixed slots, each with a checksum, alternately), and fsyncs it before the
-  first sync of a log file returns, before a sync that covers a PromiseRecord returns, at least
-  once a second under load, when the writer goes idle (``seal``), on rotation and on close. A
-  log whose valid groups end below the marker's length lost synced bytes: ``CorruptLog``. This
-  is what catches damage to the final synced group (no later header can vouch for it), a lost
-  last page, and a log cut to zero records (indistinguishable from a lost disk: the node must
-  not vote under its old incarnation having forgotten its promises).
+- ``wal.synced``, the synced-length marker, a separate small file: "salt, synced length" in
+  one of two fixed slots (alternately, each with a checksum), written and fsynced (``seal``)
+  only at these points, off the hot path: before the first sync of a log file returns, before
+  a sync that covers a PromiseRecord returns, at most once a second under load, when the WAL
+  writer goes idle, on open, rotation and close. It only ever records lengths an fsync of the
+  log already covered. A log whose valid groups end below the marker's length lost synced
+  bytes: ``CorruptLog``. This catches damage to the final synced group (no later header can
+  vouch for it), a lost last page, and a log cut to zero records (indistinguishable from a lost
+  disk: the node must not vote under its old incarnation having forgotten its promises).
 
-What it still cannot tell: damage to the groups synced after the marker's last fsync, when no
-later group header survives, looks like a torn tail (an Accept group acknowledged in the last
-moments before a crash under load, and only if the crash damaged bytes an fsync had already
-covered, which a disk that honours fsync and writes sectors atomically does not do).
+What it still cannot tell: damage to a group synced after the marker's last seal, when no
+later group header survives, looks like a torn tail and is cut. That is an Accept group
+acknowledged in the moments before a crash, with the writer busy, and only if the crash
+damaged bytes an fsync had already covered, which a disk that honours fsync and writes
+sectors atomically does not do. Sealing on every sync would close it at the price of a second
+fsync per group commit.
 
 The blocking methods (``open``, ``sync``, ``seal``, ``rotate``, ``close``) are meant to run in a
 worker thread; ``append`` may run concurrently with ``sync`` (one appender at a time).
@@ -479,8 +482,7 @@ class WAL:
         if _SYNCED_MARKER:
             _note_synced(self._fd, self._synced)
         marker = self._marker
-        self._guard(marker.path, "cannot write the synced-length marker", marker.note,
-                    self._synced)
+        marker.note(self._synced)
         # The marker must be durable before this sync returns when no later group could
         # vouch for what it covers in time: the first records of a log file (else a log cut
         # to zero records looks new) and a promise (else a damaged one is cut as torn).
@@ -590,9 +592,10 @@ def _group(salt: bytes, offset: int, synced: int, parts: list, length: int, crc:
 class _SyncedMarker:
     """``wal.synced``: the longest prefix of the current log known synced, outside the log.
 
-    Written (pwrite, no fsync) after every fsync of the log, so whatever version of it a crash
-    leaves never claims more than was synced; fsynced (``seal``) when the log says so. With
-    fsync off it is read (an earlier run's claims still hold) but never written.
+    ``note`` records (in memory) what an fsync of the log made durable; ``seal`` writes it to
+    the file (one pwrite of a slot) and fsyncs it. Only lengths already synced are written, so
+    whatever version of the file a crash leaves never claims more than was synced. With fsync
+    off it is read (an earlier run's claims still hold) but never written.
     """
 
     def __init__(self, path: Path, fd: int, slots: list[tuple[bytes, int, int]]):
@@ -601,8 +604,8 @@ class _SyncedMarker:
         self._slots = slots  # the valid (salt, synced, sequence) slots found at open
         self._seq = max((s[2] for s in slots), default=0)
         self._salt = b""
-        self.written = 0  # the length last written for the current log
-        self.durable = 0  # the length last fsynced for the current log
+        self.synced = 0  # the length of the current log an fsync made durable
+        self.durable = 0  # the length this file holds durably for the current log
         self.sealed_at = time.monotonic()
 
     @classmethod
@@ -666,24 +669,26 @@ class _SyncedMarker:
     def reset(self, salt: bytes, synced: int) -> None:
         """Start recording for the log with ``salt``, ``synced`` bytes long and all durable."""
         self._salt = salt
-        self.written = self.durable = 0
-        self.note(synced)
+        self.synced = synced
+        self.durable = 0
         self.seal()
 
     def note(self, synced: int) -> None:
-        if self._fd < 0:
+        """An fsync of the log made ``synced`` bytes durable (nothing written yet)."""
+        self.synced = synced
+
+    def seal(self) -> None:
+        """Make the file hold what ``note`` recorded, durably (if it lags): one pwrite into the
+        older slot, then fsync."""
+        if self._fd < 0 or self.durable >= self.synced:
             return
+        synced = self.synced
         self._seq += 1
         body = SYNCED_SLOT.pack(self._salt, synced, self._seq)
         os.pwrite(self._fd, body + CRC.pack(zlib.crc32(body)),
                   SYNCED_SLOT_OFFSETS[self._seq % len(SYNCED_SLOT_OFFSETS)])
-        self.written = synced
-
-    def seal(self) -> None:
-        if self._fd < 0 or self.durable >= self.written:
-            return
         _fsync(self._fd)
-        self.durable = self.written
+        self.durable = synced
         self.sealed_at = time.monotonic()
 
     def close(self) -> None:
