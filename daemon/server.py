@@ -299,8 +299,12 @@ class Server:
             wal.append(items[start:i])
             seconds += wal.sync()
             before = wal.written_bytes
-            size = write_snapshot(wal.directory, item.index, encode_image(item.state),
-                                  fsync=wal.fsync_enabled)
+            try:
+                size = write_snapshot(wal.directory, item.index, encode_image(item.state),
+                                      fsync=wal.fsync_enabled)
+            except StorageError as exc:
+                wal.fail(f"the snapshot write failed: {exc}")  # nothing more is written
+                raise
             wal.rotate(list(item.checkpoint))
             self.log.info("snapshot at slot %d written (%d bytes); log compacted from %d to %d bytes",
                           item.index, size, before, wal.written_bytes)
@@ -558,6 +562,11 @@ class Server:
                     self._slow_fsync(seconds, len(records))
             self._wal_durable = target
             await self._inbox_send.send((EV_DURABLE, target))
+            if in_thread and not self._wal_pending:
+                # Idle: make the synced-length marker cover what was just synced, so damage
+                # to the last synced group is found on restart (daemon.storage), off the
+                # path of anything waiting for durability.
+                await trio.to_thread.run_sync(wal.seal)
 
     def _slow_fsync(self, seconds: float, records: int) -> None:
         """Log a slow fsync, at most once per SLOW_FSYNC_LOG_INTERVAL (a slow disk is slow for

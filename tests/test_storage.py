@@ -64,17 +64,28 @@ def wal_file(directory: Path) -> Path:
     return directory / storage.WAL_FILE
 
 
-def write_log(directory: Path, records: list) -> list[int]:
-    """Append each record separately and sync; return the offset of each entry."""
+def write_log(directory: Path, records: list, *, unsynced: int = 0) -> list[int]:
+    """Append and sync each record as its own group, except that the last ``unsynced`` are
+    appended without a sync before a crash; return the offset of each group."""
     wal, existing = WAL.open(directory)
     assert existing == []
     offsets = []
-    for record in records:
+    for i, record in enumerate(records):
         offsets.append(wal.written_bytes)
         wal.append([record])
-    wal.sync()
-    wal.close()
+        if i < len(records) - unsynced:
+            wal.sync()
+    if unsynced:
+        crash(wal)
+    else:
+        wal.close()
     return offsets
+
+
+def crash(wal: WAL) -> None:
+    """Drop the log as a killed process would: no sync, no seal; the lock is released."""
+    wal.fail("simulated crash")
+    wal.close()
 
 
 def reopen(directory: Path, **kwargs) -> list:
@@ -139,7 +150,11 @@ def test_a_new_directory_gets_an_empty_log_with_a_header(tmp_path):
     assert records == []
     assert wal.written_bytes == wal.synced_bytes == HEADER_BYTES
     wal.close()
-    assert wal_file(directory).read_bytes() == b"PAXOSWAL" + struct.pack(">I", 1)
+    header = wal_file(directory).read_bytes()
+    assert header[:12] == b"PAXOSWAL" + struct.pack(">I", 2)
+    assert len(header) == HEADER_BYTES == 24
+    assert header[12:20] == wal.salt and len(set(wal.salt)) > 1
+    assert header[20:] == struct.pack(">I", zlib.crc32(header[:20]))
     assert (directory / "LOCK").read_text().strip() == str(os.getpid())
 
 
@@ -232,7 +247,7 @@ def test_what_was_not_synced_may_be_lost_but_the_synced_prefix_survives(tmp_path
     wal.sync()
     synced = wal.synced_bytes
     wal.append([CommitRecord(99), PromiseRecord(5)])
-    wal.close()
+    crash(wal)
     os.truncate(wal_file(tmp_path), synced + 5)  # part of the unsynced write reached the disk
     assert reopen(tmp_path) == commit_records(5)
 
@@ -245,7 +260,7 @@ def torn(tmp_path: Path, damage) -> tuple[list, bytes, list[str]]:
     """Write 5 records, damage the file, reopen; return (records, file after, warnings)."""
     records = [PromiseRecord(1), AcceptRecord(1, 0, (BATCH,)), CommitRecord(0),
                AcceptRecord(1, 1, (NOOP, BATCH)), CommitRecord(2)]
-    offsets = write_log(tmp_path, records)
+    offsets = write_log(tmp_path, records, unsynced=1)
     path = wal_file(tmp_path)
     damage(path, offsets)
     warnings: list[str] = []
@@ -287,8 +302,10 @@ def flip_byte(offset_in_last: int):
     return damage
 
 
-@pytest.mark.parametrize("where", [4, 8, 9], ids=["checksum", "payload-head", "payload"])
-def test_a_bad_checksum_in_the_last_record_is_cut_off(tmp_path, where):
+@pytest.mark.parametrize("where", [4, 8, 20, 28, 36, 42, 45],
+                         ids=["salt", "offset", "synced", "length", "header-checksum",
+                              "record-length", "payload"])
+def test_a_bad_checksum_in_the_last_unsynced_group_is_cut_off(tmp_path, where):
     found, records, warnings = torn(tmp_path, flip_byte(where))
     assert found == records[:-1]
     assert len(warnings) == 1
@@ -320,7 +337,7 @@ def test_a_length_beyond_the_limit_at_the_end_is_cut_off(tmp_path):
 
 
 def test_the_warning_names_the_file_the_offset_and_the_bytes_cut(tmp_path, caplog):
-    offsets = write_log(tmp_path, commit_records(3))
+    offsets = write_log(tmp_path, commit_records(3), unsynced=1)
     size = wal_file(tmp_path).stat().st_size
     os.truncate(wal_file(tmp_path), size - 1)
     with caplog.at_level(logging.WARNING, logger="paxosd.storage"):
@@ -338,17 +355,20 @@ def test_a_whole_unsynced_append_torn_midway_loses_only_its_own_records(tmp_path
     wal.sync()
     start = wal.written_bytes
     wal.append([CommitRecord(10), CommitRecord(11), CommitRecord(12)])
-    entry = (wal.written_bytes - start) // 3
-    wal.close()
-    os.truncate(wal_file(tmp_path), start + entry + entry // 2)
-    assert reopen(tmp_path) == commit_records(3) + [CommitRecord(10)]
+    end = wal.written_bytes
+    crash(wal)
+    for cut in range(start, end):  # one append is one group: all of it or none of it
+        os.truncate(wal_file(tmp_path), cut)
+        assert reopen(tmp_path, log=lambda message: None) == commit_records(3)
 
 
 # ---------------------------------------------------------------------------------------------
 # Corruption before the end is refused.
 
 
-@pytest.mark.parametrize("where", [0, 3, 5, 9, 12], ids=["length-high", "length-low", "checksum", "payload", "payload-late"])
+@pytest.mark.parametrize("where", [0, 9, 17, 27, 33, 38, 41, 50],
+                         ids=["salt", "offset", "synced", "length", "body-checksum",
+                              "header-checksum", "record-length", "payload"])
 def test_a_flipped_bit_in_a_middle_record_raises_corrupt_log_with_the_offset(tmp_path, where):
     records = [AcceptRecord(1, i, (BATCH,)) for i in range(5)]
     offsets = write_log(tmp_path, records)
@@ -382,11 +402,16 @@ def test_zeros_in_the_middle_of_the_log_raise_corrupt_log(tmp_path):
 
 def test_a_record_with_a_good_checksum_that_does_not_decode_is_refused(tmp_path):
     write_log(tmp_path, commit_records(2))
-    payload = b"\x82\x09\x01"  # [9, 1]: no such tag
-    with open(wal_file(tmp_path), "ab") as f:
-        f.write(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
-    with pytest.raises(CorruptLog, match="does not decode"):
-        WAL.open(tmp_path)
+    wal, _ = WAL.open(tmp_path)
+    salt, offset = wal.salt, wal.written_bytes
+    wal.close()
+    for body in (b"\x00\x00\x00\x03\x82\x09\x01",  # [9, 1]: no such tag
+                 b"\x00\x00\x00\x09\x82\x04\x01"):  # a record length beyond the group
+        group = storage._group(salt, offset, offset, [body], len(body), zlib.crc32(body))
+        wal_file(tmp_path).write_bytes(wal_file(tmp_path).read_bytes()[:offset] + group)
+        with pytest.raises(CorruptLog, match="do not decode") as info:
+            WAL.open(tmp_path)
+        assert info.value.offset == offset
 
 
 @pytest.mark.parametrize(
@@ -400,10 +425,17 @@ def test_a_file_that_is_not_a_wal_is_refused(tmp_path, content, match):
     assert wal_file(tmp_path).read_bytes() == content
 
 
-def test_an_unknown_format_version_is_refused(tmp_path):
-    wal_file(tmp_path).write_bytes(b"PAXOSWAL" + struct.pack(">I", 2))
-    with pytest.raises(StorageError, match="format version 2"):
+@pytest.mark.parametrize("version", [1, 3])
+def test_another_format_version_is_refused_naming_the_file_and_the_version(tmp_path, version):
+    # A version-1 log (format before group headers) is refused whole, never migrated.
+    old = b"PAXOSWAL" + struct.pack(">I", version) + encode_record(CommitRecord(1)) * 3
+    wal_file(tmp_path).write_bytes(old)
+    with pytest.raises(StorageError) as info:
         WAL.open(tmp_path)
+    message = str(info.value)
+    assert f"{wal_file(tmp_path)}: WAL format version {version}" in message
+    assert "reads only version 2" in message and "does not migrate" in message
+    assert wal_file(tmp_path).read_bytes() == old
 
 
 # ---------------------------------------------------------------------------------------------

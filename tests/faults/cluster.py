@@ -30,7 +30,8 @@ power cut can leave. If the inode in the marker is not wal.log's, compaction rep
 with a new file that it wrote and synced whole before the rename, and nothing has been synced
 into it since; nothing is cut then. Snapshot files, the log's creation and its replacement are
 fsynced (file and directory) before they are used, so they need no model. The mode needs
-``fsync: true``.
+``fsync: true``. The storage's own synced-length marker (``wal.synced``) is left as the kill
+left it: it is written after this one, so it never claims more than the cut keeps.
 """
 
 from __future__ import annotations

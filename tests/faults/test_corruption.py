@@ -1,11 +1,13 @@
 """Damaged data directories: the node finds the damage by checksum and says where.
 
 One real cluster writes the data (module fixture); each test copies it, damages one node's
-files and starts that node as a real process. Damage before the end of the log (a flipped bit
-in a payload, a length or a checksum; a bad header; a damaged snapshot) stops the node with a
+files and starts that node as a real process. Damage to what was synced (a flipped bit in a
+payload, a length or a checksum, in any group, the last one included once the node has
+stopped; a bad header; a log cut to zero records; a damaged snapshot) stops the node with a
 non-zero exit and a message naming the file and the offset: it never serves from it. A torn
-tail (the end of the last record missing, or junk after it) is cut and logged with its offset,
-and the node then catches up from its peers without losing an acknowledged write.
+tail (a group written after the last sync, cut short, or junk after the last group) is cut and
+logged with its offset, and the node then catches up from its peers without losing an
+acknowledged write. A log of an older format version is refused, naming the file and version.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,8 @@ import trio
 
 from daemon import storage
 from daemon.client import Client
-from daemon.storage import ENTRY_HEADER, HEADER_BYTES, WAL, CorruptLog
+from daemon.messages import CommitRecord
+from daemon.storage import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES, WAL, CorruptLog
 from tests.faults.cluster import ProcessCluster
 
 TEST_TIMEOUT = 60
@@ -30,16 +34,24 @@ VICTIM = 2
 HAS_SNAPSHOTS = hasattr(storage, "read_snapshot")
 
 
-def wal_entries(path: Path) -> list[tuple[int, int]]:
-    """(offset, total bytes) of each entry of a valid log."""
+def wal_groups(path: Path) -> list[tuple[int, int]]:
+    """(offset, total bytes) of each group of a valid log."""
     data = path.read_bytes()
     out, offset = [], HEADER_BYTES
     while offset < len(data):
-        length, _ = ENTRY_HEADER.unpack_from(data, offset)
-        out.append((offset, ENTRY_HEADER.size + length))
-        offset += ENTRY_HEADER.size + length
+        length = GROUP_HEAD.unpack_from(data, offset)[3]
+        out.append((offset, GROUP_HEADER_BYTES + length))
+        offset += GROUP_HEADER_BYTES + length
     assert offset == len(data)
     return out
+
+
+def unsynced_group(data: bytes, records: list) -> bytes:
+    """A group of ``records`` as the log would append it after ``data`` (a valid log whose
+    every byte is synced): what a crash can leave torn."""
+    salt = data[12:20]
+    parts, length, crc, _ = storage._encode_body(records)
+    return storage._group(salt, len(data), len(data), parts, length, crc)
 
 
 def flip(path: Path, offset: int, bit: int = 0) -> None:
@@ -96,10 +108,10 @@ def run_damaged(tmp_path: Path, written, damage) -> tuple[int | None, str, Proce
     return code, cluster.log_text(VICTIM), cluster
 
 
-def middle_entry(node_dir: Path) -> tuple[int, int]:
-    entries = wal_entries(node_dir / "wal.log")
-    assert len(entries) >= 4, entries
-    return entries[len(entries) // 2]
+def middle_group(node_dir: Path) -> tuple[int, int]:
+    groups = wal_groups(node_dir / "wal.log")
+    assert len(groups) >= 4, groups
+    return groups[len(groups) // 2]
 
 
 @pytest.mark.parametrize("where", ["payload", "length", "checksum"])
@@ -108,10 +120,10 @@ def test_a_flipped_bit_inside_the_log_stops_the_node_naming_file_and_offset(tmp_
     damaged = {}
 
     def damage(node_dir: Path) -> None:
-        offset, size = middle_entry(node_dir)
-        at = {"payload": offset + ENTRY_HEADER.size + (size - ENTRY_HEADER.size) // 2,
-              "length": offset,  # the high byte: an impossible length
-              "checksum": offset + 5}[where]
+        offset, size = middle_group(node_dir)
+        at = {"payload": offset + GROUP_HEADER_BYTES + (size - GROUP_HEADER_BYTES) // 2,
+              "length": offset + 24,  # the high byte: an impossible length
+              "checksum": offset + 33}[where]
         flip(node_dir / "wal.log", at, 7 if where == "length" else 3)
         damaged["offset"] = offset
         damaged["path"] = node_dir / "wal.log"
@@ -137,20 +149,19 @@ def test_a_damaged_log_header_stops_the_node_at_offset_0(tmp_path, written, dama
     assert f"{cluster.wal_path(VICTIM)}: offset 0" in log, log
 
 
-@pytest.mark.parametrize("tail", ["cut inside the last record", "junk after the last record"])
+@pytest.mark.parametrize("tail", ["an unsynced group cut short", "junk after the last group"])
 def test_a_torn_tail_is_cut_and_logged_and_the_node_catches_up(tmp_path, written, tail):
     cut = {}
 
     def damage(node_dir: Path) -> None:
         wal = node_dir / "wal.log"
         data = wal.read_bytes()
-        offset, size = wal_entries(wal)[-1]
-        if tail == "cut inside the last record":
-            wal.write_bytes(data[:offset + size // 2])
-            cut["offset"] = offset
+        if tail == "an unsynced group cut short":
+            group = unsynced_group(data, [CommitRecord(10 ** 6)])
+            wal.write_bytes(data + group[:len(group) - 3])
         else:
             wal.write_bytes(data + b"\x00\x00\x00\x20" + random.Random(1).randbytes(9))
-            cut["offset"] = len(data)
+        cut["offset"] = len(data)
 
     code, log, cluster = run_damaged(tmp_path, written, damage)
     assert code is None, log
@@ -194,37 +205,46 @@ def test_a_damaged_snapshot_stops_the_node_naming_file_and_offset(tmp_path, writ
     assert "listening:" not in log
 
 
-def test_any_flipped_bit_is_caught_and_located(tmp_path, written):
-    """Every single-bit flip (sampled positions) in a node's log: either corruption reported
-    at the damaged entry's offset (header: offset 0), or, in the last entry only, that entry
-    cut as a torn tail and every earlier record returned intact."""
-    source = written[0] / f"node-{VICTIM}" / "wal.log"
-    original = source.read_bytes()
-    entries = wal_entries(source)
+@pytest.mark.parametrize("marker", ["kept", "lost"])
+def test_any_flipped_bit_is_caught_and_located(tmp_path, written, marker):
+    """Every single-bit flip (sampled positions) in a stopped node's log is corruption
+    reported at the damaged group's offset (header: offset 0), as the synced-length marker
+    covers every group. Only if the marker is lost too may a flip in the groups at the end that
+    no later group header vouches for be cut as a torn tail, exactly at that group, keeping
+    every record before it."""
+    source = written[0] / f"node-{VICTIM}"
+    original = (source / "wal.log").read_bytes()
+    groups = wal_groups(source / "wal.log")
     rng = random.Random(7)
     node_dir = tmp_path / "node"
     node_dir.mkdir()
-    intact = _records(node_dir, original)
+    if marker == "kept":
+        shutil.copy(source / storage.SYNCED_FILE, node_dir / storage.SYNCED_FILE)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    intact = _records(scratch, original)
+    counts = [len(_records(scratch, original[:o])) for o, _ in groups]  # records before each
     positions = [rng.randrange(len(original)) for _ in range(150)] + [0, len(original) - 1]
     for at in positions:
         damaged = bytearray(original)
         damaged[at] ^= 1 << rng.randrange(8)
-        entry = next(((o, s) for o, s in entries if o <= at < o + s), None)
+        index = next((i for i, (o, s) in enumerate(groups) if o <= at < o + s), None)
+        offset = 0 if index is None else groups[index][0]
         warnings = []
         try:
-            wal, records = WAL.open(_copy(node_dir, bytes(damaged)), log=warnings.append)
+            wal, records = WAL.open(_copy(node_dir, bytes(damaged)), fsync=False,
+                                    log=warnings.append)
         except CorruptLog as exc:
-            assert entry != entries[-1], (at, str(exc))
-            assert exc.offset == (0 if entry is None else entry[0]), (at, str(exc))
+            assert exc.offset == offset, (at, str(exc))
             assert f"offset {exc.offset}" in str(exc) and str(node_dir / "wal.log") in str(exc)
             continue
         except storage.StorageError as exc:  # the format version field
             assert at < HEADER_BYTES, (at, str(exc))
             continue
         wal.close()
-        assert entry == entries[-1], (at, "damage inside the log went unnoticed")
-        assert records == intact[:-1]
-        assert len(warnings) == 1 and f"torn tail at offset {entry[0]}" in warnings[0]
+        assert marker == "lost" and index is not None, (at, "damage went unnoticed")
+        assert records == intact[:counts[index]], at
+        assert len(warnings) == 1 and f"torn tail at offset {offset}" in warnings[0]
 
 
 def _copy(node_dir: Path, data: bytes) -> Path:
@@ -233,9 +253,39 @@ def _copy(node_dir: Path, data: bytes) -> Path:
 
 
 def _records(node_dir: Path, data: bytes) -> list:
-    wal, records = WAL.open(_copy(node_dir, data))
+    """The records of a log file, opened without a marker (fsync off writes none)."""
+    wal, records = WAL.open(_copy(node_dir, data), fsync=False)
     wal.close()
     return records
+
+
+def test_a_log_cut_to_zero_records_stops_the_node_telling_what_to_do(tmp_path, written):
+    """A log that lost every record (a lost disk, in effect) must not start as the same member
+    with its old incarnation, its promises forgotten."""
+    def damage(node_dir: Path) -> None:
+        wal = node_dir / "wal.log"
+        wal.write_bytes(wal.read_bytes()[:HEADER_BYTES])
+
+    code, log, cluster = run_damaged(tmp_path, written, damage)
+    assert code == 1, log
+    assert f"{cluster.wal_path(VICTIM)}: offset {HEADER_BYTES}" in log, log
+    assert "no records at all" in log and "--join" in log
+    assert "listening:" not in log
+
+
+def test_a_log_of_the_previous_format_version_is_refused_naming_file_and_version(tmp_path,
+                                                                               written):
+    def damage(node_dir: Path) -> None:
+        record = storage.encode_record(CommitRecord(1))
+        (node_dir / "wal.log").write_bytes(
+            b"PAXOSWAL\x00\x00\x00\x01" + len(record).to_bytes(4, "big")
+            + zlib.crc32(record).to_bytes(4, "big") + record)
+
+    code, log, cluster = run_damaged(tmp_path, written, damage)
+    assert code == 1, log
+    assert f"{cluster.wal_path(VICTIM)}: WAL format version 1; this paxosd reads only " \
+           f"version 2 and does not migrate older logs" in log, log
+    assert "listening:" not in log
 
 
 def test_the_power_loss_marker_follows_every_sync(tmp_path, monkeypatch):
