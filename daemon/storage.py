@@ -702,7 +702,8 @@ class _SyncedMarker:
 _LOST_STATE = (
     "The node must not vote again under its old incarnation having forgotten what it "
     "promised and accepted. Restore the data directory from a backup, or move it aside and "
-    "restart the node with --join to rejoin as a new member that catches up from the others"
+    "restart the node: on an empty data directory it rejoins under a new incarnation and "
+    "catches up from the others"
 )
 
 
@@ -895,8 +896,8 @@ def _file_salt(mm: mmap.mmap, size: int, path: Path) -> bytes:
         raise StorageError(
             f"{path}: WAL format version {version}; this paxosd reads only version "
             f"{FORMAT_VERSION} and does not migrate older logs. Run the paxosd that wrote it, "
-            f"or move the data directory aside and start this member with --join so that it "
-            f"catches up from the other members",
+            f"or move the data directory aside and start this member again: on an empty data "
+            f"directory it rejoins under a new incarnation and catches up from the others",
             path=path,
         )
     if size < HEADER_BYTES:

@@ -52,7 +52,7 @@ import pytest
 
 from daemon import storage
 from daemon.messages import OP_PUT, AcceptRecord, CommitRecord, PromiseRecord
-from daemon.storage import WAL, CorruptLog, StorageError
+from daemon.storage import WAL, CorruptLog, StorageError, save_incarnation
 
 EXHAUSTIVE = os.environ.get("PAXOSD_WAL_CRASH_EXHAUSTIVE", "") not in ("", "0")
 PAGE = 4096
@@ -769,6 +769,10 @@ def test_a_node_whose_fsync_fails_exits_at_once_with_a_clear_error(tmp_path):
         f"data_dir: {tmp_path / 'data'}\n"
         "timing: {heartbeat_ms: 20, election_timeout_ms: [40, 80]}\n"
         "storage: {fsync: true}\n")
+    # A member that has started before (its incarnation decided): the first fsync after this
+    # start is its WAL's.
+    (tmp_path / "data" / "node-1").mkdir(parents=True)
+    save_incarnation(tmp_path / "data" / "node-1", 0)
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-c", _FAILING_FSYNC_NODE, "--config", str(config),
                              "--node-id", "1"], cwd=root, stdout=subprocess.PIPE,
