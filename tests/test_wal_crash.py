@@ -643,7 +643,7 @@ def test_the_zero_records_refusal_tells_the_operator_what_to_do(tmp_path):
         WAL.open(tmp_path)
     message = str(info.value)
     assert f"{tmp_path / 'wal.log'}: offset {storage.HEADER_BYTES}" in message
-    assert "no records at all" in message and "--join" in message
+    assert "no records at all" in message and "rejoins under a new incarnation" in message
     assert "incarnation" in message
 
 
