@@ -36,7 +36,7 @@ class Cluster:
         self.ids = list(range(1, n + 1))
         self.now = 0.0
         self.nodes = {i: Node(i, self.ids, cfg, random.Random(i), 0.0, (durable or {}).get(i)) for i in self.ids}
-        self.gates = {i: DurabilityGate() for i in self.ids}
+        self.gates = {}  # node id -> its DurabilityGate (nodes may be added or replaced)
         self.records = {i: [] for i in self.ids}
         self.replies = {i: [] for i in self.ids}
         self.cut = set()  # (src, dst) links that lose messages
@@ -46,7 +46,7 @@ class Cluster:
         queue = []
         for _ in range(limit):
             for i, node in self.nodes.items():
-                gate = self.gates[i]
+                gate = self.gates.setdefault(i, DurabilityGate())
                 out = gate.take(node.ready())
                 self.records[i].extend(out.records)
                 self.replies[i].extend(out.replies)
