@@ -9,16 +9,24 @@ reordering, symmetric/asymmetric/single-node partitions, crashes that lose every
 fsynced, restarts from what was synced, and pauses. Clients issue random put/get/delete/cas on a
 few keys, retrying through timeouts and redirects under one session.
 
-After every step: no two nodes learn different values for a slot, and a node's chosen log
-never changes. At the end: faults are healed and every pending command must complete within a
+After every step, the checks of tests.sim_invariants: no two nodes learn different values for a
+slot, a node's chosen log and applied history never change, a Promise covers every chosen slot
+from the Prepare's from_slot to the acceptor's commit index, an Accepted covers only slots held
+at its ballot, and a promise never goes down (across restarts too). At the end: faults are healed and every pending command must complete within a
 bounded number of election timeouts, all replicas must agree, every acknowledged write must be in
 the chosen log, and the client history must be linearizable. The same seed on the same code gives
 the same trace hash; a failure prints the command that replays it.
 
-The driver here keeps the core's durability contract exactly as the daemon does: records are
-appended, an fsync completes later, and ``send_after_persist`` messages leave only once every
-record handed out before them is durable. ``--bug`` swaps in a deliberately broken core to show
-the checks catch it.
+The driver keeps the core's durability contract through the daemon's own gate
+(daemon.durability), over a disk modelled on the daemon's WAL writer (tests.sim_disk: records in
+the real WAL encoding, torn unsynced tails, snapshot and log rotation as separate steps, failing
+fsyncs that stop the node). Peer messages cross the network as the real wire bytes
+(``wire.encode_peer``, ``wire.decode_peer_payload`` with its fastpath Accept decoder). Each seed
+draws its settings: the daemon's defaults (window 64, log_retain 256) compacting often, or
+settings that differ per node, few client sessions kept (so they are evicted).
+
+``--bug`` swaps in a deliberately broken core to show the checks catch it; add one with the
+``@bug("name")`` decorator on a Node subclass.
 """
 
 from __future__ import annotations
@@ -28,22 +36,24 @@ import dataclasses
 import hashlib
 import heapq
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 
+from fastpath import dumps
+
 from daemon import core as core_module
-from daemon.core import CoreConfig, DurableState, Node
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Reply, Snapshot
+from daemon import wire
+from daemon.core import CoreConfig, Node
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Reply
 from tests.linearizability import Operation, check
+from tests.sim_disk import DiskFailure, NodeStorage
+from tests.sim_invariants import Checker, Violation
 
 ELECTION = (0.150, 0.300)
 HEARTBEAT = 0.050
 TICK = 0.010
-
-
-class Violation(AssertionError):
-    """A safety or liveness property failed; the message says which and where."""
 
 
 @dataclass
@@ -58,6 +68,7 @@ class FaultMix:
     transfer_every: float  # mean seconds between leadership transfers (0 = never)
     member_every: float  # mean seconds between membership changes and disk wipes (0 = never)
     fsync: tuple[float, float]  # fsync latency range, seconds
+    fsync_fail: float  # probability that a sync, snapshot write or log rotation fails
 
     @classmethod
     def draw(cls, rng: random.Random) -> "FaultMix":
@@ -75,6 +86,7 @@ class FaultMix:
             transfer_every=maybe(0.4, 0.2, 2.0),
             member_every=maybe(0.5, 0.3, 2.0),
             fsync=(0.0002, rng.choice([0.0005, 0.002, 0.01, 0.05])),
+            fsync_fail=maybe(0.2, 0.0, 0.01),
         )
 
     def describe(self) -> str:
@@ -82,11 +94,57 @@ class FaultMix:
                 f"reorder={self.long_delay:.2f} partition/{self.partition_every:.1f}s "
                 f"crash/{self.crash_every:.1f}s pause/{self.pause_every:.1f}s "
                 f"transfer/{self.transfer_every:.1f}s member/{self.member_every:.1f}s "
-                f"fsync<={self.fsync[1] * 1000:.1f}ms")
+                f"fsync<={self.fsync[1] * 1000:.1f}ms fsync-fail={self.fsync_fail:.3f}")
+
+
+def draw_configs(rng: random.Random, ids, mixed_sessions: bool = False) -> tuple[str, dict]:
+    """Per node settings: ("defaults", the daemon's, compacting every few slots) or
+    ("per-node", drawn for each node, or once for all). Few sessions kept, now and then."""
+    timing = dict(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION)
+    sessions = rng.choice([2, 3, 100_000])
+    if rng.random() < 0.4:
+        every = rng.choice([8, 16, 32])
+        cfg = CoreConfig(**timing, snapshot_every=every, max_sessions=sessions)
+        return f"defaults snapshot_every={every} max_sessions={sessions}", {i: cfg for i in ids}
+    shared = dict(timing, max_batch_commands=rng.choice([1, 3, 64]),
+                  max_message_bytes=rng.choice([4096, 32 << 20]),
+                  snapshot_chunk_bytes=rng.choice([64, 4096, 1 << 20]),
+                  behind_limit=rng.choice([4, 64]))
+
+    def one():
+        return dict(window=rng.choice([1, 4, 16, 64]), catchup_slots=rng.choice([4, 16, 64]),
+                    snapshot_every=rng.choice([0, 5, 16, 40]),
+                    log_retain=rng.choice([0, 3, 64, 256]),
+                    max_sessions=rng.choice([2, 3, 100_000]) if mixed_sessions else sessions)
+
+    if rng.random() < 0.4:
+        cfg = CoreConfig(**shared, **one())
+        return f"same {_settings(cfg)}", {i: cfg for i in ids}
+    configs = {i: CoreConfig(**shared, **one()) for i in ids}
+    return "per-node " + "; ".join(f"{i}: {_settings(c)}" for i, c in configs.items()), configs
+
+
+def _settings(cfg: CoreConfig) -> str:
+    return (f"window={cfg.window} retain={cfg.log_retain} every={cfg.snapshot_every} "
+            f"catchup={cfg.catchup_slots} sessions={cfg.max_sessions}")
 
 
 # ------------------------------------------------------------------------------------ bugs
 
+BUGS: dict = {}  # name -> a deliberately broken Node subclass (python -m tests.simulator --bug)
+
+
+def bug(name: str):
+    """Register the decorated Node subclass as the broken core ``--bug name`` runs."""
+    def register(cls):
+        if name in BUGS:
+            raise ValueError(f"a bug named {name!r} is already registered")
+        BUGS[name] = cls
+        return cls
+    return register
+
+
+@bug("answers-before-persist")
 class _AnswersBeforePersist(Node):
     """Broken on purpose: Promise and Accepted leave before the records they vouch for."""
 
@@ -97,6 +155,7 @@ class _AnswersBeforePersist(Node):
         return out
 
 
+@bug("skips-reproposal")
 class _SkipsReproposal(Node):
     """Broken on purpose: a new leader ignores the values its promises report."""
 
@@ -106,6 +165,7 @@ class _SkipsReproposal(Node):
         super()._become_leader()
 
 
+@bug("forgets-promise")
 class _ForgetsPromise(Node):
     """Broken on purpose: the promise is never written to the log."""
 
@@ -115,6 +175,7 @@ class _ForgetsPromise(Node):
         return out
 
 
+@bug("ignores-incarnation")
 class _IgnoresIncarnation(Node):
     """Broken on purpose: a promise counts whatever incarnation it comes from, so a member
     whose disk was wiped answers a Prepare without the values it had accepted."""
@@ -129,14 +190,6 @@ class _IgnoresIncarnation(Node):
         super().receive(msg, now)
 
 
-BUGS = {
-    "ignores-incarnation": _IgnoresIncarnation,
-    "answers-before-persist": _AnswersBeforePersist,
-    "skips-reproposal": _SkipsReproposal,
-    "forgets-promise": _ForgetsPromise,
-}
-
-
 # ------------------------------------------------------------------------------------ nodes
 
 @dataclass
@@ -148,14 +201,9 @@ class SimNode:
     member_incarnation: int = 0  # the node's data directory's (non-zero once wiped or joining)
     started: bool = False
     paused_until: float = 0.0
-    durable: list = field(default_factory=list)  # records written since the snapshot
-    snapshot: object = None  # the durable Snapshot, if any
-    unsynced: list = field(default_factory=list)  # records not yet part of an fsync
-    unsynced_sends: list = field(default_factory=list)
-    syncing: list = field(default_factory=list)  # records of the fsync in flight
-    syncing_sends: list = field(default_factory=list)
-    sync_in_flight: bool = False
+    storage: NodeStorage = field(default_factory=NodeStorage)
     checked_commit: int = 0
+    promised: int = 0  # the node's promise after its last step (it never goes down)
 
 
 @dataclass
@@ -172,27 +220,27 @@ class ClientOp:
 
 
 class Simulation:
-    def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int = 3,
-                 keys: int = 3, bug: str | None = None, verbose: bool = False) -> None:
+    def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int | None = None,
+                 keys: int = 3, bug: str | None = None, verbose: bool = False,
+                 mixed_sessions: bool = False) -> None:
         self.seed = seed
         self.n = nodes
         self.steps = steps
         self.rng = random.Random(seed)
         self.mix = FaultMix.draw(self.rng)
-        self.mix_text = self.mix.describe()
-        self.node_class = self._checked(BUGS[bug] if bug else Node)
-        self.verbose = verbose
-        self.config = CoreConfig(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION,
-                                 window=self.rng.choice([1, 4, 16, 64]),
-                                 max_batch_commands=self.rng.choice([1, 3, 64]),
-                                 catchup_slots=self.rng.choice([4, 16, 64]),
-                                 behind_limit=self.rng.choice([4, 64]),
-                                 max_message_bytes=self.rng.choice([4096, 32 << 20]),
-                                 snapshot_every=self.rng.choice([0, 5, 40]),
-                                 log_retain=self.rng.choice([0, 3, 64]),
-                                 snapshot_chunk_bytes=self.rng.choice([64, 4096, 1 << 20]))
         self.ids = list(range(1, nodes + 1))  # the initial members
         self.all_ids = list(range(1, nodes + 3))  # and two spare machines to add
+        self.members = frozenset(self.all_ids)  # the ids a peer message may come from
+        settings, self.configs = draw_configs(self.rng, self.all_ids, mixed_sessions)
+        if clients is None:
+            clients = self.rng.choice([3, 3, 5])
+        self.mix_text = f"{self.mix.describe()} clients={clients} {settings}"
+        # A client whose session may be evicted (more clients than sessions kept, with room for
+        # the membership commands' own) does not retry writes: see _client_step.
+        self.retry_writes = min(c.max_sessions for c in self.configs.values()) > clients + 1
+        self.checker = Checker()
+        self.node_class = self.checker.node_class(BUGS[bug] if bug else Node)
+        self.verbose = verbose
         self.now = 0.0
         self.queue: list = []
         self.counter = 0
@@ -202,8 +250,6 @@ class Simulation:
         self.nodes = {i: SimNode(i, up=False) for i in self.all_ids}
         self.wipes = 0
         self.changes = 0
-        self.chosen: dict[int, tuple] = {}
-        self.chosen_commands: set[tuple[int, int]] = set()
         self.history: list[Operation] = []
         self.acked_writes: list[tuple[int, int]] = []
         self.keys = [b"k%d" % i for i in range(keys)]
@@ -223,31 +269,6 @@ class Simulation:
             if every:
                 self._schedule(self.rng.expovariate(1 / every), kind, None)
 
-    def _checked(self, base):
-        """The node class, with every advance of a commit index shown to the checker first
-        (before compaction can drop the values)."""
-        sim = self
-
-        class Checked(base):
-            def _set_commit(self, commit_index):
-                sim._learned(self, commit_index)
-                super()._set_commit(commit_index)
-
-        return Checked
-
-    def _learned(self, node, commit_index: int) -> None:
-        chosen = self.chosen
-        log = node.log
-        for slot in range(node.commit_index + 1, commit_index + 1):
-            batch = log[slot][1]
-            known = chosen.get(slot)
-            if known is None:
-                chosen[slot] = batch
-                for cmd in batch:
-                    self.chosen_commands.add((cmd[0], cmd[1]))
-            elif known != batch:
-                raise Violation(f"slot {slot}: node {node.id} learned {batch!r} but {known!r} was chosen")
-
     # -------------------------------------------------------------------------- scheduling
 
     def _schedule(self, delay: float, kind: str, data) -> None:
@@ -257,79 +278,94 @@ class Simulation:
     def _boot(self, sim: SimNode) -> None:
         sim.incarnation += 1
         sim.up = sim.started = True
-        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
-        sim.sync_in_flight = False
-        durable = DurableState.from_records(sim.durable, sim.snapshot)
+        sim.storage.reset()
+        durable = sim.storage.disk.recover()
         rng = random.Random(self.rng.getrandbits(64))
-        sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable,
+        sim.node = self.node_class(sim.id, self.ids, self.configs[sim.id], rng, self.now, durable,
                                    sim.member_incarnation)
         sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
+        self.checker.booted(sim)
         self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
         self._drain(sim)
 
     # -------------------------------------------------------------------------- network
 
     def _transmit(self, src: int, dst: int, msg) -> None:
+        """Send ``msg`` as the daemon does: to itself as the object, to a peer as the frame's
+        payload bytes (decoded again on delivery)."""
         if dst == src:
-            self._schedule(0.0, "deliver", (dst, msg))
+            self._schedule(0.0, "deliver", (dst, src, msg))
             return
         if (src, dst) in self.blocked:
             return
         rng = self.rng
         if rng.random() < self.mix.drop:
             return
+        payload = dumps(wire.encode_peer(msg))
         copies = 2 if rng.random() < self.mix.duplicate else 1
         for _ in range(copies):
             delay = rng.uniform(0.0001, self.mix.delay_max)
             if rng.random() < self.mix.long_delay:
                 delay += rng.uniform(0, 10 * self.mix.delay_max + 0.05)
-            self._schedule(delay, "deliver", (dst, msg))
+            self._schedule(delay, "deliver", (dst, src, payload))
+
+    def _decode(self, src: int, data):
+        """The message a delivery carries, through the transport's decoder and sender check."""
+        if type(data) is not bytes:
+            return data  # a node's message to itself
+        msg = wire.decode_peer_payload(data, self.members)
+        if msg.sender != src:
+            raise Violation(f"{type(msg).__name__} from node {src} names sender {msg.sender}")
+        return msg
 
     # -------------------------------------------------------------------------- driver
 
-    def _drain(self, sim: SimNode) -> None:
-        """Carry out a node's outputs under the durability contract."""
+    def _drain(self, sim: SimNode, cause=None) -> None:
+        """Carry out a node's outputs through its durability gate; check what it answered
+        ``cause`` (the message it just received) with."""
         ready = sim.node.ready()
-        if ready.persist:
-            sim.unsynced.extend(ready.persist)
-        for dst, msg in ready.send:
+        if cause is not None:
+            self.checker.answers(sim.node, cause, ready)
+        handoff = sim.storage.hand_off(ready)
+        for dst, msg in handoff.send:
             self._transmit(sim.id, dst, msg)
-        if ready.send_after_persist:
-            if sim.unsynced:
-                sim.unsynced_sends.extend(ready.send_after_persist)
-            elif sim.sync_in_flight:
-                sim.syncing_sends.extend(ready.send_after_persist)
-            else:
-                for dst, msg in ready.send_after_persist:
-                    self._transmit(sim.id, dst, msg)
-        if sim.unsynced and not sim.sync_in_flight:
-            self._start_fsync(sim)
-        for reply in ready.replies:
+        if sim.storage.pending and not sim.storage.writing:
+            self._start_write(sim)
+        for reply in handoff.replies:
             self._reply(sim.id, reply)
-        self._check_node(sim)
+        self.checker.node_state(sim)
 
-    def _start_fsync(self, sim: SimNode) -> None:
-        sim.syncing, sim.syncing_sends = sim.unsynced, sim.unsynced_sends
-        sim.unsynced, sim.unsynced_sends = [], []
-        sim.sync_in_flight = True
-        self._schedule(self.rng.uniform(*self.mix.fsync), "fsync", (sim.id, sim.incarnation))
+    def _start_write(self, sim: SimNode) -> None:
+        released = sim.storage.start_group()
+        if released is None:
+            self._schedule(self.rng.uniform(*self.mix.fsync), "disk", (sim.id, sim.incarnation))
+        else:
+            self._released(sim, released)
 
-    def _fsync_done(self, sim: SimNode) -> None:
-        for item in sim.syncing:
-            if isinstance(item, Snapshot):
-                # The driver's compaction: snapshot durable, then its checkpoint starts a
-                # new log and every older record goes.
-                sim.snapshot = item
-                sim.durable = list(item.checkpoint)
-            else:
-                sim.durable.append(item)
-        sends = sim.syncing_sends
-        sim.syncing, sim.syncing_sends = [], []
-        sim.sync_in_flight = False
-        for dst, msg in sends:
+    def _disk_step(self, sim: SimNode) -> None:
+        storage = sim.storage
+        try:
+            released = storage.do_step(self.rng.random() < self.mix.fsync_fail)
+        except DiskFailure:
+            # After a failed fsync what is on disk is unknown: the node stops, and stays down
+            # until it is restarted (it never retries the write).
+            self._crash(sim)
+            self._schedule(self.rng.uniform(0.01, 0.5), "restart", sim.id)
+            return
+        for index, blob in storage.snapshots:
+            self.checker.snapshot_written(sim.id, index, blob)
+        storage.snapshots.clear()
+        if released is None:
+            self._schedule(self.rng.uniform(*self.mix.fsync), "disk", (sim.id, sim.incarnation))
+        else:
+            self._released(sim, released)
+
+    def _released(self, sim: SimNode, released: list) -> None:
+        """A write group is durable: send what waited for it, then write what came since."""
+        for dst, msg in released:
             self._transmit(sim.id, dst, msg)
-        if sim.unsynced:
-            self._start_fsync(sim)
+        if sim.storage.pending:
+            self._start_write(sim)
 
     # -------------------------------------------------------------------------- clients
 
@@ -350,8 +386,17 @@ class Simulation:
         elif self.now < op.deadline:
             self._wake(cid, op.deadline - self.now)
             return
-        elif not op.answered:
-            client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
+        else:
+            if not op.answered:
+                client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
+            if op.op != "get" and not self.retry_writes:
+                # Its session may be evicted by the time a retry lands, and a retry would then
+                # apply it again: give the write up, its outcome unknown, and move on.
+                self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
+                                              op.call, None, None))
+                client["op"] = None
+                self._wake(cid, self.rng.uniform(0, 0.01))
+                return
         self._send_request(cid, op)
 
     def _new_op(self, cid: int) -> ClientOp:
@@ -423,7 +468,7 @@ class Simulation:
             self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
                                           self.now, result))
             if op.op != "get":
-                if (cid, op.seq) not in self.chosen_commands:
+                if (cid, op.seq) not in self.checker.chosen_commands:
                     raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
                                     "that no node has learned as chosen")
                 self.acked_writes.append((cid, op.seq))
@@ -525,7 +570,8 @@ class Simulation:
             sim = self.nodes[rng.choice(latest.voters)]
             if sim.up:
                 self._crash(sim)
-            sim.durable, sim.snapshot, sim.checked_commit = [], None, 0
+            sim.storage.wipe()
+            sim.checked_commit = sim.promised = 0
             sim.member_incarnation = rng.getrandbits(62) + 1
             self.wipes += 1
             self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
@@ -551,36 +597,20 @@ class Simulation:
     def _crash(self, sim: SimNode) -> None:
         sim.up = False
         sim.node = None
-        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
-        sim.sync_in_flight = False
+        sim.storage.crash(self.rng)
         sim.paused_until = 0.0
 
     def _heal(self) -> None:
         self.healed = True
         self.heal_time = self.now
         self.blocked = set()
-        self.mix.drop = self.mix.duplicate = self.mix.long_delay = 0.0
+        self.mix.drop = self.mix.duplicate = self.mix.long_delay = self.mix.fsync_fail = 0.0
         for sim in self.nodes.values():
             sim.paused_until = 0.0
             if not sim.up and sim.started:
                 self._boot(sim)
 
     # -------------------------------------------------------------------------- checks
-
-    def _check_node(self, sim: SimNode) -> None:
-        node = sim.node
-        if node is None:
-            return
-        if node.applied_index > node.commit_index:
-            raise Violation(f"node {sim.id} applied {node.applied_index} beyond commit {node.commit_index}")
-        log = node.log
-        chosen = self.chosen
-        # A chosen value never changes in a node's log.
-        for slot in range(max(sim.checked_commit, node.log_start - 1) + 1, node.commit_index + 1):
-            if log[slot][1] != chosen[slot]:
-                raise Violation(f"slot {slot}: node {sim.id} holds {log[slot][1]!r} but "
-                                f"{chosen[slot]!r} was chosen")
-        sim.checked_commit = node.commit_index
 
     def _final_checks(self) -> None:
         final = self._latest_configuration()
@@ -599,10 +629,10 @@ class Simulation:
             raise Violation("after healing, replicas' key-value states differ")
         for n in live:
             for slot in range(n.log_start, n.commit_index + 1):
-                if n.log[slot][1] != self.chosen[slot]:
+                if n.log[slot][1] != self.checker.chosen[slot]:
                     raise Violation(f"node {n.id} slot {slot} differs from the chosen value")
         for w in self.acked_writes:
-            if w not in self.chosen_commands:
+            if w not in self.checker.chosen_commands:
                 raise Violation(f"acknowledged write (client {w[0]}, seq {w[1]}) is not in the chosen log")
         pending = self.waiting_at_bound
         if pending is None:
@@ -637,7 +667,8 @@ class Simulation:
                                for i in self._latest_configuration().ids if self.nodes[i].up]
                     lag = max(commits) - min(commits) if commits else 0
                     round_trip = 2 * self.mix.delay_max + HEARTBEAT
-                    catch_up = 2 * ELECTION[1] + lag / self.config.catchup_slots * round_trip
+                    slots = min(c.catchup_slots for c in self.configs.values())
+                    catch_up = 2 * ELECTION[1] + lag / slots * round_trip
                 if t > heal_at + settle + catch_up:
                     break
             self._dispatch(kind, data)
@@ -652,16 +683,17 @@ class Simulation:
     def _dispatch(self, kind: str, data) -> None:
         trace = self.trace
         if kind == "deliver":
-            dst, msg = data
+            dst, src, payload = data
             sim = self.nodes[dst]
             if not sim.up:
                 return
             if sim.paused_until > self.now:
                 self._schedule(sim.paused_until - self.now, kind, data)
                 return
-            trace.update(b"d%d%s%d%.6f" % (dst, type(msg).__name__.encode(), msg.ballot if hasattr(msg, "ballot") else 0, self.now))
+            msg = self._decode(src, payload)
+            trace.update(b"d%d%s%d%.6f" % (dst, type(msg).__name__.encode(), getattr(msg, "ballot", 0), self.now))
             sim.node.receive(msg, self.now)
-            self._drain(sim)
+            self._drain(sim, msg)
         elif kind == "tick":
             node_id, inc = data
             sim = self.nodes[node_id]
@@ -672,13 +704,13 @@ class Simulation:
                 return
             sim.node.tick(self.now)
             self._drain(sim)
-        elif kind == "fsync":
+        elif kind == "disk":
             node_id, inc = data
             sim = self.nodes[node_id]
             if not sim.up or sim.incarnation != inc:
                 return
             trace.update(b"f%d%.6f" % (node_id, self.now))
-            self._fsync_done(sim)
+            self._disk_step(sim)
         elif kind == "client":
             cid, wake = data
             if self.clients[cid]["wake"] == wake:
@@ -708,34 +740,48 @@ class Simulation:
             raise AssertionError(kind)
 
 
-def replay_command(seed: int, nodes: int, steps: int, bug: str | None) -> str:
+def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
+                   mixed_sessions: bool = False) -> str:
     cmd = f"python -m tests.simulator --seed {seed} --nodes {nodes} --steps {steps}"
-    return cmd + (f" --bug {bug}" if bug else "")
+    return cmd + (f" --bug {bug}" if bug else "") + (" --mixed-sessions" if mixed_sessions else "")
 
 
-def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None) -> tuple[bool, str, str]:
-    """Run one seed; returns (ok, trace hash or failure text, fault mix)."""
+def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
+             mixed_sessions: bool = False) -> tuple[bool, str, str]:
+    """Run one seed; returns (ok, trace hash or failure text, fault mix and settings)."""
     sim = None
     try:
-        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug)
+        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug, mixed_sessions=mixed_sessions)
         digest = sim.run()
         return True, digest, sim.mix_text
-    except (Violation, core_module.ProtocolError) as exc:
+    except Exception as exc:  # any failure of the core (or of a codec) fails the seed
         mix = sim.mix_text if sim else "?"
-        return False, f"{type(exc).__name__}: {exc}\n  replay: {replay_command(seed, nodes, steps, bug)}", mix
+        replay = replay_command(seed, nodes, steps, bug, mixed_sessions)
+        return False, f"{type(exc).__name__}: {exc}\n  replay: {replay}", mix
 
 
 def _run_many(args_tuple):
-    seeds, nodes_choice, steps, bug, stop_on_first = args_tuple
+    seeds, nodes_choice, steps, bug, stop_on_first, *rest = args_tuple
+    mixed_sessions = bool(rest and rest[0])
     failures = []
     for seed in seeds:
         nodes = nodes_choice or (3 if seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(seed, nodes, steps, bug)
+        ok, text, mix = run_seed(seed, nodes, steps, bug, mixed_sessions)
         if not ok:
             failures.append((seed, text, mix))
             if stop_on_first:
                 break
     return failures
+
+
+def summary(failures) -> list[str]:
+    """One line per kind of failure (numbers blanked out) with the seeds that showed it."""
+    kinds: dict[str, list[int]] = {}
+    for seed, text, _ in failures:
+        kind = re.sub(r"0x[0-9a-f]+|\d+", "N", text.split("\n")[0])[:160]
+        kinds.setdefault(kind, []).append(seed)
+    return [f"{len(seeds)} x {kind}\n    seeds: {' '.join(map(str, seeds))}"
+            for kind, seeds in sorted(kinds.items(), key=lambda kv: -len(kv[1]))]
 
 
 def main(argv=None) -> int:
@@ -748,12 +794,14 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--bug", choices=sorted(BUGS), help="run a deliberately broken core")
     parser.add_argument("--stop-on-first", action="store_true", help="stop at the first failing seed")
+    parser.add_argument("--mixed-sessions", action="store_true",
+                        help="let max_sessions differ per node too (the daemon does not allow it)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     if args.seed is not None:
         nodes = args.nodes or (3 if args.seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug)
+        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug, args.mixed_sessions)
         print(f"seed {args.seed} nodes {nodes}: {mix}")
         print(("trace " + text) if ok else text)
         return 0 if ok else 1
@@ -764,14 +812,20 @@ def main(argv=None) -> int:
 
         chunks = [seeds[i::args.jobs] for i in range(args.jobs)]
         with multiprocessing.Pool(args.jobs) as pool:
-            parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first) for c in chunks])
+            parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first,
+                                          args.mixed_sessions) for c in chunks])
         failures = sorted(f for part in parts for f in part)
     else:
-        failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first))
+        failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first,
+                              args.mixed_sessions))
     elapsed = time.monotonic() - started
     for seed, text, mix in failures[:20]:
         print(f"FAIL seed {seed} ({mix})\n  {text}")
-    print(f"{len(seeds)} seeds, {len(failures)} failed, {elapsed:.1f}s")
+    if failures:
+        print("failures by kind:")
+        print("\n".join(summary(failures)))
+    print(f"{len(seeds)} seeds, {len(failures)} failed, {elapsed:.1f}s, "
+          f"{len(seeds) / elapsed:.1f} seeds/s")
     return 1 if failures else 0
 
 
