@@ -14,7 +14,9 @@ Acceptor side, on every message a node answers with:
 - an Accepted(b, first..last) answering an Accept covers only slots the acceptor holds at b
   with the value the Accept carried, or holds chosen with that same value;
 - a node's promise never goes down: not within a boot, and not across a restart below what
-  its completed writes made durable.
+  its completed writes made durable;
+- a Promise or Accepted for ballot b leaves only once the node's disk holds a promise of at
+  least b (safety rule 1, checked on what the driver actually sends).
 """
 
 from __future__ import annotations
@@ -188,6 +190,15 @@ class Checker:
                 raise Violation(f"slot {slot}: node {sim.id} holds {log[slot][1]!r} but "
                                 f"{chosen[slot]!r} was chosen")
         sim.checked_commit = node.commit_index
+
+    def sent(self, sim, messages) -> None:
+        """``messages`` leave ``sim``'s node now: each Promise and Accepted must be durable."""
+        durable = sim.storage.durable_promise
+        for _, msg in messages:
+            t = type(msg)
+            if (t is Promise or t is Accepted) and msg.ballot > durable:
+                raise Violation(f"node {sim.id} sent a {t.__name__} for ballot {msg.ballot:#x} "
+                                f"while its disk held the promise {durable:#x}")
 
     def booted(self, sim) -> None:
         """A restarted node's promise is at least what its completed writes made durable."""

@@ -286,6 +286,8 @@ class Simulation:
                                    sim.member_incarnation)
         sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
         self.checker.booted(sim)
+        # What recovery found is durable, if a crash happened to keep more than was synced.
+        sim.storage.durable_promise = max(sim.storage.durable_promise, durable.promised)
         self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
         self._drain(sim)
 
@@ -331,6 +333,7 @@ class Simulation:
                 self.checker.answers(node, cause, ready)
             storage = sim.storage
             handoff = storage.hand_off(ready)
+            self.checker.sent(sim, handoff.send)
             for dst, msg in handoff.send:
                 self._transmit(sim.id, dst, msg)
             if storage.pending and not storage.writing:
@@ -367,6 +370,7 @@ class Simulation:
 
     def _released(self, sim: SimNode, released: list) -> None:
         """A write group is durable: send what waited for it, then write what came since."""
+        self.checker.sent(sim, released)
         for dst, msg in released:
             self._transmit(sim.id, dst, msg)
         if sim.storage.pending:

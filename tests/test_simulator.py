@@ -45,6 +45,17 @@ REGRESSIONS = [
     # A new member fetching 487 slots from scratch, four per round trip, needs longer than the
     # settle bound: replicas are compared once catch-up has had the time it needs.
     (20448, 3, 4000),
+    # An acceptor that had installed a snapshot (or compacted) past a Prepare's from_slot
+    # answered an equal-ballot Prepare with a Promise that left out chosen slots below its
+    # log start. With the daemon's defaults (window 64, log_retain 256), snapshots every 16:
+    (7649, 5, 4000),
+    # ... the same with few client sessions kept:
+    (225, 5, 4000),
+    (5491, 5, 4000),
+    (7153, 5, 4000),
+    # ... with settings that differ per node:
+    (243, 5, 4000),
+    (1746, 3, 4000),
 ]
 
 
@@ -61,7 +72,7 @@ def test_the_same_seed_replays_the_same_trace():
     assert simulator.run_seed(12, 5, 3000)[1] != a[1]
 
 
-@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist"])
+@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist", "forgets-promise"])
 def test_a_deliberately_broken_core_is_caught_within_1000_seeds(bug):
     failures = simulator._run_many((range(1000), None, 4000, bug, True))
     assert failures, f"the simulator did not catch the {bug} core in 1000 seeds"
@@ -145,6 +156,14 @@ def test_an_applied_history_that_differs_is_caught_across_nodes_and_boots():
     again = SimpleNamespace(id=1)  # a restart applies from the start again
     with pytest.raises(Violation, match="differs at slot 1"):
         checker.applied(again, 0, [NOOP])
+
+
+def test_a_promise_or_accepted_sent_before_its_promise_is_durable_is_caught():
+    checker = Checker()
+    sim = SimpleNamespace(id=2, storage=SimpleNamespace(durable_promise=B1))
+    checker.sent(sim, [(1, Promise(2, B1, 0, ())), (1, Accepted(2, B1, 1, 0, 0))])
+    with pytest.raises(Violation, match="sent a Accepted for ballot"):
+        checker.sent(sim, [(1, Accepted(2, B2, 1, 0, 0))])
 
 
 def test_snapshots_at_one_slot_must_hold_the_same_image():
