@@ -2,31 +2,39 @@
 
     python -m tests.simulator --seeds 300             # seeds 0..299, 3 and 5 nodes alternating
     python -m tests.simulator --seed 1234 --nodes 5   # replay one seed exactly
-    python -m tests.simulator --seeds 10000 --jobs 2 --steps 6000
+    python -m tests.simulator --seeds 100000 --jobs 2 # the long run (about half an hour)
+    python -m tests.simulator --seeds 2000 --skip-check promise-covers   # look past one check
 
 Each seed draws its own fault mix: message drop (up to 30%), duplication (up to 50%), delay and
-reordering, symmetric/asymmetric/single-node partitions, crashes that lose everything not yet
-fsynced, restarts from what was synced, and pauses. Clients issue random put/get/delete/cas on a
-few keys, retrying through timeouts and redirects under one session.
+reordering, symmetric/asymmetric/single-node partitions, crashes, failing fsyncs, restarts,
+pauses, leadership transfers, membership changes and wiped disks. Clients issue random
+put/get/delete/cas on a few keys, retrying through timeouts and redirects under one session
+(when sessions may be evicted, a write is not retried: its outcome is recorded as unknown).
+
+Each seed draws its settings too (``draw_configs``): the daemon's defaults (window 64,
+log_retain 256, catch-up 64) with a snapshot every few slots, or settings that differ from node
+to node (window, log_retain, snapshot_every, catchup_slots), and now and then few client
+sessions kept, so that they are evicted.
 
 After every step, the checks of tests.sim_invariants: no two nodes learn different values for a
-slot, a node's chosen log and applied history never change, a Promise covers every chosen slot
-from the Prepare's from_slot to the acceptor's commit index, an Accepted covers only slots held
-at its ballot, and a promise never goes down (across restarts too). At the end: faults are healed and every pending command must complete within a
-bounded number of election timeouts, all replicas must agree, every acknowledged write must be in
-the chosen log, and the client history must be linearizable. The same seed on the same code gives
-the same trace hash; a failure prints the command that replays it.
+slot; a node's chosen log and applied history never change; a Promise covers every chosen slot
+from the Prepare's from_slot to the acceptor's commit index; an Accepted covers only slots held
+at its ballot; a promise never goes down (across restarts too) and no Promise or Accepted leaves
+before its promise is on disk. At the end: faults are healed and every pending command must
+complete within a bounded number of election timeouts, all replicas must agree, every
+acknowledged write must be in the chosen log, and the client history must be linearizable.
+The same seed on the same code gives the same trace hash; a failure prints the command that
+replays it.
 
 The driver keeps the core's durability contract through the daemon's own gate
 (daemon.durability), over a disk modelled on the daemon's WAL writer (tests.sim_disk: records in
-the real WAL encoding, torn unsynced tails, snapshot and log rotation as separate steps, failing
-fsyncs that stop the node). Peer messages cross the network as the real wire bytes
-(``wire.encode_peer``, ``wire.decode_peer_payload`` with its fastpath Accept decoder). Each seed
-draws its settings: the daemon's defaults (window 64, log_retain 256) compacting often, or
-settings that differ per node, few client sessions kept (so they are evicted).
+the real WAL encoding, unsynced tails lost, cut or kept in a crash, snapshot and log rotation as
+separate steps, failing fsyncs that stop the node). Peer messages cross the network as the real
+wire bytes (``wire.encode_peer``, then ``wire.decode_peer_payload`` with its fastpath Accept
+decoder, as daemon.transport does); a node's messages to itself stay objects, as in the server.
 
-``--bug`` swaps in a deliberately broken core to show the checks catch it; add one with the
-``@bug("name")`` decorator on a Node subclass.
+``--bug`` swaps in a deliberately broken core to show the checks catch it; register one with the
+``@bug("name")`` decorator on a Node subclass in this module.
 """
 
 from __future__ import annotations
@@ -220,7 +228,131 @@ class ClientOp:
     answered: bool = False  # the last attempt got an answer (a redirect, busy, ...)
 
 
-class Simulation:
+class ClientLoad:
+    """The simulated clients of a Simulation: one operation at a time each, retried through
+    timeouts and redirects, recorded for the linearizability check."""
+
+    def _wake(self, cid: int, delay: float) -> None:
+        """One pending wake-up per client: a newer one replaces the older."""
+        client = self.clients[cid]
+        client["wake"] = client.get("wake", 0) + 1
+        self._schedule(delay, "client", (cid, client["wake"]))
+
+    def _client_step(self, cid: int) -> None:
+        client = self.clients[cid]
+        op = client["op"]
+        if op is None:
+            if self.healed and self.now > self.heal_time + 0.5:
+                return  # the load stops once the healed cluster had time to settle
+            op = self._new_op(cid)
+            client["op"] = op
+        elif self.now < op.deadline:
+            self._wake(cid, op.deadline - self.now)
+            return
+        else:
+            if not op.answered:
+                client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
+            if op.op != "get" and not self.retry_writes:
+                # Its session may be evicted by the time a retry lands, and a retry would then
+                # apply it again: give the write up, its outcome unknown, and move on.
+                self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
+                                              op.call, None, None))
+                client["op"] = None
+                self._wake(cid, self.rng.uniform(0, 0.01))
+                return
+        self._send_request(cid, op)
+
+    def _new_op(self, cid: int) -> ClientOp:
+        client = self.clients[cid]
+        rng = self.rng
+        key = rng.choice(self.keys)
+        kind = rng.choices(["put", "get", "delete", "cas"], [4, 4, 1, 2])[0]
+        client["n"] += 1
+        value = expected = None
+        if kind == "put":
+            value = b"%d-%d" % (cid % 1000, client["n"])
+        elif kind == "cas":
+            expected = rng.choice([None, *self._recent_values(key)])
+            value = b"%d-%d" % (cid % 1000, client["n"])
+        seq = 0
+        if kind != "get":
+            client["seq"] += 1
+            seq = client["seq"]
+        return ClientOp(kind, key, value, expected, seq, self.now)
+
+    def _recent_values(self, key: bytes) -> list:
+        vals = [o.value for o in self.history[-20:] if o.key == key and o.value is not None]
+        return vals[-3:]
+
+    def _send_request(self, cid: int, op: ClientOp) -> None:
+        client = self.clients[cid]
+        op.attempt += 1
+        op.answered = False
+        op.deadline = self.now + 0.2
+        target = client["target"]
+        self._wake(cid, 0.2 + 1e-6)
+        if self.rng.random() < self.mix.drop:
+            return
+        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "request",
+                       (target, cid, op.seq, op.attempt))
+
+    def _request(self, target: int, cid: int, seq: int, attempt: int) -> None:
+        sim = self.nodes[target]
+        op = self.clients[cid]["op"]
+        if op is None or op.seq != seq or op.attempt != attempt:
+            return
+        node = sim.node
+        req = (cid, seq, attempt, op.call)
+        if op.op == "get":
+            node.read(req, op.key, self.now)
+        elif op.op == "put":
+            node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
+        elif op.op == "delete":
+            node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+        else:
+            node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
+        self._drain(sim)
+
+    def _reply(self, node_id: int, reply: Reply) -> None:
+        if self.rng.random() < self.mix.drop:
+            return
+        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "reply", (node_id, reply))
+
+    def _on_reply(self, node_id: int, reply: Reply) -> None:
+        if reply.req in (("transfer",), ("member",)):
+            return
+        cid, seq, attempt, call = reply.req
+        client = self.clients[cid]
+        op = client["op"]
+        if op is None or op.call != call:
+            return  # an answer to an operation already finished
+        if reply.status == OK:
+            result = reply.result
+            self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
+                                          self.now, result))
+            if op.op != "get":
+                if (cid, op.seq) not in self.checker.chosen_commands:
+                    raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
+                                    "that no node has learned as chosen")
+                self.acked_writes.append((cid, op.seq))
+            client["op"] = None
+            client["target"] = node_id
+            self._wake(cid, self.rng.uniform(0, 0.01))
+        elif reply.status == NOT_LEADER and attempt == op.attempt:
+            if reply.leader is not None:
+                client["target"] = reply.leader
+            else:
+                client["target"] = self.rng.choice(self.all_ids)
+            op.deadline = self.now + 0.02  # retry soon, not at once: an election may be on
+            op.answered = True
+            self._wake(cid, 0.02)
+        elif attempt == op.attempt:
+            op.deadline = self.now + 0.02
+            op.answered = True
+            self._wake(cid, 0.02)
+
+
+class Simulation(ClientLoad):
     def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int | None = None,
                  keys: int = 3, bug: str | None = None, verbose: bool = False,
                  mixed_sessions: bool = False, skip_checks=()) -> None:
@@ -375,127 +507,6 @@ class Simulation:
             self._transmit(sim.id, dst, msg)
         if sim.storage.pending:
             self._start_write(sim)
-
-    # -------------------------------------------------------------------------- clients
-
-    def _wake(self, cid: int, delay: float) -> None:
-        """One pending wake-up per client: a newer one replaces the older."""
-        client = self.clients[cid]
-        client["wake"] = client.get("wake", 0) + 1
-        self._schedule(delay, "client", (cid, client["wake"]))
-
-    def _client_step(self, cid: int) -> None:
-        client = self.clients[cid]
-        op = client["op"]
-        if op is None:
-            if self.healed and self.now > self.heal_time + 0.5:
-                return  # the load stops once the healed cluster had time to settle
-            op = self._new_op(cid)
-            client["op"] = op
-        elif self.now < op.deadline:
-            self._wake(cid, op.deadline - self.now)
-            return
-        else:
-            if not op.answered:
-                client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
-            if op.op != "get" and not self.retry_writes:
-                # Its session may be evicted by the time a retry lands, and a retry would then
-                # apply it again: give the write up, its outcome unknown, and move on.
-                self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
-                                              op.call, None, None))
-                client["op"] = None
-                self._wake(cid, self.rng.uniform(0, 0.01))
-                return
-        self._send_request(cid, op)
-
-    def _new_op(self, cid: int) -> ClientOp:
-        client = self.clients[cid]
-        rng = self.rng
-        key = rng.choice(self.keys)
-        kind = rng.choices(["put", "get", "delete", "cas"], [4, 4, 1, 2])[0]
-        client["n"] += 1
-        value = expected = None
-        if kind == "put":
-            value = b"%d-%d" % (cid % 1000, client["n"])
-        elif kind == "cas":
-            expected = rng.choice([None, *self._recent_values(key)])
-            value = b"%d-%d" % (cid % 1000, client["n"])
-        seq = 0
-        if kind != "get":
-            client["seq"] += 1
-            seq = client["seq"]
-        return ClientOp(kind, key, value, expected, seq, self.now)
-
-    def _recent_values(self, key: bytes) -> list:
-        vals = [o.value for o in self.history[-20:] if o.key == key and o.value is not None]
-        return vals[-3:]
-
-    def _send_request(self, cid: int, op: ClientOp) -> None:
-        client = self.clients[cid]
-        op.attempt += 1
-        op.answered = False
-        op.deadline = self.now + 0.2
-        target = client["target"]
-        self._wake(cid, 0.2 + 1e-6)
-        if self.rng.random() < self.mix.drop:
-            return
-        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "request",
-                       (target, cid, op.seq, op.attempt))
-
-    def _request(self, target: int, cid: int, seq: int, attempt: int) -> None:
-        sim = self.nodes[target]
-        op = self.clients[cid]["op"]
-        if op is None or op.seq != seq or op.attempt != attempt:
-            return
-        node = sim.node
-        req = (cid, seq, attempt, op.call)
-        if op.op == "get":
-            node.read(req, op.key, self.now)
-        elif op.op == "put":
-            node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
-        elif op.op == "delete":
-            node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
-        else:
-            node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
-        self._drain(sim)
-
-    def _reply(self, node_id: int, reply: Reply) -> None:
-        if self.rng.random() < self.mix.drop:
-            return
-        self._schedule(self.rng.uniform(0.0001, self.mix.delay_max), "reply", (node_id, reply))
-
-    def _on_reply(self, node_id: int, reply: Reply) -> None:
-        if reply.req in (("transfer",), ("member",)):
-            return
-        cid, seq, attempt, call = reply.req
-        client = self.clients[cid]
-        op = client["op"]
-        if op is None or op.call != call:
-            return  # an answer to an operation already finished
-        if reply.status == OK:
-            result = reply.result
-            self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
-                                          self.now, result))
-            if op.op != "get":
-                if (cid, op.seq) not in self.checker.chosen_commands:
-                    raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
-                                    "that no node has learned as chosen")
-                self.acked_writes.append((cid, op.seq))
-            client["op"] = None
-            client["target"] = node_id
-            self._wake(cid, self.rng.uniform(0, 0.01))
-        elif reply.status == NOT_LEADER and attempt == op.attempt:
-            if reply.leader is not None:
-                client["target"] = reply.leader
-            else:
-                client["target"] = self.rng.choice(self.all_ids)
-            op.deadline = self.now + 0.02  # retry soon, not at once: an election may be on
-            op.answered = True
-            self._wake(cid, 0.02)
-        elif attempt == op.attempt:
-            op.deadline = self.now + 0.02
-            op.answered = True
-            self._wake(cid, 0.02)
 
     # -------------------------------------------------------------------------- faults
 
