@@ -106,12 +106,17 @@ class FaultMix:
                 f"fsync<={self.fsync[1] * 1000:.1f}ms fsync-fail={self.fsync_fail:.3f}")
 
 
-def draw_configs(rng: random.Random, ids, mixed_sessions: bool = False) -> tuple[str, dict]:
-    """Per node settings: ("defaults", the daemon's, compacting every few slots) or
-    ("per-node", drawn for each node, or once for all). Few sessions kept, now and then."""
+SETTINGS = ("defaults", "same", "per-node")
+
+
+def draw_configs(rng: random.Random, ids, mixed_sessions: bool = False,
+                 settings: str | None = None) -> tuple[str, dict]:
+    """Per node settings, with a line describing them: "defaults" (the daemon's, compacting
+    every few slots), "same" (drawn once for all nodes) or "per-node" (drawn for each), as
+    ``settings`` says or else at random. Few sessions kept, now and then."""
     timing = dict(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION)
     sessions = rng.choice([2, 3, 100_000])
-    if rng.random() < 0.4:
+    if (rng.random() < 0.4) if settings is None else settings == "defaults":
         every = rng.choice([8, 16, 32])
         cfg = CoreConfig(**timing, snapshot_every=every, max_sessions=sessions)
         return f"defaults snapshot_every={every} max_sessions={sessions}", {i: cfg for i in ids}
@@ -126,7 +131,7 @@ def draw_configs(rng: random.Random, ids, mixed_sessions: bool = False) -> tuple
                     log_retain=rng.choice([0, 3, 64, 256]),
                     max_sessions=rng.choice([2, 3, 100_000]) if mixed_sessions else sessions)
 
-    if rng.random() < 0.4:
+    if (rng.random() < 0.4) if settings is None else settings == "same":
         cfg = CoreConfig(**shared, **one())
         return f"same {_settings(cfg)}", {i: cfg for i in ids}
     configs = {i: CoreConfig(**shared, **one()) for i in ids}
@@ -355,7 +360,7 @@ class ClientLoad:
 class Simulation(ClientLoad):
     def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int | None = None,
                  keys: int = 3, bug: str | None = None, verbose: bool = False,
-                 mixed_sessions: bool = False, skip_checks=()) -> None:
+                 mixed_sessions: bool = False, skip_checks=(), settings: str | None = None) -> None:
         self.seed = seed
         self.n = nodes
         self.steps = steps
@@ -364,10 +369,10 @@ class Simulation(ClientLoad):
         self.ids = list(range(1, nodes + 1))  # the initial members
         self.all_ids = list(range(1, nodes + 3))  # and two spare machines to add
         self.members = frozenset(self.all_ids)  # the ids a peer message may come from
-        settings, self.configs = draw_configs(self.rng, self.all_ids, mixed_sessions)
+        drawn, self.configs = draw_configs(self.rng, self.all_ids, mixed_sessions, settings)
         if clients is None:
             clients = self.rng.choice([3, 3, 5])
-        self.mix_text = f"{self.mix.describe()} clients={clients} {settings}"
+        self.mix_text = f"{self.mix.describe()} clients={clients} {drawn}"
         # A client whose session may be evicted (more clients than sessions kept, with room for
         # the membership commands' own) does not retry writes: see _client_step.
         self.retry_writes = min(c.max_sessions for c in self.configs.values()) > clients + 1
@@ -786,36 +791,50 @@ class Simulation(ClientLoad):
             raise AssertionError(kind)
 
 
+@dataclass(frozen=True)
+class Options:
+    """What a run may change besides the seed (each has its command-line flag)."""
+
+    mixed_sessions: bool = False  # --mixed-sessions
+    skip_checks: tuple = ()  # --skip-check NAME ...
+    settings: str | None = None  # --settings defaults|same|per-node
+
+    def flags(self) -> str:
+        return ((" --mixed-sessions" if self.mixed_sessions else "")
+                + "".join(f" --skip-check {c}" for c in self.skip_checks)
+                + (f" --settings {self.settings}" if self.settings else ""))
+
+
 def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
-                   mixed_sessions: bool = False, skip_checks=()) -> str:
+                   options: Options = Options()) -> str:
     cmd = f"python -m tests.simulator --seed {seed} --nodes {nodes} --steps {steps}"
-    return (cmd + (f" --bug {bug}" if bug else "") + (" --mixed-sessions" if mixed_sessions else "")
-            + "".join(f" --skip-check {c}" for c in skip_checks))
+    return cmd + (f" --bug {bug}" if bug else "") + options.flags()
 
 
 def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
-             mixed_sessions: bool = False, skip_checks=()) -> tuple[bool, str, str]:
+             options: Options = Options()) -> tuple[bool, str, str]:
     """Run one seed; returns (ok, trace hash or failure text, fault mix and settings)."""
     sim = None
     try:
-        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug, mixed_sessions=mixed_sessions,
-                         skip_checks=skip_checks)
+        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug,
+                         mixed_sessions=options.mixed_sessions, skip_checks=options.skip_checks,
+                         settings=options.settings)
         digest = sim.run()
         return True, digest, sim.mix_text
     except Exception as exc:  # any failure of the core (or of a codec) fails the seed
         mix = sim.mix_text if sim else "?"
-        replay = replay_command(seed, nodes, steps, bug, mixed_sessions, skip_checks)
+        replay = replay_command(seed, nodes, steps, bug, options)
         return False, f"{type(exc).__name__}: {exc}\n  replay: {replay}", mix
 
 
 def _run_many(args_tuple):
+    """(seeds, nodes or None, steps, bug, stop_on_first[, Options]) -> [(seed, text, mix)]."""
     seeds, nodes_choice, steps, bug, stop_on_first, *rest = args_tuple
-    mixed_sessions = bool(rest and rest[0])
-    skip_checks = rest[1] if len(rest) > 1 else ()
+    options = rest[0] if rest else Options()
     failures = []
     for seed in seeds:
         nodes = nodes_choice or (3 if seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(seed, nodes, steps, bug, mixed_sessions, skip_checks)
+        ok, text, mix = run_seed(seed, nodes, steps, bug, options)
         if not ok:
             failures.append((seed, text, mix))
             if stop_on_first:
@@ -847,13 +866,15 @@ def main(argv=None) -> int:
                         help="let max_sessions differ per node too (the daemon does not allow it)")
     parser.add_argument("--skip-check", action="append", default=[], choices=OPTIONAL_CHECKS,
                         help="switch a check off, to see what a defect leads to past it")
+    parser.add_argument("--settings", choices=SETTINGS,
+                        help="draw only this kind of node settings (default: any)")
     args = parser.parse_args(argv)
+    options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings)
 
     started = time.monotonic()
     if args.seed is not None:
         nodes = args.nodes or (3 if args.seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug, args.mixed_sessions,
-                                 tuple(args.skip_check))
+        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug, options)
         print(f"seed {args.seed} nodes {nodes}: {mix}")
         print(("trace " + text) if ok else text)
         return 0 if ok else 1
@@ -865,12 +886,11 @@ def main(argv=None) -> int:
         chunks = [seeds[i::args.jobs] for i in range(args.jobs)]
         with multiprocessing.Pool(args.jobs) as pool:
             parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first,
-                                          args.mixed_sessions, tuple(args.skip_check))
-                                         for c in chunks])
+                                          options) for c in chunks])
         failures = sorted(f for part in parts for f in part)
     else:
         failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first,
-                              args.mixed_sessions, tuple(args.skip_check)))
+                              options))
     elapsed = time.monotonic() - started
     for seed, text, mix in failures[:20]:
         print(f"FAIL seed {seed} ({mix})\n  {text}")
