@@ -56,12 +56,16 @@ REGRESSIONS = [
     # ... with settings that differ per node:
     (243, 5, 4000),
     (1746, 3, 4000),
+    # ... the daemon's settings throughout, one snapshot every 16 or 8 slots:
+    (383, 5, 4000, simulator.Options(settings="defaults")),
+    (932, 3, 4000, simulator.Options(settings="defaults")),
 ]
 
 
-@pytest.mark.parametrize("seed,nodes,steps", REGRESSIONS)
-def test_seeds_that_once_failed_pass(seed, nodes, steps):
-    ok, text, mix = simulator.run_seed(seed, nodes, steps)
+@pytest.mark.parametrize("case", REGRESSIONS, ids=lambda case: "-".join(map(str, case[:3])))
+def test_seeds_that_once_failed_pass(case):
+    seed, nodes, steps, *options = case
+    ok, text, mix = simulator.run_seed(seed, nodes, steps, None, *options)
     assert ok, text
 
 
