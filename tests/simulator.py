@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 
 from fastpath import dumps
 
-from daemon import core as core_module
 from daemon import wire
 from daemon.core import CoreConfig, Node
 from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Reply
