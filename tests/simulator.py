@@ -882,11 +882,12 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         import multiprocessing
 
-        chunks = [seeds[i::args.jobs] for i in range(args.jobs)]
+        # Small chunks handed out as workers free up: seeds differ a lot in cost.
+        chunks = [seeds[i:i + 20] for i in range(0, len(seeds), 20)]
         with multiprocessing.Pool(args.jobs) as pool:
-            parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first,
-                                          options) for c in chunks])
-        failures = sorted(f for part in parts for f in part)
+            parts = pool.imap_unordered(_run_many, [(c, args.nodes, args.steps, args.bug,
+                                                     args.stop_on_first, options) for c in chunks])
+            failures = sorted(f for part in parts for f in part)
     else:
         failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first,
                               options))
