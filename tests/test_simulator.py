@@ -59,6 +59,10 @@ REGRESSIONS = [
     # ... the daemon's settings throughout, one snapshot every 16 or 8 slots:
     (383, 5, 4000, simulator.Options(settings="defaults")),
     (932, 3, 4000, simulator.Options(settings="defaults")),
+    # What that Promise led to, with its check switched off: node 1 had installed a snapshot
+    # at 273 and promised from slot 135 without slots 135..273; the new leader no-op-filled
+    # slot 203 over a chosen compare-and-set, and a node learned the no-op.
+    (300981, 3, 4000, simulator.Options(skip_checks=("promise-covers",), settings="same")),
 ]
 
 
