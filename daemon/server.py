@@ -15,8 +15,9 @@ Everything reaches the core loop through one bounded inbox (peer messages, clien
 ticks, "the WAL is durable up to here"). Each iteration takes every event available without
 awaiting between them, feeds them to the Node, calls ``node.ready()`` once and carries the
 outputs out in the order of the core's contract (daemon.core): records to the WAL writer;
-``send`` to the peer queues at once; ``send_after_persist`` into a FIFO released only when the
-WAL writer reports everything handed to it before them durable; replies to client connections.
+``send`` to the peer queues at once; ``send_after_persist`` held by the durability gate
+(daemon.durability) until the WAL writer reports the records before them durable; replies to
+client connections.
 Messages a node sends itself go back into the core on the same terms (the leader's own vote
 counts only once its own write is durable).
 
@@ -45,6 +46,7 @@ from fastpath import FrameError, FrameReader, encode_frames, loads, split_reques
 from daemon import wire
 from daemon.config import ConfigError, load_config
 from daemon.core import LEADER, CoreConfig, DurableState, Node
+from daemon.durability import DurabilityGate
 from daemon.log import Throttle, node_logger, setup as setup_logging
 from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, CommitRecord,
                              IncarnationChosen, Snapshot)
@@ -188,7 +190,9 @@ class Server:
         self._wal_handed = 0
         self._wal_durable = 0
         self._wal_has_work = trio.Event()
-        self._after_persist: deque = deque()  # (wal sequence number, [(dest, msg), ...])
+        # Promise and Accepted wait in the gate until the WAL writer reports their records
+        # durable (_wal_durable); _wal_handed is the gate's last hand-off number.
+        self._gate = DurabilityGate()
         self._clients = 0
         self._client_tls = (server_context(config, config.client_tls, "client_tls")
                             if config.client_tls is not None else None)
@@ -409,8 +413,7 @@ class Server:
                         self._next_watchdog = now + self._watchdog
                         sd_notify(f"WATCHDOG=1\nSTATUS={self._status_line()}", self.log)
                 # EV_DURABLE only wakes us: the release below reads _wal_durable.
-            if self._after_persist:
-                self._release_durable()
+            self._release_durable()
             while self_msgs:
                 node.receive(self_msgs.popleft(), now)
             if node.config_version != self._config_version:
@@ -422,20 +425,16 @@ class Server:
                 self._count_progress()
 
     def _carry_out(self, ready) -> None:
-        """Carry out one ``Ready`` in the contract's order (see daemon.core)."""
-        if ready.persist:
-            self._wal_pending.extend(ready.persist)
-            self._wal_handed += 1
+        """Carry out one ``Ready`` in the contract's order, through the durability gate."""
+        handoff = self._gate.take(ready)
+        if handoff.seq:
+            self._wal_pending.extend(handoff.records)
+            self._wal_handed = handoff.seq
             self._wal_has_work.set()
-        if ready.send:
-            self._send(ready.send)
-        if ready.send_after_persist:
-            if not self._after_persist and self._wal_durable >= self._wal_handed:
-                self._send(ready.send_after_persist)
-            else:
-                self._after_persist.append((self._wal_handed, ready.send_after_persist))
-        if ready.replies:
-            self._reply(ready.replies)
+        if handoff.send:
+            self._send(handoff.send)
+        if handoff.replies:
+            self._reply(handoff.replies)
 
     def _send(self, outgoing: list) -> None:
         me = self.id
@@ -451,10 +450,11 @@ class Server:
                 send(dest, msg)
 
     def _release_durable(self) -> None:
-        fifo = self._after_persist
-        durable = self._wal_durable
-        while fifo and fifo[0][0] <= durable:
-            self._send(fifo.popleft()[1])
+        """Send what the WAL writer's progress (_wal_durable) lets the gate release."""
+        if self._gate.durable_seq < self._wal_durable:
+            released = self._gate.durable(self._wal_durable)
+            if released:
+                self._send(released)
 
     def _reply(self, replies: list) -> None:
         address = self.client_address

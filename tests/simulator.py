@@ -2,49 +2,66 @@
 
     python -m tests.simulator --seeds 300             # seeds 0..299, 3 and 5 nodes alternating
     python -m tests.simulator --seed 1234 --nodes 5   # replay one seed exactly
-    python -m tests.simulator --seeds 10000 --jobs 2 --steps 6000
+    python -m tests.simulator --seeds 100000 --jobs 2 # the long run (about half an hour)
+    python -m tests.simulator --seeds 2000 --skip-check promise-covers   # look past one check
 
 Each seed draws its own fault mix: message drop (up to 30%), duplication (up to 50%), delay and
-reordering, symmetric/asymmetric/single-node partitions, crashes that lose everything not yet
-fsynced, restarts from what was synced, and pauses. Clients issue random put/get/delete/cas on a
-few keys, retrying through timeouts and redirects under one session.
+reordering, symmetric/asymmetric/single-node partitions, crashes, failing fsyncs, restarts,
+pauses, leadership transfers, membership changes and wiped disks. Clients issue random
+put/get/delete/cas on a few keys, retrying through timeouts and redirects under one session
+(when sessions may be evicted, a write is not retried: its outcome is recorded as unknown).
 
-After every step: no two nodes learn different values for a slot, and a node's chosen log
-never changes. At the end: faults are healed and every pending command must complete within a
-bounded number of election timeouts, all replicas must agree, every acknowledged write must be in
-the chosen log, and the client history must be linearizable. The same seed on the same code gives
-the same trace hash; a failure prints the command that replays it.
+Each seed draws its settings too (``draw_configs``): the daemon's defaults (window 64,
+log_retain 256, catch-up 64) with a snapshot every few slots, or settings that differ from node
+to node (window, log_retain, snapshot_every, catchup_slots), and now and then few client
+sessions kept, so that they are evicted.
 
-The driver here keeps the core's durability contract exactly as the daemon does: records are
-appended, an fsync completes later, and ``send_after_persist`` messages leave only once every
-record handed out before them is durable. ``--bug`` swaps in a deliberately broken core to show
-the checks catch it.
+After every step, the checks of tests.sim_invariants: no two nodes learn different values for a
+slot; a node's chosen log and applied history never change; a Promise covers every chosen slot
+from the Prepare's from_slot to the acceptor's commit index; an Accepted covers only slots held
+at its ballot; a promise never goes down (across restarts too) and no Promise or Accepted leaves
+before its promise is on disk. At the end: faults are healed and every pending command must
+complete within a bounded number of election timeouts, all replicas must agree, every
+acknowledged write must be in the chosen log, and the client history must be linearizable.
+The same seed on the same code gives the same trace hash; a failure prints the command that
+replays it.
+
+The driver keeps the core's durability contract through the daemon's own gate
+(daemon.durability), over a disk modelled on the daemon's WAL writer (tests.sim_disk: records in
+the real WAL encoding, unsynced tails lost, cut or kept in a crash, snapshot and log rotation as
+separate steps, failing fsyncs that stop the node). Peer messages cross the network as the real
+wire bytes (``wire.encode_peer``, then ``wire.decode_peer_payload`` with its fastpath Accept
+decoder, as daemon.transport does); a node's messages to itself stay objects, as in the server.
+
+``--bug`` swaps in a deliberately broken core to show the checks catch it; register one with the
+``@bug("name")`` decorator on a Node subclass in this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import heapq
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 
-from daemon import core as core_module
-from daemon.core import CoreConfig, DurableState, Node
-from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, IncarnationChosen, Reply,
-                             Snapshot)
+from fastpath import dumps
+
+from daemon import wire
+from daemon.core import CoreConfig, Node
+from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
 from tests.linearizability import Operation, check
+from tests.sim_bugs import BUGS
+from tests.sim_disk import DiskFailure, NodeStorage
+from tests.sim_invariants import OPTIONAL_CHECKS, Checker, Violation
 
 ELECTION = (0.150, 0.300)
 HEARTBEAT = 0.050
 TICK = 0.010
-
-
-class Violation(AssertionError):
-    """A safety or liveness property failed; the message says which and where."""
+QUIET_AFTER_HEAL = 1.0  # seconds of healed running before a run may end early, settled
 
 
 @dataclass
@@ -59,6 +76,7 @@ class FaultMix:
     transfer_every: float  # mean seconds between leadership transfers (0 = never)
     member_every: float  # mean seconds between membership changes and disk wipes (0 = never)
     fsync: tuple[float, float]  # fsync latency range, seconds
+    fsync_fail: float  # probability that a sync, snapshot write or log rotation fails
 
     @classmethod
     def draw(cls, rng: random.Random) -> "FaultMix":
@@ -76,6 +94,7 @@ class FaultMix:
             transfer_every=maybe(0.4, 0.2, 2.0),
             member_every=maybe(0.5, 0.3, 2.0),
             fsync=(0.0002, rng.choice([0.0005, 0.002, 0.01, 0.05])),
+            fsync_fail=maybe(0.2, 0.0, 0.01),
         )
 
     def describe(self) -> str:
@@ -83,71 +102,44 @@ class FaultMix:
                 f"reorder={self.long_delay:.2f} partition/{self.partition_every:.1f}s "
                 f"crash/{self.crash_every:.1f}s pause/{self.pause_every:.1f}s "
                 f"transfer/{self.transfer_every:.1f}s member/{self.member_every:.1f}s "
-                f"fsync<={self.fsync[1] * 1000:.1f}ms")
+                f"fsync<={self.fsync[1] * 1000:.1f}ms fsync-fail={self.fsync_fail:.3f}")
 
 
-# ------------------------------------------------------------------------------------ bugs
-
-class _AnswersBeforePersist(Node):
-    """Broken on purpose: Promise and Accepted leave before the records they vouch for."""
-
-    def ready(self):
-        out = super().ready()
-        out.send.extend(out.send_after_persist)
-        out.send_after_persist = []
-        return out
+SETTINGS = ("defaults", "same", "per-node")
 
 
-class _SkipsReproposal(Node):
-    """Broken on purpose: a new leader ignores the values its promises report."""
+def draw_configs(rng: random.Random, ids, mixed_sessions: bool = False,
+                 settings: str | None = None) -> tuple[str, dict]:
+    """Per node settings, with a line describing them: "defaults" (the daemon's, compacting
+    every few slots), "same" (drawn once for all nodes) or "per-node" (drawn for each), as
+    ``settings`` says or else at random. Few sessions kept, now and then."""
+    timing = dict(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION)
+    sessions = rng.choice([2, 3, 100_000])
+    if (rng.random() < 0.4) if settings is None else settings == "defaults":
+        every = rng.choice([8, 16, 32])
+        cfg = CoreConfig(**timing, snapshot_every=every, max_sessions=sessions)
+        return f"defaults snapshot_every={every} max_sessions={sessions}", {i: cfg for i in ids}
+    shared = dict(timing, max_batch_commands=rng.choice([1, 3, 64]),
+                  max_message_bytes=rng.choice([4096, 32 << 20]),
+                  snapshot_chunk_bytes=rng.choice([64, 4096, 1 << 20]),
+                  behind_limit=rng.choice([4, 64]))
 
-    def _become_leader(self):
-        for promise in self.promises.values():
-            object.__setattr__(promise, "entries", ())
-        super()._become_leader()
+    def one():
+        return dict(window=rng.choice([1, 4, 16, 64]), catchup_slots=rng.choice([4, 16, 64]),
+                    snapshot_every=rng.choice([0, 5, 16, 40]),
+                    log_retain=rng.choice([0, 3, 64, 256]),
+                    max_sessions=rng.choice([2, 3, 100_000]) if mixed_sessions else sessions)
 
-
-class _ForgetsPromise(Node):
-    """Broken on purpose: the promise is never written to the log."""
-
-    def ready(self):
-        out = super().ready()
-        out.persist = [r for r in out.persist if type(r).__name__ != "PromiseRecord"]
-        return out
-
-
-class _IgnoresIncarnation(Node):
-    """Broken on purpose: a promise counts whatever incarnation it comes from, so a member
-    whose disk was wiped answers a Prepare without the values it had accepted."""
-
-    def receive(self, msg, now):
-        if type(msg).__name__ == "Promise":
-            for cfg in self.configs + [self.active, self.prep_config]:
-                m = cfg.get(msg.sender)
-                if m is not None and m.voter:
-                    msg = dataclasses.replace(msg, incarnation=m.incarnation)
-                    break
-        super().receive(msg, now)
+    if (rng.random() < 0.4) if settings is None else settings == "same":
+        cfg = CoreConfig(**shared, **one())
+        return f"same {_settings(cfg)}", {i: cfg for i in ids}
+    configs = {i: CoreConfig(**shared, **one()) for i in ids}
+    return "per-node " + "; ".join(f"{i}: {_settings(c)}" for i, c in configs.items()), configs
 
 
-class _TrustsAnEmptyDisk(Node):
-    """Broken on purpose: the old default. A member restarted on an empty data directory
-    takes incarnation 0 at once and votes without the promises it forgot."""
-
-    def __init__(self, node_id, members, config, rng, now, durable=None, incarnation=0):
-        super().__init__(node_id, members, config, rng, now, durable,
-                         0 if incarnation is None else incarnation)
-        if incarnation is None:
-            self._out.persist.append(IncarnationChosen(0, "taken on its own word"))
-
-
-BUGS = {
-    "trusts-an-empty-disk": _TrustsAnEmptyDisk,
-    "ignores-incarnation": _IgnoresIncarnation,
-    "answers-before-persist": _AnswersBeforePersist,
-    "skips-reproposal": _SkipsReproposal,
-    "forgets-promise": _ForgetsPromise,
-}
+def _settings(cfg: CoreConfig) -> str:
+    return (f"window={cfg.window} retain={cfg.log_retain} every={cfg.snapshot_every} "
+            f"catchup={cfg.catchup_slots} sessions={cfg.max_sessions}")
 
 
 # ------------------------------------------------------------------------------------ nodes
@@ -161,14 +153,9 @@ class SimNode:
     member_incarnation: int = 0  # the node's data directory's (non-zero once wiped or joining)
     started: bool = False
     paused_until: float = 0.0
-    durable: list = field(default_factory=list)  # records written since the snapshot
-    snapshot: object = None  # the durable Snapshot, if any
-    unsynced: list = field(default_factory=list)  # records not yet part of an fsync
-    unsynced_sends: list = field(default_factory=list)
-    syncing: list = field(default_factory=list)  # records of the fsync in flight
-    syncing_sends: list = field(default_factory=list)
-    sync_in_flight: bool = False
+    storage: NodeStorage = field(default_factory=NodeStorage)
     checked_commit: int = 0
+    promised: int = 0  # the node's promise after its last step (it never goes down)
 
 
 @dataclass
@@ -182,172 +169,12 @@ class ClientOp:
     attempt: int = 0
     deadline: float = 0.0
     answered: bool = False  # the last attempt got an answer (a redirect, busy, ...)
+    seq_attempt: int = 1  # the attempt that first sent ``seq`` (a session starts again anew)
 
 
-class Simulation:
-    def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int = 3,
-                 keys: int = 3, bug: str | None = None, verbose: bool = False) -> None:
-        self.seed = seed
-        self.n = nodes
-        self.steps = steps
-        self.rng = random.Random(seed)
-        self.mix = FaultMix.draw(self.rng)
-        self.mix_text = self.mix.describe()
-        self.node_class = self._checked(BUGS[bug] if bug else Node)
-        self.verbose = verbose
-        self.config = CoreConfig(heartbeat_interval=HEARTBEAT, election_timeout=ELECTION,
-                                 window=self.rng.choice([1, 4, 16, 64]),
-                                 max_batch_commands=self.rng.choice([1, 3, 64]),
-                                 catchup_slots=self.rng.choice([4, 16, 64]),
-                                 behind_limit=self.rng.choice([4, 64]),
-                                 max_message_bytes=self.rng.choice([4096, 32 << 20]),
-                                 snapshot_every=self.rng.choice([0, 5, 40]),
-                                 log_retain=self.rng.choice([0, 3, 64]),
-                                 snapshot_chunk_bytes=self.rng.choice([64, 4096, 1 << 20]))
-        self.ids = list(range(1, nodes + 1))  # the initial members
-        self.all_ids = list(range(1, nodes + 3))  # and two spare machines to add
-        self.now = 0.0
-        self.queue: list = []
-        self.counter = 0
-        self.trace = hashlib.sha256()
-        self.events = 0
-        self.blocked: set[tuple[int, int]] = set()
-        self.nodes = {i: SimNode(i, up=False) for i in self.all_ids}
-        self.wipes = 0
-        self.changes = 0
-        self.chosen: dict[int, tuple] = {}
-        self.chosen_commands: set[tuple[int, int]] = set()
-        self.history: list[Operation] = []
-        self.acked_writes: list[tuple[int, int]] = []
-        self.keys = [b"k%d" % i for i in range(keys)]
-        self.clients = {}
-        self.healed = False
-        self.waiting_at_bound: list | None = None
-        for i in self.ids:
-            self._boot(self.nodes[i])
-        for c in range(clients):
-            cid = self.rng.getrandbits(40) + 1
-            self.clients[cid] = {"seq": 0, "op": None, "target": self.rng.choice(self.ids), "n": 0}
-            self._wake(cid, self.rng.uniform(0, 0.05))
-        for kind, every in (("partition", self.mix.partition_every),
-                            ("crash", self.mix.crash_every), ("pause", self.mix.pause_every),
-                            ("transfer", self.mix.transfer_every),
-                            ("member", self.mix.member_every)):
-            if every:
-                self._schedule(self.rng.expovariate(1 / every), kind, None)
-        self._amnesia(first=True)
-
-    def _checked(self, base):
-        """The node class, with every advance of a commit index shown to the checker first
-        (before compaction can drop the values)."""
-        sim = self
-
-        class Checked(base):
-            def _set_commit(self, commit_index):
-                sim._learned(self, commit_index)
-                super()._set_commit(commit_index)
-
-        return Checked
-
-    def _learned(self, node, commit_index: int) -> None:
-        chosen = self.chosen
-        log = node.log
-        for slot in range(node.commit_index + 1, commit_index + 1):
-            batch = log[slot][1]
-            known = chosen.get(slot)
-            if known is None:
-                chosen[slot] = batch
-                for cmd in batch:
-                    self.chosen_commands.add((cmd[0], cmd[1]))
-            elif known != batch:
-                raise Violation(f"slot {slot}: node {node.id} learned {batch!r} but {known!r} was chosen")
-
-    # -------------------------------------------------------------------------- scheduling
-
-    def _schedule(self, delay: float, kind: str, data) -> None:
-        self.counter += 1
-        heapq.heappush(self.queue, (self.now + delay, self.counter, kind, data))
-
-    def _boot(self, sim: SimNode) -> None:
-        sim.incarnation += 1
-        sim.up = sim.started = True
-        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
-        sim.sync_in_flight = False
-        durable = DurableState.from_records(sim.durable, sim.snapshot)
-        rng = random.Random(self.rng.getrandbits(64))
-        sim.node = self.node_class(sim.id, self.ids, self.config, rng, self.now, durable,
-                                   sim.member_incarnation)
-        sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
-        self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
-        self._drain(sim)
-
-    # -------------------------------------------------------------------------- network
-
-    def _transmit(self, src: int, dst: int, msg) -> None:
-        if dst == src:
-            self._schedule(0.0, "deliver", (dst, msg))
-            return
-        if (src, dst) in self.blocked:
-            return
-        rng = self.rng
-        if rng.random() < self.mix.drop:
-            return
-        copies = 2 if rng.random() < self.mix.duplicate else 1
-        for _ in range(copies):
-            delay = rng.uniform(0.0001, self.mix.delay_max)
-            if rng.random() < self.mix.long_delay:
-                delay += rng.uniform(0, 10 * self.mix.delay_max + 0.05)
-            self._schedule(delay, "deliver", (dst, msg))
-
-    # -------------------------------------------------------------------------- driver
-
-    def _drain(self, sim: SimNode) -> None:
-        """Carry out a node's outputs under the durability contract."""
-        ready = sim.node.ready()
-        if ready.persist:
-            sim.unsynced.extend(ready.persist)
-        for dst, msg in ready.send:
-            self._transmit(sim.id, dst, msg)
-        if ready.send_after_persist:
-            if sim.unsynced:
-                sim.unsynced_sends.extend(ready.send_after_persist)
-            elif sim.sync_in_flight:
-                sim.syncing_sends.extend(ready.send_after_persist)
-            else:
-                for dst, msg in ready.send_after_persist:
-                    self._transmit(sim.id, dst, msg)
-        if sim.unsynced and not sim.sync_in_flight:
-            self._start_fsync(sim)
-        for reply in ready.replies:
-            self._reply(sim.id, reply)
-        self._check_node(sim)
-
-    def _start_fsync(self, sim: SimNode) -> None:
-        sim.syncing, sim.syncing_sends = sim.unsynced, sim.unsynced_sends
-        sim.unsynced, sim.unsynced_sends = [], []
-        sim.sync_in_flight = True
-        self._schedule(self.rng.uniform(*self.mix.fsync), "fsync", (sim.id, sim.incarnation))
-
-    def _fsync_done(self, sim: SimNode) -> None:
-        for item in sim.syncing:
-            if type(item) is IncarnationChosen:  # the driver's incarnation file
-                sim.member_incarnation = item.incarnation
-            elif isinstance(item, Snapshot):
-                # The driver's compaction: snapshot durable, then its checkpoint starts a
-                # new log and every older record goes.
-                sim.snapshot = item
-                sim.durable = list(item.checkpoint)
-            else:
-                sim.durable.append(item)
-        sends = sim.syncing_sends
-        sim.syncing, sim.syncing_sends = [], []
-        sim.sync_in_flight = False
-        for dst, msg in sends:
-            self._transmit(sim.id, dst, msg)
-        if sim.unsynced:
-            self._start_fsync(sim)
-
-    # -------------------------------------------------------------------------- clients
+class ClientLoad:
+    """The simulated clients of a Simulation: one operation at a time each, retried through
+    timeouts and redirects, recorded for the linearizability check."""
 
     def _wake(self, cid: int, delay: float) -> None:
         """One pending wake-up per client: a newer one replaces the older."""
@@ -366,8 +193,9 @@ class Simulation:
         elif self.now < op.deadline:
             self._wake(cid, op.deadline - self.now)
             return
-        elif not op.answered:
-            client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
+        else:
+            if not op.answered:
+                client["target"] = self.rng.choice(self.all_ids)  # timed out: try elsewhere
         self._send_request(cid, op)
 
     def _new_op(self, cid: int) -> ClientOp:
@@ -439,7 +267,7 @@ class Simulation:
             self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
                                           self.now, result))
             if op.op != "get":
-                if (cid, op.seq) not in self.chosen_commands:
+                if (cid, op.seq) not in self.checker.chosen_commands:
                     raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
                                     "that no node has learned as chosen")
                 self.acked_writes.append((cid, op.seq))
@@ -454,10 +282,186 @@ class Simulation:
             op.deadline = self.now + 0.02  # retry soon, not at once: an election may be on
             op.answered = True
             self._wake(cid, 0.02)
+        elif reply.status == SESSION_EXPIRED and attempt == op.attempt:
+            self._session_expired(cid, op, reply.result)
         elif attempt == op.attempt:
             op.deadline = self.now + 0.02
             op.answered = True
             self._wake(cid, 0.02)
+
+    def _session_expired(self, cid: int, op: ClientOp, horizon: int) -> None:
+        """The write's session was evicted, and the write refused: as the client library does,
+        start the session again above the horizon if no earlier copy of the write was sent;
+        otherwise an earlier copy may have been applied, so the outcome is unknown."""
+        client = self.clients[cid]
+        if op.attempt == op.seq_attempt:
+            op.seq = client["seq"] = horizon + 1
+            op.seq_attempt = op.attempt + 1
+            op.deadline = self.now
+            op.answered = True
+            self._wake(cid, 0.0)
+            return
+        self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call, None))
+        client["seq"] = max(client["seq"], horizon)
+        client["op"] = None
+        self._wake(cid, self.rng.uniform(0, 0.01))
+
+
+class Simulation(ClientLoad):
+    def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int | None = None,
+                 keys: int = 3, bug: str | None = None, verbose: bool = False,
+                 mixed_sessions: bool = False, skip_checks=(), settings: str | None = None) -> None:
+        self.seed = seed
+        self.n = nodes
+        self.steps = steps
+        self.rng = random.Random(seed)
+        self.mix = FaultMix.draw(self.rng)
+        self.ids = list(range(1, nodes + 1))  # the initial members
+        self.all_ids = list(range(1, nodes + 3))  # and two spare machines to add
+        self.members = frozenset(self.all_ids)  # the ids a peer message may come from
+        drawn, self.configs = draw_configs(self.rng, self.all_ids, mixed_sessions, settings)
+        if clients is None:
+            clients = self.rng.choice([3, 3, 5])
+        self.mix_text = f"{self.mix.describe()} clients={clients} {drawn}"
+        self.checker = Checker(skip_checks)
+        self.node_class = self.checker.node_class(BUGS[bug] if bug else Node)
+        self.verbose = verbose
+        self.now = 0.0
+        self.queue: list = []
+        self.counter = 0
+        self.trace = hashlib.sha256()
+        self.events = 0
+        self.blocked: set[tuple[int, int]] = set()
+        self.nodes = {i: SimNode(i, up=False) for i in self.all_ids}
+        self.wipes = 0
+        self.changes = 0
+        self.history: list[Operation] = []
+        self.acked_writes: list[tuple[int, int]] = []
+        self.keys = [b"k%d" % i for i in range(keys)]
+        self.clients = {}
+        self.healed = False
+        self.waiting_at_bound: list | None = None
+        for i in self.ids:
+            self._boot(self.nodes[i])
+        for c in range(clients):
+            cid = self.rng.getrandbits(40) + 1
+            self.clients[cid] = {"seq": 0, "op": None, "target": self.rng.choice(self.ids), "n": 0}
+            self._wake(cid, self.rng.uniform(0, 0.05))
+        for kind, every in (("partition", self.mix.partition_every),
+                            ("crash", self.mix.crash_every), ("pause", self.mix.pause_every),
+                            ("transfer", self.mix.transfer_every),
+                            ("member", self.mix.member_every)):
+            if every:
+                self._schedule(self.rng.expovariate(1 / every), kind, None)
+        self._amnesia(first=True)
+
+    # -------------------------------------------------------------------------- scheduling
+
+    def _schedule(self, delay: float, kind: str, data) -> None:
+        self.counter += 1
+        heapq.heappush(self.queue, (self.now + delay, self.counter, kind, data))
+
+    def _boot(self, sim: SimNode) -> None:
+        sim.incarnation += 1
+        sim.up = sim.started = True
+        sim.storage.reset()
+        durable = sim.storage.disk.recover()
+        rng = random.Random(self.rng.getrandbits(64))
+        sim.node = self.node_class(sim.id, self.ids, self.configs[sim.id], rng, self.now, durable,
+                                   sim.member_incarnation)
+        sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
+        self.checker.booted(sim)
+        # What recovery found is durable, if a crash happened to keep more than was synced.
+        sim.storage.durable_promise = max(sim.storage.durable_promise, durable.promised)
+        self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
+        self._drain(sim)
+
+    # -------------------------------------------------------------------------- network
+
+    def _transmit(self, src: int, dst: int, msg) -> None:
+        """Send ``msg`` as the daemon does: to itself as the object, to a peer as the frame's
+        payload bytes (decoded again on delivery)."""
+        if dst == src:
+            self._schedule(0.0, "deliver", (dst, src, msg))
+            return
+        if (src, dst) in self.blocked:
+            return
+        rng = self.rng
+        if rng.random() < self.mix.drop:
+            return
+        payload = dumps(wire.encode_peer(msg))
+        copies = 2 if rng.random() < self.mix.duplicate else 1
+        for _ in range(copies):
+            delay = rng.uniform(0.0001, self.mix.delay_max)
+            if rng.random() < self.mix.long_delay:
+                delay += rng.uniform(0, 10 * self.mix.delay_max + 0.05)
+            self._schedule(delay, "deliver", (dst, src, payload))
+
+    def _decode(self, src: int, data):
+        """The message a delivery carries, through the transport's decoder and sender check."""
+        if type(data) is not bytes:
+            return data  # a node's message to itself
+        msg = wire.decode_peer_payload(data, self.members)
+        if msg.sender != src:
+            raise Violation(f"{type(msg).__name__} from node {src} names sender {msg.sender}")
+        return msg
+
+    # -------------------------------------------------------------------------- driver
+
+    def _drain(self, sim: SimNode, cause=None) -> None:
+        """Carry out a node's outputs through its durability gate; check what it answered
+        ``cause`` (the message it just received) with."""
+        node = sim.node
+        ready = node.ready()
+        if ready:
+            if cause is not None:
+                self.checker.answers(node, cause, ready)
+            storage = sim.storage
+            handoff = storage.hand_off(ready)
+            self.checker.sent(sim, handoff.send)
+            for dst, msg in handoff.send:
+                self._transmit(sim.id, dst, msg)
+            if storage.pending and not storage.writing:
+                self._start_write(sim)
+            for reply in handoff.replies:
+                self._reply(sim.id, reply)
+        if node.commit_index != sim.checked_commit or node.promised != sim.promised:
+            self.checker.node_state(sim)
+
+    def _start_write(self, sim: SimNode) -> None:
+        released = sim.storage.start_group()
+        if released is None:
+            self._schedule(self.rng.uniform(*self.mix.fsync), "disk", (sim.id, sim.incarnation))
+        else:
+            self._released(sim, released)
+
+    def _disk_step(self, sim: SimNode) -> None:
+        storage = sim.storage
+        try:
+            released = storage.do_step(self.rng.random() < self.mix.fsync_fail)
+        except DiskFailure:
+            # After a failed fsync what is on disk is unknown: the node stops, and stays down
+            # until it is restarted (it never retries the write).
+            self._crash(sim)
+            self._schedule(self.rng.uniform(0.01, 0.5), "restart", sim.id)
+            return
+        for index, blob in storage.snapshots:
+            self.checker.snapshot_written(sim.id, index, blob)
+        storage.snapshots.clear()
+        if storage.disk.incarnation is not None:  # the node decided it (daemon.incarnation)
+            sim.member_incarnation = storage.disk.incarnation
+        if released is None:
+            self._schedule(self.rng.uniform(*self.mix.fsync), "disk", (sim.id, sim.incarnation))
+        else:
+            self._released(sim, released)
+
+    def _released(self, sim: SimNode, released: list) -> None:
+        """A write group is durable: send what waited for it, then write what came since."""
+        self.checker.sent(sim, released)
+        for dst, msg in released:
+            self._transmit(sim.id, dst, msg)
+        if sim.storage.pending:
+            self._start_write(sim)
 
     # -------------------------------------------------------------------------- faults
 
@@ -541,7 +545,8 @@ class Simulation:
             sim = self.nodes[rng.choice(latest.voters)]
             if sim.up:
                 self._crash(sim)
-            sim.durable, sim.snapshot, sim.checked_commit = [], None, 0
+            sim.storage.wipe()
+            sim.checked_commit = sim.promised = 0
             sim.member_incarnation = rng.getrandbits(62) + 1
             self.wipes += 1
             self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
@@ -582,10 +587,11 @@ class Simulation:
         self.trace.update(b"amnesia")
         rng = self.rng
         self._schedule(rng.expovariate(1 / self.amnesia_every), "amnesia", None)
-        # Only a whole, settled cluster loses a disk: every member up, and every node's view of
-        # every configuration that may still decide a slot names each voter's present
-        # incarnation. (A second loss before the first member's return is known everywhere
-        # can leave no quorum that knows it: two lost disks in three.)
+        # Only a whole, settled cluster loses a disk: every member up, every node's view of
+        # every configuration that may still decide a slot naming each voter's present
+        # incarnation (a second loss before the first member's return is known everywhere can
+        # leave no quorum that knows it), and no membership change on its way (a removal
+        # chosen after the loss could leave two voters, one of them without its state).
         up = [s.node for s in self.nodes.values() if s.up]
         if not up:
             return
@@ -595,15 +601,14 @@ class Simulation:
         unrestored = [m for node in up for cfg in node.configs for m in cfg.members
                       if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
         victims = [i for i in configs[-1].voters if i in self.ids]
-        # Nor while a membership change is on its way: a removal chosen after the loss could
-        # leave two voters, one of them without its state (no quorum, for good).
         changing = any(n.role == "leader" and n._change_in_progress() for n in up)
         if unrestored or changing or not victims or min(len(c.voters) for c in configs) < 3:
             return
         sim = self.nodes[rng.choice(victims)]
         if sim.up:
             self._crash(sim)
-        sim.durable, sim.snapshot, sim.checked_commit = [], None, 0
+        sim.storage.wipe()
+        sim.checked_commit = sim.promised = 0
         sim.member_incarnation = None  # no incarnation file: the node decides it
         self.wipes += 1
         self._schedule(rng.uniform(0.01, 0.5), "restart", sim.id)
@@ -611,36 +616,20 @@ class Simulation:
     def _crash(self, sim: SimNode) -> None:
         sim.up = False
         sim.node = None
-        sim.unsynced, sim.unsynced_sends, sim.syncing, sim.syncing_sends = [], [], [], []
-        sim.sync_in_flight = False
+        sim.storage.crash(self.rng)
         sim.paused_until = 0.0
 
     def _heal(self) -> None:
         self.healed = True
         self.heal_time = self.now
         self.blocked = set()
-        self.mix.drop = self.mix.duplicate = self.mix.long_delay = 0.0
+        self.mix.drop = self.mix.duplicate = self.mix.long_delay = self.mix.fsync_fail = 0.0
         for sim in self.nodes.values():
             sim.paused_until = 0.0
             if not sim.up and sim.started:
                 self._boot(sim)
 
     # -------------------------------------------------------------------------- checks
-
-    def _check_node(self, sim: SimNode) -> None:
-        node = sim.node
-        if node is None:
-            return
-        if node.applied_index > node.commit_index:
-            raise Violation(f"node {sim.id} applied {node.applied_index} beyond commit {node.commit_index}")
-        log = node.log
-        chosen = self.chosen
-        # A chosen value never changes in a node's log.
-        for slot in range(max(sim.checked_commit, node.log_start - 1) + 1, node.commit_index + 1):
-            if log[slot][1] != chosen[slot]:
-                raise Violation(f"slot {slot}: node {sim.id} holds {log[slot][1]!r} but "
-                                f"{chosen[slot]!r} was chosen")
-        sim.checked_commit = node.commit_index
 
     def _final_checks(self) -> None:
         final = self._latest_configuration()
@@ -659,10 +648,10 @@ class Simulation:
             raise Violation("after healing, replicas' key-value states differ")
         for n in live:
             for slot in range(n.log_start, n.commit_index + 1):
-                if n.log[slot][1] != self.chosen[slot]:
+                if n.log[slot][1] != self.checker.chosen[slot]:
                     raise Violation(f"node {n.id} slot {slot} differs from the chosen value")
         for w in self.acked_writes:
-            if w not in self.chosen_commands:
+            if w not in self.checker.chosen_commands:
                 raise Violation(f"acknowledged write (client {w[0]}, seq {w[1]}) is not in the chosen log")
         pending = self.waiting_at_bound
         if pending is None:
@@ -680,6 +669,7 @@ class Simulation:
         settle = 20 * ELECTION[1]  # bound on completing everything after healing
         heal_at = None
         catch_up = 0.0
+        next_look = 0.0
         while self.queue:
             t, _, kind, data = heapq.heappop(self.queue)
             self.now = t
@@ -687,6 +677,13 @@ class Simulation:
             if heal_at is None and self.events >= self.steps:
                 self._heal()
                 heal_at = t
+                next_look = t + QUIET_AFTER_HEAL
+            if heal_at is not None and t >= next_look:
+                # Done early once every client is answered and the replicas agree (the
+                # checks below hold then; waiting longer would only tick).
+                next_look = t + 0.25
+                if self._settled():
+                    break
             if heal_at is not None and t > heal_at + settle:
                 if self.waiting_at_bound is None:
                     # Whatever is still open now failed the bound. A node that is behind
@@ -697,7 +694,8 @@ class Simulation:
                                for i in self._latest_configuration().ids if self.nodes[i].up]
                     lag = max(commits) - min(commits) if commits else 0
                     round_trip = 2 * self.mix.delay_max + HEARTBEAT
-                    catch_up = 2 * ELECTION[1] + lag / self.config.catchup_slots * round_trip
+                    slots = min(c.catchup_slots for c in self.configs.values())
+                    catch_up = 2 * ELECTION[1] + lag / slots * round_trip
                 if t > heal_at + settle + catch_up:
                     break
             self._dispatch(kind, data)
@@ -709,19 +707,38 @@ class Simulation:
         self._final_checks()
         return self.trace.hexdigest()
 
+    def _settled(self) -> bool:
+        """Every client answered; every member of the latest configuration running as the
+        voter it should be, with all it knows chosen applied and every write done; one commit
+        index among them."""
+        if any(c["op"] is not None for c in self.clients.values()):
+            return False
+        final = self._latest_configuration()
+        commits = set()
+        for m in final.members:
+            sim = self.nodes[m.id]
+            node = sim.node
+            if (node is None or node.applied_index != node.commit_index or sim.storage.writing
+                    or sim.storage.pending
+                    or (m.voter and m.incarnation != sim.member_incarnation)):
+                return False
+            commits.add(node.commit_index)
+        return len(commits) == 1
+
     def _dispatch(self, kind: str, data) -> None:
         trace = self.trace
         if kind == "deliver":
-            dst, msg = data
+            dst, src, payload = data
             sim = self.nodes[dst]
             if not sim.up:
                 return
             if sim.paused_until > self.now:
                 self._schedule(sim.paused_until - self.now, kind, data)
                 return
-            trace.update(b"d%d%s%d%.6f" % (dst, type(msg).__name__.encode(), msg.ballot if hasattr(msg, "ballot") else 0, self.now))
+            msg = self._decode(src, payload)
+            trace.update(b"d%d%s%d%.6f" % (dst, type(msg).__name__.encode(), getattr(msg, "ballot", 0), self.now))
             sim.node.receive(msg, self.now)
-            self._drain(sim)
+            self._drain(sim, msg)
         elif kind == "tick":
             node_id, inc = data
             sim = self.nodes[node_id]
@@ -732,13 +749,13 @@ class Simulation:
                 return
             sim.node.tick(self.now)
             self._drain(sim)
-        elif kind == "fsync":
+        elif kind == "disk":
             node_id, inc = data
             sim = self.nodes[node_id]
             if not sim.up or sim.incarnation != inc:
                 return
             trace.update(b"f%d%.6f" % (node_id, self.now))
-            self._fsync_done(sim)
+            self._disk_step(sim)
         elif kind == "client":
             cid, wake = data
             if self.clients[cid]["wake"] == wake:
@@ -756,11 +773,11 @@ class Simulation:
         elif kind == "reply":
             trace.update(b"p%d%s%.6f" % (data[0], data[1].status.encode(), self.now))
             self._on_reply(*data)
-        elif kind == "amnesia":
-            self._amnesia()
         elif kind in ("partition", "crash", "pause", "transfer", "member"):
             trace.update(kind.encode())
             self._fault(kind)
+        elif kind == "amnesia":
+            self._amnesia()
         elif kind == "restart":
             sim = self.nodes[data]
             if not sim.up:
@@ -770,34 +787,65 @@ class Simulation:
             raise AssertionError(kind)
 
 
-def replay_command(seed: int, nodes: int, steps: int, bug: str | None) -> str:
+@dataclass(frozen=True)
+class Options:
+    """What a run may change besides the seed (each has its command-line flag)."""
+
+    mixed_sessions: bool = False  # --mixed-sessions
+    skip_checks: tuple = ()  # --skip-check NAME ...
+    settings: str | None = None  # --settings defaults|same|per-node
+
+    def flags(self) -> str:
+        return ((" --mixed-sessions" if self.mixed_sessions else "")
+                + "".join(f" --skip-check {c}" for c in self.skip_checks)
+                + (f" --settings {self.settings}" if self.settings else ""))
+
+
+def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
+                   options: Options = Options()) -> str:
     cmd = f"python -m tests.simulator --seed {seed} --nodes {nodes} --steps {steps}"
-    return cmd + (f" --bug {bug}" if bug else "")
+    return cmd + (f" --bug {bug}" if bug else "") + options.flags()
 
 
-def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None) -> tuple[bool, str, str]:
-    """Run one seed; returns (ok, trace hash or failure text, fault mix)."""
+def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
+             options: Options = Options()) -> tuple[bool, str, str]:
+    """Run one seed; returns (ok, trace hash or failure text, fault mix and settings)."""
     sim = None
     try:
-        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug)
+        sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug,
+                         mixed_sessions=options.mixed_sessions, skip_checks=options.skip_checks,
+                         settings=options.settings)
         digest = sim.run()
         return True, digest, sim.mix_text
-    except (Violation, core_module.ProtocolError) as exc:
+    except Exception as exc:  # any failure of the core (or of a codec) fails the seed
         mix = sim.mix_text if sim else "?"
-        return False, f"{type(exc).__name__}: {exc}\n  replay: {replay_command(seed, nodes, steps, bug)}", mix
+        replay = replay_command(seed, nodes, steps, bug, options)
+        return False, f"{type(exc).__name__}: {exc}\n  replay: {replay}", mix
 
 
 def _run_many(args_tuple):
-    seeds, nodes_choice, steps, bug, stop_on_first = args_tuple
+    """(seeds, nodes or None, steps, bug, stop_on_first[, Options]) -> [(seed, text, mix)]."""
+    seeds, nodes_choice, steps, bug, stop_on_first, *rest = args_tuple
+    options = rest[0] if rest else Options()
     failures = []
     for seed in seeds:
         nodes = nodes_choice or (3 if seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(seed, nodes, steps, bug)
+        ok, text, mix = run_seed(seed, nodes, steps, bug, options)
         if not ok:
             failures.append((seed, text, mix))
             if stop_on_first:
                 break
     return failures
+
+
+def summary(failures) -> list[str]:
+    """One line per kind of failure (numbers blanked out) with the seeds that showed it."""
+    kinds: dict[str, list[int]] = {}
+    for seed, text, _ in failures:
+        kind = re.sub(r"0x[0-9a-f]+|\d+", "N", text.split("\n")[0])[:160]
+        kinds.setdefault(kind, []).append(seed)
+    return [f"{len(seeds)} x {kind}\n    seeds: {' '.join(map(str, seeds))}"
+            for kind, seeds in sorted(kinds.items(), key=lambda kv: -len(kv[1]))]
 
 
 def main(argv=None) -> int:
@@ -810,12 +858,19 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--bug", choices=sorted(BUGS), help="run a deliberately broken core")
     parser.add_argument("--stop-on-first", action="store_true", help="stop at the first failing seed")
+    parser.add_argument("--mixed-sessions", action="store_true",
+                        help="let max_sessions differ per node too (the daemon does not allow it)")
+    parser.add_argument("--skip-check", action="append", default=[], choices=OPTIONAL_CHECKS,
+                        help="switch a check off, to see what a defect leads to past it")
+    parser.add_argument("--settings", choices=SETTINGS,
+                        help="draw only this kind of node settings (default: any)")
     args = parser.parse_args(argv)
+    options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings)
 
     started = time.monotonic()
     if args.seed is not None:
         nodes = args.nodes or (3 if args.seed % 2 == 0 else 5)
-        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug)
+        ok, text, mix = run_seed(args.seed, nodes, args.steps, args.bug, options)
         print(f"seed {args.seed} nodes {nodes}: {mix}")
         print(("trace " + text) if ok else text)
         return 0 if ok else 1
@@ -824,16 +879,23 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         import multiprocessing
 
-        chunks = [seeds[i::args.jobs] for i in range(args.jobs)]
+        # Small chunks handed out as workers free up: seeds differ a lot in cost.
+        chunks = [seeds[i:i + 20] for i in range(0, len(seeds), 20)]
         with multiprocessing.Pool(args.jobs) as pool:
-            parts = pool.map(_run_many, [(c, args.nodes, args.steps, args.bug, args.stop_on_first) for c in chunks])
-        failures = sorted(f for part in parts for f in part)
+            parts = pool.imap_unordered(_run_many, [(c, args.nodes, args.steps, args.bug,
+                                                     args.stop_on_first, options) for c in chunks])
+            failures = sorted(f for part in parts for f in part)
     else:
-        failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first))
+        failures = _run_many((seeds, args.nodes, args.steps, args.bug, args.stop_on_first,
+                              options))
     elapsed = time.monotonic() - started
     for seed, text, mix in failures[:20]:
         print(f"FAIL seed {seed} ({mix})\n  {text}")
-    print(f"{len(seeds)} seeds, {len(failures)} failed, {elapsed:.1f}s")
+    if failures:
+        print("failures by kind:")
+        print("\n".join(summary(failures)))
+    print(f"{len(seeds)} seeds, {len(failures)} failed, {elapsed:.1f}s, "
+          f"{len(seeds) / elapsed:.1f} seeds/s")
     return 1 if failures else 0
 
 

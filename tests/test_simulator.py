@@ -1,8 +1,18 @@
 """The protocol core under the seeded simulator: safety on many seeds, and the checks bite."""
 
+import random
+from types import SimpleNamespace
+
 import pytest
 
-from tests import simulator
+from daemon.core import Ready
+from daemon.messages import (NOOP, OP_PUT, Accept, Accepted, AcceptRecord, CommitRecord, Prepare,
+                             Promise, PromiseRecord, Snapshot)
+from daemon.storage import encode_record
+from fastpath import BALLOT_CHOSEN, ballot_pack
+from tests import sim_bugs, simulator
+from tests.sim_disk import DiskFailure, NodeStorage, SimDisk
+from tests.sim_invariants import Checker, Violation
 
 SEEDS = 300
 STEPS = 6000
@@ -35,12 +45,31 @@ REGRESSIONS = [
     # A new member fetching 487 slots from scratch, four per round trip, needs longer than the
     # settle bound: replicas are compared once catch-up has had the time it needs.
     (20448, 3, 4000),
+    # An acceptor that had installed a snapshot (or compacted) past a Prepare's from_slot
+    # answered an equal-ballot Prepare with a Promise that left out chosen slots below its
+    # log start. With the daemon's defaults (window 64, log_retain 256), snapshots every 16:
+    (7649, 5, 4000),
+    # ... the same with few client sessions kept:
+    (225, 5, 4000),
+    (5491, 5, 4000),
+    (7153, 5, 4000),
+    # ... with settings that differ per node:
+    (243, 5, 4000),
+    (1746, 3, 4000),
+    # ... the daemon's settings throughout, one snapshot every 16 or 8 slots:
+    (383, 5, 4000, simulator.Options(settings="defaults")),
+    (932, 3, 4000, simulator.Options(settings="defaults")),
+    # What that Promise led to, with its check switched off: node 1 had installed a snapshot
+    # at 273 and promised from slot 135 without slots 135..273; the new leader no-op-filled
+    # slot 203 over a chosen compare-and-set, and a node learned the no-op.
+    (300981, 3, 4000, simulator.Options(skip_checks=("promise-covers",), settings="same")),
 ]
 
 
-@pytest.mark.parametrize("seed,nodes,steps", REGRESSIONS)
-def test_seeds_that_once_failed_pass(seed, nodes, steps):
-    ok, text, mix = simulator.run_seed(seed, nodes, steps)
+@pytest.mark.parametrize("case", REGRESSIONS, ids=lambda case: "-".join(map(str, case[:3])))
+def test_seeds_that_once_failed_pass(case):
+    seed, nodes, steps, *options = case
+    ok, text, mix = simulator.run_seed(seed, nodes, steps, None, *options)
     assert ok, text
 
 
@@ -51,7 +80,7 @@ def test_the_same_seed_replays_the_same_trace():
     assert simulator.run_seed(12, 5, 3000)[1] != a[1]
 
 
-@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist",
+@pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist", "forgets-promise",
                                  "trusts-an-empty-disk"])
 def test_a_deliberately_broken_core_is_caught_within_1000_seeds(bug):
     failures = simulator._run_many((range(1000), None, 4000, bug, True))
@@ -67,3 +96,182 @@ def test_a_failing_seed_prints_the_command_that_replays_it(capsys):
     out = capsys.readouterr().out
     assert f"--seed {seed}" in out and "Violation" in out
 
+
+
+# ------------------------------------------------------------------ the checks on their own
+# Each check is fed a small made-up situation, so that it is shown to bite whatever the core does.
+
+B1, B2 = ballot_pack(1, 1), ballot_pack(2, 1)
+X = ((7, 1, OP_PUT, b"k", b"x", None),)
+
+
+def acceptor(log, commit_index, log_start=1, promised=B1):
+    return SimpleNamespace(id=2, log=log, commit_index=commit_index, log_start=log_start,
+                           promised=promised, applied_index=commit_index)
+
+
+def checker_with_chosen(*batches):
+    checker = Checker()
+    for slot, batch in enumerate(batches, 1):
+        checker.chosen[slot] = batch
+    return checker
+
+
+def test_a_promise_that_leaves_out_a_compacted_chosen_slot_is_caught():
+    checker = checker_with_chosen(X, X)
+    node = acceptor({}, 2, log_start=3)  # compacted past the Prepare's from_slot
+    out = Ready(send_after_persist=[(1, Promise(2, B1, 2, ()))])
+    with pytest.raises(Violation, match="leaves out chosen slot 1"):
+        checker.answers(node, Prepare(1, B1, 1), out)
+    whole = Ready(send_after_persist=[(1, Promise(2, B1, 2, ((1, BALLOT_CHOSEN, X),
+                                                             (2, BALLOT_CHOSEN, X))))])
+    checker.answers(node, Prepare(1, B1, 1), whole)
+
+
+def test_a_promise_reporting_another_value_for_a_chosen_slot_is_caught():
+    checker = checker_with_chosen(X)
+    out = Ready(send_after_persist=[(1, Promise(2, B1, 1, ((1, BALLOT_CHOSEN, NOOP),)))])
+    with pytest.raises(Violation, match="chosen"):
+        checker.answers(acceptor({1: (BALLOT_CHOSEN, X)}, 1), Prepare(1, B1, 1), out)
+
+
+def test_acknowledging_a_slot_skipped_as_chosen_with_another_value_is_caught():
+    checker = checker_with_chosen(X)
+    node = acceptor({1: (B1, X)}, 1, promised=B2)
+    accept = Accept(1, B2, 1, 1, (NOOP,), 0)  # a leader no-op-filling a chosen slot
+    with pytest.raises(Violation, match="acknowledged slot 1 at ballot"):
+        checker.answers(node, accept, Ready(send_after_persist=[(1, Accepted(2, B2, 1, 1, 0))]))
+    same = Accept(1, B2, 1, 1, (X,), 0)  # the chosen value again: harmless
+    checker.answers(node, same, Ready(send_after_persist=[(1, Accepted(2, B2, 1, 1, 0))]))
+
+
+def test_a_promise_that_goes_down_is_caught_within_a_boot_and_across_a_restart():
+    checker = Checker()
+    sim = SimpleNamespace(id=2, node=acceptor({}, 0, promised=B1), promised=B2, checked_commit=0,
+                          storage=SimpleNamespace(durable_promise=B2))
+    with pytest.raises(Violation, match="promise went down"):
+        checker.node_state(sim)
+    with pytest.raises(Violation, match="restarted with promise"):
+        checker.booted(sim)
+
+
+def test_an_applied_history_that_differs_is_caught_across_nodes_and_boots():
+    checker = Checker()
+    a, b = SimpleNamespace(id=1), SimpleNamespace(id=2)
+    checker.applied(a, 0, [X, NOOP])
+    checker.applied(b, 0, [X])
+    with pytest.raises(Violation, match="differs at slot 2"):
+        checker.applied(b, 1, [X])
+    again = SimpleNamespace(id=1)  # a restart applies from the start again
+    with pytest.raises(Violation, match="differs at slot 1"):
+        checker.applied(again, 0, [NOOP])
+
+
+def test_a_promise_or_accepted_sent_before_its_promise_is_durable_is_caught():
+    checker = Checker()
+    sim = SimpleNamespace(id=2, storage=SimpleNamespace(durable_promise=B1))
+    checker.sent(sim, [(1, Promise(2, B1, 0, ())), (1, Accepted(2, B1, 1, 0, 0))])
+    with pytest.raises(Violation, match="sent a Accepted for ballot"):
+        checker.sent(sim, [(1, Accepted(2, B2, 1, 0, 0))])
+
+
+def test_snapshots_at_one_slot_must_hold_the_same_image():
+    checker = Checker()
+    checker.snapshot_written(1, 5, b"image")
+    checker.snapshot_written(2, 5, b"image")
+    with pytest.raises(Violation, match="node 3 wrote a snapshot at slot 5"):
+        checker.snapshot_written(3, 5, b"other")
+
+
+# ------------------------------------------------------------------ the disk model
+
+def storage_with(*readies):
+    storage = NodeStorage()
+    for ready in readies:
+        storage.hand_off(ready)
+    return storage
+
+
+def run_steps(storage, fail_at=None):
+    released = storage.start_group()
+    n = 0
+    while released is None:
+        released = storage.do_step(n == fail_at)
+        n += 1
+    return released
+
+
+def test_records_reach_the_disk_in_the_wal_encoding_and_come_back_on_restart():
+    storage = storage_with(Ready(persist=[PromiseRecord(B1), AcceptRecord(B1, 1, (X,))],
+                                 send_after_persist=[(1, "accepted")]))
+    assert run_steps(storage) == [(1, "accepted")]
+    assert storage.disk.log == [encode_record(PromiseRecord(B1)),
+                                encode_record(AcceptRecord(B1, 1, (X,)))]
+    assert storage.durable_promise == B1
+    state = storage.disk.recover()
+    assert state.promised == B1 and state.log == {1: (B1, X)}
+
+
+def test_a_crash_keeps_none_all_or_a_prefix_of_the_unsynced_tail():
+    kept = set()
+    for seed in range(100):
+        disk = SimDisk()
+        disk.append([CommitRecord(i) for i in range(1, 5)])
+        disk.crash(random.Random(seed))
+        assert disk.log == [encode_record(CommitRecord(i)) for i in range(1, len(disk.log) + 1)]
+        kept.add(len(disk.log))
+    assert kept == {0, 1, 2, 3, 4}
+
+
+def test_commit_records_alone_are_reported_durable_without_a_sync():
+    storage = storage_with(Ready(persist=[CommitRecord(3)], send_after_persist=[(1, "a")]))
+    assert storage.hand_off(Ready()).send == []  # nothing new
+    assert storage.start_group() == []  # the "a" left at once: nothing waited on the commit
+    assert storage.disk.tail == [encode_record(CommitRecord(3))]
+
+
+def test_a_crash_between_the_snapshot_and_the_rotation_recovers_from_both():
+    image = [{b"k": b"x"}, {}, 1]
+    snapshot = Snapshot(1, image, (PromiseRecord(B1), CommitRecord(1)))
+    storage = storage_with(Ready(persist=[AcceptRecord(B1, 1, (X,)), CommitRecord(1), snapshot]))
+    assert storage.start_group() is None
+    assert storage.do_step(False) is None  # sync
+    assert storage.do_step(False) is None  # snapshot file written; rotation still to come
+    storage.crash(random.Random(0))
+    state = storage.disk.recover()
+    assert state.snapshot.index == 1 and state.commit_index == 1 and state.promised == B1
+
+
+def test_a_failed_sync_stops_the_write_and_releases_nothing():
+    storage = storage_with(Ready(persist=[PromiseRecord(B2)], send_after_persist=[(1, "p")]))
+    storage.start_group()
+    with pytest.raises(DiskFailure, match="sync failed"):
+        storage.do_step(True)
+    assert not storage.writing and storage.durable_promise == 0
+
+
+def test_peer_messages_cross_the_simulated_network_as_wire_bytes():
+    sim = simulator.Simulation(3, nodes=3, steps=100)
+    accept = Accept(1, B1, 0, 1, (X,), 0)
+    sim._transmit(1, 2, accept)
+    sim.mix.drop = 0.0
+    payloads = [d[2] for _, _, kind, d in sim.queue if kind == "deliver"]
+    assert payloads and all(type(p) is bytes for p in payloads)
+    assert sim._decode(1, payloads[0]) == accept
+    with pytest.raises(Violation, match="names sender 1"):
+        sim._decode(3, payloads[0])
+
+
+def test_a_registered_bug_runs_under_its_name():
+    @sim_bugs.bug("test-only-noop-bug")
+    class _Same(simulator.Node):
+        pass
+
+    try:
+        assert simulator.BUGS["test-only-noop-bug"] is _Same
+        with pytest.raises(ValueError, match="already registered"):
+            sim_bugs.bug("test-only-noop-bug")(_Same)
+        ok, text, _ = simulator.run_seed(4, 3, 500, "test-only-noop-bug")
+        assert ok == simulator.run_seed(4, 3, 500)[0]
+    finally:
+        del simulator.BUGS["test-only-noop-bug"]
