@@ -1043,10 +1043,14 @@ class Node:
                 cost = batch_cost(batch)
                 if len(batch) == 1 and batch[0][0] == 0:
                     self._fence_for(slot, batch)
-            elif self.pending_change is not None and self.transfer is None:
+            elif self.pending_change is not None and self.transfer is None and not self.fence_slot:
+                # (Not while another configuration command is in flight: one re-proposed from
+                # the promises may be, though none was when the change was asked for.)
                 req, members = self.pending_change
                 self.pending_change = None
-                effective = slot + self.config.window
+                # Configurations take effect in the order they are chosen, whatever window the
+                # leader that proposed the one before had.
+                effective = max(slot + self.config.window, self.configs[-1].effective + 1)
                 batch = config_batch(slot, effective, members, self.configs[-1])
                 cost = batch_cost(batch)
                 self.fence, self.fence_slot = effective, slot
