@@ -14,8 +14,8 @@ import dataclasses
 
 from fastpath import BALLOT_CHOSEN
 
-from daemon.core import Node
-from daemon.messages import IncarnationChosen, Promise
+from daemon.core import FOLLOWER, Node
+from daemon.messages import IncarnationChosen, Prepare, Promise, PromiseRecord
 
 BUGS: dict = {}  # name -> a deliberately broken Node subclass (python -m tests.simulator --bug)
 
@@ -96,28 +96,50 @@ class _PromiseGap(Node):
     out. (The "behind" refusal held only for a higher ballot.)"""
 
     def _on_prepare(self, msg):
-        behind = (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
-                  or msg.from_slot < self.log_start)
-        if msg.ballot != self.promised or not behind:
+        if msg.ballot != self.promised or not self._behind(msg):
             super()._on_prepare(msg)
             return
         self._observe(msg.ballot)
+        self._promise_what_is_held(msg)
+
+    def _behind(self, msg) -> bool:
+        return (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
+                or msg.from_slot < self.log_start)
+
+    def _promise_what_is_held(self, msg) -> None:
         log, commit = self.log, self.commit_index
         entries = tuple((s, BALLOT_CHOSEN if s <= commit else log[s][0], log[s][1])
                         for s in range(msg.from_slot, self.max_slot + 1) if s in log)
         self._out.send_after_persist.append(
             (msg.sender, Promise(self.id, msg.ballot, commit, entries, self.incarnation)))
 
+    _handlers = {**Node._handlers, Prepare: _on_prepare}  # (the core dispatches by table)
+
 
 @bug("fills-chosen")
 class _FillsChosen(_PromiseGap):
     """Broken on purpose: a new leader (or one at a configuration boundary) does not look at
     its promises' commit indexes and no-op-fills the slots they leave out. It only acts on a
-    gap, so its acceptors leave one as ``promise-gap``'s do; with ``--skip-check
-    promise-covers`` the simulator sees what it leads to (a slot learned two ways)."""
+    gap, so its acceptors leave one whenever they compacted past a Prepare's from_slot, for
+    any ballot (with ``promise-gap``'s acceptors gaps are rare). The acceptors' check sees
+    the gap first; with ``--skip-check promise-covers`` the leader-side check sees the fill."""
+
+    def _on_prepare(self, msg):
+        if msg.ballot < self.promised or msg.from_slot >= self.log_start:
+            super()._on_prepare(msg)
+            return
+        self._observe(msg.ballot)
+        if msg.ballot > self.promised:
+            self.promised = msg.ballot
+            self._out.persist.append(PromiseRecord(msg.ballot))
+            if self.role != FOLLOWER and msg.ballot > self.ballot:
+                self._step_down(None)
+        self._promise_what_is_held(msg)
 
     def _chosen_unreported(self, promises, best, first):
         return False
+
+    _handlers = {**Node._handlers, Prepare: _on_prepare}
 
 
 @bug("acks-skipped")

@@ -18,6 +18,10 @@ Acceptor side, on every message a node answers with:
   its completed writes made durable;
 - a Promise or Accepted for ballot b leaves only once the node's disk holds a promise of at
   least b (safety rule 1, checked on what the driver actually sends).
+
+Leader side, when a node starts to lead (or finishes Phase 1 at a configuration boundary):
+- every slot up to the highest commit index among the promises it counted is either learned or
+  proposed with its chosen value: no slot a promise says is chosen is filled with anything else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import hashlib
 
 from fastpath import BALLOT_CHOSEN
 
+from daemon.core import LEADER
 from daemon.messages import Accept, Accepted, Prepare, Promise
 
 
@@ -38,7 +43,7 @@ GENESIS = b""
 
 # Checks that may be switched off (python -m tests.simulator --skip-check NAME), to see what a
 # defect leads to past the first check it trips.
-OPTIONAL_CHECKS = ("promise-covers", "accepted-holds", "applied-history")
+OPTIONAL_CHECKS = ("promise-covers", "accepted-holds", "applied-history", "leader-fills")
 
 
 class Checker:
@@ -51,6 +56,7 @@ class Checker:
         self.check_promises = "promise-covers" not in skip
         self.check_accepted = "accepted-holds" not in skip
         self.check_history = "applied-history" not in skip
+        self.check_leader = "leader-fills" not in skip
         self.chosen: dict[int, tuple] = {}  # slot -> the batch chosen there
         self.chosen_commands: set[tuple[int, int]] = set()
         self.chain: dict[int, bytes] = {0: GENESIS}  # slot -> the applied history's link there
@@ -77,7 +83,40 @@ class Checker:
                 super()._install_snapshot(index, image, blob)
                 self.sim_chain = (index, checker.chain.get(index))
 
+            def _become_leader(self):
+                promises = list(self.promises.values())
+                super()._become_leader()
+                if self.role == LEADER and checker.check_leader:
+                    checker.leads(self, promises, self.commit_index + 1)
+
+            def _finish_boundary(self, cfg):
+                promises, first = list(self.boundary.values()), self.boundary_slot
+                super()._finish_boundary(cfg)
+                if self.role == LEADER and self.boundary is None and checker.check_leader:
+                    checker.leads(self, promises, first)
+
         return Checked
+
+    # -------------------------------------------------------------------------- leader
+
+    def leads(self, node, promises, first: int) -> None:
+        """``node`` leads on ``promises``, learning up to ``first - 1`` and proposing from
+        ``first``: every slot a promise's commit index covers gets its chosen value."""
+        window, queued = node.window, node.queued_batches
+        for promise in promises:
+            for slot in range(first, promise.commit_index + 1):
+                if slot < window.next_slot:
+                    proposed = window.get(slot)
+                elif slot - window.next_slot < len(queued):
+                    proposed = queued[slot - window.next_slot]
+                else:
+                    proposed = None
+                want = self.chosen.get(slot)
+                if want is None or proposed != want:
+                    raise Violation(
+                        f"node {node.id} leads at ballot {node.ballot:#x} proposing {proposed!r} "
+                        f"for slot {slot}, which node {promise.sender}'s Promise (commit index "
+                        f"{promise.commit_index}) says is chosen as {want!r}")
 
     # -------------------------------------------------------------------------- learner
 
