@@ -37,6 +37,7 @@ class ScriptedCluster:
         self.flight: list[tuple[int, int, object]] = []  # (source, destination, message)
         self.replies: list[tuple[int, Reply]] = []
         self.cut: set[tuple[int, int]] = set()  # links that lose what is sent on them
+        self.lose = lambda src, dst, msg: False  # and any other message the script drops
 
     # -- the network ---------------------------------------------------------------------------
 
@@ -45,7 +46,7 @@ class ScriptedCluster:
         for i, node in self.nodes.items():
             out = node.ready()
             for dst, msg in out.send + out.send_after_persist:
-                if (i, dst) not in self.cut:
+                if (i, dst) not in self.cut and not self.lose(i, dst, msg):
                     self.flight.append((i, dst, msg))
             self.replies.extend((i, r) for r in out.replies)
 
@@ -94,6 +95,7 @@ class ScriptedCluster:
 
     def heal(self) -> None:
         self.cut.clear()
+        self.lose = lambda src, dst, msg: False
 
     # -- clients and checks ----------------------------------------------------------------------
 

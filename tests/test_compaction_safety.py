@@ -1,4 +1,6 @@
-"""A duplicated Prepare, a lost Promise and a catch-up snapshot between the two copies.
+"""Compaction against Phase 1 and 2, scripted message by message.
+
+A duplicated Prepare, a lost Promise and a catch-up snapshot between the two copies:
 
 The acceptor that promised on the first copy installs a snapshot before the second arrives;
 the second copy has the same ballot as its promise. It used to be answered with a Promise
@@ -9,7 +11,8 @@ or be a refusal that sends the candidate to catch up.
 """
 
 from daemon.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig
-from daemon.messages import CatchupRequest, Prepare, Promise, Reject, SnapshotChunk
+from daemon.messages import (Accept, Accepted, CatchupRequest, Prepare, Promise, Reject,
+                             SnapshotChunk)
 from tests.scripted import ScriptedCluster
 
 # Snapshots every 3 applied slots, no log kept below them: compaction at every turn.
@@ -126,3 +129,50 @@ def test_an_acceptor_refuses_an_equal_ballot_prepare_below_its_log_start():
     reject = answers[0][2]
     assert reject.ballot == ballot and reject.commit_index == follower.commit_index
     assert follower.promised == ballot  # refusing never lowers the promise
+
+
+def test_a_leader_stalled_on_slots_a_voter_compacted_as_chosen_stands_down_and_all_catch_up():
+    """A new leader re-proposes slots an earlier leader had chosen; the one voter it needs
+    learned them chosen and compacted them away, so it cannot vouch for their values and does
+    not acknowledge them. The leader stands down instead of resending forever, and an
+    election brings everyone past them."""
+    c = ScriptedCluster([1, 2, 3], CONFIG)
+    c.fire(1)
+    c.settle()
+    one, two, three = c.nodes[1], c.nodes[2], c.nodes[3]
+    # Write 1 is chosen with node 2, which does not hear that it was: the Accepts carrying
+    # the commit index are lost on the way to it from then on.
+    c.cut = {(1, 3), (3, 1)}
+    c.put(1, 1)
+    c.deliver(c.take(src=1, dst=2, kind=Accept))
+    c.deliver(c.take(src=2, dst=1, kind=Accepted))
+    c.cut = {(1, 2), (2, 1)}
+    # Writes 2..5 are chosen with node 3, which never gets slot 2 (its asks for it are lost).
+    c.lose = lambda src, dst, msg: type(msg) is CatchupRequest or (
+        type(msg) is Accept and msg.first_slot <= 2 < msg.first_slot + len(msg.batches))
+    for n in range(2, 6):
+        c.put(1, n)
+        c.settle()
+    assert c.acknowledged() == [1, 2, 3, 4, 5]
+    assert two.commit_index < 2 and three.commit_index < 2
+    assert one.commit_index == 6 and one.log_start == 7  # compacted past all of them
+    # Node 1 is cut off; node 2 leads with node 3 and re-proposes slots 2..6...
+    c.cut = {(1, 2), (2, 1), (1, 3), (3, 1)}
+    c.lose = lambda src, dst, msg: dst == 3 and type(msg) is Accept
+    c.fire(2)
+    c.settle()
+    assert two.role == LEADER and two.commit_index < 2
+    stalled_ballot = two.ballot
+    # ...but they do not reach node 3, and node 3 then goes quiet: only node 1 can make a
+    # quorum with node 2, and it no longer holds those slots.
+    c.cut = {(2, 3), (3, 2), (1, 3), (3, 1)}
+    c.lose = lambda src, dst, msg: False
+    c.advance(1.0)
+    assert not c.divergence(), c.divergence()
+    assert min(one.commit_index, two.commit_index) >= 6, "node 2 never got past slot 1"
+    assert c.leader().ballot > stalled_ballot  # it stood down; an election followed
+    c.heal()
+    c.advance(2.0)
+    assert not c.divergence(), c.divergence()
+    assert len({n.commit_index for n in c.nodes.values()}) == 1
+    assert c.lost_writes() == {}
