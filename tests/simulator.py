@@ -554,7 +554,10 @@ class Simulation(ClientLoad):
         if not leaders:
             return
         sim = rng.choice(leaders)
-        if action == "add" or len(latest.voters) <= 2 or unrestored:
+        # A configuration of two voters survives no lost disk: where disks may be lost
+        # (the amnesia fault), removals stop at three.
+        floor = 3 if self.amnesia_every else 2
+        if action == "add" or len(latest.voters) <= floor or unrestored:
             candidates = [i for i in self.all_ids if latest.get(i) is None]
             if not candidates:
                 return
