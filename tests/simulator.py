@@ -687,7 +687,7 @@ class Simulation(ClientLoad):
                 next_look = t + 0.25
                 if self._settled():
                     break
-            if heal_at is not None and t > heal_at + settle:
+            if heal_at is not None and t > heal_at + settle + self._fill_time():
                 if self.waiting_at_bound is None:
                     # Whatever is still open now failed the bound. A node that is behind
                     # (a new member fetching everything) gets the time catch-up needs at one
@@ -709,6 +709,19 @@ class Simulation(ClientLoad):
         # Unknown outcomes for operations still open (there should be none: checked below).
         self._final_checks()
         return self.trace.hexdigest()
+
+    def _fill_time(self) -> float:
+        """Time the leader needs after healing to bring the latest configuration into effect:
+        the slots up to its effective slot, one window of the slowest node per round trip
+        (a message each way and an fsync). A window-64 leader may set a configuration 64 slots
+        ahead that a window-1 leader then fills one slot at a time."""
+        if not hasattr(self, "_fill"):
+            commits = [s.node.commit_index for s in self.nodes.values() if s.up]
+            ahead = self._latest_configuration().effective - max(commits, default=0)
+            window = min(c.window for c in self.configs.values())
+            round_trip = 2 * self.mix.delay_max + self.mix.fsync[1]
+            self._fill = max(0, ahead) / window * round_trip
+        return self._fill
 
     def _settled(self) -> bool:
         """Every client answered; every member of the latest configuration running as the
