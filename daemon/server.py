@@ -184,14 +184,12 @@ class Server:
                                    node_logger(self.id, "paxosd.transport"))
         self._self_msgs: deque = deque()
         self._tick_pending = False
-        # The WAL writer: records handed over but not yet written; sequence numbers count the
-        # hand-overs (one per ready with records); _wal_durable is the last one made durable.
+        # The WAL writer: records handed over but not yet written. The gate numbers the
+        # hand-overs (one per ready with records; _gate.handed is the last) and holds Promise
+        # and Accepted until the writer reports them durable (_wal_durable, the last made so).
         self._wal_pending: list = []
-        self._wal_handed = 0
         self._wal_durable = 0
         self._wal_has_work = trio.Event()
-        # Promise and Accepted wait in the gate until the WAL writer reports their records
-        # durable (_wal_durable); _wal_handed is the gate's last hand-off number.
         self._gate = DurabilityGate()
         self._clients = 0
         self._client_tls = (server_context(config, config.client_tls, "client_tls")
@@ -429,7 +427,6 @@ class Server:
         handoff = self._gate.take(ready)
         if handoff.seq:
             self._wal_pending.extend(handoff.records)
-            self._wal_handed = handoff.seq
             self._wal_has_work.set()
         if handoff.send:
             self._send(handoff.send)
@@ -540,7 +537,7 @@ class Server:
                 continue
             # Whatever the core hands over while this write runs waits for the next one.
             records, self._wal_pending = self._wal_pending, []
-            target = self._wal_handed
+            target = self._gate.handed
             before = wal.written_bytes
             if any(type(r) is Snapshot or type(r) is IncarnationChosen for r in records):
                 seconds = await trio.to_thread.run_sync(self._write_with_snapshots, records)

@@ -23,7 +23,9 @@ class RecordingNode(Node):
 
     def _set_commit(self, commit_index: int) -> None:
         for slot in range(self.commit_index + 1, commit_index + 1):
-            self.learned[slot] = self.log[slot][1]
+            batch = self.log[slot][1]
+            assert self.learned.setdefault(slot, batch) == batch, (
+                f"node {self.id} learned slot {slot} twice, differently")
         super()._set_commit(commit_index)
 
 

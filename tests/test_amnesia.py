@@ -282,7 +282,7 @@ async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_co
             assert "deciding its incarnation" in daemons.servers[1]._status_line()
             for i in (1, 2):
                 assert not (daemons.configs[i].node_dir(i) / "incarnation").exists()
-                assert daemons.servers[i].node.promised == 0 and not daemons.servers[i]._wal_handed
+                assert daemons.servers[i].node.promised == 0 and not daemons.servers[i]._gate.handed
             daemons.servers[3] = await nursery.start(serve, daemons.configs[3])
             leader = await daemons.wait_for_leader()
             for i in (1, 2, 3):

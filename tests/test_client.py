@@ -268,11 +268,17 @@ async def test_a_write_whose_reply_was_lost_is_retried_and_answered_from_the_ses
         nursery.cancel_scope.cancel()
 
 
+async def start_evicting(nursery: trio.Nursery) -> FakeNode:
+    """A fake node keeping one session, where another client's write follows the next write."""
+    (node,) = await start(nursery)
+    node.kv = KVStore(max_sessions=1)
+    node.evict_after_apply = 1
+    return node
+
+
 async def test_a_write_on_an_evicted_session_starts_it_again_and_applies_once():
     async with trio.open_nursery() as nursery:
-        (node,) = await start(nursery)
-        node.kv = KVStore(max_sessions=1)
-        node.evict_after_apply = 1
+        node = await start_evicting(nursery)
         async with Client.connect([node.address], timeout=2) as client:
             await client.put("k", "1")  # applied; then another client's write evicts us
             await client.put("k", "2")  # refused as expired, then sent again above the horizon
@@ -285,9 +291,7 @@ async def test_a_write_on_an_evicted_session_starts_it_again_and_applies_once():
 
 async def test_a_retried_write_whose_session_expired_meanwhile_is_outcome_unknown():
     async with trio.open_nursery() as nursery:
-        (node,) = await start(nursery)
-        node.kv = KVStore(max_sessions=1)
-        node.evict_after_apply = 1
+        node = await start_evicting(nursery)
         node.drop_after_apply = 1  # applied, evicted, and the reply never comes
         async with Client.connect([node.address], timeout=2) as client:
             with pytest.raises(OutcomeUnknown, match="expired"):

@@ -29,8 +29,9 @@ its slot) and then liveness once everything is healed.
 
 import random
 
-from daemon.core import LEADER, CoreConfig, Node
+from daemon.core import LEADER, CoreConfig
 from daemon.messages import NOOP, OK, Accept, CatchupRequest, Prepare, SnapshotChunk
+from tests.scripted import RecordingNode
 from tests.test_core import put
 
 W = 4
@@ -39,20 +40,6 @@ CFG = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.30), window=
 INITIAL = [1, 2, 3, 4]
 FIVE_INCARNATION = 55
 TICK = 0.01
-
-
-class RecordingNode(Node):
-    """A real node that shows every slot it learns (by commit) to ``learned`` first, before
-    compaction can drop the value from its log."""
-
-    learned: dict
-
-    def _set_commit(self, commit_index: int) -> None:
-        for slot in range(self.commit_index + 1, commit_index + 1):
-            batch = self.log[slot][1]
-            assert self.learned.setdefault(slot, batch) == batch, (
-                f"node {self.id} learned slot {slot} twice, differently")
-        super()._set_commit(commit_index)
 
 
 class Network:

@@ -78,6 +78,13 @@ async def test_a_wiped_follower_restarted_by_the_unit_rejoins_and_votes_only_onc
             other = next(i for i in cluster.ids if i not in (leader, victim))
             async with Client.connect(cluster.endpoints, timeout=10) as client:
                 stop = trio.Event()
+                goal = [50, trio.Event()]  # [acknowledged writes to wait for, set when reached]
+
+                async def acked_reach(count: int) -> None:
+                    goal[:] = [count, trio.Event()]
+                    if len(acked) >= count:
+                        goal[1].set()
+                    await goal[1].wait()
 
                 async def writer(n: int) -> None:
                     i = n
@@ -89,13 +96,14 @@ async def test_a_wiped_follower_restarted_by_the_unit_rejoins_and_votes_only_onc
                             pass  # not acknowledged: it may or may not be there
                         else:
                             acked[key] = value
+                            if len(acked) >= goal[0]:
+                                goal[1].set()
                         i += WRITERS
 
                 async with trio.open_nursery() as nursery:
                     for n in range(WRITERS):
                         nursery.start_soon(writer, n)
-                    while len(acked) < 50:
-                        await trio.sleep(0.02)
+                    await acked_reach(50)
                     cluster.kill(victim)
                     shutil.rmtree(cluster.node_dir(victim))
                     argv = start_as_the_unit(cluster, victim)
@@ -105,8 +113,7 @@ async def test_a_wiped_follower_restarted_by_the_unit_rejoins_and_votes_only_onc
                     cluster.kill(other)
                     before = len(acked)
                     with trio.fail_after(TIMEOUT):
-                        while len(acked) < before + 20:
-                            await trio.sleep(0.02)
+                        await acked_reach(before + 20)
                     stop.set()
                 cluster.start(other)
                 assert await cluster.wait_caught_up(TIMEOUT), await cluster.describe()
