@@ -89,9 +89,20 @@ class Report:
         return "\n".join(lines)
 
 
+async def _interrupt_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C, delivered by trio inside a task: the KeyboardInterrupt then unwinds
+    the nurseries and trio.run, and the cluster's ``finally`` ends every node it started. (A
+    plain signal handler raising it lands wherever the main thread happens to be, where trio
+    may not pass it on.)"""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+
 async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
                     nemesis: Nemesis, rounds, verbose: bool) -> None:
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_interrupt_on_sigterm)
         await nursery.start(cluster.proxy.run)
         cluster.start_all()
         if await cluster.wait_for_leader(timeout=60) is None:
