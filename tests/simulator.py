@@ -52,6 +52,7 @@ from fastpath import dumps
 
 from daemon import wire
 from daemon.core import CoreConfig, Node
+from daemon.membership import config_of_batch, decode_configuration
 from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
 from tests.linearizability import Operation, check
 from tests.sim_bugs import BUGS
@@ -523,6 +524,20 @@ class Simulation(ClientLoad):
         nodes = [s.node for s in self.nodes.values() if s.up]
         return max(nodes, key=lambda n: (n.commit_index, n.configuration.effective))
 
+    def _live_configs(self):
+        """Every configuration a running node still knows (a slot one node knows chosen may
+        still have to be learned by the others through a quorum of an older one), by effective
+        slot, and the voters among them that are not running under the incarnation named."""
+        configs = {}
+        for sim in self.nodes.values():
+            if sim.up:
+                for cfg in sim.node.configs:
+                    configs[(cfg.slot, cfg.effective)] = cfg
+        configs = [configs[k] for k in sorted(configs, key=lambda k: (k[1], k[0]))]
+        unrestored = [m for cfg in configs for m in cfg.members
+                      if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
+        return configs, unrestored
+
     def _latest_configuration(self):
         return self._best_node().configuration
 
@@ -537,9 +552,7 @@ class Simulation(ClientLoad):
         # state (wiped, not yet a voter under its new incarnation) at a time.
         # Every configuration that may still decide a slot counts (a cluster of two voters
         # tolerates no loss at all).
-        configs = self._best_node().configs
-        unrestored = [m for cfg in configs for m in cfg.members
-                      if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
+        configs, unrestored = self._live_configs()
         action = rng.choice(["add", "remove", "wipe"])
         if action == "wipe" and not unrestored and min(len(c.voters) for c in configs) >= 4:
             sim = self.nodes[rng.choice(latest.voters)]
@@ -598,11 +611,9 @@ class Simulation(ClientLoad):
         up = [s.node for s in self.nodes.values() if s.up]
         if not up:
             return
-        configs = self._best_node().configs
+        configs, unrestored = self._live_configs()
         if any(not self.nodes[i].up for i in configs[-1].ids):
             return
-        unrestored = [m for node in up for cfg in node.configs for m in cfg.members
-                      if m.voter and m.incarnation != self.nodes[m.id].member_incarnation]
         victims = [i for i in configs[-1].voters if i in self.ids]
         changing = any(n.role == "leader" and n._change_in_progress() for n in up)
         if unrestored or changing or not victims or min(len(c.voters) for c in configs) < 3:
@@ -716,8 +727,17 @@ class Simulation(ClientLoad):
         (a message each way and an fsync). A window-64 leader may set a configuration 64 slots
         ahead that a window-1 leader then fills one slot at a time."""
         if not hasattr(self, "_fill"):
-            commits = [s.node.commit_index for s in self.nodes.values() if s.up]
-            ahead = self._latest_configuration().effective - max(commits, default=0)
+            up = [s.node for s in self.nodes.values() if s.up]
+            commits = [n.commit_index for n in up]
+            # The configuration commands not yet chosen count too: one a leader proposed
+            # before healing sets its effective slot a whole window ahead of its slot.
+            effective = [self._latest_configuration().effective]
+            for n in up:
+                for slot, (_, batch) in n.log.items():
+                    value = config_of_batch(batch) if slot > n.commit_index else None
+                    if value is not None:
+                        effective.append(decode_configuration(value)[0].effective)
+            ahead = max(effective) - max(commits, default=0)
             window = min(c.window for c in self.configs.values())
             round_trip = 2 * self.mix.delay_max + self.mix.fsync[1]
             self._fill = max(0, ahead) / window * round_trip
