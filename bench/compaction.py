@@ -28,8 +28,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.bench import machine  # noqa: E402
-from daemon.storage import SNAPSHOT_FILE, WAL_FILE  # noqa: E402
+from daemon.tools.bench import machine  # noqa: E402
+from daemon.runtime.storage import SNAPSHOT_FILE, WAL_FILE  # noqa: E402
 
 
 def free_ports(n: int) -> list[int]:
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         for i in (1, 2, 3):
             with open(directory / f"node-{i}.log", "wb") as log:
                 procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config),
+                    [sys.executable, "-m", "daemon.tools.cli", "serve", "--config", str(config),
                      "--node-id", str(i)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         seconds = args.minutes * 60
         procs["bench"] = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "bench", "--config", str(config),
+            [sys.executable, "-m", "daemon.tools.cli", "bench", "--config", str(config),
              "--duration", str(seconds), "--warmup", "1", "--clients", str(args.clients),
              "--in-flight", str(args.in_flight), "--value-size", str(args.value_size),
              "--quiet", "--json", str(bench_json)],

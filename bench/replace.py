@@ -29,7 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.bench import machine  # noqa: E402
+from daemon.tools.bench import machine  # noqa: E402
 from tests.ports import free_ports  # noqa: E402
 
 METRIC = "paxosd_proposals_applied_total"
@@ -48,7 +48,7 @@ def applied(port: int) -> float | None:
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args, "--config", str(config),
+    return subprocess.run([sys.executable, "-m", "daemon.tools.cli", *args, "--config", str(config),
                            "--timeout", "30"], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
 
@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     def serve(i: int, *extra: str) -> None:
         with open(directory / f"node-{i}.log", "ab") as log:
             procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config),
+                [sys.executable, "-m", "daemon.tools.cli", "serve", "--config", str(config),
                  "--node-id", str(i), *extra], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
     try:
         for i in (1, 2, 3):
             serve(i)
         serve(4, "--join")
-        bench = [sys.executable, "-m", "daemon.cli", "bench", "--config", str(config),
+        bench = [sys.executable, "-m", "daemon.tools.cli", "bench", "--config", str(config),
                  "--duration", str(args.seconds), "--warmup", "1", "--clients", str(args.clients),
                  "--in-flight", str(args.in_flight), "--value-size", str(args.value_size),
                  "--quiet", "--json", str(bench_json)] + (["--plot", bench_plot] if bench_plot

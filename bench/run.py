@@ -83,7 +83,7 @@ def main() -> int:
         if scenario not in SCENARIOS:
             p.error(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
         out = out_dir / f"{stamp}-paxosd-{scenario}.json"
-        cmd = [sys.executable, "-m", "daemon.cli", "bench", *SCENARIOS[scenario],
+        cmd = [sys.executable, "-m", "daemon.tools.cli", "bench", *SCENARIOS[scenario],
                "--duration", args.duration, "--warmup", args.warmup, "--quiet", "--json", str(out)]
         if scenario in ("inflight100", "peak"):
             cmd += ["--plot", str(out.with_suffix(".png"))]

@@ -980,7 +980,7 @@ cdef class FrameReader:
 #
 # Each one takes the common, valid case in C and leaves everything else to the caller's general
 # Python code (returning None or the items it did not take), so what is accepted, what is
-# refused and every error message stay those of that code (daemon.wire, daemon.kv).
+# refused and every error message stay those of that code (daemon.codec.wire, daemon.core.kv).
 
 from cpython.long cimport PyLong_CheckExact
 from cpython.bytes cimport PyBytes_CheckExact
@@ -991,8 +991,8 @@ from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_Next, PyDict_Si
 from cpython.object cimport PyObject
 
 cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFFULL
-cdef uint64_t C_MAX_BALLOT = (((1ULL << 48) - 2) << 16) | 0xFFFFULL  # daemon.wire.MAX_BALLOT
-cdef uint64_t C_SLOT_MAX = 1ULL << 62  # daemon.wire.SLOT_MAX
+cdef uint64_t C_MAX_BALLOT = (((1ULL << 48) - 2) << 16) | 0xFFFFULL  # daemon.codec.wire.MAX_BALLOT
+cdef uint64_t C_SLOT_MAX = 1ULL << 62  # daemon.codec.wire.SLOT_MAX
 
 
 class _NotFast(Exception):
@@ -1084,7 +1084,7 @@ cdef object _decode_t(_In *d, int depth):
 
 
 cdef inline bint _command_ok(object cmd) except -1:
-    """``cmd`` is a valid command tuple (daemon.wire._batch's test)."""
+    """``cmd`` is a valid command tuple (daemon.codec.wire._batch's test)."""
     cdef uint64_t u = 0
     cdef object op, arg1, arg2
     if not PyTuple_CheckExact(cmd) or PyTuple_GET_SIZE(cmd) != 6:
@@ -1107,7 +1107,7 @@ cdef inline bint _command_ok(object cmd) except -1:
 
 def decode_accept(payload, members):
     """The fields ``(sender, ballot, commit_index, first_slot, batches, read_round)`` of the
-    Accept that the CBOR ``payload`` encodes, when it is one that ``daemon.wire.decode_peer``
+    Accept that the CBOR ``payload`` encodes, when it is one that ``daemon.codec.wire.decode_peer``
     accepts from a sender in ``members``; None for anything else (another message, or any
     fault: the caller then decodes it the general way, which names the fault).
 
@@ -1162,7 +1162,7 @@ def split_requests(frame, conn, opcodes):
 
     Returns ``(work, rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)``
     for each valid "get" and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1,
-    arg2))`` for each valid "put", "delete" and "cas" (valid as ``daemon.wire.decode_request``
+    arg2))`` for each valid "put", "delete" and "cas" (valid as ``daemon.codec.wire.decode_request``
     takes them without its slow path); ``rest`` holds every other item, for the general code.
     """
     cdef list work = []
@@ -1207,9 +1207,9 @@ def split_requests(frame, conn, opcodes):
 def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
     """``kv.apply(cmd)`` for every command of ``batch``, in order, as one C loop over the
     store's dicts (``kv.data``, ``kv.sessions``, ``kv.max_sessions``, ``kv.applied_commands``,
-    ``kv.evicted_at``: see daemon.kv.KVStore, whose ``apply`` this follows step for step). If
+    ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this follows step for step). If
     ``results`` is a list, each command's ``(status, result)`` is appended to it. ``op_*``,
-    ``ok``, ``stale`` and ``expired`` are the protocol's constants (daemon.messages).
+    ``ok``, ``stale`` and ``expired`` are the protocol's constants (daemon.core.messages).
     """
     cdef dict data = kv.data
     cdef dict sessions = kv.sessions

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from daemon.core import LEADER, CoreConfig, Node
-from daemon.messages import OK, OP_PUT, Reply
+from daemon.core.node import LEADER, CoreConfig, Node
+from daemon.core.messages import OK, OP_PUT, Reply
 
 
 class RecordingNode(Node):

@@ -1,7 +1,7 @@
 """Deliberately broken cores for the simulator (``python -m tests.simulator --bug NAME``): each
 shows that a check sees one class of bug. Register one with ``@bug("name")``.
 
-The three compaction defects a review found (each fixed in daemon.core) come back here one by
+The three compaction defects a review found (each fixed in daemon.core.node) come back here one by
 one: ``promise-gap`` (an equal-ballot Prepare answered after compacting past its from_slot, with
 chosen slots left out), ``fills-chosen`` (a new leader that does not look at its promises'
 commit indexes and no-op-fills the slots they leave out) and ``acks-skipped`` (an acceptor that
@@ -14,8 +14,8 @@ import dataclasses
 
 from fastpath import BALLOT_CHOSEN
 
-from daemon.core import FOLLOWER, Node
-from daemon.messages import IncarnationChosen, Prepare, Promise, PromiseRecord
+from daemon.core.node import FOLLOWER, Node
+from daemon.core.messages import IncarnationChosen, Prepare, Promise, PromiseRecord
 
 BUGS: dict = {}  # name -> a deliberately broken Node subclass (python -m tests.simulator --bug)
 

@@ -1,12 +1,12 @@
 """The simulator's disks: a node's data directory and its WAL writer, modelled on the daemon's.
 
 A ``SimDisk`` holds what a data directory holds, in the real encodings: the WAL as a list of
-record payloads (``daemon.storage.encode_record``; recovery decodes them with
+record payloads (``daemon.runtime.storage.encode_record``; recovery decodes them with
 ``decode_record``) and the snapshot file as (index, ``encode_image`` bytes). Appended payloads
 stay in an unsynced tail until a sync; a crash keeps all of that tail, none of it, or a prefix
 of it (a write cut part-way: recovery cuts a torn record, so what survives is a prefix).
 
-A ``NodeStorage`` is one node's disk, durability gate (daemon.durability) and WAL writer. The
+A ``NodeStorage`` is one node's disk, durability gate (daemon.runtime.durability) and WAL writer. The
 writer does what ``Server._wal_writer`` does: it takes every record handed over since its last
 write as one group; a group of CommitRecords alone is appended and reported durable at once (no
 fsync: nothing sent waits on it); any other group is appended and synced, and at each Snapshot
@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from daemon.core import DurableState
-from daemon.durability import DurabilityGate, Handoff
-from daemon.kv import decode_image, encode_image
-from daemon.messages import (AcceptRecord, CommitRecord, IncarnationChosen, PromiseRecord,
+from daemon.core.node import DurableState
+from daemon.runtime.durability import DurabilityGate, Handoff
+from daemon.core.kv import decode_image, encode_image
+from daemon.core.messages import (AcceptRecord, CommitRecord, IncarnationChosen, PromiseRecord,
                              Snapshot)
-from daemon.storage import decode_record, encode_record
+from daemon.runtime.storage import decode_record, encode_record
 
 SYNC = "sync"
 SNAPSHOT = "snapshot"

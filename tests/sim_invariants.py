@@ -30,8 +30,8 @@ import hashlib
 
 from fastpath import BALLOT_CHOSEN
 
-from daemon.core import LEADER
-from daemon.messages import Accept, Accepted, Prepare, Promise
+from daemon.core.node import LEADER
+from daemon.core.messages import Accept, Accepted, Prepare, Promise
 
 
 class Violation(AssertionError):

@@ -27,11 +27,11 @@ The same seed on the same code gives the same trace hash; a failure prints the c
 replays it.
 
 The driver keeps the core's durability contract through the daemon's own gate
-(daemon.durability), over a disk modelled on the daemon's WAL writer (tests.sim_disk: records in
+(daemon.runtime.durability), over a disk modelled on the daemon's WAL writer (tests.sim_disk: records in
 the real WAL encoding, unsynced tails lost, cut or kept in a crash, snapshot and log rotation as
 separate steps, failing fsyncs that stop the node). Peer messages cross the network as the real
 wire bytes (``wire.encode_peer``, then ``wire.decode_peer_payload`` with its fastpath Accept
-decoder, as daemon.transport does); a node's messages to itself stay objects, as in the server.
+decoder, as daemon.runtime.transport does); a node's messages to itself stay objects, as in the server.
 
 ``--bug`` swaps in a deliberately broken core to show the checks catch it; register one with the
 ``@bug("name")`` decorator on a Node subclass in this module.
@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 
 from fastpath import dumps
 
-from daemon import wire
-from daemon.core import CoreConfig, Node
-from daemon.membership import config_of_batch, decode_configuration
-from daemon.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
+from daemon.codec import wire
+from daemon.core.node import CoreConfig, Node
+from daemon.core.membership import config_of_batch, decode_configuration
+from daemon.core.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
 from tests.linearizability import Operation, check
 from tests.sim_bugs import BUGS
 from tests.sim_disk import DiskFailure, NodeStorage
@@ -449,7 +449,7 @@ class Simulation(ClientLoad):
         for index, blob in storage.snapshots:
             self.checker.snapshot_written(sim.id, index, blob)
         storage.snapshots.clear()
-        if storage.disk.incarnation is not None:  # the node decided it (daemon.incarnation)
+        if storage.disk.incarnation is not None:  # the node decided it (daemon.core.incarnation)
             sim.member_incarnation = storage.disk.incarnation
         if released is None:
             self._schedule(self.rng.uniform(*self.mix.fsync), "disk", (sim.id, sim.incarnation))
@@ -588,7 +588,7 @@ class Simulation(ClientLoad):
     def _amnesia(self, first: bool = False) -> None:
         """The amnesia fault: a voting initial member loses its data directory (state, snapshot
         and incarnation file) and is restarted as systemd would, without --join. It must decide
-        its incarnation (daemon.incarnation) before it votes. Drawn from a stream of its own,
+        its incarnation (daemon.core.incarnation) before it votes. Drawn from a stream of its own,
         so seeds without it run as they always did; at most one member is without its state
         at a time (as for the membership fault's wipes)."""
         if first:

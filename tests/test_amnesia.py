@@ -1,13 +1,13 @@
-"""A node on an empty data directory decides its incarnation before it votes (daemon.incarnation),
+"""A node on an empty data directory decides its incarnation before it votes (daemon.core.incarnation),
 driven by hand on the protocol core."""
 
 import random
 
 import pytest
 
-from daemon.core import FOLLOWER, LEADER, CoreConfig, DurableState, Node
-from daemon.incarnation import NEW, REJOIN, FreshStart
-from daemon.messages import (
+from daemon.core.node import FOLLOWER, LEADER, CoreConfig, DurableState, Node
+from daemon.core.incarnation import NEW, REJOIN, FreshStart
+from daemon.core.messages import (
     OK,
     Accept,
     Accepted,
@@ -262,7 +262,7 @@ async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_co
 
     import trio
 
-    from daemon.server import serve
+    from daemon.runtime.server import serve
     from tests.test_server import TEST_TIMEOUT, Cluster as Daemons, write_config
 
     caplog.set_level(logging.INFO, "paxosd")
@@ -296,8 +296,8 @@ async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_co
 
 
 def test_new_cluster_is_for_initial_members_only(tmp_path):
-    from daemon.config import ConfigError, load_config
-    from daemon.server import Server, main
+    from daemon.runtime.config import ConfigError, load_config
+    from daemon.runtime.server import Server, main
     from tests.test_server import write_config
 
     path = write_config(tmp_path)

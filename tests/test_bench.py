@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.bench import local_config, percentile
+from daemon.tools.bench import local_config, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_short_bench_commits_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "bench", "--duration", "2", "--warmup", "0.5",
+        [sys.executable, "-m", "daemon.tools.cli", "bench", "--duration", "2", "--warmup", "0.5",
          "--clients", "2", "--in-flight", "20", "--quiet", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -21,22 +21,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.cli import COLUMNS, format_table, main, percentile, status_rows
+from daemon.tools.cli import COLUMNS, format_table, main, percentile, status_rows
 from tests.test_client import FakeNode
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
 SERVER_EXISTS = (ROOT / "daemon" / "server.py").exists()
-needs_server = pytest.mark.skipif(not SERVER_EXISTS, reason="daemon/server.py is not written yet")
+needs_server = pytest.mark.skipif(not SERVER_EXISTS, reason="daemon/runtime/server.py is not written yet")
 
 
 def paxosd(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m daemon.cli ARGS`` to completion (bounded), capturing its output."""
+    """Run ``python -m daemon.tools.cli ARGS`` to completion (bounded), capturing its output."""
     environ = {k: v for k, v in os.environ.items() if k != "PAXOSD_CONFIG"}
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "daemon.tools.cli", *args],
         cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -122,7 +122,7 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
 
 
-@pytest.mark.skipif(not (ROOT / "daemon" / "bench.py").exists(), reason="no daemon/bench.py")
+@pytest.mark.skipif(not (ROOT / "daemon" / "bench.py").exists(), reason="no daemon/tools/bench.py")
 def test_bench_takes_its_options_from_daemon_bench():
     result = paxosd("bench", "--help")
     assert result.returncode == 0 and "paxosd bench" in result.stdout
@@ -260,7 +260,7 @@ def cluster(tmp_path_factory):
     environ = {k: v for k, v in os.environ.items() if k != "PAXOSD_CONFIG"}
     with open(out_path, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "cluster", "--config", str(config)],
+            [sys.executable, "-m", "daemon.tools.cli", "cluster", "--config", str(config)],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -372,7 +372,7 @@ def test_cluster_stops_every_node_on_sigterm_and_exits_0(tmp_path):
     out_path = tmp_path / "cluster.out"
     with open(out_path, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "cluster", "--config", str(config)],
+            [sys.executable, "-m", "daemon.tools.cli", "cluster", "--config", str(config)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     child_pids: list[int] = []
@@ -399,7 +399,7 @@ def test_cluster_stops_every_node_on_sigterm_and_exits_0(tmp_path):
 @needs_server
 def test_cluster_reports_a_node_that_dies_and_the_others_keep_serving(tmp_path):
     config = write_config(tmp_path, fsync=False)
-    from daemon.config import load_config
+    from daemon.runtime.config import load_config
 
     taken = load_config(config).member(2).client
     squatter = socket.socket()  # node 2 cannot listen for clients: it exits at start
@@ -409,7 +409,7 @@ def test_cluster_reports_a_node_that_dies_and_the_others_keep_serving(tmp_path):
     out_path = tmp_path / "cluster.out"
     with open(out_path, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "cluster", "--config", str(config)],
+            [sys.executable, "-m", "daemon.tools.cli", "cluster", "--config", str(config)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     child_pids: list[int] = []

@@ -1,9 +1,9 @@
-"""daemon.client: leader discovery, at-most-once retries, pipelining, and honest errors.
+"""daemon.tools.client: leader discovery, at-most-once retries, pipelining, and honest errors.
 
 The first part runs the client against ``FakeNode``, a small trio server in this file that
 speaks the client protocol over real loopback TCP with a real ``KVStore`` behind it, and can be
 told to redirect, be busy, drop a connection after applying, or never answer. The second part
-runs it against an in-process three-node cluster of ``daemon.server.serve``.
+runs it against an in-process three-node cluster of ``daemon.runtime.server.serve``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import pytest
 import trio
 
-from daemon.client import (
+from daemon.tools.client import (
     Client,
     NoLeader,
     OperationFailed,
@@ -27,8 +27,8 @@ from daemon.client import (
     Unavailable,
     parse_endpoint,
 )
-from daemon.kv import KVStore
-from daemon.messages import OP_CAS, OP_DELETE, OP_PUT
+from daemon.core.kv import KVStore
+from daemon.core.messages import OP_CAS, OP_DELETE, OP_PUT
 from fastpath import FrameReader, dumps, encode_frame, loads
 from tests.ports import free_ports
 
@@ -507,14 +507,14 @@ def test_sync_client_against_a_fake_node_in_another_thread():
 
 
 # ---------------------------------------------------------------------------------------------
-# Against an in-process three-node cluster of daemon.server.serve.
+# Against an in-process three-node cluster of daemon.runtime.server.serve.
 
 
 class InProcessCluster:
-    """Three ``daemon.server.serve`` tasks on free loopback ports, in one nursery."""
+    """Three ``daemon.runtime.server.serve`` tasks on free loopback ports, in one nursery."""
 
     def __init__(self, tmp_path, nursery: trio.Nursery) -> None:
-        from daemon.config import parse_config
+        from daemon.runtime.config import parse_config
 
         ports = free_ports(6)
         lines = ["cluster: clienttest", "members:"]
@@ -537,7 +537,7 @@ class InProcessCluster:
         return next(m.id for m in self.config.members if str(m.client) == address)
 
     async def start(self) -> None:
-        from daemon.server import serve
+        from daemon.runtime.server import serve
 
         for m in self.config.members:
             self.servers[m.id] = await self.nursery.start(
@@ -549,7 +549,7 @@ class InProcessCluster:
 
 @pytest.fixture
 async def cluster(tmp_path, nursery):
-    pytest.importorskip("daemon.server")
+    pytest.importorskip("daemon.runtime.server")
     c = InProcessCluster(tmp_path, nursery)
     with trio.fail_after(10):
         await c.start()

@@ -10,8 +10,8 @@ same slots and acknowledged writes were gone. A Promise must cover [from_slot, c
 or be a refusal that sends the candidate to catch up.
 """
 
-from daemon.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig
-from daemon.messages import (Accept, Accepted, CatchupRequest, Prepare, Promise, Reject,
+from daemon.core.node import CANDIDATE, FOLLOWER, LEADER, CoreConfig
+from daemon.core.messages import (Accept, Accepted, CatchupRequest, Prepare, Promise, Reject,
                              SnapshotChunk)
 from tests.scripted import ScriptedCluster
 

@@ -1,4 +1,4 @@
-"""daemon.config: the shipped files load, defaults are stated once, and every bad file gets a
+"""daemon.runtime.config: the shipped files load, defaults are stated once, and every bad file gets a
 ConfigError that names the file, the key and what was expected."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
+from daemon.runtime.config import (
     Address,
     Auth,
     Batching,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core import CANDIDATE, FOLLOWER, LEADER, CoreConfig, DurableState, Node
-from daemon.durability import DurabilityGate
-from daemon.messages import (
+from daemon.core.node import CANDIDATE, FOLLOWER, LEADER, CoreConfig, DurableState, Node
+from daemon.runtime.durability import DurabilityGate
+from daemon.core.messages import (
     NOT_LEADER,
     OK,
     OP_CAS,

@@ -5,7 +5,7 @@ reaches a configuration boundary runs Phase 1 again, with the new configuration'
 the ballot it was elected with. A voter that promised that ballot in the election and has since
 installed a catch-up snapshot must not answer that Prepare as if it still held the slots the
 snapshot covers: its Promise would leave chosen slots out, and the leader would fill them with
-no-ops. The script below drives real ``daemon.core.Node`` objects by hand, one message at a
+no-ops. The script below drives real ``daemon.core.node.Node`` objects by hand, one message at a
 time, so that exactly this happens (window W = 4: the new configuration takes effect at slot
 e = 11):
 
@@ -29,8 +29,8 @@ its slot) and then liveness once everything is healed.
 
 import random
 
-from daemon.core import LEADER, CoreConfig
-from daemon.messages import NOOP, OK, Accept, CatchupRequest, Prepare, SnapshotChunk
+from daemon.core.node import LEADER, CoreConfig
+from daemon.core.messages import NOOP, OK, Accept, CatchupRequest, Prepare, SnapshotChunk
 from tests.scripted import RecordingNode
 from tests.test_core import put
 

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from daemon.core import Ready
-from daemon.durability import DurabilityGate
-from daemon.messages import AcceptRecord, CommitRecord, PromiseRecord, Snapshot
+from daemon.core.node import Ready
+from daemon.runtime.durability import DurabilityGate
+from daemon.core.messages import AcceptRecord, CommitRecord, PromiseRecord, Snapshot
 
 
 def ready(persist=(), send=(), after=(), replies=()):

@@ -1,11 +1,11 @@
-"""daemon.log: one event a line naming the node, and the throttle for events that repeat."""
+"""daemon.runtime.log: one event a line naming the node, and the throttle for events that repeat."""
 
 from __future__ import annotations
 
 import io
 import logging
 
-from daemon.log import FORMAT, Throttle, _NodeDefault, node_logger
+from daemon.runtime.log import FORMAT, Throttle, _NodeDefault, node_logger
 
 
 def test_a_line_names_the_level_and_the_node():

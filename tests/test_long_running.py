@@ -2,8 +2,8 @@
 
 import trio
 
-from daemon.server import serve
-from daemon.storage import WAL_FILE, read_snapshot
+from daemon.runtime.server import serve
+from daemon.runtime.storage import WAL_FILE, read_snapshot
 from tests.test_server import Cluster, write_config
 
 TEST_TIMEOUT = 60
@@ -68,7 +68,7 @@ async def test_nodes_snapshot_compact_their_log_and_restart_from_the_snapshot(tm
 
 
 async def test_leadership_can_be_handed_to_a_named_node_and_writes_go_on(tmp_path):
-    from daemon.client import Client
+    from daemon.tools.client import Client
 
     cluster = compacting_config(tmp_path, every=1000)
 

@@ -2,15 +2,15 @@
 
 import random
 
-from daemon.core import FOLLOWER, LEADER, CoreConfig, DurableState, Node
-from daemon.membership import (
+from daemon.core.node import FOLLOWER, LEADER, CoreConfig, DurableState, Node
+from daemon.core.membership import (
     MEMBERS_KEY,
     Member,
     config_batch,
     decode_configuration,
     initial_configuration,
 )
-from daemon.messages import ERROR, NOT_LEADER, OK, OP_PUT, Promise, Snapshot
+from daemon.core.messages import ERROR, NOT_LEADER, OK, OP_PUT, Promise, Snapshot
 from tests.test_core import Cluster, put
 
 W = 8

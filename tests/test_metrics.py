@@ -1,4 +1,4 @@
-"""daemon.metrics: the text format parses with the Prometheus client's own parser, and a running
+"""daemon.runtime.metrics: the text format parses with the Prometheus client's own parser, and a running
 node serves /metrics over HTTP whose values move as the cluster works."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import CONTENT_TYPE, FSYNC_BUCKETS, Registry, exponential_buckets
-from daemon.server import serve
+from daemon.runtime.metrics import CONTENT_TYPE, FSYNC_BUCKETS, Registry, exponential_buckets
+from daemon.runtime.server import serve
 from tests.test_server import TEST_TIMEOUT, Cluster, free_ports
 
 

@@ -23,13 +23,13 @@ import trustme
 
 from fastpath import FrameReader, dumps, encode_frame, encode_frames, loads
 
-from daemon import wire
-from daemon.cli import main as cli_main
-from daemon.client import Client, Unavailable
-from daemon.config import load_config
-from daemon.messages import Prepare
-from daemon.security import ROLE_DIALER, client_context, prove
-from daemon.server import serve
+from daemon.codec import wire
+from daemon.tools.cli import main as cli_main
+from daemon.tools.client import Client, Unavailable
+from daemon.runtime.config import load_config
+from daemon.core.messages import Prepare
+from daemon.runtime.security import ROLE_DIALER, client_context, prove
+from daemon.runtime.server import serve
 from tests.test_server import TEST_TIMEOUT, Cluster, free_ports, read_until_closed
 
 SECRET = b"the cluster secret, 32 bytes ok!"
@@ -185,7 +185,7 @@ def tls_client(pki: PKI, case: str) -> ssl.SSLContext:
                                   "a client certificate"])
 async def test_a_peer_connection_failing_tls_is_refused_logged_once_and_harmless(
         tmp_path, pki, case, caplog, monkeypatch):
-    from daemon.transport import Transport
+    from daemon.runtime.transport import Transport
 
     handshakes = []  # remote addresses whose hello the acceptor started to read
     original = Transport._handshake_as_acceptor

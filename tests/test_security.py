@@ -1,4 +1,4 @@
-"""daemon.security: the proofs of the cluster secret, and check_files, which opens every file
+"""daemon.runtime.security: the proofs of the cluster secret, and check_files, which opens every file
 the configuration names and says which key and path cannot be used."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from daemon.cli import main
-from daemon.config import ConfigError, load_config
-from daemon.security import (
+from daemon.tools.cli import main
+from daemon.runtime.config import ConfigError, load_config
+from daemon.runtime.security import (
     NONCE_BYTES,
     ROLE_ACCEPTOR,
     ROLE_DIALER,
@@ -207,7 +207,7 @@ def test_check_config_accepts_good_files_and_warns_about_a_loose_secret(tmp_path
 
 
 def test_a_node_does_not_start_without_its_secret_or_certificates(tmp_path):
-    from daemon.server import Server
+    from daemon.runtime.server import Server
 
     config = config_with(tmp_path, "auth: {secret_file: secret}\n").with_node_id(1)
     with pytest.raises(ConfigError, match=r"auth\.secret_file: .*secret: no such file"):

@@ -22,9 +22,9 @@ import trio
 
 from fastpath import FrameReader, dumps, encode_frame, loads
 
-from daemon import wire
-from daemon.config import load_config
-from daemon.server import sd_notify, serve
+from daemon.codec import wire
+from daemon.runtime.config import load_config
+from daemon.runtime.server import sd_notify, serve
 from tests.ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,7 +254,7 @@ async def test_a_malformed_client_frame_closes_only_that_connection(tmp_path):
                                   "unknown node id", "no hello"])
 async def test_bad_input_on_the_peer_port_closes_that_connection_only(tmp_path, case,
                                                                       monkeypatch):
-    from daemon import transport
+    from daemon.runtime import transport
 
     monkeypatch.setattr(transport, "HELLO_TIMEOUT", 0.5)
     with trio.fail_after(TEST_TIMEOUT):
@@ -455,7 +455,7 @@ def test_real_processes_survive_kill_9_of_the_leader(tmp_path):
         for i in (1, 2, 3):
             logs[i] = open(tmp_path / f"node-{i}.log", "wb")
             procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.server", "--config", str(cluster.path),
+                [sys.executable, "-m", "daemon.runtime.server", "--config", str(cluster.path),
                  "--node-id", str(i)],
                 cwd=REPO, env=env, stdout=logs[i], stderr=subprocess.STDOUT)
         ready = [notify.recv(64) for _ in range(3)]  # every node is listening
@@ -498,7 +498,7 @@ def test_a_supervised_node_pings_the_watchdog_with_a_status_line(tmp_path):
     notify.settimeout(15)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
     log = open(tmp_path / "node-1.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.server", "--config", str(cluster.path),
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.runtime.server", "--config", str(cluster.path),
                              "--node-id", "1"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         seen = [notify.recv(256) for _ in range(4)]

@@ -2,8 +2,8 @@
 
 import random
 
-from daemon.kv import KVStore, decode_image, encode_image
-from daemon.messages import OK, OP_PUT, SESSION_EXPIRED, STALE
+from daemon.core.kv import KVStore, decode_image, encode_image
+from daemon.core.messages import OK, OP_PUT, SESSION_EXPIRED, STALE
 
 
 def put(cid, seq, value):

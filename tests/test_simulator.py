@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon.core import Ready
-from daemon.messages import (NOOP, OP_PUT, Accept, Accepted, AcceptRecord, CommitRecord, Prepare,
+from daemon.core.node import Ready
+from daemon.core.messages import (NOOP, OP_PUT, Accept, Accepted, AcceptRecord, CommitRecord, Prepare,
                              Promise, PromiseRecord, Snapshot)
-from daemon.storage import encode_record
+from daemon.runtime.storage import encode_record
 from fastpath import BALLOT_CHOSEN, ballot_pack
 from tests import sim_bugs, simulator
 from tests.sim_disk import DiskFailure, NodeStorage, SimDisk

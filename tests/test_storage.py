@@ -1,4 +1,4 @@
-"""daemon.storage: the WAL returns exactly what was appended and synced, cuts a torn tail, and
+"""daemon.runtime.storage: the WAL returns exactly what was appended and synced, cuts a torn tail, and
 refuses (rather than serves) a log damaged before its end."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import storage
-from daemon.messages import (
+from daemon.runtime import storage
+from daemon.core.messages import (
     NOOP,
     OP_CAS,
     OP_DELETE,
@@ -27,7 +27,7 @@ from daemon.messages import (
     CommitRecord,
     PromiseRecord,
 )
-from daemon.storage import (
+from daemon.runtime.storage import (
     HEADER_BYTES,
     MAX_RECORD_BYTES,
     WAL,
@@ -456,7 +456,7 @@ def test_a_second_open_of_the_same_directory_raises_data_dir_in_use(tmp_path):
 def test_another_process_cannot_open_a_directory_in_use(tmp_path):
     wal, _ = WAL.open(tmp_path)
     code = (
-        "import sys; from daemon.storage import WAL, DataDirInUse\n"
+        "import sys; from daemon.runtime.storage import WAL, DataDirInUse\n"
         "try:\n    WAL.open(sys.argv[1])\nexcept DataDirInUse as e:\n    print(e); sys.exit(3)\n"
     )
     root = Path(__file__).resolve().parent.parent
@@ -470,7 +470,7 @@ def test_another_process_cannot_open_a_directory_in_use(tmp_path):
 
 def test_a_process_that_dies_releases_the_lock(tmp_path):
     root = Path(__file__).resolve().parent.parent
-    code = "import os, sys; from daemon.storage import WAL; WAL.open(sys.argv[1]); os._exit(0)"
+    code = "import os, sys; from daemon.runtime.storage import WAL; WAL.open(sys.argv[1]); os._exit(0)"
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, check=True)
     wal, _ = WAL.open(tmp_path)
     wal.close()
@@ -635,7 +635,7 @@ def test_records_that_could_not_be_read_back_are_refused(bad):
 
 
 def test_a_snapshot_round_trips_and_damage_is_named_with_its_offset(tmp_path):
-    from daemon.storage import SNAPSHOT_FILE, read_snapshot, write_snapshot
+    from daemon.runtime.storage import SNAPSHOT_FILE, read_snapshot, write_snapshot
 
     assert read_snapshot(tmp_path) is None
     write_snapshot(tmp_path, 42, b"image bytes" * 100)

@@ -1,6 +1,6 @@
-"""daemon.storage under a power-loss model: every crash point, every fate of what was not synced.
+"""daemon.runtime.storage under a power-loss model: every crash point, every fate of what was not synced.
 
-A recorder stands in for the ``os`` module daemon.storage calls and logs, in order, every write,
+A recorder stands in for the ``os`` module daemon.runtime.storage calls and logs, in order, every write,
 pwrite, truncate, fsync, rename and directory fsync of the data directory's files while a
 workload drives the real WAL on real files. The workload logs, in the same sequence, the records
 it hands to each append and the checkpoint of each rotation. The model (``Disk``) replays a
@@ -30,7 +30,7 @@ takes seconds; ``PAXOSD_WAL_CRASH_EXHAUSTIVE=1`` (or ``python -m tests.test_wal_
 every cut offset (every 5th in the ~2 MiB, 48-slot Accept of the review's defect 1), every bit,
 and more page subsets. ``python -m
 tests.test_wal_crash bench [ROUNDS] [OTHER_STORAGE.py]`` measures WAL append+sync throughput
-(against another version of daemon/storage.py, in alternate rounds, if given).
+(against another version of daemon/runtime/storage.py, in alternate rounds, if given).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import storage
-from daemon.messages import OP_PUT, AcceptRecord, CommitRecord, PromiseRecord
-from daemon.storage import WAL, CorruptLog, StorageError, save_incarnation
+from daemon.runtime import storage
+from daemon.core.messages import OP_PUT, AcceptRecord, CommitRecord, PromiseRecord
+from daemon.runtime.storage import WAL, CorruptLog, StorageError, save_incarnation
 
 EXHAUSTIVE = os.environ.get("PAXOSD_WAL_CRASH_EXHAUSTIVE", "") not in ("", "0")
 PAGE = 4096
@@ -64,7 +64,7 @@ MODELLED = ("wal.log", "wal.log.tmp", "wal.synced")  # the LOCK file carries no 
 
 
 class RecordingOS:
-    """``os`` for daemon.storage, logging each state-changing call on a modelled file."""
+    """``os`` for daemon.runtime.storage, logging each state-changing call on a modelled file."""
 
     def __init__(self, ops: list):
         self._ops = ops
@@ -738,7 +738,8 @@ def test_a_failed_fsync_is_never_retried(tmp_path, monkeypatch):
 # counts the failed calls on stderr, one line each.
 _FAILING_FSYNC_NODE = """
 import errno, sys
-from daemon import server, storage
+from daemon.runtime import server
+from daemon.runtime import storage
 armed, real_fsync, real_append = [], storage._fsync, storage.WAL.append
 
 def append(self, records):
@@ -811,7 +812,7 @@ def test_a_marker_with_a_torn_slot_falls_back_to_the_other(tmp_path):
 def bench(rounds: int = 5, other: str | None = None) -> None:
     """Groups per second of WAL.append + WAL.sync for typical groups (an Accept of one batch and
     a commit index, as the WAL writer writes them), median of ``rounds``; with ``other`` (the
-    path of another version of daemon/storage.py, e.g. ``git show d6f0e62:daemon/storage.py``)
+    path of another version of daemon/runtime/storage.py, e.g. ``git show d6f0e62:daemon/runtime/storage.py``)
     the two run in alternate rounds, so a noisy disk affects both alike."""
     import importlib.util
     import statistics

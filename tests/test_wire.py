@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 import fastpath
 from fastpath import BALLOT_CHOSEN, ballot_pack
 
-from daemon import wire
-from daemon.messages import (
+from daemon.codec import wire
+from daemon.core.messages import (
     OP_CAS,
     OP_DELETE,
     OP_PUT,
@@ -27,7 +27,7 @@ from daemon.messages import (
     SnapshotChunk,
     TimeoutNow,
 )
-from daemon.wire import WireError, decode_peer, decode_request, encode_peer
+from daemon.codec.wire import WireError, decode_peer, decode_request, encode_peer
 
 MEMBERS = {1, 2, 3}
 B1 = ballot_pack(3, 1)  # round 3 of node 1
@@ -400,7 +400,7 @@ def test_a_snapshot_chunk_must_fit_its_total():
 
 
 def test_a_transfer_request_names_a_node_in_client_id():
-    from daemon.wire import BadRequest
+    from daemon.codec.wire import BadRequest
 
     assert decode_request([1, "transfer", 2, 0, b"", None, None]).client_id == 2
     with pytest.raises(BadRequest, match="client_id"):
@@ -408,7 +408,7 @@ def test_a_transfer_request_names_a_node_in_client_id():
 
 
 def test_membership_requests_carry_the_member_and_its_addresses():
-    from daemon.wire import BadRequest
+    from daemon.codec.wire import BadRequest
 
     req = decode_request([1, "member_add", 4, 0, b"10.0.0.4:7001", b"10.0.0.4:7000", None])
     assert (req.op, req.client_id, req.key, req.arg1) == ("member_add", 4, b"10.0.0.4:7001",

@@ -338,12 +338,12 @@ class FrameReader:
 
 
 # The per-batch helpers of the daemon's hot path. Their twins are the general code they stand in
-# for (daemon.wire, daemon.kv), one command at a time.
+# for (daemon.codec.wire, daemon.core.kv), one command at a time.
 
 
 def decode_accept(payload, members):
-    from daemon import wire
-    from daemon.messages import Accept
+    from daemon.codec import wire
+    from daemon.core.messages import Accept
 
     try:
         msg = wire.decode_peer(loads(payload), members)
@@ -355,7 +355,7 @@ def decode_accept(payload, members):
 
 
 def split_requests(frame, conn, opcodes):
-    from daemon import wire
+    from daemon.codec import wire
 
     work, rest = [], []
     for obj in frame:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def percentile(sorted_values, q: float) -> float:
-    """Nearest rank, as daemon.bench.percentile."""
+    """Nearest rank, as daemon.tools.bench.percentile."""
     n = len(sorted_values)
     if not n:
         return float("nan")

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import trio
 
-from daemon.client import Client
-from daemon.storage import SNAPSHOT_FILE, read_snapshot
+from daemon.tools.client import Client
+from daemon.runtime.storage import SNAPSHOT_FILE, read_snapshot
 from tests.faults.cluster import ProcessCluster
 
 __all__ = ["CatchupReport", "run_catchup"]

@@ -1,6 +1,6 @@
 """A paxosd cluster of real processes on 127.0.0.1, for the fault tests.
 
-Each member runs ``python -m daemon.server --config node-N.yaml --node-id N`` with its own data
+Each member runs ``python -m daemon.runtime.server --config node-N.yaml --node-id N`` with its own data
 directory under ``directory``. With a proxy (the default), node N's file names, as the peer
 address of every other member M, the proxy port of the link (N, M) (tests.faults.proxy), so
 every peer byte crosses the proxy; its own peer address is its real listener. ``cluster.yaml``
@@ -16,7 +16,7 @@ Power loss
 ``kill -9`` alone loses nothing the node wrote: the page cache survives the process. A power
 cut also loses everything written since the last fsync. To model it the node needs to say what
 was synced, and only the node knows: with ``PAXOSD_TEST_SYNCED_MARKER=<file>`` in its
-environment, daemon.storage writes ``"<inode> <length>"`` of wal.log to that file after every
+environment, daemon.runtime.storage writes ``"<inode> <length>"`` of wal.log to that file after every
 fsync of the log returns (one fixed-width ``pwrite``, so a kill leaves the old line or the new
 one, never half of one) and when it opens the log. ``power_cut`` (after ``kill``) truncates
 wal.log to that length, or to a random point between it and the end (``torn=True``: part of the
@@ -48,7 +48,7 @@ import trio
 
 from fastpath import FrameReader, dumps, encode_frame, loads
 
-from daemon import wire
+from daemon.codec import wire
 from tests.faults.proxy import FaultProxy
 from tests.ports import free_ports
 
@@ -171,7 +171,7 @@ class ProcessCluster:
             log.write(f"==== start #{self.starts[i]} at {time.monotonic():.3f}\n".encode())
             log.flush()
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.server", "--config", str(self.config_path[i]),
+                [sys.executable, "-m", "daemon.runtime.server", "--config", str(self.config_path[i]),
                  "--node-id", str(i), "--log-level", self.log_level]
                 + (["--join"] if join else []),
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,

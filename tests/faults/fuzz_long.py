@@ -9,7 +9,7 @@ Each input is what a connection could deliver: it goes through tests.faults.host
 Anything raised but ``FrameError`` and ``WireError`` is a crash: atheris stops and writes the
 input to ``crash-*``; the hypothesis mode prints the shrunk input.
 
-With atheris the Python side (daemon.wire and the harness) is instrumented for coverage, so
+With atheris the Python side (daemon.codec.wire and the harness) is instrumented for coverage, so
 the fuzzer steers towards new branches of the validation; fastpath is compiled C without
 coverage hooks and is reached through it. The corpus starts from valid frames of every message
 kind (tests.faults.hostile.SEEDS), written to ``--corpus`` (default a temporary directory).
@@ -60,7 +60,7 @@ def one_input(data: bytes) -> None:
 def run_atheris(runs: int, corpus: Path, extra: list[str]) -> int:
     import atheris
 
-    import daemon.wire  # noqa: F401
+    import daemon.codec.wire  # noqa: F401
     import tests.faults.hostile  # noqa: F401
 
     atheris.instrument_all()  # what is loaded by now: wire, the harness, their imports

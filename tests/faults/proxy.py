@@ -1,7 +1,7 @@
 """A fault-injecting TCP proxy for the peer links of a test cluster.
 
 The transport makes ONE connection per pair of members, and the member with the lower id dials
-the one with the higher id (daemon.transport). So each pair ``(lo, hi)`` gets one listener here,
+the one with the higher id (daemon.runtime.transport). So each pair ``(lo, hi)`` gets one listener here,
 on the dialled side: node ``lo``'s configuration names it as node ``hi``'s peer address, and
 every connection accepted on it is forwarded to ``hi``'s real peer listener. Bytes from ``lo``
 to ``hi`` travel "up" the proxied connection, bytes from ``hi`` to ``lo`` "down"; each

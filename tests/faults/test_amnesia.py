@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.client import Client, PaxosdError
+from daemon.tools.client import Client, PaxosdError
 from tests.faults.cluster import REPO, ProcessCluster
 
 UNIT = REPO / "systemd" / "paxosd.service"
@@ -37,7 +37,7 @@ def unit_command(config_path: Path) -> list[str]:
     argv = shlex.split(line[len("ExecStart="):])
     assert argv == [UNIT_PROGRAM, "serve", "--config", UNIT_CONFIG], argv
     program = Path(sys.executable).parent / "paxosd"  # the console script of this install
-    head = [str(program)] if program.exists() else [sys.executable, "-m", "daemon.cli"]
+    head = [str(program)] if program.exists() else [sys.executable, "-m", "daemon.tools.cli"]
     return head + ["serve", "--config", str(config_path)]
 
 

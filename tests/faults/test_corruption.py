@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon import storage
-from daemon.client import Client
-from daemon.messages import CommitRecord
-from daemon.storage import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES, WAL, CorruptLog
+from daemon.runtime import storage
+from daemon.tools.client import Client
+from daemon.core.messages import CommitRecord
+from daemon.runtime.storage import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES, WAL, CorruptLog
 from tests.faults.cluster import ProcessCluster
 
 TEST_TIMEOUT = 60
@@ -291,7 +291,7 @@ def test_a_log_of_the_previous_format_version_is_refused_naming_file_and_version
 def test_the_power_loss_marker_follows_every_sync(tmp_path, monkeypatch):
     """The hook the power-cut model relies on: after each sync (and at open) the marker holds
     the log's inode and durable length; appended bytes beyond it are what a cut removes."""
-    from daemon.messages import CommitRecord
+    from daemon.core.messages import CommitRecord
 
     marker = tmp_path / "marker"
     monkeypatch.setattr(storage, "_SYNCED_MARKER", str(marker))

@@ -15,8 +15,8 @@ import trio
 
 from fastpath import FrameReader, dumps, encode_frame, loads
 
-from daemon import wire
-from daemon.client import Client
+from daemon.codec import wire
+from daemon.tools.client import Client
 from tests.faults.campaign import run_campaign
 from tests.faults.cluster import ProcessCluster
 from tests.faults.proxy import FaultProxy

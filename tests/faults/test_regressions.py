@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.client import Client
+from daemon.tools.client import Client
 from tests.faults.workload import Workload, lost_writes
 from tests.linearizability import Operation
 
@@ -69,7 +69,7 @@ def _nodes_under(directory: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"daemon.server" in argv and any(str(directory).encode() in a for a in argv):
+        if b"daemon.runtime.server" in argv and any(str(directory).encode() in a for a in argv):
             pids.append(int(entry.name))
     return pids
 

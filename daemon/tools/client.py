@@ -26,7 +26,7 @@ What the library promises:
   failed. Reads are retried freely.
 
 For a cluster whose client port uses TLS (``client_tls``), pass ``ssl_context``, e.g.
-``daemon.security.client_context(cacert="ca.pem", cert="me.pem", key="me-key.pem")``: the
+``daemon.runtime.security.client_context(cacert="ca.pem", cert="me.pem", key="me-key.pem")``: the
 server's certificate must chain to the CA and name the host of the endpoint dialed.
 """
 

@@ -9,7 +9,7 @@
     paxosd transfer-leader ID                  hand leadership over (for maintenance)
     paxosd load [--count N] [--clients C] [--value-size B]   measured commits/s and latency
     paxosd demo --config F [load options]      cluster + load + stop, in one command
-    paxosd bench [options]                     the benchmark of daemon.bench
+    paxosd bench [options]                     the benchmark of daemon.tools.bench
 
 Client commands find the cluster from ``--endpoints host:port,...`` (client addresses) or from
 the configuration file: ``--config``, else $PAXOSD_CONFIG, else /etc/paxosd/paxosd.yaml. They
@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.config import Config, ConfigError, describe, load_config, parse_address
+from daemon.runtime.config import Config, ConfigError, describe, load_config, parse_address
 
 DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
 CONFIG_ENV = "PAXOSD_CONFIG"
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "through CLIENTS concurrent sessions; print commits/s and latency")
     p.set_defaults(func=cmd_load)
 
-    # The benchmark's options are its own (daemon.bench.add_arguments); they are parsed when
+    # The benchmark's options are its own (daemon.tools.bench.add_arguments); they are parsed when
     # it runs, so the other commands do not import it.
     p = commands.add_parser("bench", add_help=False, help="measure commit throughput and "
                             "latency from separate client processes (paxosd bench --help)")
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bench_argv = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from daemon.client import PaxosdError
+    from daemon.tools.client import PaxosdError
 
     try:
         return args.func(args)
@@ -278,7 +278,7 @@ def _load(args: argparse.Namespace, node_id: int | None = None) -> Config:
 
 def _endpoints(args: argparse.Namespace) -> tuple[list[str], Config | None]:
     """The client addresses to use, and the configuration they came from (if any)."""
-    from daemon.client import format_address, parse_endpoint
+    from daemon.tools.client import format_address, parse_endpoint
 
     if args.endpoints:
         endpoints = []
@@ -305,14 +305,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.node_id is None:
         raise ConfigError(str(config.path), "node_id",
                           "not set: give node_id in the file or --node-id N")
-    from daemon.server import run  # the server's imports are not needed by client commands
+    from daemon.runtime.server import run  # the server's imports are not needed by client commands
 
     code = run(config, join=args.join, new_cluster=args.new_cluster)
     return EXIT_OK if code is None else int(code)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from daemon import bench
+    from daemon.tools import bench
 
     parser = argparse.ArgumentParser(prog="paxosd bench", description=bench.__doc__.split("\n")[0])
     bench.add_arguments(parser)
@@ -322,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args, node_id=args.node_id)
-    from daemon.security import check_files
+    from daemon.runtime.security import check_files
 
     warnings = check_files(config)  # the secret, certificates and keys exist and load
     sys.stdout.write(describe(config))
@@ -363,7 +363,7 @@ def _start_members(config: Config, children: dict[int, tuple[int, subprocess.Pop
         # A session of its own: a terminal's Ctrl-C reaches only this process, which then
         # stops every child by pid.
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve", "--config", path,
+            [sys.executable, "-m", "daemon.tools.cli", "serve", "--config", path,
              "--node-id", str(m.id)] + (["--new-cluster"] if new and not m.join else []),
             start_new_session=True,
             preexec_fn=_die_with_parent,
@@ -485,7 +485,7 @@ def _run_client(args: argparse.Namespace, work, endpoints: list[str] | None = No
     """Run ``await work(client)`` with a client of the cluster the arguments name."""
     import trio
 
-    from daemon.client import Client
+    from daemon.tools.client import Client
 
     if endpoints is None:
         endpoints, config = _endpoints(args)
@@ -507,7 +507,7 @@ def _client_tls(args: argparse.Namespace, config: Config | None):
         return None
     import ssl
 
-    from daemon.security import client_context
+    from daemon.runtime.security import client_context
 
     for flag, path in files.items():
         if path is not None and not os.path.isfile(path):
@@ -570,7 +570,7 @@ def cmd_transfer_leader(args: argparse.Namespace) -> int:
 def cmd_member_add(args: argparse.Namespace) -> int:
     for what, text in (("PEER", args.peer), ("CLIENT", args.client_address)):
         parse_address(text, f"member add {what}")  # ConfigError (exit 2) naming the bad one
-    from daemon.client import OperationFailed
+    from daemon.tools.client import OperationFailed
 
     async def add(c):
         known = {m["id"]: m for m in (await c.members())["members"]}
@@ -588,7 +588,7 @@ def cmd_member_add(args: argparse.Namespace) -> int:
 
 
 def cmd_member_remove(args: argparse.Namespace) -> int:
-    from daemon.client import OperationFailed
+    from daemon.tools.client import OperationFailed
 
     async def remove(c):
         known = [m["id"] for m in (await c.members())["members"]]
@@ -645,7 +645,7 @@ def status_rows(statuses: list[dict],
     ``statuses`` are Client.cluster_status() entries; ``member_ids`` the configured id of each
     endpoint, when known, for the rows of nodes that did not answer.
     """
-    from daemon.wire import format_ballot
+    from daemon.codec.wire import format_ballot
 
     leaders = [s for s in statuses if "error" not in s and s.get("role") == "leader"]
     # With two self-declared leaders (an old one not yet stepped down), the higher ballot leads.
@@ -743,7 +743,7 @@ async def run_load(client, count: int, clients: int, value_size: int) -> dict:
     """
     import trio
 
-    from daemon.client import PaxosdError
+    from daemon.tools.client import PaxosdError
 
     run_id = os.urandom(4).hex()
     await client.get(f"load/{run_id}/warm-up")  # leader discovery, outside the measurement

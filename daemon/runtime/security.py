@@ -3,7 +3,7 @@
 Two independent layers guard the peer port, and either or both may be configured:
 
 - ``auth.secret_file``: a secret shared by every member. The peer hello becomes a mutual
-  challenge-response (``daemon.transport``): each side sends a fresh random nonce, and each
+  challenge-response (``daemon.runtime.transport``): each side sends a fresh random nonce, and each
   proves knowledge of the secret with an HMAC-SHA256 over both nonces, the cluster name, both
   node ids and its role in the exchange (so an answer can be neither replayed on another
   connection nor reflected back as the other side's). The secret itself never crosses the wire,
@@ -29,7 +29,7 @@ import ssl
 import stat
 from pathlib import Path
 
-from daemon.config import Config, ConfigError, TLSFiles
+from daemon.runtime.config import Config, ConfigError, TLSFiles
 
 __all__ = [
     "MIN_SECRET_BYTES",

@@ -1,4 +1,4 @@
-"""The write-ahead log of acceptor and learner records (daemon.messages.RECORDS).
+"""The write-ahead log of acceptor and learner records (daemon.core.messages.RECORDS).
 
 One file per node, ``<node dir>/wal.log`` (format version 2)::
 
@@ -70,7 +70,7 @@ from typing import Any, Callable, NamedTuple
 
 from fastpath import dumps as _dumps, loads as _loads  # canonical CBOR, same bytes as cbor2
 
-from daemon.messages import AcceptRecord, ChosenRecord, CommitRecord, PromiseRecord
+from daemon.core.messages import AcceptRecord, ChosenRecord, CommitRecord, PromiseRecord
 
 __all__ = [
     "CorruptLog",
@@ -1049,7 +1049,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The incarnation: which life of this data directory the node runs (see daemon.membership).
+# The incarnation: which life of this data directory the node runs (see daemon.core.membership).
 
 
 def new_incarnation() -> int:
@@ -1065,7 +1065,7 @@ def load_incarnation(directory: os.PathLike | str, *, empty: bool, join: bool,
     (``empty`` false) predates the file and is incarnation 0, the initial members'. An empty
     one gets a random non-zero number with ``join`` (a node joining a running cluster), 0 with
     ``new_cluster`` (the operator says this is a brand-new cluster), and otherwise None: not
-    known yet. The protocol core then decides it (daemon.incarnation) and the server saves it
+    known yet. The protocol core then decides it (daemon.core.incarnation) and the server saves it
     with ``save_incarnation``; a node that lost its data must not take 0 on its own word.
     A new file is written before the node says anything to anyone.
     """

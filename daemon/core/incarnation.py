@@ -63,7 +63,7 @@ the default: the systemd unit passes neither flag.
 
 This module holds the decision as a small pure object the protocol core owns (time is passed
 in); the core turns the decision into an ``IncarnationChosen`` the driver persists before
-anything sent after it (daemon.core).
+anything sent after it (daemon.core.node).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class FreshStart:
                    now: float, interval: float = PROBE_INTERVAL) -> FreshStart | None:
         """None when ``incarnation`` is known; else a FreshStart whose nonce is the random
         incarnation to rejoin under (from ``rng.getrandbits``) unless the cluster is new.
-        ValueError if ``durable`` (a daemon.core.DurableState) holds anything: a node with
+        ValueError if ``durable`` (a daemon.core.node.DurableState) holds anything: a node with
         state has an incarnation."""
         if incarnation is not None:
             return None

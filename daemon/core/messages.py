@@ -1,8 +1,8 @@
 """The protocol's vocabulary: commands, peer messages, durable records, client replies.
 
 Everything here is a small frozen value. The protocol core consumes and produces these; the
-wire codec (daemon.wire) turns peer messages into CBOR tuples and back; the storage layer
-(daemon.storage) turns records into WAL entries and back.
+wire codec (daemon.codec.wire) turns peer messages into CBOR tuples and back; the storage layer
+(daemon.runtime.storage) turns records into WAL entries and back.
 
 Representation choices made for the hot path:
 
@@ -61,7 +61,7 @@ class Promise:
     ballot: int
     commit_index: int
     entries: tuple
-    incarnation: int = 0  # of the acceptor's data directory (see daemon.membership)
+    incarnation: int = 0  # of the acceptor's data directory (see daemon.core.membership)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ class TimeoutNow:
 class Probe:
     """A node on an empty data directory asks: have you ever promised anything, and is the
     cluster still new? ``nonce`` is fresh per start, so only answers to this start count
-    (see daemon.incarnation)."""
+    (see daemon.core.incarnation)."""
 
     sender: int
     nonce: int
@@ -228,7 +228,7 @@ class IncarnationChosen:
     initial member of a new cluster; else a new one, to rejoin as a learner); ``why`` says
     on what evidence, for the log. Handed out in ``Ready.persist`` but not a WAL record: the
     driver writes it to the data directory's incarnation file, durably, before anything
-    handed out after it is sent (see daemon.incarnation)."""
+    handed out after it is sent (see daemon.core.incarnation)."""
 
     incarnation: int
     why: str = ""

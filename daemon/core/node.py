@@ -4,8 +4,8 @@ A driver (the trio server, or the simulator in tests) feeds the node inputs and 
 outputs:
 
     node.tick(now)                 time passed (seconds, any monotonic origin)
-    node.receive(msg, now)         a validated peer message (daemon.messages), also from itself
-    node.submit(req, cmd, now)     a client write command (see daemon.messages)
+    node.receive(msg, now)         a validated peer message (daemon.core.messages), also from itself
+    node.submit(req, cmd, now)     a client write command (see daemon.core.messages)
     node.read(req, key, now)       a client linearizable read
     ready = node.ready()           drain what to do, in this order:
         1. append ``ready.persist`` to the write-ahead log (an ``IncarnationChosen`` goes to
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
-from daemon.incarnation import NEW, FreshStart
-from daemon.kv import KVStore, decode_image, encode_image
-from daemon.membership import (
+from daemon.core.incarnation import NEW, FreshStart
+from daemon.core.kv import KVStore, decode_image, encode_image
+from daemon.core.membership import (
     MEMBERS_KEY,
     Configuration,
     Member,
@@ -41,7 +41,7 @@ from daemon.membership import (
     decode_configuration,
     initial_configuration,
 )
-from daemon.messages import (
+from daemon.core.messages import (
     BUSY,
     ERROR,
     NOOP,
@@ -190,7 +190,7 @@ class Node:
 
     ``rng`` is any object with ``uniform(a, b)`` and ``getrandbits(k)`` (a seeded
     ``random.Random`` in the simulator). ``incarnation`` None: an initial member on an empty
-    data directory without an incarnation, which decides it first (see daemon.incarnation).
+    data directory without an incarnation, which decides it first (see daemon.core.incarnation).
     """
 
     def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,

@@ -40,13 +40,13 @@ from pathlib import Path
 
 from fastpath import FrameReader, dumps, encode_frame, loads
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REPO_ETC = REPO / "etc"
 PROGRESS_EVERY = 1.0  # seconds between progress lines
 STATUS_EVERY = 0.25  # seconds between samples of the leader's status
 BUCKET = 0.25  # seconds per bucket of the throughput-over-time series
 KEYSPACE = 100_000
-# Settings that name files (daemon.config), resolved against the directory of their file.
+# Settings that name files (daemon.runtime.config), resolved against the directory of their file.
 PATH_KEYS = (("auth", ("secret_file",)), ("tls", ("ca", "cert", "key")),
              ("client_tls", ("ca", "cert", "key")))
 
@@ -322,7 +322,7 @@ class LocalCluster:
         for i in range(1, self.nodes + 1):
             with open(self.directory / f"node-{i}.log", "wb") as log:
                 self.processes[i] = subprocess.Popen(
-                    [sys.executable, "-m", "daemon.cli", "serve", "--config",
+                    [sys.executable, "-m", "daemon.tools.cli", "serve", "--config",
                      str(self.config_path), "--node-id", str(i)],
                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return [f"127.0.0.1:{ports[2 * i + 1]}" for i in range(self.nodes)]
@@ -433,7 +433,7 @@ def run(args) -> int:
     watch = None
     try:
         if args.config:
-            from daemon.config import load_config
+            from daemon.runtime.config import load_config
 
             config = load_config(args.config)
             endpoints = [str(m.client) for m in config.members]

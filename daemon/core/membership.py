@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from fastpath import dumps, loads
 
-from daemon.messages import OP_PUT
+from daemon.core.messages import OP_PUT
 
 __all__ = ["MEMBERS_KEY", "Configuration", "Member", "config_batch", "config_of_batch",
            "decode_configuration"]

@@ -7,7 +7,7 @@ not the integer 1), ranges, member ids, operations and array lengths. A value th
 input ``fastpath.loads`` can produce (the tests drive random garbage through it).
 
 Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the dataclasses in
-``daemon.messages``; the tag is the 1-based position of the class in ``PEER_MESSAGES``::
+``daemon.core.messages``; the tag is the 1-based position of the class in ``PEER_MESSAGES``::
 
     1 Prepare         [1, sender, ballot, from_slot]
     2 Promise         [2, sender, ballot, commit_index, entries, incarnation]
@@ -24,14 +24,14 @@ Peer messages are CBOR arrays ``[tag, fields...]``, fields in the order of the d
    11 ProbeReply      [11, sender, nonce, used]       used: a CBOR boolean
 
 A batch is an array of commands; a command is ``[client_id, seq, op, key, arg1, arg2]`` (see
-``daemon.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
+``daemon.core.messages``). Decoding returns batches, commands and Promise entries as TUPLES: the core
 and the simulator compare them as tuples.
 
-``incarnation`` is the sender's data directory's (``daemon.membership``).
+``incarnation`` is the sender's data directory's (``daemon.core.membership``).
 
 The hello opens every peer connection, in both directions: ``["paxosd", 3, cluster, node_id]``,
 with a fifth item, a random 32-byte nonce, from a node that has the cluster secret. Then, with
-the secret, each side proves it (``daemon.security``) with ``["proof", hmac]``, the acceptor
+the secret, each side proves it (``daemon.runtime.security``) with ``["proof", hmac]``, the acceptor
 first; the acceptor closes the handshake with ``["welcome"]``, and either side may instead say
 ``["refused", why]`` before it closes the connection.
 
@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 from fastpath import BALLOT_CHOSEN, MAX_ROUND, decode_accept, loads
 
-from daemon.messages import (
+from daemon.core.messages import (
     BUSY,
     NOT_LEADER,
     OK,

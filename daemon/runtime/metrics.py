@@ -397,7 +397,7 @@ class NodeMetrics:
             "paxosd_client_connections", "Open client connections.")
 
     def collect(self, node, transport, client_connections: int) -> None:
-        """Copy the state the gauges mirror (``node``: daemon.core.Node, may be None while the
+        """Copy the state the gauges mirror (``node``: daemon.core.node.Node, may be None while the
         WAL is being read)."""
         self.client_connections.set(client_connections)
         for peer_id, link in transport.links.items():

@@ -1,6 +1,6 @@
 """The durability gate: "persist, wait until durable, then send" coded once.
 
-The protocol core (daemon.core) hands its driver a ``Ready``: records to persist, messages to
+The protocol core (daemon.core.node) hands its driver a ``Ready``: records to persist, messages to
 send at once (``send``), messages that vouch for persisted state (``send_after_persist``:
 Promise, Accepted) and client replies. Safety rule 1 says nothing leaves that depends on a
 record not yet durable. This module is the driver's half of that contract, for every driver
@@ -20,7 +20,7 @@ The promises it keeps:
 - Hand-offs are numbered 1, 2, ... in the order ``take`` sees records; ``take`` without records
   hands off nothing and keeps the number.
 - A ``send_after_persist`` message is released only once every hand-off before it that holds a
-  record other than a CommitRecord is reported durable. CommitRecords may lag (daemon.core:
+  record other than a CommitRecord is reported durable. CommitRecords may lag (daemon.core.node:
   nothing sent depends on them, and a commit index lost in a crash is learned again), so a
   hand-off of CommitRecords alone holds nothing back.
 - Released messages keep the core's order: a ready's ``send`` before its ``send_after_persist``;
@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from daemon.messages import CommitRecord
+from daemon.core.messages import CommitRecord
 
 __all__ = ["DurabilityGate", "Handoff"]
 

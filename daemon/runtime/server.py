@@ -4,26 +4,26 @@ One nursery tree per node::
 
     serve
     ├── transport        peer listener, one dialer per higher-id peer, per connection a sender
-    │                    and a receiver (daemon.transport)
+    │                    and a receiver (daemon.runtime.transport)
     ├── client listener  per connection a reader and a writer task
     ├── core loop        the only caller of the Node
     ├── WAL writer       group commit: one append and one fsync for whatever accumulated
     ├── ticker           a tick every 10 ms
-    └── metrics          GET /metrics, when the node has a metrics address (daemon.metrics)
+    └── metrics          GET /metrics, when the node has a metrics address (daemon.runtime.metrics)
 
 Everything reaches the core loop through one bounded inbox (peer messages, client requests,
 ticks, "the WAL is durable up to here"). Each iteration takes every event available without
 awaiting between them, feeds them to the Node, calls ``node.ready()`` once and carries the
-outputs out in the order of the core's contract (daemon.core): records to the WAL writer;
+outputs out in the order of the core's contract (daemon.core.node): records to the WAL writer;
 ``send`` to the peer queues at once; ``send_after_persist`` held by the durability gate
-(daemon.durability) until the WAL writer reports the records before them durable; replies to
+(daemon.runtime.durability) until the WAL writer reports the records before them durable; replies to
 client connections.
 Messages a node sends itself go back into the core on the same terms (the leader's own vote
 counts only once its own write is durable).
 
 ``serve(config)`` runs a node until cancelled; ``run(config)`` is the process entry: it handles
 SIGTERM/SIGINT (stop serving, flush and close the WAL) and returns the exit code.
-``python -m daemon.server --config FILE --node-id N`` runs one node.
+``python -m daemon.runtime.server --config FILE --node-id N`` runs one node.
 """
 
 from __future__ import annotations
@@ -43,19 +43,19 @@ import trio
 
 from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
 
-from daemon import wire
-from daemon.config import ConfigError, load_config
-from daemon.core import LEADER, CoreConfig, DurableState, Node
-from daemon.durability import DurabilityGate
-from daemon.log import Throttle, node_logger, setup as setup_logging
-from daemon.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, CommitRecord,
+from daemon.codec import wire
+from daemon.runtime.config import ConfigError, load_config
+from daemon.core.node import LEADER, CoreConfig, DurableState, Node
+from daemon.runtime.durability import DurabilityGate
+from daemon.runtime.log import Throttle, node_logger, setup as setup_logging
+from daemon.core.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, CommitRecord,
                              IncarnationChosen, Snapshot)
-from daemon.metrics import NodeMetrics, serve_metrics
-from daemon.kv import decode_image, encode_image
-from daemon.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
+from daemon.runtime.metrics import NodeMetrics, serve_metrics
+from daemon.core.kv import decode_image, encode_image
+from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
-from daemon.security import server_context
-from daemon.transport import Transport, tls_failure
+from daemon.runtime.security import server_context
+from daemon.runtime.transport import Transport, tls_failure
 
 __all__ = ["Server", "main", "run", "sd_notify", "serve"]
 
@@ -561,7 +561,7 @@ class Server:
             await self._inbox_send.send((EV_DURABLE, target))
             if in_thread and not self._wal_pending:
                 # Idle: make the synced-length marker cover what was just synced, so damage
-                # to the last synced group is found on restart (daemon.storage), off the
+                # to the last synced group is found on restart (daemon.runtime.storage), off the
                 # path of anything waiting for durability.
                 await trio.to_thread.run_sync(wal.seal)
 
@@ -758,7 +758,7 @@ async def serve(config, *, join: bool = False, new_cluster: bool = False,
     listens. On the way out (cancellation or error) the WAL is flushed and closed. With an
     empty data directory: ``join`` joins a running cluster under a new incarnation;
     ``new_cluster`` takes incarnation 0 at once; neither (the default) decides by asking the
-    other initial members (daemon.incarnation)."""
+    other initial members (daemon.core.incarnation)."""
     await Server(config, join=join, new_cluster=new_cluster).serve(task_status)
 
 
@@ -812,7 +812,7 @@ def run(config, *, join: bool = False, new_cluster: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.server",
+    parser = argparse.ArgumentParser(prog="python -m daemon.runtime.server",
                                      description="Run one paxosd node.")
     parser.add_argument("--config", "-c", required=True, help="the cluster's YAML file")
     parser.add_argument("--node-id", type=int, default=None,

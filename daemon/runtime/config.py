@@ -11,7 +11,7 @@ effective settings (defaults filled in, paths resolved) as YAML that loads back 
 
 Files the configuration names (the cluster secret, certificates and keys) are not opened by
 ``load_config``: client commands load the file too and need not read the node's secrets.
-``daemon.security.check_files`` checks them; ``paxosd check-config`` and a starting node call it.
+``daemon.runtime.security.check_files`` checks them; ``paxosd check-config`` and a starting node call it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = [
 MAX_NODE_ID = 65535
 MAX_MEMBERS = 64
 MAX_WINDOW = 65536
-# A frame must fit in one WAL record (daemon.storage limits records to 256 MiB).
+# A frame must fit in one WAL record (daemon.runtime.storage limits records to 256 MiB).
 MIN_FRAME_BYTES = 4096
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Where state lives when the file says nothing: the systemd StateDirectory.

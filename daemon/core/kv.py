@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from fastpath import apply_commands, dumps, loads
 
-from daemon.messages import OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, STALE
+from daemon.core.messages import OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, STALE
 
 
 def encode_image(image) -> bytes:

@@ -2,11 +2,11 @@
 
 The member with the lower id dials the one with the higher id; messages then flow both ways on
 that one connection. The dialer reconnects with capped exponential backoff and jitter. Each
-connection opens with a hello in each direction (``daemon.wire``): a peer of another cluster,
+connection opens with a hello in each direction (``daemon.codec.wire``): a peer of another cluster,
 another protocol version, an unknown id or our own id is refused and the reason logged.
 
 Before any protocol message is read, a peer proves who it is when the configuration asks
-(``daemon.security``): with ``tls`` the connection is mutual TLS against the cluster's CA (the
+(``daemon.runtime.security``): with ``tls`` the connection is mutual TLS against the cluster's CA (the
 handshake comes first, before the hello); with ``auth.secret_file`` the hello carries a nonce
 each way and both sides prove the secret, the acceptor first, then the acceptor says "welcome"
 and only then does the dialer send protocol messages. A connection that fails either check is
@@ -35,9 +35,10 @@ import trio
 
 from fastpath import FrameError, FrameReader, dumps, encode_frame, encode_frames, loads
 
-from daemon import security, wire
-from daemon.config import ConfigError, parse_address
-from daemon.log import Throttle, node_logger
+from daemon.runtime import security
+from daemon.codec import wire
+from daemon.runtime.config import ConfigError, parse_address
+from daemon.runtime.log import Throttle, node_logger
 
 __all__ = ["PeerLink", "Transport", "tls_failure"]
 

@@ -1,0 +1,1 @@
+"""The running daemon: the trio server around the core, its sockets, files and clocks."""

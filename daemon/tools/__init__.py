@@ -1,0 +1,1 @@
+"""What people run and import: the ``paxosd`` command line, the client library, the benchmark."""
