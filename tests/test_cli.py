@@ -27,8 +27,6 @@ from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
-SERVER_EXISTS = (ROOT / "daemon" / "server.py").exists()
-needs_server = pytest.mark.skipif(not SERVER_EXISTS, reason="daemon/runtime/server.py is not written yet")
 
 
 def paxosd(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -122,7 +120,6 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
 
 
-@pytest.mark.skipif(not (ROOT / "daemon" / "bench.py").exists(), reason="no daemon/tools/bench.py")
 def test_bench_takes_its_options_from_daemon_bench():
     result = paxosd("bench", "--help")
     assert result.returncode == 0 and "paxosd bench" in result.stdout
@@ -281,7 +278,6 @@ def cluster(tmp_path_factory):
                 pass
 
 
-@needs_server
 def test_cli_commands_against_a_three_node_cluster(cluster):
     config, process, out_path = cluster
     cfg = ["--config", str(config), "--timeout", "15"]
@@ -319,7 +315,6 @@ def test_cli_commands_against_a_three_node_cluster(cluster):
     assert all(c[8] == "yes" for c in cells)
 
 
-@needs_server
 def test_member_commands_change_and_show_the_membership(cluster):
     config, process, out_path = cluster
     cfg = ["--config", str(config), "--timeout", "15"]
@@ -352,7 +347,6 @@ def test_member_commands_change_and_show_the_membership(cluster):
     assert result.returncode == 2 and "member add PEER" in result.stderr
 
 
-@needs_server
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     config, process, out_path = cluster
     result = paxosd("load", "--config", str(config), "--count", "2000", "--clients", "32",
@@ -366,7 +360,6 @@ def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     print(result.stdout)
 
 
-@needs_server
 def test_cluster_stops_every_node_on_sigterm_and_exits_0(tmp_path):
     config = write_config(tmp_path, fsync=False)
     out_path = tmp_path / "cluster.out"
@@ -396,7 +389,6 @@ def test_cluster_stops_every_node_on_sigterm_and_exits_0(tmp_path):
                 pass
 
 
-@needs_server
 def test_cluster_reports_a_node_that_dies_and_the_others_keep_serving(tmp_path):
     config = write_config(tmp_path, fsync=False)
     from daemon.runtime.config import load_config
@@ -441,7 +433,6 @@ def test_cluster_reports_a_node_that_dies_and_the_others_keep_serving(tmp_path):
                 pass
 
 
-@needs_server
 def test_demo_starts_the_cluster_runs_load_and_stops_it(tmp_path):
     config = write_config(tmp_path)
     result = paxosd("demo", "--config", str(config), "--count", "500", "--clients", "8",
