@@ -34,8 +34,8 @@ COMMAND_OVERHEAD = 32
 
 def command_cost(cmd: tuple) -> int:
     """An upper bound on the bytes ``cmd`` takes in an Accept."""
-    _client, _seq, _op, key, arg1, arg2 = cmd
-    return len(key) + len(arg1 or b"") + len(arg2 or b"") + COMMAND_OVERHEAD
+    # Key, arg1, arg2 (literal positions: this runs once per command submitted).
+    return len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + COMMAND_OVERHEAD
 
 
 def batch_cost(batch: tuple) -> int:

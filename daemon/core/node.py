@@ -46,8 +46,6 @@ from daemon.core.membership import (
 from daemon.core.messages import (
     BUSY,
     CMD_CLIENT,
-    CMD_KEY,
-    CMD_SEQ,
     ERROR,
     NOOP,
     NOT_LEADER,
@@ -305,8 +303,8 @@ class Node:
         if self.role != LEADER:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
-        key = (cmd[CMD_CLIENT], cmd[CMD_SEQ])
-        if cmd[CMD_CLIENT] == CONFIG_CLIENT or cmd[CMD_KEY] == MEMBERS_KEY:
+        key = (cmd[0], cmd[1])  # (client id, seq); literal positions: this runs per command
+        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:  # 0: CONFIG_CLIENT
             self._out.replies.append(Reply(req, ERROR, (
                 "client id 0 and the key " + repr(MEMBERS_KEY) + " are reserved for membership")))
             return
