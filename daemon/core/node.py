@@ -21,6 +21,11 @@ outputs:
 
 Safety rule 1 (nothing sent that depends on state not yet durable) is the driver's half of the
 contract above: Promise and Accepted only ever leave through ``send_after_persist``.
+
+The node holds the protocol state and the learner (commit and apply); parts with rules of their
+own are objects over that state, each in its module: the acceptor (daemon.core.acceptor), the
+leader's Accept pipeline (daemon.core.pipeline), catch-up and snapshot transfer
+(daemon.core.catchup) and the read index (daemon.core.reads).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from daemon.core.messages import (
 from daemon.core.pipeline import AcceptPipeline
 from daemon.core.reads import ReadIndex
 from daemon.core.roles import CANDIDATE, FOLLOWER, LEADER, ProtocolError
+
 
 @dataclass(frozen=True)
 class CoreConfig:

@@ -176,7 +176,9 @@ class AcceptPipeline:
     def broadcast_accept(self, first_slot: int, batches: tuple) -> None:
         """Send ``batches`` from ``first_slot`` to every member (this node too: its own vote
         counts once its write is durable), or, with no batches, a heartbeat to the peers. It
-        carries the commit index and the current read round."""
+        carries the commit index and the current read round.
+
+        Promises: the read round counts as sent (a read arriving next opens a new one)."""
         node = self.node
         reads = node.reads
         msg = Accept(node.id, node.ballot, node.commit_index, first_slot, batches, reads.round)
@@ -188,7 +190,10 @@ class AcceptPipeline:
 
     def retransmit(self) -> None:
         """Resend in-flight slots to each peer that has not acknowledged them, from the first
-        it has not acknowledged, in runs that fit the message limit."""
+        it has not acknowledged, in runs that fit the message limit.
+
+        Promises: only slots in the window are resent, with the values first proposed there,
+        under this leader's ballot."""
         node = self.node
         window = node.window
         tracker = node.tracker
