@@ -30,7 +30,7 @@ import hashlib
 
 from fastpath import BALLOT_CHOSEN
 
-from daemon.core.catchup import CatchUp
+from daemon.core.catchup import CatchupExchange
 from daemon.core.node import LEADER
 from daemon.core.messages import Accept, Accepted, Prepare, Promise
 
@@ -67,7 +67,7 @@ class Checker:
         """``base`` (a Node class), with commit, apply and snapshot install reported here."""
         checker = self
 
-        class CheckedCatchUp(CatchUp):
+        class CheckedCatchupExchange(CatchupExchange):
             def install_snapshot(self, index, image, blob):
                 super().install_snapshot(index, image, blob)
                 self.node.sim_chain = (index, checker.chain.get(index))
@@ -87,7 +87,7 @@ class Checker:
 
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                self.catchup = CheckedCatchUp(self)
+                self.catchup = CheckedCatchupExchange(self)
 
             def _become_leader(self):
                 promises = list(self.promises.values())

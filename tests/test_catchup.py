@@ -1,4 +1,4 @@
-"""Catch-up (daemon.core.catchup.CatchUp): a node behind asks, at a bounded rate, for the chosen
+"""Catch-up (daemon.core.catchup.CatchupExchange): a node behind asks, at a bounded rate, for the chosen
 slots it misses; a member serves only chosen slots, or its snapshot chunk by chunk to a node
 behind its oldest retained slot; a snapshot is installed whole, from one member, in order."""
 

@@ -33,7 +33,7 @@ class IncomingSnapshot:
     last_chunk: float  # when the last chunk arrived (node time)
 
 
-class CatchUp:
+class CatchupExchange:
     """Asking for, serving and receiving chosen slots and snapshots, for one node."""
 
     __slots__ = ("node", "incoming", "asked_at", "blob", "blob_index")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
 from daemon.core.acceptor import Acceptor
-from daemon.core.catchup import CatchUp
+from daemon.core.catchup import CatchupExchange
 from daemon.core.incarnation import NEW, FreshStart
 from daemon.core.kv import KVStore
 from daemon.core.membership import (
@@ -253,7 +253,7 @@ class Node:
         self.transfer: list | None = None  # [target, req or None when answered, deadline]
         # The parts of the node, each over the state above (see their modules).
         self.reads = ReadIndex(self)
-        self.catchup = CatchUp(self)
+        self.catchup = CatchupExchange(self)
         self.pipeline = AcceptPipeline(self)
         self.acceptor = Acceptor(self)
 
@@ -474,7 +474,7 @@ class Node:
         self._apply()
 
     def _ask_catchup(self, source: int) -> None:
-        """Ask ``source`` for the chosen slots this node misses (see CatchUp.ask)."""
+        """Ask ``source`` for the chosen slots this node misses (see CatchupExchange.ask)."""
         self.catchup.ask(source)
 
     def _apply(self) -> None:
