@@ -14,8 +14,9 @@ import dataclasses
 
 from fastpath import BALLOT_CHOSEN
 
+from daemon.core.acceptor import Acceptor
 from daemon.core.node import FOLLOWER, Node
-from daemon.core.messages import IncarnationChosen, Prepare, Promise, PromiseRecord
+from daemon.core.messages import IncarnationChosen, Promise, PromiseRecord
 
 BUGS: dict = {}  # name -> a deliberately broken Node subclass (python -m tests.simulator --bug)
 
@@ -88,65 +89,94 @@ class _TrustsAnEmptyDisk(Node):
             self._out.persist.append(IncarnationChosen(0, "taken on its own word"))
 
 
+class _WithAcceptor(Node):
+    """A core whose acceptor is ``acceptor_class`` (a broken one) instead of the real one."""
+
+    acceptor_class = Acceptor
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.acceptor = self.acceptor_class(self)  # (the core dispatches through node.acceptor)
+
+
+class _PromiseGapAcceptor(Acceptor):
+    """See ``promise-gap``."""
+
+    def on_prepare(self, msg):
+        node = self.node
+        if msg.ballot != node.promised or not self._behind(msg):
+            super().on_prepare(msg)
+            return
+        node._observe(msg.ballot)
+        self._promise_what_is_held(msg)
+
+    def _behind(self, msg) -> bool:
+        node = self.node
+        return (node.commit_index - msg.from_slot + 1 > node.config.behind_limit
+                or msg.from_slot < node.log_start)
+
+    def _promise_what_is_held(self, msg) -> None:
+        node = self.node
+        log, commit = node.log, node.commit_index
+        entries = tuple((s, BALLOT_CHOSEN if s <= commit else log[s][0], log[s][1])
+                        for s in range(msg.from_slot, node.max_slot + 1) if s in log)
+        node._out.send_after_persist.append(
+            (msg.sender, Promise(node.id, msg.ballot, commit, entries, node.incarnation)))
+
+
 @bug("promise-gap")
-class _PromiseGap(Node):
+class _PromiseGap(_WithAcceptor):
     """Broken on purpose: a Prepare at the very ballot already promised (a duplicate, or a
     boundary Prepare under the election's ballot) is answered with a Promise even after the
     acceptor compacted past its from_slot, so the chosen slots below the log start are left
     out. (The "behind" refusal held only for a higher ballot.)"""
 
-    def _on_prepare(self, msg):
-        if msg.ballot != self.promised or not self._behind(msg):
-            super()._on_prepare(msg)
+    acceptor_class = _PromiseGapAcceptor
+
+
+class _FillsChosenAcceptor(_PromiseGapAcceptor):
+    """See ``fills-chosen``: a Prepare from below the log start is answered with what is
+    held, for any ballot."""
+
+    def on_prepare(self, msg):
+        node = self.node
+        if msg.ballot < node.promised or msg.from_slot >= node.log_start:
+            super().on_prepare(msg)
             return
-        self._observe(msg.ballot)
+        node._observe(msg.ballot)
+        if msg.ballot > node.promised:
+            node.promised = msg.ballot
+            node._out.persist.append(PromiseRecord(msg.ballot))
+            if node.role != FOLLOWER and msg.ballot > node.ballot:
+                node._step_down(None)
         self._promise_what_is_held(msg)
-
-    def _behind(self, msg) -> bool:
-        return (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
-                or msg.from_slot < self.log_start)
-
-    def _promise_what_is_held(self, msg) -> None:
-        log, commit = self.log, self.commit_index
-        entries = tuple((s, BALLOT_CHOSEN if s <= commit else log[s][0], log[s][1])
-                        for s in range(msg.from_slot, self.max_slot + 1) if s in log)
-        self._out.send_after_persist.append(
-            (msg.sender, Promise(self.id, msg.ballot, commit, entries, self.incarnation)))
-
-    _handlers = {**Node._handlers, Prepare: _on_prepare}  # (the core dispatches by table)
 
 
 @bug("fills-chosen")
-class _FillsChosen(_PromiseGap):
+class _FillsChosen(_WithAcceptor):
     """Broken on purpose: a new leader (or one at a configuration boundary) does not look at
     its promises' commit indexes and no-op-fills the slots they leave out. It only acts on a
     gap, so its acceptors leave one whenever they compacted past a Prepare's from_slot, for
     any ballot (with ``promise-gap``'s acceptors gaps are rare). The acceptors' check sees
     the gap first; with ``--skip-check promise-covers`` the leader-side check sees the fill."""
 
-    def _on_prepare(self, msg):
-        if msg.ballot < self.promised or msg.from_slot >= self.log_start:
-            super()._on_prepare(msg)
-            return
-        self._observe(msg.ballot)
-        if msg.ballot > self.promised:
-            self.promised = msg.ballot
-            self._out.persist.append(PromiseRecord(msg.ballot))
-            if self.role != FOLLOWER and msg.ballot > self.ballot:
-                self._step_down(None)
-        self._promise_what_is_held(msg)
+    acceptor_class = _FillsChosenAcceptor
 
     def _chosen_unreported(self, promises, best, first):
         return False
 
-    _handlers = {**Node._handlers, Prepare: _on_prepare}
+
+class _AcksSkippedAcceptor(Acceptor):
+    """See ``acks-skipped``."""
+
+    def holds_chosen(self, first, batches):
+        return True
 
 
 @bug("acks-skipped")
-class _AcksSkipped(Node):
+class _AcksSkipped(_WithAcceptor):
     """Broken on purpose: an acceptor acknowledges the whole run of an Accept, the slots it
     skipped as already chosen included, whether or not it still holds them (compacted) and
     whatever value it holds there."""
 
-    def _holds_chosen(self, first, batches):
-        return True
+    acceptor_class = _AcksSkippedAcceptor

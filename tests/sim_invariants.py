@@ -30,6 +30,7 @@ import hashlib
 
 from fastpath import BALLOT_CHOSEN
 
+from daemon.core.catchup import CatchupExchange
 from daemon.core.node import LEADER
 from daemon.core.messages import Accept, Accepted, Prepare, Promise
 
@@ -66,6 +67,11 @@ class Checker:
         """``base`` (a Node class), with commit, apply and snapshot install reported here."""
         checker = self
 
+        class CheckedCatchupExchange(CatchupExchange):
+            def install_snapshot(self, index, image, blob):
+                super().install_snapshot(index, image, blob)
+                self.node.sim_chain = (index, checker.chain.get(index))
+
         class Checked(base):
             def _set_commit(self, commit_index):
                 checker.learned(self, commit_index)
@@ -79,9 +85,9 @@ class Checker:
                 if batches and checker.check_history:
                     checker.applied(self, start, batches)
 
-            def _install_snapshot(self, index, image, blob):
-                super()._install_snapshot(index, image, blob)
-                self.sim_chain = (index, checker.chain.get(index))
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.catchup = CheckedCatchupExchange(self)
 
             def _become_leader(self):
                 promises = list(self.promises.values())

@@ -304,11 +304,11 @@ def test_a_new_leader_serves_reads_only_once_every_reproposed_slot_is_chosen():
     node.read("r", b"k", 1.0)
     node.ready()
     for sender in (1, 2):
-        node.receive(Accepted(sender, b, 1, 1, node.read_round), 1.0)
+        node.receive(Accepted(sender, b, 1, 1, node.reads.round), 1.0)
     assert node.commit_index == 1
     assert not node.ready().replies
     for sender in (1, 2):
-        node.receive(Accepted(sender, b, 2, 2, node.read_round), 1.0)
+        node.receive(Accepted(sender, b, 2, 2, node.reads.round), 1.0)
     assert [(r.req, r.result) for r in node.ready().replies] == [("r", b"acked")]
 
 

@@ -23,6 +23,25 @@ OP_DELETE = 2  # (client_id, seq, OP_DELETE, key, None, None)   -> bool existed
 OP_CAS = 3  # (client_id, seq, OP_CAS, key, expected, new)       -> bool swapped
 OPS = (OP_PUT, OP_DELETE, OP_CAS)
 
+# A command's positions (it stays a plain tuple: fastpath takes only exact tuples). Per-command
+# loops on the hot path keep literal indexes or unpack, which costs less than these lookups.
+CMD_CLIENT, CMD_SEQ, CMD_OP, CMD_KEY, CMD_ARG1, CMD_ARG2 = range(6)
+
+# Bytes a command costs on the wire beyond its key and values (the CBOR array, ids, op): an
+# upper bound, so that runs cut by cost always fit the frame limit.
+COMMAND_OVERHEAD = 32
+
+
+def command_cost(cmd: tuple) -> int:
+    """An upper bound on the bytes ``cmd`` takes in an Accept."""
+    # Key, arg1, arg2 (literal positions: this runs once per command submitted).
+    return len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + COMMAND_OVERHEAD
+
+
+def batch_cost(batch: tuple) -> int:
+    """An upper bound on the bytes ``batch`` takes in an Accept."""
+    return sum(map(command_cost, batch)) + 8
+
 NOOP: tuple = ()  # the empty batch
 
 # Client reply statuses.

@@ -21,6 +21,11 @@ outputs:
 
 Safety rule 1 (nothing sent that depends on state not yet durable) is the driver's half of the
 contract above: Promise and Accepted only ever leave through ``send_after_persist``.
+
+The node holds the protocol state and the learner (commit and apply); parts with rules of their
+own are objects over that state, each in its module: the acceptor (daemon.core.acceptor), the
+leader's Accept pipeline (daemon.core.pipeline), catch-up and snapshot transfer
+(daemon.core.catchup) and the read index (daemon.core.reads).
 """
 
 from __future__ import annotations
@@ -30,19 +35,22 @@ from dataclasses import dataclass, field
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_next, ballot_node
 
+from daemon.core.acceptor import Acceptor
+from daemon.core.catchup import CatchupExchange
 from daemon.core.incarnation import NEW, FreshStart
-from daemon.core.kv import KVStore, decode_image, encode_image
+from daemon.core.kv import KVStore
 from daemon.core.membership import (
+    CONFIG_CLIENT,
     MEMBERS_KEY,
     Configuration,
     Member,
-    config_batch,
     config_of_batch,
     decode_configuration,
     initial_configuration,
 )
 from daemon.core.messages import (
     BUSY,
+    CMD_CLIENT,
     ERROR,
     NOOP,
     NOT_LEADER,
@@ -65,28 +73,11 @@ from daemon.core.messages import (
     Snapshot,
     SnapshotChunk,
     TimeoutNow,
+    command_cost,
 )
-
-# Bytes a command costs on the wire beyond its key and values (the CBOR array, ids, op): an
-# upper bound, so that runs cut by cost always fit the frame limit.
-COMMAND_OVERHEAD = 32
-
-
-def command_cost(cmd: tuple) -> int:
-    return len(cmd[3]) + len(cmd[4] or b"") + len(cmd[5] or b"") + COMMAND_OVERHEAD
-
-
-def batch_cost(batch: tuple) -> int:
-    return sum(map(command_cost, batch)) + 8
-
-
-FOLLOWER = "follower"
-CANDIDATE = "candidate"
-LEADER = "leader"
-
-
-class ProtocolError(AssertionError):
-    """An invariant of the protocol was about to break: stop rather than continue wrong."""
+from daemon.core.pipeline import AcceptPipeline
+from daemon.core.reads import ReadIndex
+from daemon.core.roles import CANDIDATE, FOLLOWER, LEADER, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -229,10 +220,7 @@ class Node:
             self.kv = KVStore(config.max_sessions)
             self.snapshot_index = self.applied_index = 0
             self.snapshot_image = None
-        self.snapshot_blob: bytes | None = None  # encoded lazily, for catch-up
         self.log_start = self.snapshot_index + 1 if snapshot is not None else 1
-        # A snapshot arriving: [index, total, bytearray, sender, time of the last chunk].
-        self.incoming: list | None = None
         self.max_seen = max([self.promised] + [b for b, _ in self.log.values() if b != BALLOT_CHOSEN])
 
         # Proposer state.
@@ -257,17 +245,17 @@ class Node:
         self.waiting: dict[tuple[int, int], object] = {}  # (client_id, seq) -> req
         self.also_waiting: dict[tuple[int, int], list] = {}  # retries that arrived meanwhile
         self.read_floor = 0
-        self.last_broadcast = now
         self.last_progress = now
         self.contact: dict[int, float] = {}
         self.heard: dict[int, float] = {}
         self.voter_commit = 0
-        self.read_round = 0
-        self.read_round_sent = True
         self.peer_read_round: dict[int, int] = {}
-        self.reads: deque = deque()  # (req, key, read_index, round)
-        self.catchup_asked_at = -1.0
         self.transfer: list | None = None  # [target, req or None when answered, deadline]
+        # The parts of the node, each over the state above (see their modules).
+        self.reads = ReadIndex(self)
+        self.catchup = CatchupExchange(self)
+        self.pipeline = AcceptPipeline(self)
+        self.acceptor = Acceptor(self)
 
         self._out = Ready()
         if snapshot is not None:
@@ -293,11 +281,11 @@ class Node:
                     # (it compacted them): stand down; an election catches the rest up.
                     self._step_down(None)
                     return
-                self._retransmit()
-            if now - self.last_broadcast >= cfg.heartbeat_interval:
+                self.pipeline.retransmit()
+            if now - self.pipeline.last_broadcast >= cfg.heartbeat_interval:
                 if self.boundary is not None:
                     self._send_boundary_prepare()
-                self._broadcast_accept(self.window.next_slot, ())
+                self.pipeline.broadcast_accept(self.window.next_slot, ())
             if self.transfer is not None and self.transfer[1] is None and now > self.transfer[2]:
                 self.transfer = None  # the target never stood: lead on
         elif now >= self.election_deadline:
@@ -321,8 +309,8 @@ class Node:
         if self.role != LEADER:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
-        key = (cmd[0], cmd[1])
-        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:
+        key = (cmd[0], cmd[1])  # (client id, seq); literal positions: this runs per command
+        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:  # 0: CONFIG_CLIENT
             self._out.replies.append(Reply(req, ERROR, (
                 "client id 0 and the key " + repr(MEMBERS_KEY) + " are reserved for membership")))
             return
@@ -345,14 +333,7 @@ class Node:
         """A linearizable read: answered once a quorum confirmed this node's ballot after the
         read arrived and the state machine has applied the commit index seen at arrival."""
         self.now = now
-        if self.role != LEADER:
-            self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
-            return
-        if self.read_round_sent:
-            self.read_round += 1
-            self.read_round_sent = False
-        read_index = max(self.commit_index, self.read_floor)
-        self.reads.append((req, key, read_index, self.read_round))
+        self.reads.read(req, key)
 
     def transfer_leadership(self, req, target: int, now: float) -> None:
         """Hand leadership to ``target``: stop taking new commands into slots, let what is in
@@ -469,286 +450,39 @@ class Node:
         if self.role == LEADER:
             if self.transfer is not None:
                 self._hand_over()
-            self._fill_window()
-            if not self.read_round_sent:
-                self._broadcast_accept(self.window.next_slot, ())
+            self.pipeline.fill_window()
+            if not self.reads.round_sent:
+                self.pipeline.broadcast_accept(self.window.next_slot, ())
         out = self._out
         self._out = Ready()
         return out
 
-    # ------------------------------------------------------------------------------ acceptor
-
-    def _on_prepare(self, msg: Prepare) -> None:
-        """Promise ``msg.ballot`` and report every slot from ``msg.from_slot`` up: chosen ones
-        (up to the commit index at least) as BALLOT_CHOSEN, the rest at the ballot held.
-
-        Promises: a Promise covers ``[from_slot, commit_index]`` in full, or none is sent; an
-        acceptor that compacted past ``from_slot``, or is too far ahead to report it all,
-        refuses with a Reject carrying its commit index, whatever the ballot (an equal one
-        too: a duplicated Prepare, a boundary Prepare under the election's ballot), so the
-        candidate catches up instead of taking a gap for a hole. The promise never goes down.
-        """
-        b = msg.ballot
-        self._observe(b)
-        behind = (self.commit_index - msg.from_slot + 1 > self.config.behind_limit
-                  or msg.from_slot < self.log_start)
-        if b < self.promised or behind:
-            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
-            return
-        if b > self.promised:
-            self.promised = b
-            self._out.persist.append(PromiseRecord(b))
-            if self.role != FOLLOWER and b > self.ballot:
-                # Clients are sent to the node we handed over to, if this is it standing.
-                handed = self.transfer is not None and self.transfer[0] == msg.sender
-                self._step_down(msg.sender if handed else None)
-        log = self.log
-        commit = self.commit_index
-        entries = []
-        size = 0
-        for slot in range(msg.from_slot, self.max_slot + 1):
-            entry = log.get(slot)
-            if entry is not None:
-                entries.append((slot, BALLOT_CHOSEN if slot <= commit else entry[0], entry[1]))
-                size += batch_cost(entry[1])
-        if size > 2 * self.config.max_message_bytes:
-            # Too much to report in one message: the candidate must catch up first. The
-            # promise itself stands (it is already in the log), which is always safe.
-            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
-            return
-        covered = sum(1 for e in entries if e[0] <= commit)
-        if covered != max(0, commit - msg.from_slot + 1):
-            raise ProtocolError(f"node {self.id}: a Promise from slot {msg.from_slot} would report "
-                                f"{covered} of the chosen slots up to {commit}")
-        self._out.send_after_persist.append(
-            (msg.sender, Promise(self.id, b, commit, tuple(entries), self.incarnation)))
-
-    def _on_accept(self, msg: Accept) -> None:
-        """Accept the run if ``msg.ballot`` is at least the promise, raising the promise to it;
-        learn the commit index that came with it.
-
-        Promises: an Accepted goes out only after what it acknowledges is persisted, and it
-        acknowledges only slots this node holds at that ballot. A slot already known chosen is
-        kept (never rewritten) and acknowledged only if the Accept carries the very value it
-        holds chosen: an acceptor never lends its vote to a value it knows was not chosen.
-        """
-        b = msg.ballot
-        self._observe(b)
-        if b < self.promised:
-            self._out.send.append((msg.sender, Reject(self.id, b, self.promised, self.commit_index)))
-            return
-        if msg.sender != self.id:
-            if self.role != FOLLOWER:
-                self._step_down(msg.sender)  # a leader with a ballot >= ours is live
-            self.leader_id = msg.sender
-            self._reset_election_timer()
-        raised = b > self.promised
-        if raised:
-            self.promised = b
-        batches = msg.batches
-        first = msg.first_slot
-        last = first + len(batches) - 1
-        acked = first
-        if batches:
-            # Slots already known chosen keep their value; accept the rest of the run.
-            skip = max(0, self.commit_index + 1 - first)
-            if skip and not self._holds_chosen(first, batches[:skip]):
-                acked = min(first + skip, last + 1)
-            if skip < len(batches):
-                log = self.log
-                start = first + skip
-                if raised or any(log.get(s, (BALLOT_NONE,))[0] != b for s in range(start, last + 1)):
-                    run = batches[skip:] if skip else batches
-                    for i, batch in enumerate(run):
-                        log[start + i] = (b, batch)
-                    if last > self.max_slot:
-                        self.max_slot = last
-                    self._out.persist.append(AcceptRecord(b, start, run))
-                    raised = False
-        if raised:
-            self._out.persist.append(PromiseRecord(b))
-        self._out.send_after_persist.append(
-            (msg.sender, Accepted(self.id, b, acked, last, msg.read_round, self.commit_index,
-                                  self.incarnation)))
-        if msg.commit_index > self.commit_index:
-            self._learn_commit(msg.commit_index, b, msg.sender)
-
-    def _holds_chosen(self, first: int, batches: tuple) -> bool:
-        """Whether this node holds ``batches`` as the chosen values of slots from ``first``
-        (a retransmit or a re-proposal of what it already learned; compacted slots cannot be
-        compared, so they are not acknowledged)."""
-        log = self.log
-        for i, batch in enumerate(batches):
-            entry = log.get(first + i)
-            if entry is None or entry[1] != batch:
-                return False
-        return True
-
     # ------------------------------------------------------------------------------ learner
 
-    def _learn_commit(self, commit_index: int, ballot: int, source: int) -> None:
-        """Take slots up to ``commit_index`` as chosen where this node holds them at ``ballot``
-        (the ballot the commit index came with); ask ``source`` for the rest."""
-        log = self.log
-        slot = self.commit_index
-        while slot < commit_index:
-            entry = log.get(slot + 1)
-            if entry is None or (entry[0] != ballot and entry[0] != BALLOT_CHOSEN):
-                break
-            slot += 1
-        if slot > self.commit_index:
-            self._set_commit(slot)
-        if commit_index > self.commit_index:
-            self._ask_catchup(source)
-
     def _set_commit(self, commit_index: int) -> None:
+        """Slots up to ``commit_index`` are chosen: record it and apply them.
+
+        Promises: the commit index never goes back, and never passes what the log holds.
+        """
         if commit_index < self.commit_index:
             raise ProtocolError(f"node {self.id}: commit index {self.commit_index} would go "
                                 f"back to {commit_index}")
+        if commit_index > self.commit_index and commit_index not in self.log:
+            raise ProtocolError(f"node {self.id}: commit index {commit_index} passes the log")
         self.commit_index = commit_index
         self._out.persist.append(CommitRecord(commit_index))
         self._apply()
 
     def _ask_catchup(self, source: int) -> None:
-        incoming = self.incoming
-        if incoming is not None and self.now - incoming[4] < 2 * self.config.election_timeout[1]:
-            source = incoming[3]  # one snapshot, from one member, at a time
-        if source == self.id:
-            return
-        if self.now - self.catchup_asked_at < self.config.heartbeat_interval:
-            return
-        self.catchup_asked_at = self.now
-        self._out.send.append((source, self._catchup_request()))
-
-    def _catchup_request(self) -> CatchupRequest:
-        incoming = self.incoming
-        if incoming is not None:
-            return CatchupRequest(self.id, self.commit_index + 1, incoming[0], len(incoming[2]))
-        return CatchupRequest(self.id, self.commit_index + 1)
-
-    def _on_catchup_request(self, msg: CatchupRequest) -> None:
-        first = msg.from_slot
-        if first > self.commit_index or first < 1:
-            return
-        if first < self.log_start:
-            self._send_snapshot_chunk(msg)
-            return
-        last = min(self.commit_index, first + self.config.catchup_slots - 1)
-        log = self.log
-        start, batches = next(self._runs(first, last, lambda s: log[s][1]))
-        self._out.send.append((msg.sender, Catchup(self.id, start, batches, self.commit_index)))
-
-    def _on_catchup(self, msg: Catchup) -> None:
-        self.catchup_asked_at = -1.0
-        if self.role == LEADER:
-            return  # a leader's commit index moves only with its quorum tracker
-        first = msg.first_slot
-        skip = self.commit_index + 1 - first
-        if skip < 0 or skip >= len(msg.batches):
-            return  # not contiguous with what we know, or nothing new
-        run = msg.batches[skip:]
-        start = first + skip
-        log = self.log
-        for i, batch in enumerate(run):
-            log[start + i] = (BALLOT_CHOSEN, batch)
-        last = start + len(run) - 1
-        if last > self.max_slot:
-            self.max_slot = last
-        self._out.persist.append(ChosenRecord(start, run))
-        self._set_commit(last)
-        if msg.commit_index > self.commit_index:
-            self._ask_catchup(msg.sender)
-
-    def _send_snapshot_chunk(self, msg: CatchupRequest) -> None:
-        """The learner is behind our oldest retained slot: send it the snapshot, one chunk per
-        request, so catch-up takes one chunk per round trip and never floods the link."""
-        if self.snapshot_blob is None:
-            self.snapshot_blob = encode_image(self.snapshot_image)
-        blob = self.snapshot_blob
-        offset = msg.snapshot_offset if msg.snapshot_index == self.snapshot_index else 0
-        if offset > len(blob):
-            offset = 0
-        data = blob[offset:offset + self.config.snapshot_chunk_bytes]
-        self._out.send.append(
-            (msg.sender, SnapshotChunk(self.id, self.snapshot_index, offset, len(blob), data)))
-
-    def _on_snapshot_chunk(self, msg: SnapshotChunk) -> None:
-        if self.role == LEADER or msg.index <= self.commit_index:
-            return
-        incoming = self.incoming
-        if incoming is None or incoming[0] != msg.index or incoming[1] != msg.total:
-            # Only the start of a snapshot begins one, and only from the member we are fetching
-            # from (it took a newer one) unless that member has gone quiet.
-            if msg.offset != 0 or (
-                    incoming is not None and msg.sender != incoming[3]
-                    and self.now - incoming[4] < 2 * self.config.election_timeout[1]):
-                return  # the next (rate-limited) ask mends it
-            incoming = self.incoming = [msg.index, msg.total, bytearray(), msg.sender, self.now]
-        buf = incoming[2]
-        if msg.offset != len(buf):
-            # A duplicate, or one that overtook another. Asking again here would start a
-            # second stream of chunks; the next rate-limited ask mends it instead.
-            return
-        self.catchup_asked_at = -1.0  # the answer to our last ask: ask for the next one now
-        incoming[4] = self.now
-        buf += msg.data
-        if len(buf) < msg.total:
-            self._ask_catchup(msg.sender)
-            return
-        self.incoming = None
-        try:
-            image = decode_image(bytes(buf))
-        except ValueError:
-            return  # the sender is not one of ours or is broken; validated input never lands here
-        self._install_snapshot(msg.index, image, bytes(buf))
-        self._ask_catchup(msg.sender)
-
-    def _install_snapshot(self, index: int, image, blob: bytes) -> None:
-        """Slots up to ``index`` are chosen and their effect is ``image``: take it as ours."""
-        self.kv = KVStore.from_image(image, self.config.max_sessions)
-        self.applied_index = self.commit_index = self.snapshot_index = index
-        self.snapshot_image, self.snapshot_blob = image, blob
-        self._configs_from_store()
-        log = self.log
-        for slot in [s for s in log if s <= index]:
-            del log[slot]
-        self.log_start = index + 1
-        if index > self.max_slot:
-            self.max_slot = index
-        self._out.persist.append(Snapshot(index, image, self._checkpoint(index)))
-
-    def _take_snapshot(self) -> None:
-        index = self.applied_index
-        image = self.kv.image()
-        self.snapshot_index, self.snapshot_image, self.snapshot_blob = index, image, None
-        self._out.persist.append(Snapshot(index, image, self._checkpoint(index)))
-        log = self.log
-        start = max(self.log_start, index - self.config.log_retain + 1)
-        for slot in range(self.log_start, start):
-            log.pop(slot, None)
-        self.log_start = start
-
-    def _checkpoint(self, index: int) -> tuple:
-        """Records that rebuild the acceptor state above ``index`` on top of a snapshot there."""
-        records = [PromiseRecord(self.promised)]
-        run_ballot, run_first, run = None, 0, []
-        for slot in range(index + 1, self.max_slot + 1):
-            entry = self.log.get(slot)
-            if run and (entry is None or entry[0] != run_ballot or slot != run_first + len(run)):
-                records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
-                               else AcceptRecord(run_ballot, run_first, tuple(run)))
-                run = []
-            if entry is not None:
-                if not run:
-                    run_ballot, run_first = entry[0], slot
-                run.append(entry[1])
-        if run:
-            records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
-                           else AcceptRecord(run_ballot, run_first, tuple(run)))
-        records.append(CommitRecord(self.commit_index))
-        return tuple(records)
+        """Ask ``source`` for the chosen slots this node misses (see CatchupExchange.ask)."""
+        self.catchup.ask(source)
 
     def _apply(self) -> None:
+        """Apply the chosen slots not yet applied, in slot order, answering the clients that
+        wait for them; then snapshot if due, and serve the reads that may now be answered.
+
+        Promises: the applied index reaches the commit index, one slot at a time.
+        """
         log = self.log
         kv = self.kv
         waiting = self.waiting
@@ -756,7 +490,7 @@ class Node:
         while self.applied_index < self.commit_index:
             slot = self.applied_index + 1
             batch = log[slot][1]
-            if len(batch) == 1 and batch[0][0] == 0:
+            if len(batch) == 1 and batch[0][CMD_CLIENT] == CONFIG_CLIENT:
                 self._apply_configuration(slot, batch)
             if not waiting:  # nobody here waits for a reply (a follower): one C loop
                 kv.apply_batch(batch)
@@ -775,9 +509,10 @@ class Node:
             self.applied_index = slot
         every = self.config.snapshot_every
         if every and self.applied_index - self.snapshot_index >= every:
-            self._take_snapshot()
-        if self.reads:
-            self._serve_reads()
+            self.acceptor.take_snapshot()
+        reads = self.reads
+        if reads.queue:
+            reads.serve()
 
     # ------------------------------------------------------------------------------ membership
 
@@ -1021,201 +756,8 @@ class Node:
         return False
 
     def _fill_window(self) -> None:
-        window = self.window
-        queued = self.queued_batches
-        limit = self.config.max_message_bytes
-        first = window.next_slot
-        batches = []
-        run_bytes = 0
-        while window.has_room():
-            slot = window.next_slot
-            if slot >= self.fence or self.boundary is not None:
-                break  # wait for the configuration command to be chosen / for promises
-            if self.active is not self.configs[-1] and self._config_at(slot) != self.active:
-                if not window.in_flight:
-                    if batches:
-                        self._broadcast_accept(first, tuple(batches))
-                        batches = []
-                    self._start_boundary(self._config_at(slot), slot)
-                break
-            if queued:
-                batch = queued.popleft()
-                cost = batch_cost(batch)
-                if len(batch) == 1 and batch[0][0] == 0:
-                    self._fence_for(slot, batch)
-            elif self.pending_change is not None and self.transfer is None and not self.fence_slot:
-                # (Not while another configuration command is in flight: one re-proposed from
-                # the promises may be, though none was when the change was asked for.)
-                req, members = self.pending_change
-                self.pending_change = None
-                # Configurations take effect in the order they are chosen, whatever window the
-                # leader that proposed the one before had.
-                effective = max(slot + self.config.window, self.configs[-1].effective + 1)
-                batch = config_batch(slot, effective, members, self.configs[-1])
-                cost = batch_cost(batch)
-                self.fence, self.fence_slot = effective, slot
-                if req is not None:
-                    self.change_waiting[slot] = req
-            elif self.pending and self.transfer is None:
-                before = self.pending_bytes
-                batch = self._take_batch()
-                cost = before - self.pending_bytes
-            elif slot < self.configs[-1].effective and self.active is not self.configs[-1]:
-                batch = NOOP  # idle: no-ops bring the next configuration into effect
-                cost = batch_cost(batch)
-            else:
-                break
-            if batches and run_bytes + cost > limit:
-                self._broadcast_accept(first, tuple(batches))
-                first, batches, run_bytes = window.next_slot, [], 0
-            window.open(batch)
-            batches.append(batch)
-            run_bytes += cost
-        if batches:
-            self._broadcast_accept(first, tuple(batches))
-
-    def _fence_for(self, slot: int, batch: tuple) -> None:
-        value = config_of_batch(batch)
-        if value is not None:
-            effective = decode_configuration(value)[0].effective
-            if effective < self.fence:
-                self.fence, self.fence_slot = effective, slot
-
-    def _take_batch(self) -> tuple:
-        pending = self.pending
-        cfg = self.config
-        if len(pending) <= cfg.max_batch_commands and self.pending_bytes <= cfg.max_batch_bytes:
-            batch = tuple(pending)
-            pending.clear()
-            self.pending_bytes = 0
-            return batch
-        size = 0
-        n = 0
-        limit = min(len(pending), cfg.max_batch_commands)
-        while n < limit:
-            cmd = pending[n]
-            cost = command_cost(cmd)
-            if n and size + cost > cfg.max_batch_bytes:
-                break
-            size += cost
-            n += 1
-        batch = tuple(pending[:n])
-        del pending[:n]
-        self.pending_bytes -= size
-        return batch
-
-    def _broadcast_accept(self, first_slot: int, batches: tuple) -> None:
-        msg = Accept(self.id, self.ballot, self.commit_index, first_slot, batches, self.read_round)
-        self.read_round_sent = True
-        send = self._out.send
-        for m in (self.members if batches else self.peers):
-            send.append((m, msg))
-        self.last_broadcast = self.now
-
-    def _retransmit(self) -> None:
-        """Resend in-flight slots to each peer that has not acknowledged them."""
-        window = self.window
-        tracker = self.tracker
-        for m in self.voters:
-            if m == self.id:
-                continue
-            bit = 1 << self.index[m]
-            first = None
-            for slot in range(window.first_slot, window.next_slot):
-                if not tracker.acked(slot) & bit:
-                    first = slot
-                    break
-            if first is None:
-                continue
-            for start, batches in self._runs(first, window.next_slot - 1, window.get):
-                self._out.send.append(
-                    (m, Accept(self.id, self.ballot, self.commit_index, start, batches, self.read_round)))
-        self.read_round_sent = True
-        self.last_progress = self.now
-
-    def _runs(self, first: int, last: int, batch_of):
-        """Slots first..last as (start, batches) runs that each fit max_message_bytes."""
-        limit = self.config.max_message_bytes
-        start, batches, size = first, [], 0
-        for slot in range(first, last + 1):
-            batch = batch_of(slot)
-            cost = batch_cost(batch)
-            if batches and size + cost > limit:
-                yield start, tuple(batches)
-                start, batches, size = slot, [], 0
-            batches.append(batch)
-            size += cost
-        if batches:
-            yield start, tuple(batches)
-
-    def _on_accepted(self, msg: Accepted) -> None:
-        if self.role != LEADER or msg.ballot != self.ballot:
-            return
-        sender = msg.sender
-        if self.vote_incarnation.get(sender, -1) != msg.incarnation:
-            self._learner_progress(msg)  # a learner, or a member back under a new incarnation
-            return
-        self.contact[sender] = self.heard[sender] = self.now
-        if msg.commit_index > self.voter_commit:
-            self.voter_commit = msg.commit_index
-        if msg.read_round > self.peer_read_round[sender]:
-            self.peer_read_round[sender] = msg.read_round
-        if msg.first_slot <= msg.last_slot:
-            new = self.tracker.record(self.index[sender], msg.ballot, msg.first_slot, msg.last_slot)
-            if new != -1:
-                self._on_chosen(new)
-        if self.reads:
-            self._serve_reads()
-
-    def _learner_progress(self, msg: Accepted) -> None:
-        """Make a learner a voter once it has caught up (under the incarnation it runs)."""
-        sender = msg.sender
-        member = self.configs[-1].get(sender)
-        if (member is None or (member.voter and member.incarnation == msg.incarnation)
-                or msg.commit_index + self.config.catchup_slots < self.commit_index
-                or self.transfer is not None or self._change_in_progress()):
-            return
-        promoted = Member(sender, member.peer, member.client, True, msg.incarnation)
-        self.pending_change = (None, self.configs[-1].with_member(promoted))
-
-    def _on_chosen(self, commit_index: int) -> None:
-        start = self.commit_index + 1
-        batches = self.window.advance(commit_index)
-        if len(batches) != commit_index - start + 1:
-            raise ProtocolError(f"window released {len(batches)} batches for slots {start}..{commit_index}")
-        log = self.log
-        ballot = self.ballot
-        missing = False
-        for i, batch in enumerate(batches):
-            slot = start + i
-            entry = log.get(slot)
-            if entry is None or entry[0] != ballot:
-                missing = True
-                log[slot] = (BALLOT_CHOSEN, batch)
-        if commit_index > self.max_slot:
-            self.max_slot = commit_index
-        if missing:
-            self._out.persist.append(ChosenRecord(start, tuple(batches)))
-        self.last_progress = self.now
-        self._set_commit(commit_index)
-
-    def _serve_reads(self) -> None:
-        if self.role != LEADER:
-            return
-        rounds = sorted((self.read_round if m == self.id else r)
-                        for m, r in self.peer_read_round.items())
-        if len(rounds) < self.quorum:
-            return
-        confirmed = rounds[-self.quorum]
-        reads = self.reads
-        replies = self._out.replies
-        kv = self.kv
-        while reads:
-            req, key, read_index, round_ = reads[0]
-            if round_ > confirmed or read_index > self.applied_index:
-                break
-            reads.popleft()
-            replies.append(Reply(req, OK, kv.get(key)))
+        """Open what the window has room for and send it (see AcceptPipeline.fill_window)."""
+        self.pipeline.fill_window()
 
     def _on_reject(self, msg: Reject) -> None:
         """A higher promise makes a leader or candidate step down. A refusal at its own ballot
@@ -1266,10 +808,8 @@ class Node:
             for req in reqs:
                 replies.append(Reply(req, NOT_LEADER, leader=leader))
         self.also_waiting.clear()
-        for req, _key, _index, _round in self.reads:
-            replies.append(Reply(req, NOT_LEADER, leader=leader))
+        self.reads.refuse_all(leader)
         self.waiting.clear()
-        self.reads.clear()
         self.pending.clear()
         self.pending_bytes = 0
         self.queued_batches.clear()
@@ -1318,14 +858,14 @@ class Node:
         self._reset_election_timer()
 
     _handlers = {
-        Prepare: _on_prepare,
+        Prepare: lambda node, msg: node.acceptor.on_prepare(msg),
         Promise: _on_promise,
         Reject: _on_reject,
-        Accept: _on_accept,
-        Accepted: _on_accepted,
-        CatchupRequest: _on_catchup_request,
-        Catchup: _on_catchup,
-        SnapshotChunk: _on_snapshot_chunk,
+        Accept: lambda node, msg: node.acceptor.on_accept(msg),
+        Accepted: lambda node, msg: node.pipeline.on_accepted(msg),
+        CatchupRequest: lambda node, msg: node.catchup.on_request(msg),
+        Catchup: lambda node, msg: node.catchup.on_catchup(msg),
+        SnapshotChunk: lambda node, msg: node.catchup.on_snapshot_chunk(msg),
         TimeoutNow: _on_timeout_now,
         Probe: _on_probe,
         ProbeReply: _on_probe_reply,

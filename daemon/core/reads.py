@@ -1,0 +1,86 @@
+"""Read-index tracking: the leader's linearizable reads (DESIGN.md, "Reads by read index").
+
+A read is answered from the leader's state machine once both hold:
+
+- a quorum of voters confirmed this leader's ballot in a *read round* that began after the
+  read arrived (so a paused old leader that wakes up answers nothing from local state);
+- the state machine has applied the read's *read index*: the commit index when it arrived,
+  or the leader's read floor if higher (a new leader's re-proposed slots: only once they are
+  chosen does its commit index cover all that a previous leader may have acknowledged).
+
+Rounds are numbered by the leader. The first read after an Accept went out opens a new round;
+the next Accept (a heartbeat, if nothing else is due: see Node.ready) carries its number, and
+every voter's Accepted echoes the highest round it saw (``node.peer_read_round``, reset by the
+node whenever it starts leading in a configuration).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from daemon.core.messages import NOT_LEADER, OK, Reply
+from daemon.core.roles import LEADER
+
+
+class ReadIndex:
+    """The reads waiting at one node, and the read round they wait for."""
+
+    __slots__ = ("node", "round", "round_sent", "queue")
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.round = 0  # the latest read round this leader opened
+        self.round_sent = True  # whether an Accept carried ``round`` out since it opened
+        self.queue: deque = deque()  # (req, key, read_index, round), in arrival order
+
+    def read(self, req, key: bytes) -> None:
+        """Queue a read at the leader (a follower answers NOT_LEADER naming the leader).
+
+        Promises: the read waits for a round opened after it arrived, and for a read index
+        no lower than the commit index and the read floor at arrival.
+        """
+        node = self.node
+        if node.role != LEADER:
+            node._out.replies.append(Reply(req, NOT_LEADER, leader=node.leader_id))
+            return
+        if self.round_sent:
+            self.round += 1
+            self.round_sent = False
+        read_index = max(node.commit_index, node.read_floor)
+        self.queue.append((req, key, read_index, self.round))
+
+    def serve(self) -> None:
+        """Answer, in arrival order, every read whose round a quorum of voters confirmed and
+        whose read index the state machine has applied.
+
+        Promises: a read is answered only at a leader, never before its read index is applied
+        nor before a quorum confirmed a round no older than its own; reads are answered in the
+        order they arrived.
+        """
+        node = self.node
+        if node.role != LEADER:
+            return
+        quorum = node.quorum
+        rounds = sorted((self.round if m == node.id else r) for m, r in node.peer_read_round.items())
+        if len(rounds) < quorum:
+            return
+        confirmed = rounds[-quorum]
+        reads = self.queue
+        replies = node._out.replies
+        applied = node.applied_index
+        kv = node.kv
+        while reads:
+            req, key, read_index, round_ = reads[0]
+            if round_ > confirmed or read_index > applied:
+                break
+            reads.popleft()
+            replies.append(Reply(req, OK, kv.get(key)))
+
+    def refuse_all(self, leader: int | None) -> None:
+        """This node stopped leading: every waiting read is told to retry at ``leader``.
+
+        Promises: no read stays queued."""
+        replies = self.node._out.replies
+        for req, _key, _index, _round in self.queue:
+            replies.append(Reply(req, NOT_LEADER, leader=leader))
+        self.queue.clear()
