@@ -14,6 +14,7 @@ import dataclasses
 
 from fastpath import BALLOT_CHOSEN
 
+from daemon.core.election import Election
 from daemon.core.node import FOLLOWER, Node
 from daemon.core.messages import IncarnationChosen, Prepare, Promise, PromiseRecord
 
@@ -45,10 +46,11 @@ class _AnswersBeforePersist(Node):
 class _SkipsReproposal(Node):
     """Broken on purpose: a new leader ignores the values its promises report."""
 
-    def _become_leader(self):
-        for promise in self.promises.values():
-            object.__setattr__(promise, "entries", ())
-        super()._become_leader()
+    class election_type(Election):
+        def become_leader(self):
+            for promise in self.promises.values():
+                object.__setattr__(promise, "entries", ())
+            super().become_leader()
 
 
 @bug("forgets-promise")
@@ -68,7 +70,7 @@ class _IgnoresIncarnation(Node):
 
     def receive(self, msg, now):
         if type(msg).__name__ == "Promise":
-            for cfg in self.configs + [self.active, self.prep_config]:
+            for cfg in self.membership.configs + [self.active, self.election.prep_config]:
                 m = cfg.get(msg.sender)
                 if m is not None and m.voter:
                     msg = dataclasses.replace(msg, incarnation=m.incarnation)
@@ -136,8 +138,9 @@ class _FillsChosen(_PromiseGap):
                 self._step_down(None)
         self._promise_what_is_held(msg)
 
-    def _chosen_unreported(self, promises, best, first):
-        return False
+    class election_type(Election):
+        def chosen_unreported(self, promises, best, first):
+            return False
 
     _handlers = {**Node._handlers, Prepare: _on_prepare}
 
