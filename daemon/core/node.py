@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, ballot_node
 
@@ -166,25 +167,13 @@ class DurableState:
         return state
 
 
-class _Forward:
-    """A Node attribute that reads and writes attribute ``name`` (by default its own name) of
-    the node's part ``part`` (its Membership, Election or Transfer)."""
-
-    __slots__ = ("part", "name")
-
-    def __init__(self, part: str, name: str = "") -> None:
-        self.part, self.name = part, name
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = self.name or name
-
-    def __get__(self, node, owner=None):
-        if node is None:
-            return self
-        return getattr(getattr(node, self.part), self.name)
-
-    def __set__(self, node, value) -> None:
-        setattr(getattr(node, self.part), self.name, value)
+def _forward(part: str, name: str) -> property:
+    """A Node attribute that reads and writes ``name`` of the node's part ``part`` (its
+    Membership, Election or Transfer). Reading costs one C-level call (the proposer reads
+    some of these once per slot it fills)."""
+    def set_(node, value) -> None:
+        setattr(getattr(node, part), name, value)
+    return property(attrgetter(f"{part}.{name}"), set_, doc=f"``{part}.{name}``")
 
 
 @dataclass
@@ -206,6 +195,11 @@ class Node:
     ``rng`` is any object with ``uniform(a, b)`` and ``getrandbits(k)`` (a seeded
     ``random.Random`` in the simulator). ``incarnation`` None: an initial member on an empty
     data directory without an incarnation, which decides it first (see daemon.core.incarnation).
+
+    Parts with state and rules of their own, each holding a reference back to the node:
+    ``membership`` (daemon.core.configs: the configurations, membership changes, the fence),
+    ``election`` (daemon.core.election: Phase 1, for a candidacy and at a boundary) and
+    ``handoff`` (daemon.core.transfer: leadership transfer).
     """
 
     def __init__(self, node_id: int, members, config: CoreConfig, rng, now: float,
@@ -691,18 +685,18 @@ class Node:
     # .transfer) own what follows; these names read (and set) it there, for the proposer and
     # the driver. A subclass may swap in another Election (tests/sim_bugs.py's broken cores).
     election_type = Election
-    configs = _Forward("membership")
-    config_version = _Forward("membership", "version")
-    fence = _Forward("membership")
-    fence_slot = _Forward("membership")
-    pending_change = _Forward("membership")
-    change_waiting = _Forward("membership")
-    boundary = _Forward("election")
-    transfer = _Forward("handoff", "handover")
-    _config_at = _Forward("membership", "config_at")
-    _apply_configuration = _Forward("membership", "apply")
-    _change_in_progress = _Forward("membership", "in_progress")
-    _start_boundary = _Forward("election", "start_boundary")
+    configs = _forward("membership", "configs")
+    config_version = _forward("membership", "version")
+    fence = _forward("membership", "fence")
+    fence_slot = _forward("membership", "fence_slot")
+    pending_change = _forward("membership", "pending_change")
+    change_waiting = _forward("membership", "change_waiting")
+    boundary = _forward("election", "boundary")
+    transfer = _forward("handoff", "handover")
+    _config_at = _forward("membership", "config_at")
+    _apply_configuration = _forward("membership", "apply")
+    _change_in_progress = _forward("membership", "in_progress")
+    _start_boundary = _forward("election", "start_boundary")
 
     def _use(self, cfg: Configuration) -> None:
         """Propose in ``cfg`` from now on: its voters make the quorums, all its members hear."""
