@@ -277,6 +277,9 @@ class Node:
     # ------------------------------------------------------------------------------ inputs
 
     def tick(self, now: float) -> None:
+        """Time passed: a node deciding its incarnation probes; a leader steps down without a
+        quorum in contact, retransmits, heartbeats and gives up a stale handover; anyone
+        else stands once its election timer runs out, if it may."""
         self.now = now
         if self.fresh is not None:
             probe(self)
