@@ -15,6 +15,7 @@ import dataclasses
 from fastpath import BALLOT_CHOSEN
 
 from daemon.core.acceptor import Acceptor
+from daemon.core.election import Election
 from daemon.core.node import FOLLOWER, Node
 from daemon.core.messages import IncarnationChosen, Promise, PromiseRecord
 
@@ -46,10 +47,11 @@ class _AnswersBeforePersist(Node):
 class _SkipsReproposal(Node):
     """Broken on purpose: a new leader ignores the values its promises report."""
 
-    def _become_leader(self):
-        for promise in self.promises.values():
-            object.__setattr__(promise, "entries", ())
-        super()._become_leader()
+    class election_type(Election):
+        def become_leader(self):
+            for promise in self.promises.values():
+                object.__setattr__(promise, "entries", ())
+            super().become_leader()
 
 
 @bug("forgets-promise")
@@ -69,7 +71,7 @@ class _IgnoresIncarnation(Node):
 
     def receive(self, msg, now):
         if type(msg).__name__ == "Promise":
-            for cfg in self.configs + [self.active, self.prep_config]:
+            for cfg in self.membership.configs + [self.active, self.election.prep_config]:
                 m = cfg.get(msg.sender)
                 if m is not None and m.voter:
                     msg = dataclasses.replace(msg, incarnation=m.incarnation)
@@ -162,8 +164,9 @@ class _FillsChosen(_WithAcceptor):
 
     acceptor_class = _FillsChosenAcceptor
 
-    def _chosen_unreported(self, promises, best, first):
-        return False
+    class election_type(Election):
+        def chosen_unreported(self, promises, best, first):
+            return False
 
 
 class _AcksSkippedAcceptor(Acceptor):

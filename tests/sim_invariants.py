@@ -89,17 +89,19 @@ class Checker:
                 super().__init__(*args, **kwargs)
                 self.catchup = CheckedCatchupExchange(self)
 
-            def _become_leader(self):
-                promises = list(self.promises.values())
-                super()._become_leader()
-                if self.role == LEADER and checker.check_leader:
-                    checker.leads(self, promises, self.commit_index + 1)
+            class election_type(base.election_type):
+                def become_leader(self):
+                    node, promises = self.node, list(self.promises.values())
+                    super().become_leader()
+                    if node.role == LEADER and checker.check_leader:
+                        checker.leads(node, promises, node.commit_index + 1)
 
-            def _finish_boundary(self, cfg):
-                promises, first = list(self.boundary.values()), self.boundary_slot
-                super()._finish_boundary(cfg)
-                if self.role == LEADER and self.boundary is None and checker.check_leader:
-                    checker.leads(self, promises, first)
+                def finish_boundary(self, cfg):
+                    node = self.node
+                    promises, first = list(self.boundary.values()), self.boundary_slot
+                    super().finish_boundary(cfg)
+                    if node.role == LEADER and self.boundary is None and checker.check_leader:
+                        checker.leads(node, promises, first)
 
         return Checked
 

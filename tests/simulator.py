@@ -531,7 +531,7 @@ class Simulation(ClientLoad):
         configs = {}
         for sim in self.nodes.values():
             if sim.up:
-                for cfg in sim.node.configs:
+                for cfg in sim.node.membership.configs:
                     configs[(cfg.slot, cfg.effective)] = cfg
         configs = [configs[k] for k in sorted(configs, key=lambda k: (k[1], k[0]))]
         unrestored = [m for cfg in configs for m in cfg.members
@@ -615,7 +615,7 @@ class Simulation(ClientLoad):
         if any(not self.nodes[i].up for i in configs[-1].ids):
             return
         victims = [i for i in configs[-1].voters if i in self.ids]
-        changing = any(n.role == "leader" and n._change_in_progress() for n in up)
+        changing = any(n.role == "leader" and n.membership.in_progress() for n in up)
         if unrestored or changing or not victims or min(len(c.voters) for c in configs) < 3:
             return
         sim = self.nodes[rng.choice(victims)]

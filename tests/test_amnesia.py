@@ -165,7 +165,7 @@ def test_a_wiped_follower_restarted_without_a_flag_rejoins_and_is_a_voter_only_o
     votes = [m for s, _, m in c.sent[before:] if s == victim and type(m) in (Promise, Accepted)]
     assert votes and all(m.incarnation == node.incarnation for m in votes)
     leader = c.leader()
-    member = leader.configs[-1].get(victim)
+    member = leader.configuration.get(victim)
     assert member.voter and member.incarnation == node.incarnation
     assert leader.vote_incarnation[victim] == node.incarnation
     assert node.status()["voter"] and node.commit_index == leader.commit_index
@@ -212,7 +212,7 @@ def test_an_initial_member_that_never_started_joins_the_running_cluster_as_a_lea
     node = fresh_node(c, 3)
     c.advance(2.0)
     assert node.incarnation != 0 and chosen_incarnations(c, 3) == [node.incarnation]
-    member = c.leader().configs[-1].get(3)
+    member = c.leader().configuration.get(3)
     assert member.voter and member.incarnation == node.incarnation
     assert node.kv.get(b"k3") == b"v3"
 
@@ -330,7 +330,7 @@ def _forgotten_promise_scenario(rule) -> tuple:
     y, x, z, u, v = 5, 1, 2, 3, 4
     others = {(a, b) for a in c.ids for b in c.ids if a != b}
     c.cut = others - {(y, x), (x, y)}  # 5 reaches only 1
-    c.nodes[y]._start_election()
+    c.nodes[y].election.start()
     c.pump()
     b = c.nodes[y].ballot
     assert c.nodes[x].promised == b and c.nodes[y].role != LEADER
@@ -355,7 +355,7 @@ def _forgotten_promise_scenario(rule) -> tuple:
     # 3 stands with a lower ballot of the same round; it hears 1 and 4 (not 2, which would
     # refuse: it promised b).
     c.cut = others - {(u, x), (x, u), (u, v), (v, u)}
-    c.nodes[u]._start_election()
+    c.nodes[u].election.start()
     c.pump()
     assert c.nodes[u].ballot < b
     if c.nodes[u].role == LEADER:

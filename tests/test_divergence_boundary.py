@@ -156,13 +156,13 @@ def grow_to_five(net: Network) -> int:
     assert two.role == LEADER and all(n.promised == two.ballot for n in net.nodes.values())
     net.start(5, FIVE_INCARNATION)
     two.change_members("add 5", ("add", 5, "h5:peer", "h5:client"), net.now)
-    net.run(until=lambda: (two.configs[-1].votes(5, FIVE_INCARNATION)
-                           and two.commit_index >= two.configs[-1].slot))
+    net.run(until=lambda: (two.configuration.votes(5, FIVE_INCARNATION)
+                           and two.commit_index >= two.configuration.slot))
     assert net.acked["add 5"] == 2
-    five_voter = two.configs[-1]
+    five_voter = two.configuration
     assert five_voter.voters == (1, 2, 3, 4, 5) and five_voter.effective == five_voter.slot + W
     # The old configuration (5 a learner) runs to slot effective - 1.
-    assert two._config_at(five_voter.effective - 1).voters == (1, 2, 3, 4)
+    assert two.membership.config_at(five_voter.effective - 1).voters == (1, 2, 3, 4)
     return five_voter.effective
 
 
@@ -172,8 +172,8 @@ def two_leads_the_new_configuration_with_three_and_five(net: Network, e: int) ->
     asks 2 to catch up; that request is slow. Four client writes are chosen at e+1..e+4."""
     two, three = net.nodes[2], net.nodes[3]
     assert len(net.lose(is_msg(Accept, 2, 3, first_slot=e - 3))) == 1
-    net.run(until=lambda: two.boundary is not None)
-    assert two.commit_index == e - 1 and two.boundary_slot == e
+    net.run(until=lambda: two.election.boundary is not None)
+    assert two.commit_index == e - 1 and two.election.boundary_slot == e
     assert [net.nodes[i].commit_index for i in (1, 3, 4)] == [e - 4, e - 5, e - 4]
     net.cut = partition((1, 4), (2, 5))
     slow_ask = is_msg(CatchupRequest, 3, 2)
@@ -221,7 +221,7 @@ def one_is_elected_in_the_old_configuration(net: Network, e: int) -> int:
     # reaches the boundary: Phase 1 with the new configuration's voters. (The core this pins
     # reuses b, the ballot 3 promised; a fix may take a higher one, hence >=.)
     net.run(hold=either(snapshot_on_its_way, boundary_prepare))
-    assert one.commit_index == e - 1 and one.boundary_slot == e
+    assert one.commit_index == e - 1 and one.election.boundary_slot == e
     assert {dst for _, dst, msg in net.in_flight(boundary_prepare)} == {1, 2, 3, 4, 5}
     assert all(msg.ballot >= b for _, _, msg in net.in_flight(boundary_prepare))
     return b

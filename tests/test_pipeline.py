@@ -137,11 +137,12 @@ def test_retransmit_resends_to_each_peer_from_its_first_unacknowledged_slot():
 def test_no_slot_is_opened_at_or_beyond_the_fence():
     c = led_by_1()
     leader = c.nodes[1]
-    leader.fence, leader.fence_slot = leader.window.next_slot + 1, leader.window.next_slot - 1
+    membership = leader.membership
+    membership.fence, membership.fence_slot = leader.window.next_slot + 1, leader.window.next_slot - 1
     for n in range(1, 4):
         leader.submit(("put", n), cmd(n), c.now)
         c.collect()
-    assert leader.window.next_slot == leader.fence
+    assert leader.window.next_slot == leader.membership.fence
     assert len(leader.pending) == 2
 
 
@@ -151,9 +152,10 @@ def test_a_caught_up_learner_is_proposed_as_a_voter():
     c.cut.add((1, 4))  # node 4 is not running in this script
     leader.change_members("add", ("add", 4, "127.0.0.1:1", "127.0.0.1:2"), c.now)
     c.settle()
-    assert leader.configs[-1].get(4) is not None and not leader.configs[-1].get(4).voter
+    learner = leader.membership.configs[-1].get(4)
+    assert learner is not None and not learner.voter
     c.collect()
     leader.pipeline.learner_progress(Accepted(4, leader.ballot, 1, 0, 0, leader.commit_index, 5))
-    assert leader.pending_change is not None
-    member = next(m for m in leader.pending_change[1] if m.id == 4)
+    assert leader.membership.pending_change is not None
+    member = next(m for m in leader.membership.pending_change[1] if m.id == 4)
     assert member.voter and member.incarnation == 5

@@ -62,7 +62,8 @@ class Acceptor:
             node._out.persist.append(PromiseRecord(b))
             if node.role != FOLLOWER and b > node.ballot:
                 # Clients are sent to the node we handed over to, if this is it standing.
-                handed = node.transfer is not None and node.transfer[0] == msg.sender
+                handover = node.handoff.handover
+                handed = handover is not None and handover.target == msg.sender
                 node._step_down(msg.sender if handed else None)
         log = node.log
         commit = node.commit_index
@@ -169,7 +170,7 @@ class Acceptor:
         if slot > node.commit_index:
             node._set_commit(slot)
         if commit_index > node.commit_index:
-            node._ask_catchup(source)
+            node.catchup.ask(source)
 
     def take_snapshot(self) -> None:
         """Snapshot the state machine at the applied index and compact the log below it,

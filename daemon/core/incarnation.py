@@ -62,15 +62,19 @@ etcd's ``--initial-cluster-state new``), which takes incarnation 0 without askin
 the default: the systemd unit passes neither flag.
 
 This module holds the decision as a small pure object the protocol core owns (time is passed
-in); the core turns the decision into an ``IncarnationChosen`` the driver persists before
-anything sent after it (daemon.core.node).
+in), and the node's handlers that run it (``probe`` on every tick while deciding,
+``on_probe`` and ``on_probe_reply`` for the two messages); ``settle`` turns the decision into
+an ``IncarnationChosen`` the driver persists before anything sent after it (daemon.core.node).
 """
 
 from __future__ import annotations
 
 from fastpath import BALLOT_NONE
 
-__all__ = ["NEW", "REJOIN", "FreshStart"]
+from daemon.core.messages import IncarnationChosen, Probe, ProbeReply
+from daemon.core.roles import ProtocolError
+
+__all__ = ["NEW", "REJOIN", "FreshStart", "on_probe", "on_probe_reply", "probe", "settle"]
 
 PROBE_INTERVAL = 0.05  # seconds between two Probes to a member that has not answered
 NEW = "new"  # a new cluster: incarnation 0
@@ -150,3 +154,54 @@ class FreshStart:
     def _decide(self, decision: str, why: str) -> None:
         self.decision = decision
         self.why = why
+
+
+# ------------------------------------------------------------------------------ the node's side
+# (``node`` is a daemon.core.node.Node; its ``fresh`` is the FreshStart while deciding, else None.)
+
+def probe(node) -> None:
+    """(The node's tick while deciding.) Ask the initial members not yet heard from, now and
+    then; a decision already reached (a single initial member has no one to ask: at the
+    first tick) is settled instead."""
+    fresh = node.fresh
+    if fresh.decision is not None:
+        settle(node)
+        return
+    for m in fresh.due(node.now):
+        node._out.send.append((m, Probe(node.id, fresh.nonce)))
+
+
+def on_probe(node, msg: Probe) -> None:
+    """Answer a Probe: ``used`` unless this node has decided its incarnation, runs
+    incarnation 0 and holds nothing (no promise, no accepted or chosen slot, no snapshot).
+    Changes nothing here."""
+    used = node.fresh is None and bool(
+        node.incarnation or node.promised != BALLOT_NONE or node.max_slot
+        or node.commit_index or node.snapshot_index)
+    node._out.send.append((msg.sender, ProbeReply(node.id, msg.nonce, used)))
+
+
+def on_probe_reply(node, msg: ProbeReply) -> None:
+    """Take an answer to this start's Probe while deciding, and settle once decided."""
+    fresh = node.fresh
+    if fresh is None:
+        return
+    fresh.report(msg.sender, msg.nonce, msg.used)
+    if fresh.decision is not None:
+        settle(node)
+
+
+def settle(node) -> None:
+    """The incarnation is decided: hand it to the driver to persist. Everything that depends
+    on it (a Promise, an Accepted) leaves through send_after_persist, so only once it is
+    durable.
+
+    Promises: the node is deciding no more, and runs incarnation 0 only if every other
+    initial member said the cluster is new."""
+    fresh, node.fresh = node.fresh, None
+    if fresh.decision == NEW:
+        node.incarnation = 0
+    elif not node.incarnation:
+        raise ProtocolError(f"node {node.id} rejoins under incarnation 0: {fresh.why}")
+    node._out.persist.append(IncarnationChosen(node.incarnation, fresh.why))
+    node._reset_election_timer()

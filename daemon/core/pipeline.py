@@ -74,31 +74,33 @@ class AcceptPipeline:
         node = self.node
         window = node.window
         queued = node.queued_batches
-        configs = node.configs
+        membership, election, handoff = node.membership, node.election, node.handoff
+        configs = membership.configs
         limit = node.config.max_message_bytes
         first = window.next_slot
         batches = []
         run_bytes = 0
         while window.has_room():
             slot = window.next_slot
-            if slot >= node.fence or node.boundary is not None:
+            if slot >= membership.fence or election.boundary is not None:
                 break  # wait for the configuration command to be chosen / for promises
-            if node.active is not configs[-1] and node._config_at(slot) != node.active:
+            if node.active is not configs[-1] and membership.config_at(slot) != node.active:
                 if not window.in_flight:
                     if batches:
                         self.broadcast_accept(first, tuple(batches))
                         batches = []
-                    node._start_boundary(node._config_at(slot), slot)
+                    election.start_boundary(membership.config_at(slot), slot)
                 break
             if queued:
                 batch = queued.popleft()
                 cost = batch_cost(batch)
                 if len(batch) == 1 and batch[0][CMD_CLIENT] == CONFIG_CLIENT:
                     self.fence_for(slot, batch)
-            elif node.pending_change is not None and node.transfer is None and not node.fence_slot:
+            elif (membership.pending_change is not None and handoff.handover is None
+                  and not membership.fence_slot):
                 batch = self._change_batch(slot)
                 cost = batch_cost(batch)
-            elif node.pending and node.transfer is None:
+            elif node.pending and handoff.handover is None:
                 before = node.pending_bytes
                 batch = self.take_batch()
                 cost = before - node.pending_bytes
@@ -115,9 +117,9 @@ class AcceptPipeline:
             run_bytes += cost
         if batches:
             self.broadcast_accept(first, tuple(batches))
-        if window.next_slot > node.fence and node.fence_slot:
+        if window.next_slot > node.membership.fence and node.membership.fence_slot:
             raise ProtocolError(f"node {node.id}: slot {window.next_slot - 1} opened beyond the "
-                                f"fence at {node.fence}")
+                                f"fence at {node.membership.fence}")
 
     def _change_batch(self, slot: int) -> tuple:
         """The pending membership change as the configuration command of ``slot``, fencing
@@ -125,16 +127,16 @@ class AcceptPipeline:
         # (Not while another configuration command is in flight: one re-proposed from the
         # promises may be, though none was when the change was asked for.)
         node = self.node
-        req, members = node.pending_change
-        node.pending_change = None
+        req, members = node.membership.pending_change
+        node.membership.pending_change = None
         # Configurations take effect in the order they are chosen, whatever window the
         # leader that proposed the one before had.
-        latest = node.configs[-1]
+        latest = node.membership.configs[-1]
         effective = max(slot + node.config.window, latest.effective + 1)
         batch = config_batch(slot, effective, members, latest)
-        node.fence, node.fence_slot = effective, slot
+        node.membership.fence, node.membership.fence_slot = effective, slot
         if req is not None:
-            node.change_waiting[slot] = req
+            node.membership.change_waiting[slot] = req
         return batch
 
     def fence_for(self, slot: int, batch: tuple) -> None:
@@ -144,8 +146,8 @@ class AcceptPipeline:
         value = config_of_batch(batch)
         if value is not None:
             effective = decode_configuration(value)[0].effective
-            if effective < node.fence:
-                node.fence, node.fence_slot = effective, slot
+            if effective < node.membership.fence:
+                node.membership.fence, node.membership.fence_slot = effective, slot
 
     def take_batch(self) -> tuple:
         """The next batch of pending commands, in arrival order: all of them if they fit
@@ -252,14 +254,14 @@ class AcceptPipeline:
         Promises: at most one membership change at a time, none during a hand-over."""
         node = self.node
         sender = msg.sender
-        latest = node.configs[-1]
+        latest = node.membership.configs[-1]
         member = latest.get(sender)
         if (member is None or (member.voter and member.incarnation == msg.incarnation)
                 or msg.commit_index + node.config.catchup_slots < node.commit_index
-                or node.transfer is not None or node._change_in_progress()):
+                or node.handoff.handover is not None or node.membership.in_progress()):
             return
         promoted = Member(sender, member.peer, member.client, True, msg.incarnation)
-        node.pending_change = (None, latest.with_member(promoted))
+        node.membership.pending_change = (None, latest.with_member(promoted))
 
     def on_chosen(self, commit_index: int) -> None:
         """A quorum holds every slot up to ``commit_index`` at this leader's ballot: release

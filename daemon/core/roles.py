@@ -1,8 +1,13 @@
-"""A node's role in the protocol, and the error the core stops with when an invariant is about
-to break. Shared by the node (daemon.core.node) and the parts it is made of (reads, catch-up,
-the Accept pipeline, the acceptor), so that none of them imports the node for these."""
+"""The roles a node plays, and the error it raises rather than break an invariant.
+
+Defined apart from daemon.core.node so that the parts of the core split out of ``Node``
+(election, configs, transfer, reads, catch-up, the Accept pipeline, the acceptor) can use
+them without importing the node; daemon.core.node re-exports all four.
+"""
 
 from __future__ import annotations
+
+__all__ = ["CANDIDATE", "FOLLOWER", "LEADER", "ProtocolError"]
 
 FOLLOWER = "follower"
 CANDIDATE = "candidate"

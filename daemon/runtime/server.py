@@ -414,7 +414,7 @@ class Server:
             self._release_durable()
             while self_msgs:
                 node.receive(self_msgs.popleft(), now)
-            if node.config_version != self._config_version:
+            if node.membership.version != self._config_version:
                 self._membership_changed()  # before anything is sent to a new member
             self._carry_out(node.ready())
             if node.role != self._role or node.leader_id != self._leader:
@@ -467,7 +467,7 @@ class Server:
     def _membership_changed(self) -> None:
         """The log (or a snapshot) brought a new configuration: reach its members, log it."""
         node = self.node
-        self._config_version = node.config_version
+        self._config_version = node.membership.version
         addresses = node.addresses()
         for member_id, (peer, client) in addresses.items():
             if client is not None:
