@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,19 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from daemon.tools.bench import machine  # noqa: E402
 from daemon.runtime.storage import SNAPSHOT_FILE, WAL_FILE  # noqa: E402
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from daemon.tools.ports import free_ports  # noqa: E402
 
 
 def wal_bytes_appended(port: int) -> int | None:

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from daemon.tools.bench import machine  # noqa: E402
-from tests.ports import free_ports  # noqa: E402
+from daemon.tools.ports import free_ports  # noqa: E402
 
 METRIC = "paxosd_proposals_applied_total"
 

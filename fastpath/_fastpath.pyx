@@ -669,11 +669,10 @@ cdef object _decode(_In *d, int depth, bint tuples):
     decoders below want them; else arrays become lists and maps dicts (``loads``).
     """
     cdef Py_ssize_t start = d.pos
-    cdef Py_ssize_t rem, i, kstart
+    cdef Py_ssize_t rem, i
     cdef unsigned char ib, major, info
     cdef int nb
     cdef uint64_t v
-    cdef object item, key, result
     if start >= d.n:
         raise FrameError(f"truncated input: expected a data item at offset {start}")
     ib = d.p[start]
@@ -731,27 +730,41 @@ cdef object _decode(_In *d, int depth, bint tuples):
         if v > <uint64_t>rem:  # every item takes at least one byte
             raise FrameError(f"truncated input: array of {v} items at offset {start}, "
                              f"{rem} bytes remain")
-        result = PyTuple_New(<Py_ssize_t>v) if tuples else PyList_New(<Py_ssize_t>v)
-        for i in range(<Py_ssize_t>v):
-            item = _decode(d, depth + 1, tuples)
-            Py_INCREF(item)  # the SET_ITEM macros steal a reference
-            if tuples:
-                PyTuple_SET_ITEM(result, i, item)
-            else:
-                PyList_SET_ITEM(result, i, item)
-        return result
+        return _decode_items(d, <Py_ssize_t>v, depth + 1, tuples)
     if tuples:
         raise FrameError(f"a map at offset {start}, where the hot-path decoders take none")
     if v > <uint64_t>(rem // 2):  # every pair takes at least two bytes
         raise FrameError(f"truncated input: map of {v} pairs at offset {start}, "
                          f"{rem} bytes remain")
-    result = {}
-    for i in range(<Py_ssize_t>v):
+    return _decode_pairs(d, <Py_ssize_t>v, depth + 1)
+
+
+cdef object _decode_items(_In *d, Py_ssize_t n, int depth, bint tuples):
+    """The ``n`` items of an array, at ``depth``: a tuple if ``tuples``, else a list."""
+    cdef Py_ssize_t i
+    cdef object item
+    cdef object result = PyTuple_New(n) if tuples else PyList_New(n)
+    for i in range(n):
+        item = _decode(d, depth, tuples)
+        Py_INCREF(item)  # the SET_ITEM macros steal a reference
+        if tuples:
+            PyTuple_SET_ITEM(result, i, item)
+        else:
+            PyList_SET_ITEM(result, i, item)
+    return result
+
+
+cdef dict _decode_pairs(_In *d, Py_ssize_t n, int depth):
+    """The ``n`` key/value pairs of a map, at ``depth``, as a dict."""
+    cdef Py_ssize_t i, kstart
+    cdef object key, item
+    cdef dict result = {}
+    for i in range(n):
         kstart = d.pos
-        key = _decode(d, depth + 1, False)
+        key = _decode(d, depth, False)
         if type(key) is list or type(key) is dict:
             raise FrameError(f"unhashable map key ({type(key).__name__}) at offset {kstart}")
-        item = _decode(d, depth + 1, False)
+        item = _decode(d, depth, False)
         PyDict_SetItem(result, key, item)
     return result
 

@@ -1,37 +1,26 @@
 """What the peer benchmarks share with `paxosd bench`: the closed-loop client measurements, the
-nearest-rank percentiles, the report's JSON shape and the machine description. Standard library
-only, so each peer script runs in whatever environment its system needs."""
+nearest-rank percentiles and free loopback ports (daemon.tools.stats and daemon.tools.ports, the
+same ones), the report's JSON shape and the machine description. Standard library only (those
+two modules are too), so each peer script runs in whatever environment its system needs."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO))
 
+from daemon.tools.ports import free_ports  # noqa: E402
+from daemon.tools.stats import latency_summary, percentile  # noqa: E402
 
-def percentile(sorted_values, q: float) -> float:
-    """Nearest rank, as daemon.tools.bench.percentile."""
-    n = len(sorted_values)
-    if not n:
-        return float("nan")
-    k = math.ceil(q * n - 1e-9) - 1
-    return sorted_values[min(max(k, 0), n - 1)]
-
-
-def latency_summary(seconds) -> dict | None:
-    values = sorted(seconds)
-    if not values:
-        return None
-    ms = 1000.0
-    return {"p50": percentile(values, 0.5) * ms, "p90": percentile(values, 0.9) * ms,
-            "p99": percentile(values, 0.99) * ms, "p999": percentile(values, 0.999) * ms,
-            "max": values[-1] * ms, "mean": sum(values) / len(values) * ms}
+__all__ = ["cpu_seconds", "free_ports", "git_commit", "latency_summary", "machine", "percentile",
+           "print_report", "report", "write_json"]
 
 
 def cpu_seconds(pid: int) -> float | None:
