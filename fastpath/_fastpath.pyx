@@ -1089,8 +1089,9 @@ def split_requests(frame, conn, opcodes):
     """Sort a client frame (a list, as ``loads`` returns it) into the requests the server
     takes without further checks and the rest.
 
-    ``opcodes`` (a dict) maps each client op name taken here to its OP_* code: OP_READ for a
-    read, the command's op for a write (daemon.codec.wire.CLIENT_OPCODES). Returns ``(work,
+    ``opcodes`` (a dict of a few str names, compared in its order) maps each client op name
+    taken here to its OP_* code: OP_READ for a read, the command's op for a write
+    (daemon.codec.wire.CLIENT_OPCODES). Returns ``(work,
     rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)`` for each valid read
     and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1, arg2))`` for each
     valid write (valid as ``daemon.codec.wire.decode_request`` takes them without its slow path);
@@ -1100,11 +1101,16 @@ def split_requests(frame, conn, opcodes):
     cdef list work = []
     cdef list rest = []
     cdef list req
-    cdef object obj, op, key
-    cdef PyObject *code
+    cdef object obj, op, key, code
+    cdef unicode name
     cdef uint64_t u = 0
+    cdef Py_ssize_t k, n
     if table is None:
         raise TypeError("split_requests: opcodes must be a dict, not None")
+    # A handful of names: comparing the strings costs less than hashing each request's op.
+    cdef tuple names = tuple([name for name in table if PyUnicode_CheckExact(name)])
+    cdef tuple codes = tuple([table[name] for name in names])
+    n = len(names)
     for obj in frame:
         if PyList_CheckExact(obj) and PyList_GET_SIZE(obj) == 7:
             req = <list>obj
@@ -1113,14 +1119,19 @@ def split_requests(frame, conn, opcodes):
             if (_u64_in(req[0], 0, C_U64_MAX, &u) and _u64_in(req[2], 0, C_U64_MAX, &u)
                     and _u64_in(req[3], 0, C_U64_MAX, &u) and PyBytes_CheckExact(key)
                     and PyUnicode_CheckExact(op)):
-                code = PyDict_GetItem(table, op)
-                if (code != NULL and _u64_in(<object>code, C_OP_READ, C_OP_CAS, &u)
+                code = None
+                for k in range(n):
+                    name = <unicode>PyTuple_GET_ITEM(names, k)
+                    if name == <unicode>op:
+                        code = <object>PyTuple_GET_ITEM(codes, k)
+                        break
+                if (code is not None and _u64_in(code, C_OP_READ, C_OP_CAS, &u)
                         and _args_ok(u, req[5], req[6])):
                     if u == C_OP_READ:
                         work.append((True, (conn, req[0]), key))
                     else:
                         work.append((False, (conn, req[0]),
-                                     (req[2], req[3], <object>code, key, req[5], req[6])))
+                                     (req[2], req[3], code, key, req[5], req[6])))
                     continue
         rest.append(obj)
     return work, rest
