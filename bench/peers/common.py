@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO))
 from daemon.tools.ports import free_ports  # noqa: E402
 from daemon.tools.stats import latency_summary, percentile  # noqa: E402
 
-__all__ = ["cpu_seconds", "free_ports", "git_commit", "latency_summary", "machine", "percentile",
-           "print_report", "report", "write_json"]
+__all__ = ["cpu_seconds", "free_ports", "git_commit", "latency_summary", "machine", "measure",
+           "percentile", "print_report", "report", "write_json"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -30,6 +30,23 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def measure(workers, pids: list[int], start_at: float, warmup: float, duration: float,
+            results) -> tuple[dict, dict, list]:
+    """Start the client processes ``workers`` (each puts one result on the queue ``results``),
+    note the CPU seconds of the node processes ``pids`` when the measured interval starts and
+    when it ends, and collect the results: ``(cpu before, cpu after, results)``."""
+    for w in workers:
+        w.start()
+    time.sleep(max(0.0, start_at + warmup - time.monotonic()))
+    before = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    time.sleep(max(0.0, start_at + warmup + duration - time.monotonic()))
+    after = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    outputs = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=10)
+    return before, after, outputs
 
 
 def machine() -> dict:

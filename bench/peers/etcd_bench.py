@@ -138,15 +138,8 @@ def main() -> int:
         workers = [ctx.Process(target=_worker, args=(i, leader, args.in_flight, args.value_size,
                                                       args.warmup, args.duration, start_at, results))
                    for i in range(args.clients)]
-        for w in workers:
-            w.start()
-        time.sleep(max(0.0, start_at + args.warmup - time.monotonic()))
-        before = {str(i + 1): common.cpu_seconds(pr.pid) for i, pr in enumerate(procs)}
-        time.sleep(max(0.0, start_at + args.warmup + args.duration - time.monotonic()))
-        after = {str(i + 1): common.cpu_seconds(pr.pid) for i, pr in enumerate(procs)}
-        outputs = [results.get(timeout=60) for _ in workers]
-        for w in workers:
-            w.join(timeout=10)
+        before, after, outputs = common.measure(workers, [pr.pid for pr in procs], start_at,
+                                                args.warmup, args.duration, results)
     finally:
         for pr in procs:
             pr.terminate()

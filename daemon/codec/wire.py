@@ -84,7 +84,7 @@ from daemon.core.messages import (
 __all__ = [
     "CLIENT_OPCODES",
     "CLIENT_OPS",
-    "ERROR",
+    "ERROR",  # re-exported from daemon.core.messages, as REPLY_STATUSES: the reply's words
     "HELLO_MAGIC",
     "MAX_ADDRESS_BYTES",
     "MAX_REFUSAL_CHARS",

@@ -319,6 +319,37 @@ def local_config(base: Path | None, nodes: int, ports: list[int], data_dir: Path
     return doc
 
 
+def scrape_metric(port: int, name: str) -> float | None:
+    """The value of the unlabelled metric ``name`` on the /metrics page of the node whose
+    metrics endpoint is 127.0.0.1:``port``; None if it cannot be read or has no such line."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def stop_processes(processes, grace: float) -> None:
+    """SIGTERM every child process still running, then wait for each; one still running after
+    ``grace`` seconds more is killed (and waited for)."""
+    processes = list(processes)
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class LocalCluster:
     """A cluster of child processes on loopback, in a temporary directory."""
@@ -349,15 +380,7 @@ class LocalCluster:
         return [f"127.0.0.1:{ports[2 * i + 1]}" for i in range(self.nodes)]
 
     def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.processes.values(), grace=10)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def cpu_seconds(self) -> dict[int, float]:

@@ -51,6 +51,8 @@ from daemon.codec.wire import ClientReply, WireError, decode_reply, encode_reque
 from daemon.core.messages import BUSY, ERROR, NOT_LEADER, OK, SESSION_EXPIRED, STALE
 
 __all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "Client",
     "NoLeader",
     "OperationFailed",
