@@ -87,6 +87,7 @@ __all__ = [
     "ERROR",  # re-exported from daemon.core.messages, as REPLY_STATUSES: the reply's words
     "HELLO_MAGIC",
     "MAX_ADDRESS_BYTES",
+    "MAX_PORT",
     "MAX_REFUSAL_CHARS",
     "MAX_SNAPSHOT_BYTES",
     "NONCE_BYTES",
@@ -129,6 +130,7 @@ CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer", "member_add",
 # order: the most frequent first.
 CLIENT_OPCODES = {"put": OP_PUT, "get": OP_READ, "delete": OP_DELETE, "cas": OP_CAS}
 MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
+MAX_PORT = 65535  # the port of a "host:port" address is 1..MAX_PORT
 
 
 class WireError(ValueError):
@@ -640,8 +642,8 @@ def _address_bytes(value, where: str) -> None:
     except UnicodeDecodeError:
         raise _fail(where, "UTF-8 host:port", value) from None
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _fail(where, "host:port with a port from 1 to 65535", value)
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise _fail(where, f"host:port with a port from 1 to {MAX_PORT}", value)
 
 
 @dataclass(frozen=True, slots=True)

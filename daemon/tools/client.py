@@ -47,7 +47,7 @@ import trio
 
 from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, encode_frames, loads
 
-from daemon.codec.wire import ClientReply, WireError, decode_reply, encode_request
+from daemon.codec.wire import MAX_PORT, ClientReply, WireError, decode_reply, encode_request
 from daemon.core.messages import BUSY, ERROR, NOT_LEADER, OK, SESSION_EXPIRED, STALE
 
 __all__ = [
@@ -148,13 +148,13 @@ def parse_endpoint(endpoint: str | tuple[str, int] | Sequence) -> tuple[str, int
         host, sep, port_text = endpoint.strip().rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
             raise ValueError(
-                f"endpoint {endpoint!r}: expected host:port with a port from 1 to 65535")
+                f"endpoint {endpoint!r}: expected host:port with a port from 1 to {MAX_PORT}")
         return host, int(port_text)
     if isinstance(endpoint, (tuple, list)) and len(endpoint) == 2:
         host, port = endpoint
-        if isinstance(host, str) and host and isinstance(port, int) and 1 <= port <= 65535:
+        if isinstance(host, str) and host and isinstance(port, int) and 1 <= port <= MAX_PORT:
             return host, port
     raise ValueError(f"endpoint {endpoint!r}: expected 'host:port' or (host, port)")
 
