@@ -1085,13 +1085,18 @@ def decode_accept(payload, members):
     return (obj[1], obj[2], obj[3], obj[4], batches, obj[6])
 
 
+cdef enum:
+    _MAX_OP_NAMES = 16  # split_requests' op table
+
+
 def split_requests(frame, conn, opcodes):
     """Sort a client frame (a list, as ``loads`` returns it) into the requests the server
     takes without further checks and the rest.
 
-    ``opcodes`` (a dict of a few str names, compared in its order) maps each client op name
-    taken here to its OP_* code: OP_READ for a read, the command's op for a write
-    (daemon.codec.wire.CLIENT_OPCODES). Returns ``(work,
+    ``opcodes`` (a dict of at most 16 str names, compared in its order) maps each client op
+    name taken here to its OP_* code: OP_READ for a read, the command's op for a write
+    (daemon.codec.wire.CLIENT_OPCODES); a name mapped to anything else is not taken. ValueError
+    for more names, TypeError for None. Returns ``(work,
     rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)`` for each valid read
     and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1, arg2))`` for each
     valid write (valid as ``daemon.codec.wire.decode_request`` takes them without its slow path);
@@ -1100,17 +1105,23 @@ def split_requests(frame, conn, opcodes):
     cdef dict table = opcodes
     cdef list work = []
     cdef list rest = []
-    cdef list req
-    cdef object obj, op, key, code
-    cdef unicode name
+    cdef list req, names = [], codes = []
+    cdef object obj, op, key, name, code
     cdef uint64_t u = 0
-    cdef Py_ssize_t k, n
+    cdef uint64_t ops[_MAX_OP_NAMES]
+    cdef Py_ssize_t k, n = 0
     if table is None:
         raise TypeError("split_requests: opcodes must be a dict, not None")
-    # A handful of names: comparing the strings costs less than hashing each request's op.
-    cdef tuple names = tuple([name for name in table if PyUnicode_CheckExact(name)])
-    cdef tuple codes = tuple([table[name] for name in names])
-    n = len(names)
+    # A handful of names, checked once per frame: comparing strings costs less than hashing
+    # each request's op, and each code is a C value by then.
+    for name, code in table.items():
+        if PyUnicode_CheckExact(name) and _u64_in(code, C_OP_READ, C_OP_CAS, &u):
+            if n == _MAX_OP_NAMES:
+                raise ValueError(f"split_requests: more than {_MAX_OP_NAMES} op names")
+            names.append(name)
+            codes.append(code)
+            ops[n] = u
+            n += 1
     for obj in frame:
         if PyList_CheckExact(obj) and PyList_GET_SIZE(obj) == 7:
             req = <list>obj
@@ -1119,19 +1130,18 @@ def split_requests(frame, conn, opcodes):
             if (_u64_in(req[0], 0, C_U64_MAX, &u) and _u64_in(req[2], 0, C_U64_MAX, &u)
                     and _u64_in(req[3], 0, C_U64_MAX, &u) and PyBytes_CheckExact(key)
                     and PyUnicode_CheckExact(op)):
-                code = None
                 for k in range(n):
-                    name = <unicode>PyTuple_GET_ITEM(names, k)
-                    if name == <unicode>op:
-                        code = <object>PyTuple_GET_ITEM(codes, k)
+                    if <unicode>PyList_GET_ITEM(names, k) == <unicode>op:
                         break
-                if (code is not None and _u64_in(code, C_OP_READ, C_OP_CAS, &u)
-                        and _args_ok(u, req[5], req[6])):
-                    if u == C_OP_READ:
+                else:
+                    k = -1
+                if k >= 0 and _args_ok(ops[k], req[5], req[6]):
+                    if ops[k] == C_OP_READ:
                         work.append((True, (conn, req[0]), key))
                     else:
                         work.append((False, (conn, req[0]),
-                                     (req[2], req[3], code, key, req[5], req[6])))
+                                     (req[2], req[3], <object>PyList_GET_ITEM(codes, k), key,
+                                      req[5], req[6])))
                     continue
         rest.append(obj)
     return work, rest
