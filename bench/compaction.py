@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -28,33 +26,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.tools.bench import machine  # noqa: E402
+from daemon.tools.bench import machine, scrape_metric, stop_processes  # noqa: E402
 from daemon.runtime.storage import SNAPSHOT_FILE, WAL_FILE  # noqa: E402
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from daemon.tools.ports import free_ports  # noqa: E402
 
 
 def wal_bytes_appended(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("paxosd_disk_wal_write_bytes_total "):
-            return int(float(line.split()[1]))
-    return None
+    value = scrape_metric(port, "paxosd_disk_wal_write_bytes_total")
+    return None if value is None else int(value)
 
 
 def size(path: Path) -> int:
@@ -75,21 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write samples and summary here")
     args = parser.parse_args(argv)
 
-    base = yaml.safe_load((REPO / "etc" / "paxosd.yaml").read_text())
     directory = Path(tempfile.mkdtemp(prefix="paxosd-compaction-"))
     ports = free_ports(9)
-    doc = {
-        "cluster": "compaction",
-        "members": {i: {"peer": f"127.0.0.1:{ports[3 * (i - 1)]}",
-                        "client": f"127.0.0.1:{ports[3 * (i - 1) + 1]}",
-                        "metrics": f"127.0.0.1:{ports[3 * (i - 1) + 2]}"} for i in (1, 2, 3)},
-        "data_dir": str(directory / "data"),
-        "timing": base["timing"],
-        "batching": base["batching"],
-        "storage": {"fsync": True, "snapshot_every_slots": args.snapshot_every},
-    }
-    config = directory / "cluster.yaml"
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    config = write_config(directory, ports, args.snapshot_every)
     procs: dict = {}
     samples: list[dict] = []
     bench_json = directory / "bench.json"
@@ -106,40 +73,11 @@ def main(argv: list[str] | None = None) -> int:
              "--in-flight", str(args.in_flight), "--value-size", str(args.value_size),
              "--quiet", "--json", str(bench_json)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-        started = time.monotonic()
-        print(f"{'t (s)':>6}  " + "  ".join(
-            f"{'node ' + str(i) + ' wal/snapshot/appended (MB)':>36}" for i in (1, 2, 3)))
-        while procs["bench"].poll() is None and time.monotonic() - started < seconds + 180:
-            time.sleep(args.sample)
-            row = {"t": round(time.monotonic() - started, 1)}
-            for i in (1, 2, 3):
-                node_dir = directory / "data" / f"node-{i}"
-                row[i] = {"wal": size(node_dir / WAL_FILE),
-                          "snapshot": size(node_dir / SNAPSHOT_FILE),
-                          "appended": wal_bytes_appended(ports[3 * (i - 1) + 2])}
-            samples.append(row)
-            mb = lambda b: f"{b / 1e6:9.2f}" if b is not None else f"{'?':>9}"  # noqa: E731
-            print(f"{row['t']:6.0f}  " + "  ".join(
-                f"{mb(row[i]['wal'])} {mb(row[i]['snapshot'])} {mb(row[i]['appended'])}      "
-                for i in (1, 2, 3)), flush=True)
+        sample_until_done(procs["bench"], directory, ports, seconds, args.sample, samples)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs.values(), grace=15)
     bench = json.loads(bench_json.read_text()) if bench_json.exists() else {}
-    summary = {}
-    for i in (1, 2, 3):
-        wal = [s[i]["wal"] for s in samples]
-        appended = [s[i]["appended"] for s in samples if s[i]["appended"] is not None]
-        summary[i] = {"wal_max": max(wal, default=0), "wal_last": wal[-1] if wal else 0,
-                      "snapshot_last": samples[-1][i]["snapshot"] if samples else 0,
-                      "appended_total": max(appended, default=0)}
+    summary = summarize(samples)
     print()
     print(f"{args.minutes:g} minutes, snapshot every {args.snapshot_every} slots, "
           f"{bench.get('commits_per_s', 0):,.0f} commits/s "
@@ -155,6 +93,59 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary, "bench": {k: bench.get(k) for k in (
                 "commits", "commits_per_s", "latency_ms")}}, indent=2, default=str) + "\n")
     return 0 if samples else 1
+
+
+def write_config(directory: Path, ports: list[int], snapshot_every: int) -> Path:
+    """The 3-node cluster's file (timing and batching from etc/paxosd.yaml, a metrics address
+    per node), written in ``directory``."""
+    base = yaml.safe_load((REPO / "etc" / "paxosd.yaml").read_text())
+    doc = {
+        "cluster": "compaction",
+        "members": {i: {"peer": f"127.0.0.1:{ports[3 * (i - 1)]}",
+                        "client": f"127.0.0.1:{ports[3 * (i - 1) + 1]}",
+                        "metrics": f"127.0.0.1:{ports[3 * (i - 1) + 2]}"} for i in (1, 2, 3)},
+        "data_dir": str(directory / "data"),
+        "timing": base["timing"],
+        "batching": base["batching"],
+        "storage": {"fsync": True, "snapshot_every_slots": snapshot_every},
+    }
+    config = directory / "cluster.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return config
+
+
+def sample_until_done(bench: subprocess.Popen, directory: Path, ports: list[int],
+                      seconds: float, every: float, samples: list[dict]) -> None:
+    """Every ``every`` seconds until the bench process ends (or 180 s past its duration),
+    append each node's WAL, snapshot and appended sizes to ``samples`` and print a line."""
+    started = time.monotonic()
+    print(f"{'t (s)':>6}  " + "  ".join(
+        f"{'node ' + str(i) + ' wal/snapshot/appended (MB)':>36}" for i in (1, 2, 3)))
+    while bench.poll() is None and time.monotonic() - started < seconds + 180:
+        time.sleep(every)
+        row = {"t": round(time.monotonic() - started, 1)}
+        for i in (1, 2, 3):
+            node_dir = directory / "data" / f"node-{i}"
+            row[i] = {"wal": size(node_dir / WAL_FILE),
+                      "snapshot": size(node_dir / SNAPSHOT_FILE),
+                      "appended": wal_bytes_appended(ports[3 * (i - 1) + 2])}
+        samples.append(row)
+        mb = lambda b: f"{b / 1e6:9.2f}" if b is not None else f"{'?':>9}"  # noqa: E731
+        print(f"{row['t']:6.0f}  " + "  ".join(
+            f"{mb(row[i]['wal'])} {mb(row[i]['snapshot'])} {mb(row[i]['appended'])}      "
+            for i in (1, 2, 3)), flush=True)
+
+
+def summarize(samples: list[dict]) -> dict:
+    """Per node: the WAL's largest and last size, the last snapshot size, the bytes appended."""
+    summary = {}
+    for i in (1, 2, 3):
+        wal = [s[i]["wal"] for s in samples]
+        appended = [s[i]["appended"] for s in samples if s[i]["appended"] is not None]
+        summary[i] = {"wal_max": max(wal, default=0), "wal_last": wal[-1] if wal else 0,
+                      "snapshot_last": samples[-1][i]["snapshot"] if samples else 0,
+                      "appended_total": max(appended, default=0)}
+    return summary
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -29,22 +28,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.tools.bench import machine  # noqa: E402
-from tests.ports import free_ports  # noqa: E402
+from daemon.tools.bench import machine, scrape_metric, stop_processes  # noqa: E402
+from daemon.tools.ports import free_ports  # noqa: E402
 
 METRIC = "paxosd_proposals_applied_total"
 
 
 def applied(port: int) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(METRIC + " "):
-            return float(line.split()[1])
-    return None
+    return scrape_metric(port, METRIC)
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -65,41 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the samples, events and summary here")
     args = parser.parse_args(argv)
 
-    base = yaml.safe_load((REPO / "etc" / "paxosd.yaml").read_text())
     directory = Path(tempfile.mkdtemp(prefix="paxosd-replace-"))
     ports = free_ports(12)
-    members = {i: {"peer": f"127.0.0.1:{ports[3 * (i - 1)]}",
-                   "client": f"127.0.0.1:{ports[3 * (i - 1) + 1]}",
-                   "metrics": f"127.0.0.1:{ports[3 * (i - 1) + 2]}"} for i in (1, 2, 3, 4)}
-    members[4]["join"] = True
-    doc = {"cluster": "replace", "members": members, "data_dir": str(directory / "data"),
-           "timing": base["timing"], "batching": base["batching"],
-           "storage": {"fsync": True, "snapshot_every_slots": args.snapshot_every}}
-    config = directory / "cluster.yaml"
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    config, members = write_config(directory, ports, args.snapshot_every)
     procs: dict = {}
     samples: list[tuple[float, float]] = []
-    events: list[tuple[float, str]] = []
+    timeline = Timeline()
     bench_json = directory / "bench.json"
     bench_plot = (str(Path(args.plot).with_name(Path(args.plot).stem + "-bench.png"))
                   if args.plot else None)
-    started = time.monotonic()
-
-    def event(text: str) -> None:
-        t = time.monotonic() - started
-        events.append((round(t, 2), text))
-        print(f"{t:7.2f} s  {text}", flush=True)
-
-    def serve(i: int, *extra: str) -> None:
-        with open(directory / f"node-{i}.log", "ab") as log:
-            procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.tools.cli", "serve", "--config", str(config),
-                 "--node-id", str(i), *extra], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
     try:
         for i in (1, 2, 3):
-            serve(i)
-        serve(4, "--join")
+            serve(procs, directory, config, i)
+        serve(procs, directory, config, 4, "--join")
         bench = [sys.executable, "-m", "daemon.tools.cli", "bench", "--config", str(config),
                  "--duration", str(args.seconds), "--warmup", "1", "--clients", str(args.clients),
                  "--in-flight", str(args.in_flight), "--value-size", str(args.value_size),
@@ -107,55 +76,101 @@ def main(argv: list[str] | None = None) -> int:
                                                           else [])
         procs["bench"] = subprocess.Popen(bench, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, cwd=REPO)
-        started = time.monotonic()
-        event("bench started against nodes 1, 2, 3")
-        node2 = ports[3 * 1 + 2]
-        stage = 0
-        next_sample = started
-        end = started + args.seconds + 15
-        while procs["bench"].poll() is None and time.monotonic() < end:
-            now = time.monotonic()
-            if now >= next_sample:
-                value = applied(node2)
-                if value is not None:
-                    samples.append((round(now - started, 3), value))
-                next_sample += args.sample
-            t = now - started
-            if stage == 0 and t >= 0.25 * args.seconds:
-                stage = 1
-                r = cli(config, "member", "add", "4", members[4]["peer"], members[4]["client"])
-                event("member add 4: " + (r.stdout.split(";")[0].strip() if r.returncode == 0
-                                          else "FAILED " + r.stderr.strip()))
-            elif stage == 1:
-                r = cli(config, "member", "list", "--json")
-                if r.returncode == 0 and any(m["id"] == 4 and m["voter"]
-                                             for m in json.loads(r.stdout)["members"]):
-                    stage = 2
-                    event("node 4 is a voter")
-            elif stage == 2 and t >= 0.5 * args.seconds:
-                stage = 3
-                st = cli(config, "status", "--json")
-                led = st.returncode == 0 and any(
-                    s.get("id") == 1 and s.get("role") == "leader" for s in json.loads(st.stdout))
-                r = cli(config, "member", "remove", "1")
-                event(f"member remove 1 (node 1 {'led' if led else 'did not lead'}): "
-                      + (r.stdout.strip() if r.returncode == 0 else "FAILED " + r.stderr.strip()))
-                procs[1].terminate()
-                procs[1].wait(timeout=15)
-                event("node 1 stopped")
-            time.sleep(min(0.05, max(0.0, next_sample - time.monotonic())))
-        event("bench finished")
+        timeline.start()
+        timeline.event("bench started against nodes 1, 2, 3")
+        replace_node_1(procs, config, members, ports, args, timeline, samples)
+        timeline.event("bench finished")
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs.values(), grace=15)
     bench_report = json.loads(bench_json.read_text()) if bench_json.exists() else {}
+    return report(args, samples, timeline.events, bench_report, bench_plot)
+
+
+class Timeline:
+    """The scenario's events, each with its time since ``start``, printed as they happen."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.events: list[tuple[float, str]] = []
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def event(self, text: str) -> None:
+        t = time.monotonic() - self.started
+        self.events.append((round(t, 2), text))
+        print(f"{t:7.2f} s  {text}", flush=True)
+
+
+def write_config(directory: Path, ports: list[int], snapshot_every: int) -> tuple[Path, dict]:
+    """The file of nodes 1, 2, 3 and of node 4, which joins (timing and batching from
+    etc/paxosd.yaml, a metrics address per node); returns its path and the members."""
+    base = yaml.safe_load((REPO / "etc" / "paxosd.yaml").read_text())
+    members = {i: {"peer": f"127.0.0.1:{ports[3 * (i - 1)]}",
+                   "client": f"127.0.0.1:{ports[3 * (i - 1) + 1]}",
+                   "metrics": f"127.0.0.1:{ports[3 * (i - 1) + 2]}"} for i in (1, 2, 3, 4)}
+    members[4]["join"] = True
+    doc = {"cluster": "replace", "members": members, "data_dir": str(directory / "data"),
+           "timing": base["timing"], "batching": base["batching"],
+           "storage": {"fsync": True, "snapshot_every_slots": snapshot_every}}
+    config = directory / "cluster.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return config, members
+
+
+def serve(procs: dict, directory: Path, config: Path, i: int, *extra: str) -> None:
+    """Start node ``i`` (its output appended to node-i.log) and record it in ``procs``."""
+    with open(directory / f"node-{i}.log", "ab") as log:
+        procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "daemon.tools.cli", "serve", "--config", str(config),
+             "--node-id", str(i), *extra], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def replace_node_1(procs: dict, config: Path, members: dict, ports: list[int], args,
+                   timeline: Timeline, samples: list) -> None:
+    """While the bench runs: add node 4 at a quarter of the time, wait until it votes, remove
+    node 1 at half the time and stop it; sample node 2's applied count all along."""
+    node2 = ports[3 * 1 + 2]
+    stage = 0
+    started = next_sample = timeline.started
+    end = started + args.seconds + 15
+    while procs["bench"].poll() is None and time.monotonic() < end:
+        now = time.monotonic()
+        if now >= next_sample:
+            value = applied(node2)
+            if value is not None:
+                samples.append((round(now - started, 3), value))
+            next_sample += args.sample
+        t = now - started
+        if stage == 0 and t >= 0.25 * args.seconds:
+            stage = 1
+            r = cli(config, "member", "add", "4", members[4]["peer"], members[4]["client"])
+            timeline.event("member add 4: " + (r.stdout.split(";")[0].strip() if r.returncode == 0
+                                               else "FAILED " + r.stderr.strip()))
+        elif stage == 1:
+            r = cli(config, "member", "list", "--json")
+            if r.returncode == 0 and any(m["id"] == 4 and m["voter"]
+                                         for m in json.loads(r.stdout)["members"]):
+                stage = 2
+                timeline.event("node 4 is a voter")
+        elif stage == 2 and t >= 0.5 * args.seconds:
+            stage = 3
+            st = cli(config, "status", "--json")
+            led = st.returncode == 0 and any(
+                s.get("id") == 1 and s.get("role") == "leader" for s in json.loads(st.stdout))
+            r = cli(config, "member", "remove", "1")
+            timeline.event(f"member remove 1 (node 1 {'led' if led else 'did not lead'}): "
+                           + (r.stdout.strip() if r.returncode == 0
+                              else "FAILED " + r.stderr.strip()))
+            procs[1].terminate()
+            procs[1].wait(timeout=15)
+            timeline.event("node 1 stopped")
+        time.sleep(min(0.05, max(0.0, next_sample - time.monotonic())))
+
+
+def report(args, samples: list, events: list, bench_report: dict, bench_plot: str | None) -> int:
+    """Print the applied rate per phase (and plot, and write JSON when asked); 0 if node 4
+    became a voter and node 1 was removed."""
     rates = [((t0 + t1) / 2, (v1 - v0) / (t1 - t0))
              for (t0, v0), (t1, v1) in zip(samples, samples[1:]) if t1 > t0]
     marks = {text.split(":")[0]: t for t, text in events}

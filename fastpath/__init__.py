@@ -3,12 +3,16 @@
 Public surface (see fastpath/_fastpath.pyx for the contracts):
 
 - ballots: ``ballot_pack``, ``ballot_round``, ``ballot_node``, ``ballot_next``,
-  ``BALLOT_NONE``, ``BALLOT_CHOSEN``, ``MAX_ROUND``, ``MAX_NODE``
+  ``BALLOT_NONE``, ``BALLOT_CHOSEN``, ``MAX_ROUND``, ``MAX_NODE``, ``MAX_BALLOT``
+- limits, defined here once and used by the wire codec: ``U64_MAX``, ``SLOT_LIMIT``,
+  ``MAX_DEPTH``, ``MAX_FRAME_LENGTH``, ``DEFAULT_MAX_FRAME``
+- command operation codes: ``OP_PUT``, ``OP_DELETE``, ``OP_CAS`` (and ``OP_READ``, a read's
+  entry in a client op table; never in a batch)
 - ``QuorumTracker``: per in-flight slot, the acceptors that accepted at the current ballot
 - ``SlotWindow``: the ring of in-flight slots and their batches
 - frame codec: ``encode_frame``, ``encode_frames``, ``FrameReader``, ``dumps``, ``loads``,
-  ``FrameError``, ``FrameTooLarge``, ``DEFAULT_MAX_FRAME``
-- per-batch helpers for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
+  ``FrameError``, ``FrameTooLarge``
+- per-batch loops for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
   from its bytes), ``split_requests`` (a client frame's plain requests), ``apply_commands`` (a
   batch applied to the key-value store)
 
@@ -16,12 +20,21 @@ There is no pure-Python fallback: a missing extension is a build error, said lou
 """
 
 try:
-    from fastpath._fastpath import (  # noqa: F401
+    from fastpath._fastpath import (
         BALLOT_CHOSEN,
         BALLOT_NONE,
         DEFAULT_MAX_FRAME,
+        MAX_BALLOT,
+        MAX_DEPTH,
+        MAX_FRAME_LENGTH,
         MAX_NODE,
         MAX_ROUND,
+        OP_CAS,
+        OP_DELETE,
+        OP_PUT,
+        OP_READ,
+        SLOT_LIMIT,
+        U64_MAX,
         FrameError,
         FrameReader,
         FrameTooLarge,
@@ -50,8 +63,17 @@ __all__ = [
     "BALLOT_CHOSEN",
     "BALLOT_NONE",
     "DEFAULT_MAX_FRAME",
+    "MAX_BALLOT",
+    "MAX_DEPTH",
+    "MAX_FRAME_LENGTH",
     "MAX_NODE",
     "MAX_ROUND",
+    "OP_CAS",
+    "OP_DELETE",
+    "OP_PUT",
+    "OP_READ",
+    "SLOT_LIMIT",
+    "U64_MAX",
     "FrameError",
     "FrameReader",
     "FrameTooLarge",

@@ -8,15 +8,24 @@ skipping argument conversion; the Python-visible methods are thin wrappers aroun
 from libc.stdint cimport int64_t, uint64_t
 
 
+# The operation codes of a command (client_id, seq, op, key, arg1, arg2), declared here once:
+# fastpath exports them as OP_*, and daemon.core.messages takes them from there.
+cdef enum:
+    C_OP_READ = 0     # not a command: a read's entry in the client op table (split_requests)
+    C_OP_PUT = 1      # arg1: the value (bytes), arg2: null
+    C_OP_DELETE = 2   # arg1, arg2: null
+    C_OP_CAS = 3      # arg1: the expected value (bytes, or null for "absent"), arg2: the new one
+
+
 cdef class QuorumTracker:
     """Per in-flight slot, the bit mask of members that accepted it at the current ballot."""
 
-    cdef uint64_t *_ring        # calloc'd, _capacity cells; slot s lives at s % _capacity
-    cdef Py_ssize_t _capacity
-    cdef int _members           # 1..64
-    cdef int _quorum            # 1.._members
-    cdef uint64_t _ballot       # the ballot whose acks are counted
-    cdef int64_t _commit        # highest slot known to have a quorum (contiguously)
+    cdef uint64_t *_ring        # calloc'd, capacity cells; slot s lives at s % capacity
+    cdef readonly Py_ssize_t capacity   # slots tracked beyond commit_index
+    cdef readonly int members           # acceptors, 1..64
+    cdef readonly int quorum            # acks a slot needs to count as chosen, 1..members
+    cdef readonly uint64_t ballot       # the ballot whose acks are counted
+    cdef readonly int64_t commit_index  # every slot <= it reached a quorum (or preceded reset)
 
     cdef int64_t c_record(self, int member, uint64_t ballot, int64_t first_slot,
                           int64_t last_slot) noexcept
@@ -26,10 +35,10 @@ cdef class QuorumTracker:
 cdef class SlotWindow:
     """The ring of in-flight slots [first_slot, next_slot) and their batches."""
 
-    cdef list _ring             # _capacity object references; slot s lives at s % _capacity
-    cdef Py_ssize_t _capacity
-    cdef int64_t _first         # first unchosen slot
-    cdef int64_t _next          # next slot to open
+    cdef list _ring             # capacity object references; slot s lives at s % capacity
+    cdef readonly Py_ssize_t capacity   # the most slots in flight at once
+    cdef readonly int64_t first_slot    # the first unchosen slot
+    cdef readonly int64_t next_slot     # the slot the next open uses
 
     cdef int64_t c_open(self, object batch) except -1
     cdef list c_advance(self, int64_t commit_index)

@@ -20,15 +20,22 @@ Contracts in brief (each function and class says exactly what it promises):
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Check, PyDict_SetItem
-from cpython.list cimport PyList_Check, PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_Check, PyBytes_CheckExact,
+                            PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.dict cimport (PyDict_Check, PyDict_DelItem, PyDict_GetItem, PyDict_Next,
+                           PyDict_SetItem, PyDict_Size)
+from cpython.list cimport (PyList_Check, PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE,
+                           PyList_New, PyList_SET_ITEM)
+from cpython.long cimport (PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_CheckExact,
+                           PyLong_FromUnsignedLongLong)
 from cpython.memoryview cimport PyMemoryView_Check
 from cpython.number cimport PyNumber_Index
+from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_DecodeUTF8
+from cpython.tuple cimport (PyTuple_Check, PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE,
+                            PyTuple_New, PyTuple_SET_ITEM)
+from cpython.unicode cimport (PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_CheckExact,
+                              PyUnicode_DecodeUTF8)
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
@@ -53,22 +60,38 @@ cdef extern from *:
 # ---------------------------------------------------------------------------------------------
 # Constants
 
-BALLOT_NONE = 0
-BALLOT_CHOSEN = 0xFFFFFFFFFFFFFFFF
-MAX_ROUND = (1 << 48) - 2
-MAX_NODE = (1 << 16) - 1
-SLOT_LIMIT = 1 << 62
-MAX_DEPTH = 64
-DEFAULT_MAX_FRAME = 64 * 1024 * 1024
-MAX_FRAME_LENGTH = 0xFFFFFFFF  # the largest length a 4-byte header can announce
+# Each limit is defined once, as a C value; the Python name is that value. daemon.codec.wire and
+# daemon.core.messages import the Python names, so the wire's ranges are these.
 
-cdef uint64_t C_BALLOT_CHOSEN = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t C_BALLOT_CHOSEN = C_U64_MAX
 cdef uint64_t C_MAX_ROUND = (1ULL << 48) - 2
 cdef uint64_t C_MAX_NODE = 0xFFFF
+# The highest ballot a proposer can hold: round MAX_ROUND of node MAX_NODE. BALLOT_CHOSEN, above
+# it, appears only as the ballot of a Promise entry ("known chosen").
+cdef uint64_t C_MAX_BALLOT = (C_MAX_ROUND << 16) | C_MAX_NODE
 cdef int64_t C_SLOT_LIMIT = 1LL << 62
 cdef int C_MAX_DEPTH = 64
-cdef uint64_t C_MAX_FRAME_LENGTH = 0xFFFFFFFFULL
+cdef uint64_t C_MAX_FRAME_LENGTH = 0xFFFFFFFFULL  # the largest length a 4-byte header can announce
 cdef Py_ssize_t C_BUFFER_KEEP = 1 << 20  # FrameReader keeps an idle buffer up to this size
+
+U64_MAX = C_U64_MAX
+BALLOT_NONE = 0
+BALLOT_CHOSEN = C_BALLOT_CHOSEN
+MAX_ROUND = C_MAX_ROUND
+MAX_NODE = C_MAX_NODE
+MAX_BALLOT = C_MAX_BALLOT
+SLOT_LIMIT = C_SLOT_LIMIT
+MAX_DEPTH = C_MAX_DEPTH
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME_LENGTH = C_MAX_FRAME_LENGTH
+# The command operations (declared in _fastpath.pxd; daemon.core.messages names them for the
+# protocol). OP_READ is no command: it stands for a read in the client op table split_requests
+# is given, and never appears in a batch.
+OP_READ = C_OP_READ
+OP_PUT = C_OP_PUT
+OP_DELETE = C_OP_DELETE
+OP_CAS = C_OP_CAS
 
 
 class FrameError(ValueError):
@@ -191,6 +214,8 @@ cdef class QuorumTracker:
 
     ``QuorumTracker(members, quorum, capacity)``: 1 <= members <= 64, 1 <= quorum <= members,
     capacity >= 1 (ValueError otherwise). Starts at ballot BALLOT_NONE, commit_index 0.
+    ``members``, ``quorum``, ``capacity``, ``ballot`` and ``commit_index`` are read-only
+    attributes.
     """
 
     def __cinit__(self, members, quorum, capacity):
@@ -202,40 +227,15 @@ cdef class QuorumTracker:
         self._ring = <uint64_t *>calloc(<size_t>c, sizeof(uint64_t))
         if self._ring == NULL:
             raise MemoryError(f"QuorumTracker: cannot allocate {c} slots")
-        self._members = <int>m
-        self._quorum = <int>q
-        self._capacity = <Py_ssize_t>c
-        self._ballot = 0
-        self._commit = 0
+        self.members = <int>m
+        self.quorum = <int>q
+        self.capacity = <Py_ssize_t>c
+        self.ballot = 0
+        self.commit_index = 0
 
     def __dealloc__(self):
         free(self._ring)
         self._ring = NULL
-
-    @property
-    def members(self):
-        """Number of members (acceptors), 1..64."""
-        return self._members
-
-    @property
-    def quorum(self):
-        """Acks needed for a slot to count as chosen."""
-        return self._quorum
-
-    @property
-    def capacity(self):
-        """Number of slots tracked beyond commit_index."""
-        return self._capacity
-
-    @property
-    def ballot(self):
-        """The ballot whose acks are counted."""
-        return self._ballot
-
-    @property
-    def commit_index(self):
-        """Every slot <= commit_index reached a quorum (or preceded the last reset)."""
-        return self._commit
 
     def reset(self, ballot, commit_index):
         """Forget every ack; count acks at ``ballot`` for slots from ``commit_index + 1`` on.
@@ -244,9 +244,9 @@ cdef class QuorumTracker:
         """
         cdef uint64_t b = _ballot_arg(ballot)
         cdef int64_t ci = _ranged(commit_index, 0, C_SLOT_LIMIT, "commit_index")
-        memset(self._ring, 0, <size_t>self._capacity * sizeof(uint64_t))
-        self._ballot = b
-        self._commit = ci
+        memset(self._ring, 0, <size_t>self.capacity * sizeof(uint64_t))
+        self.ballot = b
+        self.commit_index = ci
 
     def record(self, member, ballot, first_slot, last_slot):
         """Member index ``member`` accepted slots ``first_slot..last_slot`` at ``ballot``.
@@ -256,7 +256,7 @@ cdef class QuorumTracker:
         tracked, then commit_index advances over every leading slot with >= quorum acks.
         Returns the new commit_index if it moved, else -1.
         """
-        cdef int64_t m = _ranged(member, 0, self._members - 1, "member")
+        cdef int64_t m = _ranged(member, 0, self.members - 1, "member")
         cdef uint64_t b = 0
         cdef int ok = _to_u64(ballot, &b)
         cdef int64_t lo = _clamped_i64(first_slot)
@@ -269,12 +269,12 @@ cdef class QuorumTracker:
                           int64_t last_slot) noexcept:
         """``record`` on C values; requires 0 <= member < members."""
         cdef uint64_t *ring = self._ring
-        cdef Py_ssize_t cap = self._capacity
-        cdef int64_t start = self._commit
+        cdef Py_ssize_t cap = self.capacity
+        cdef int64_t start = self.commit_index
         cdef int64_t lo, hi, n
         cdef Py_ssize_t idx
         cdef uint64_t bit
-        if ballot != self._ballot:
+        if ballot != self.ballot:
             return -1
         lo = first_slot if first_slot > start + 1 else start + 1
         hi = last_slot if last_slot < start + cap else start + cap
@@ -292,19 +292,19 @@ cdef class QuorumTracker:
         # Slide over the leading slots that now have a quorum; each freed cell becomes the
         # (empty) cell of the slot entering the window at its end.
         idx = <Py_ssize_t>((start + 1) % cap)
-        while fp_popcount64(ring[idx]) >= self._quorum:
+        while fp_popcount64(ring[idx]) >= self.quorum:
             ring[idx] = 0
-            self._commit += 1
+            self.commit_index += 1
             idx += 1
             if idx == cap:
                 idx = 0
-        return self._commit if self._commit != start else -1
+        return self.commit_index if self.commit_index != start else -1
 
     cdef uint64_t c_acked(self, int64_t slot) noexcept:
         """``acked`` on a C slot number."""
-        if slot <= self._commit or slot > self._commit + self._capacity:
+        if slot <= self.commit_index or slot > self.commit_index + self.capacity:
             return 0
-        return self._ring[slot % self._capacity]
+        return self._ring[slot % self.capacity]
 
     def acked(self, slot):
         """The ack mask of ``slot`` if it is tracked (commit_index < slot <= commit_index +
@@ -316,9 +316,9 @@ cdef class QuorumTracker:
         return fp_popcount64(self.c_acked(_clamped_i64(slot)))
 
     def __repr__(self):
-        return (f"QuorumTracker(members={self._members}, quorum={self._quorum}, "
-                f"capacity={self._capacity}, ballot={self._ballot}, "
-                f"commit_index={self._commit})")
+        return (f"QuorumTracker(members={self.members}, quorum={self.quorum}, "
+                f"capacity={self.capacity}, ballot={self.ballot}, "
+                f"commit_index={self.commit_index})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,34 +332,20 @@ cdef class SlotWindow:
     ``capacity`` references indexed by ``slot % capacity``) until ``advance`` releases them.
 
     ``SlotWindow(capacity)``: capacity >= 1 (ValueError otherwise). Starts empty at slot 1.
+    ``capacity``, ``first_slot`` and ``next_slot`` are read-only attributes.
     """
 
     def __cinit__(self, capacity):
         cdef int64_t c = _ranged(capacity, 1, INT64_MAX, "capacity")
         self._ring = [None] * c
-        self._capacity = <Py_ssize_t>c
-        self._first = 1
-        self._next = 1
-
-    @property
-    def capacity(self):
-        """The most slots that may be in flight at once."""
-        return self._capacity
-
-    @property
-    def first_slot(self):
-        """The first unchosen slot."""
-        return self._first
-
-    @property
-    def next_slot(self):
-        """The slot the next ``open`` will use."""
-        return self._next
+        self.capacity = <Py_ssize_t>c
+        self.first_slot = 1
+        self.next_slot = 1
 
     @property
     def in_flight(self):
         """``next_slot - first_slot``: the number of open slots."""
-        return self._next - self._first
+        return self.next_slot - self.first_slot
 
     def reset(self, first_slot):
         """Drop every open slot and batch; both first_slot and next_slot become ``first_slot``.
@@ -368,14 +354,14 @@ cdef class SlotWindow:
         """
         cdef int64_t f = _ranged(first_slot, 1, C_SLOT_LIMIT, "first_slot")
         cdef int64_t s
-        for s in range(self._first, self._next):
-            self._ring[<Py_ssize_t>(s % self._capacity)] = None
-        self._first = f
-        self._next = f
+        for s in range(self.first_slot, self.next_slot):
+            self._ring[<Py_ssize_t>(s % self.capacity)] = None
+        self.first_slot = f
+        self.next_slot = f
 
     def has_room(self):
         """True if another slot may be opened (in_flight < capacity)."""
-        return self._next - self._first < self._capacity
+        return self.next_slot - self.first_slot < self.capacity
 
     def open(self, batch):
         """Store ``batch`` in slot next_slot, return that slot and move next_slot on by one.
@@ -386,23 +372,23 @@ cdef class SlotWindow:
 
     cdef int64_t c_open(self, object batch) except -1:
         """``open``; returns the slot (>= 1)."""
-        cdef int64_t slot = self._next
-        if slot - self._first >= self._capacity:
+        cdef int64_t slot = self.next_slot
+        if slot - self.first_slot >= self.capacity:
             raise OverflowError(
-                f"slot window full: {slot - self._first} slots in flight "
-                f"[{self._first}, {slot}), capacity {self._capacity}")
-        self._ring[<Py_ssize_t>(slot % self._capacity)] = batch
-        self._next = slot + 1
+                f"slot window full: {slot - self.first_slot} slots in flight "
+                f"[{self.first_slot}, {slot}), capacity {self.capacity}")
+        self._ring[<Py_ssize_t>(slot % self.capacity)] = batch
+        self.next_slot = slot + 1
         return slot
 
     def get(self, slot):
         """The batch of open slot ``slot`` (first_slot <= slot < next_slot); KeyError naming the
         slot and the open range otherwise."""
         cdef int64_t s = 0
-        if _to_i64(slot, &s) != 0 or s < self._first or s >= self._next:
+        if _to_i64(slot, &s) != 0 or s < self.first_slot or s >= self.next_slot:
             raise KeyError(f"slot {slot!r} is not open: open slots are "
-                           f"[{self._first}, {self._next})")
-        return self._ring[<Py_ssize_t>(s % self._capacity)]
+                           f"[{self.first_slot}, {self.next_slot})")
+        return self._ring[<Py_ssize_t>(s % self.capacity)]
 
     def advance(self, commit_index):
         """Release the slots ``first_slot..min(commit_index, next_slot - 1)``: return their
@@ -412,30 +398,30 @@ cdef class SlotWindow:
 
     cdef list c_advance(self, int64_t commit_index):
         """``advance`` on a C commit index."""
-        cdef int64_t upto = commit_index if commit_index < self._next - 1 else self._next - 1
+        cdef int64_t upto = commit_index if commit_index < self.next_slot - 1 else self.next_slot - 1
         cdef Py_ssize_t n, i, idx
         cdef list ring = self._ring
         cdef list out
         cdef object item
-        if upto < self._first:
+        if upto < self.first_slot:
             return []
-        n = <Py_ssize_t>(upto - self._first + 1)
+        n = <Py_ssize_t>(upto - self.first_slot + 1)
         out = PyList_New(n)
-        idx = <Py_ssize_t>(self._first % self._capacity)
+        idx = <Py_ssize_t>(self.first_slot % self.capacity)
         for i in range(n):
             item = <object>PyList_GET_ITEM(ring, idx)
             Py_INCREF(item)
             PyList_SET_ITEM(out, i, item)
             ring[idx] = None
             idx += 1
-            if idx == self._capacity:
+            if idx == self.capacity:
                 idx = 0
-        self._first = upto + 1
+        self.first_slot = upto + 1
         return out
 
     def __repr__(self):
-        return (f"SlotWindow(capacity={self._capacity}, first_slot={self._first}, "
-                f"next_slot={self._next})")
+        return (f"SlotWindow(capacity={self.capacity}, first_slot={self.first_slot}, "
+                f"next_slot={self.next_slot})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,9 +433,19 @@ cdef struct _Out:
     Py_ssize_t cap
 
 
+cdef int _resize(unsigned char **buf, Py_ssize_t *size, Py_ssize_t cap, str failure) except -1:
+    """Reallocate ``*buf`` to ``cap`` bytes and store ``cap`` in ``*size``; MemoryError saying
+    ``failure`` and the size if there is no memory (``*buf`` is then unchanged)."""
+    cdef unsigned char *p = <unsigned char *>realloc(buf[0], <size_t>cap)
+    if p == NULL:
+        raise MemoryError(f"{failure} {cap} bytes")
+    buf[0] = p
+    size[0] = cap
+    return 0
+
+
 cdef int _out_grow(_Out *o, Py_ssize_t extra) except -1:
     cdef Py_ssize_t need, cap
-    cdef unsigned char *p
     if extra > <Py_ssize_t>(<size_t>-1 >> 1) - o.len:
         raise MemoryError("output too large")
     need = o.len + extra
@@ -458,12 +454,7 @@ cdef int _out_grow(_Out *o, Py_ssize_t extra) except -1:
         cap = need
     if cap < 256:
         cap = 256
-    p = <unsigned char *>realloc(o.data, <size_t>cap)
-    if p == NULL:
-        raise MemoryError(f"cannot grow the output buffer to {cap} bytes")
-    o.data = p
-    o.cap = cap
-    return 0
+    return _resize(&o.data, &o.cap, cap, "cannot grow the output buffer to")
 
 
 cdef inline int _out_reserve(_Out *o, Py_ssize_t extra) except -1:
@@ -671,14 +662,17 @@ cdef struct _In:
     Py_ssize_t pos
 
 
-cdef object _decode(_In *d, int depth):
-    """Decode the item at ``d.pos`` and move past it; ``depth`` = enclosing containers."""
+cdef object _decode(_In *d, int depth, bint tuples):
+    """Decode the item at ``d.pos`` and move past it; ``depth`` = enclosing containers.
+
+    ``tuples``: arrays become tuples and maps are refused (FrameError), as the hot-path
+    decoders below want them; else arrays become lists and maps dicts (``loads``).
+    """
     cdef Py_ssize_t start = d.pos
-    cdef Py_ssize_t rem, i, kstart
+    cdef Py_ssize_t rem, i
     cdef unsigned char ib, major, info
     cdef int nb
     cdef uint64_t v
-    cdef object item, key, result
     if start >= d.n:
         raise FrameError(f"truncated input: expected a data item at offset {start}")
     ib = d.p[start]
@@ -736,22 +730,41 @@ cdef object _decode(_In *d, int depth):
         if v > <uint64_t>rem:  # every item takes at least one byte
             raise FrameError(f"truncated input: array of {v} items at offset {start}, "
                              f"{rem} bytes remain")
-        result = PyList_New(<Py_ssize_t>v)
-        for i in range(<Py_ssize_t>v):
-            item = _decode(d, depth + 1)
-            Py_INCREF(item)
-            PyList_SET_ITEM(result, i, item)
-        return result
+        return _decode_items(d, <Py_ssize_t>v, depth + 1, tuples)
+    if tuples:
+        raise FrameError(f"a map at offset {start}, where the hot-path decoders take none")
     if v > <uint64_t>(rem // 2):  # every pair takes at least two bytes
         raise FrameError(f"truncated input: map of {v} pairs at offset {start}, "
                          f"{rem} bytes remain")
-    result = {}
-    for i in range(<Py_ssize_t>v):
+    return _decode_pairs(d, <Py_ssize_t>v, depth + 1)
+
+
+cdef object _decode_items(_In *d, Py_ssize_t n, int depth, bint tuples):
+    """The ``n`` items of an array, at ``depth``: a tuple if ``tuples``, else a list."""
+    cdef Py_ssize_t i
+    cdef object item
+    cdef object result = PyTuple_New(n) if tuples else PyList_New(n)
+    for i in range(n):
+        item = _decode(d, depth, tuples)
+        Py_INCREF(item)  # the SET_ITEM macros steal a reference
+        if tuples:
+            PyTuple_SET_ITEM(result, i, item)
+        else:
+            PyList_SET_ITEM(result, i, item)
+    return result
+
+
+cdef dict _decode_pairs(_In *d, Py_ssize_t n, int depth):
+    """The ``n`` key/value pairs of a map, at ``depth``, as a dict."""
+    cdef Py_ssize_t i, kstart
+    cdef object key, item
+    cdef dict result = {}
+    for i in range(n):
         kstart = d.pos
-        key = _decode(d, depth + 1)
+        key = _decode(d, depth, False)
         if type(key) is list or type(key) is dict:
             raise FrameError(f"unhashable map key ({type(key).__name__}) at offset {kstart}")
-        item = _decode(d, depth + 1)
+        item = _decode(d, depth, False)
         PyDict_SetItem(result, key, item)
     return result
 
@@ -773,7 +786,7 @@ def loads(data):
         d.p = <const unsigned char *>view.buf
         d.n = view.len
         d.pos = 0
-        result = _decode(&d, 0)
+        result = _decode(&d, 0, False)
         if d.pos != d.n:
             raise FrameError(f"trailing bytes: {d.n - d.pos} bytes after the item "
                              f"at offset {d.pos}")
@@ -880,7 +893,6 @@ cdef class FrameReader:
         """Append ``n`` bytes to the partial frame buffer."""
         cdef Py_ssize_t need = self._len + n
         cdef Py_ssize_t cap
-        cdef unsigned char *p
         if n <= 0:
             return 0
         if need > self._cap:
@@ -891,11 +903,7 @@ cdef class FrameReader:
                 cap = self._want
             if cap < 64:
                 cap = 64
-            p = <unsigned char *>realloc(self._buf, <size_t>cap)
-            if p == NULL:
-                raise MemoryError(f"FrameReader: cannot buffer {cap} bytes")
-            self._buf = p
-            self._cap = cap
+            _resize(&self._buf, &self._cap, cap, "FrameReader: cannot buffer")
         memcpy(self._buf + self._len, data, <size_t>n)
         self._len = need
         return 0
@@ -982,23 +990,6 @@ cdef class FrameReader:
 # Python code (returning None or the items it did not take), so what is accepted, what is
 # refused and every error message stay those of that code (daemon.codec.wire, daemon.core.kv).
 
-from cpython.long cimport PyLong_CheckExact
-from cpython.bytes cimport PyBytes_CheckExact
-from cpython.unicode cimport PyUnicode_CheckExact
-from cpython.list cimport PyList_CheckExact
-from cpython.tuple cimport PyTuple_CheckExact, PyTuple_New, PyTuple_SET_ITEM
-from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_Next, PyDict_Size
-from cpython.object cimport PyObject
-
-cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFFULL
-cdef uint64_t C_MAX_BALLOT = (((1ULL << 48) - 2) << 16) | 0xFFFFULL  # daemon.codec.wire.MAX_BALLOT
-cdef uint64_t C_SLOT_MAX = 1ULL << 62  # daemon.codec.wire.SLOT_MAX
-
-
-class _NotFast(Exception):
-    """Input the fast decoders leave to the general path."""
-
-
 cdef inline int _u64_in(object v, uint64_t lo, uint64_t hi, uint64_t *out) except -1:
     """1 if ``v`` is an int (exactly: not a bool) in [lo, hi], storing it in ``*out``; else 0."""
     cdef int overflow = 0
@@ -1022,87 +1013,25 @@ cdef inline int _u64_in(object v, uint64_t lo, uint64_t hi, uint64_t *out) excep
     return 1
 
 
-cdef object _decode_t(_In *d, int depth):
-    """``_decode`` with arrays as tuples, for the fast paths; raises _NotFast on anything that
-    is not an int, a byte or text string, null, a boolean or an array (and on bad input)."""
-    cdef Py_ssize_t start = d.pos
-    cdef Py_ssize_t rem, i
-    cdef unsigned char ib, major, info
-    cdef int nb
-    cdef uint64_t v
-    cdef object item, result
-    if start >= d.n:
-        raise _NotFast()
-    ib = d.p[start]
-    major = ib >> 5
-    info = ib & 31
-    d.pos = start + 1
-    if major == 7:
-        if info == 20:
-            return False
-        if info == 21:
-            return True
-        if info == 22:
-            return None
-        raise _NotFast()
-    if info < 24:
-        v = info
-    elif info <= 27:
-        nb = 1 << (info - 24)
-        if d.n - d.pos < nb:
-            raise _NotFast()
-        v = _read_be(d.p + d.pos, nb)
-        d.pos += nb
-    else:
-        raise _NotFast()
-    if major == 0:
-        return PyLong_FromUnsignedLongLong(v)
-    if major == 1:
-        if v <= <uint64_t>INT64_MAX:
-            return -1 - <int64_t>v
-        return -1 - PyLong_FromUnsignedLongLong(v)
-    rem = d.n - d.pos
-    if major == 2 or major == 3:
-        if v > <uint64_t>rem:
-            raise _NotFast()
-        i = d.pos
-        d.pos += <Py_ssize_t>v
-        if major == 2:
-            return PyBytes_FromStringAndSize(<const char *>(d.p + i), <Py_ssize_t>v)
-        try:
-            return PyUnicode_DecodeUTF8(<const char *>(d.p + i), <Py_ssize_t>v, "strict")
-        except UnicodeDecodeError:
-            raise _NotFast() from None
-    if major != 4 or depth >= C_MAX_DEPTH or v > <uint64_t>rem:
-        raise _NotFast()
-    result = PyTuple_New(<Py_ssize_t>v)
-    for i in range(<Py_ssize_t>v):
-        item = _decode_t(d, depth + 1)
-        Py_INCREF(item)
-        PyTuple_SET_ITEM(result, i, item)
-    return result
+cdef inline bint _args_ok(uint64_t op, object arg1, object arg2) noexcept:
+    """The arguments operation ``op`` (one of C_OP_*) takes, as _fastpath.pxd declares them."""
+    if op == C_OP_PUT:
+        return PyBytes_CheckExact(arg1) and arg2 is None
+    if op == C_OP_CAS:
+        return (arg1 is None or PyBytes_CheckExact(arg1)) and PyBytes_CheckExact(arg2)
+    return arg1 is None and arg2 is None  # C_OP_DELETE, C_OP_READ
 
 
 cdef inline bint _command_ok(object cmd) except -1:
     """``cmd`` is a valid command tuple (daemon.codec.wire._batch's test)."""
     cdef uint64_t u = 0
-    cdef object op, arg1, arg2
     if not PyTuple_CheckExact(cmd) or PyTuple_GET_SIZE(cmd) != 6:
         return False
-    if not (_u64_in(<object>PyTuple_GET_ITEM(cmd, 0), 0, C_U64_MAX, &u)
+    return (_u64_in(<object>PyTuple_GET_ITEM(cmd, 0), 0, C_U64_MAX, &u)
             and _u64_in(<object>PyTuple_GET_ITEM(cmd, 1), 0, C_U64_MAX, &u)
-            and PyBytes_CheckExact(<object>PyTuple_GET_ITEM(cmd, 3))):
-        return False
-    op = <object>PyTuple_GET_ITEM(cmd, 2)
-    if not _u64_in(op, 1, 3, &u):
-        return False
-    arg1 = <object>PyTuple_GET_ITEM(cmd, 4)
-    arg2 = <object>PyTuple_GET_ITEM(cmd, 5)
-    if u == 1:  # OP_PUT
-        return PyBytes_CheckExact(arg1) and arg2 is None
-    if u == 3:  # OP_CAS
-        return (arg1 is None or PyBytes_CheckExact(arg1)) and PyBytes_CheckExact(arg2)
-    return arg1 is None and arg2 is None  # OP_DELETE
+            and PyBytes_CheckExact(<object>PyTuple_GET_ITEM(cmd, 3))
+            and _u64_in(<object>PyTuple_GET_ITEM(cmd, 2), C_OP_PUT, C_OP_CAS, &u)
+            and _args_ok(u, <object>PyTuple_GET_ITEM(cmd, 4), <object>PyTuple_GET_ITEM(cmd, 5)))
 
 
 def decode_accept(payload, members):
@@ -1127,24 +1056,24 @@ def decode_accept(payload, members):
         if d.n < 2 or d.p[0] != 0x87 or d.p[1] != 0x04:  # [4, ... 6 more]
             return None
         try:
-            obj = _decode_t(&d, 0)
-        except _NotFast:
+            obj = _decode(&d, 0, True)
+        except FrameError:
             return None
         if d.pos != d.n:
             return None
     finally:
         PyBuffer_Release(&view)
     if not (_u64_in(obj[1], 0, C_U64_MAX, &sender) and obj[1] in members
-            and _u64_in(obj[2], 1, C_MAX_BALLOT, &ballot) and (ballot & 0xFFFF) == sender
-            and _u64_in(obj[3], 0, C_SLOT_MAX, &u)
-            and _u64_in(obj[4], 1, C_SLOT_MAX, &first)
+            and _u64_in(obj[2], 1, C_MAX_BALLOT, &ballot) and (ballot & C_MAX_NODE) == sender
+            and _u64_in(obj[3], 0, <uint64_t>C_SLOT_LIMIT, &u)
+            and _u64_in(obj[4], 1, <uint64_t>C_SLOT_LIMIT, &first)
             and _u64_in(obj[6], 0, C_U64_MAX, &u)):
         return None
     batches = obj[5]
     if not PyTuple_CheckExact(batches):
         return None
     n = PyTuple_GET_SIZE(batches)
-    if first + <uint64_t>n - 1 > C_SLOT_MAX:
+    if first + <uint64_t>n - 1 > <uint64_t>C_SLOT_LIMIT:
         return None
     for i in range(n):
         batch = <object>PyTuple_GET_ITEM(batches, i)
@@ -1156,21 +1085,43 @@ def decode_accept(payload, members):
     return (obj[1], obj[2], obj[3], obj[4], batches, obj[6])
 
 
+cdef enum:
+    _MAX_OP_NAMES = 16  # split_requests' op table
+
+
 def split_requests(frame, conn, opcodes):
     """Sort a client frame (a list, as ``loads`` returns it) into the requests the server
     takes without further checks and the rest.
 
-    Returns ``(work, rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)``
-    for each valid "get" and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1,
-    arg2))`` for each valid "put", "delete" and "cas" (valid as ``daemon.codec.wire.decode_request``
-    takes them without its slow path); ``rest`` holds every other item, for the general code.
+    ``opcodes`` (a dict of at most 16 str names, compared in its order) maps each client op
+    name taken here to its OP_* code: OP_READ for a read, the command's op for a write
+    (daemon.codec.wire.CLIENT_OPCODES); a name mapped to anything else is not taken. ValueError
+    for more names, TypeError for None. Returns ``(work,
+    rest)``: ``work`` holds, in frame order, ``(True, (conn, req_id), key)`` for each valid read
+    and ``(False, (conn, req_id), (client_id, seq, opcodes[op], key, arg1, arg2))`` for each
+    valid write (valid as ``daemon.codec.wire.decode_request`` takes them without its slow path);
+    ``rest`` holds every other item, for the general code.
     """
+    cdef dict table = opcodes
     cdef list work = []
     cdef list rest = []
-    cdef list req
-    cdef object obj, op, arg1, arg2, key
+    cdef list req, names = [], codes = []
+    cdef object obj, op, key, name, code
     cdef uint64_t u = 0
-    cdef bint ok, is_get
+    cdef uint64_t ops[_MAX_OP_NAMES]
+    cdef Py_ssize_t k, n = 0
+    if table is None:
+        raise TypeError("split_requests: opcodes must be a dict, not None")
+    # A handful of names, checked once per frame: comparing strings costs less than hashing
+    # each request's op, and each code is a C value by then.
+    for name, code in table.items():
+        if PyUnicode_CheckExact(name) and _u64_in(code, C_OP_READ, C_OP_CAS, &u):
+            if n == _MAX_OP_NAMES:
+                raise ValueError(f"split_requests: more than {_MAX_OP_NAMES} op names")
+            names.append(name)
+            codes.append(code)
+            ops[n] = u
+            n += 1
     for obj in frame:
         if PyList_CheckExact(obj) and PyList_GET_SIZE(obj) == 7:
             req = <list>obj
@@ -1179,26 +1130,18 @@ def split_requests(frame, conn, opcodes):
             if (_u64_in(req[0], 0, C_U64_MAX, &u) and _u64_in(req[2], 0, C_U64_MAX, &u)
                     and _u64_in(req[3], 0, C_U64_MAX, &u) and PyBytes_CheckExact(key)
                     and PyUnicode_CheckExact(op)):
-                arg1 = req[5]
-                arg2 = req[6]
-                is_get = False
-                if op == "put":
-                    ok = PyBytes_CheckExact(arg1) and arg2 is None
-                elif op == "get":
-                    ok = arg1 is None and arg2 is None
-                    is_get = True
-                elif op == "delete":
-                    ok = arg1 is None and arg2 is None
-                elif op == "cas":
-                    ok = (arg1 is None or PyBytes_CheckExact(arg1)) and PyBytes_CheckExact(arg2)
+                for k in range(n):
+                    if <unicode>PyList_GET_ITEM(names, k) == <unicode>op:
+                        break
                 else:
-                    ok = False
-                if ok:
-                    if is_get:
+                    k = -1
+                if k >= 0 and _args_ok(ops[k], req[5], req[6]):
+                    if ops[k] == C_OP_READ:
                         work.append((True, (conn, req[0]), key))
                     else:
                         work.append((False, (conn, req[0]),
-                                     (req[2], req[3], opcodes[op], key, arg1, arg2)))
+                                     (req[2], req[3], <object>PyList_GET_ITEM(codes, k), key,
+                                      req[5], req[6])))
                     continue
         rest.append(obj)
     return work, rest
@@ -1206,10 +1149,11 @@ def split_requests(frame, conn, opcodes):
 
 def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
     """``kv.apply(cmd)`` for every command of ``batch``, in order, as one C loop over the
-    store's dicts (``kv.data``, ``kv.sessions``, ``kv.max_sessions``, ``kv.applied_commands``,
-    ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this follows step for step). If
-    ``results`` is a list, each command's ``(status, result)`` is appended to it. ``op_*``,
-    ``ok``, ``stale`` and ``expired`` are the protocol's constants (daemon.core.messages).
+    store's state (the dicts ``kv.data`` and ``kv.sessions``, and ``kv.max_sessions``,
+    ``kv.applied_commands``, ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this
+    follows step for step). If ``results`` is a list, each command's ``(status, result)`` is
+    appended to it. ``op_put``, ``op_delete`` and ``op_cas`` are the OP_* codes;
+    ``ok``, ``stale`` and ``expired`` the reply statuses to record (daemon.core.messages).
     """
     cdef dict data = kv.data
     cdef dict sessions = kv.sessions

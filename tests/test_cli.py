@@ -162,6 +162,8 @@ def test_percentile_is_nearest_rank():
     values = sorted(range(1, 101))
     assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
     assert percentile([7], 0.99) == 7
+    # 0.55 * 100 is 55.00000000000001 in floating point: still the 55th value, not the 56th.
+    assert percentile(values, 0.55) == 55 and percentile(values, 0.07) == 7
 
 
 # ---------------------------------------------------------------------------------------------

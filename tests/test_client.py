@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import random
 import secrets
-import socket
 import threading
 
 import pytest
@@ -36,10 +35,8 @@ OPS = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 
 
 def closed_port() -> int:
-    """A loopback port nobody listens on (bound to 127.0.0.1:0, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on."""
+    return free_ports(1)[0]
 
 
 class FakeNode:
@@ -58,6 +55,7 @@ class FakeNode:
         self.silent = False  # never answer writes
         self.reply_delay = 0.0  # answer each request after up to this many seconds
         self.garbage = False  # answer with a frame that is not a reply array
+        self.bad_leader = False  # answer "ok" with a leader that is not an address (an int)
         self.requests: list[list] = []  # every request received, in order
         self.frames: list[int] = []  # requests per client frame received
         self.in_flight: dict[int, int] = {}  # client_id -> writes received, not yet answered
@@ -125,7 +123,7 @@ class FakeNode:
             hint = None if self.leader == "unknown" else self.leader
             return [req_id, "not_leader", None, hint]
         if op == "get":
-            return [req_id, "ok", self.kv.get(key), None]
+            return [req_id, "ok", self.kv.get(key), 7 if self.bad_leader else None]
         if op not in OPS:
             return [req_id, "error", f"unknown op {op!r}", None]
         if self.busy:
@@ -422,6 +420,19 @@ async def test_a_garbled_reply_drops_the_connection_and_the_call_ends_by_its_dea
                 with pytest.raises(Unavailable, match="protocol error"):
                     await client.get("k", timeout=0.3)
         assert node.connections >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reply_the_wire_codec_refuses_is_a_protocol_error_naming_the_field():
+    # The client decodes replies with daemon.codec.wire.decode_reply: an "ok" whose leader is
+    # not an address is refused there, not taken as the answer.
+    async with trio.open_nursery() as nursery:
+        (node,) = await start(nursery)
+        node.bad_leader = True
+        async with Client.connect([node.address], timeout=2) as client:
+            with trio.fail_after(2):
+                with pytest.raises(Unavailable, match=r"protocol error .*reply\.leader"):
+                    await client.get("k", timeout=0.3)
         nursery.cancel_scope.cancel()
 
 

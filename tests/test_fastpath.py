@@ -61,6 +61,8 @@ def test_public_surface():
     assert fastpath.ballot_pack(fastpath.MAX_ROUND, fastpath.MAX_NODE) < fastpath.BALLOT_CHOSEN
     for name in fastpath.__all__:
         assert hasattr(twins, name), name
+        if name.isupper():  # the constants: the twins state the contract's values
+            assert getattr(fastpath, name) == getattr(twins, name), name
 
 
 # --- ballots ---------------------------------------------------------------------------------

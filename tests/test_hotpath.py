@@ -128,6 +128,25 @@ def test_split_requests_matches_decode_request(frame):
     assert fastpath.split_requests(frame, conn, _OPCODES) == twins.split_requests(frame, conn, _OPCODES)
 
 
+def test_split_requests_takes_op_names_and_codes_only_from_its_table():
+    put = [7, "put", 1, 1, b"k", b"v", None]
+    get = [8, "get", 0, 0, b"k", None, None]
+    conn = object()
+    # A name the table lacks, or maps to no op code, goes to the general path.
+    assert fastpath.split_requests([put, get], conn, {"put": fastpath.OP_PUT}) == (
+        [(False, (conn, 7), (1, 1, fastpath.OP_PUT, b"k", b"v", None))], [get])
+    assert fastpath.split_requests([put], conn, {"put": "1"}) == ([], [put])
+    assert fastpath.split_requests([put], conn, {"put": 4}) == ([], [put])
+    # Arguments are checked by the code the name maps to.
+    assert fastpath.split_requests([put], conn, {"put": fastpath.OP_DELETE}) == ([], [put])
+    assert fastpath.split_requests([get], conn, {"get": fastpath.OP_READ}) == (
+        [(True, (conn, 8), b"k")], [])
+    with pytest.raises(ValueError, match="op names"):
+        fastpath.split_requests([], conn, {f"op{i}": fastpath.OP_PUT for i in range(17)})
+    with pytest.raises(TypeError):
+        fastpath.split_requests([], conn, None)
+
+
 def kv_state(kv):
     return (dict(kv.data), list(kv.sessions.items()), kv.applied_commands, kv.evicted_at)
 

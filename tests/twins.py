@@ -17,8 +17,11 @@ SLOT_LIMIT = 2**62
 MAX_DEPTH = 64
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_FRAME_LENGTH = 2**32 - 1
+U64_MAX = 2**64 - 1
+MAX_BALLOT = (MAX_ROUND << 16) | MAX_NODE
+OP_READ, OP_PUT, OP_DELETE, OP_CAS = 0, 1, 2, 3
 
-_U64_MAX = 2**64 - 1
+_U64_MAX = U64_MAX
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
@@ -364,7 +367,7 @@ def split_requests(frame, conn, opcodes):
         except wire.WireError:
             rest.append(obj)
             continue
-        if req.op == "get":
+        if opcodes.get(req.op) == OP_READ:
             work.append((True, (conn, req.req_id), req.key))
         elif req.op in opcodes:
             work.append((False, (conn, req.req_id), (req.client_id, req.seq, opcodes[req.op],

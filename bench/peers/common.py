@@ -1,37 +1,26 @@
 """What the peer benchmarks share with `paxosd bench`: the closed-loop client measurements, the
-nearest-rank percentiles, the report's JSON shape and the machine description. Standard library
-only, so each peer script runs in whatever environment its system needs."""
+nearest-rank percentiles and free loopback ports (daemon.tools.stats and daemon.tools.ports, the
+same ones), the report's JSON shape and the machine description. Standard library only (those
+two modules are too), so each peer script runs in whatever environment its system needs."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO))
 
+from daemon.tools.ports import free_ports  # noqa: E402
+from daemon.tools.stats import latency_summary, percentile  # noqa: E402
 
-def percentile(sorted_values, q: float) -> float:
-    """Nearest rank, as daemon.tools.bench.percentile."""
-    n = len(sorted_values)
-    if not n:
-        return float("nan")
-    k = math.ceil(q * n - 1e-9) - 1
-    return sorted_values[min(max(k, 0), n - 1)]
-
-
-def latency_summary(seconds) -> dict | None:
-    values = sorted(seconds)
-    if not values:
-        return None
-    ms = 1000.0
-    return {"p50": percentile(values, 0.5) * ms, "p90": percentile(values, 0.9) * ms,
-            "p99": percentile(values, 0.99) * ms, "p999": percentile(values, 0.999) * ms,
-            "max": values[-1] * ms, "mean": sum(values) / len(values) * ms}
+__all__ = ["cpu_seconds", "free_ports", "git_commit", "latency_summary", "machine", "measure",
+           "percentile", "print_report", "report", "write_json"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -41,6 +30,23 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def measure(workers, pids: list[int], start_at: float, warmup: float, duration: float,
+            results) -> tuple[dict, dict, list]:
+    """Start the client processes ``workers`` (each puts one result on the queue ``results``),
+    note the CPU seconds of the node processes ``pids`` when the measured interval starts and
+    when it ends, and collect the results: ``(cpu before, cpu after, results)``."""
+    for w in workers:
+        w.start()
+    time.sleep(max(0.0, start_at + warmup - time.monotonic()))
+    before = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    time.sleep(max(0.0, start_at + warmup + duration - time.monotonic()))
+    after = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    outputs = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=10)
+    return before, after, outputs
 
 
 def machine() -> dict:

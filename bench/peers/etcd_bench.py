@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,16 +30,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _post(conn, path: str, body: dict) -> dict:
@@ -126,7 +115,7 @@ def main() -> int:
         return 2
     version = subprocess.run([etcd, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     directory = tempfile.mkdtemp(prefix="etcd-bench-")
-    ports = _free_ports(2 * args.nodes)
+    ports = common.free_ports(2 * args.nodes)
     peer_ports, client_ports = ports[:args.nodes], ports[args.nodes:]
     cluster = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i]}" for i in range(args.nodes))
     procs = []
@@ -149,15 +138,8 @@ def main() -> int:
         workers = [ctx.Process(target=_worker, args=(i, leader, args.in_flight, args.value_size,
                                                       args.warmup, args.duration, start_at, results))
                    for i in range(args.clients)]
-        for w in workers:
-            w.start()
-        time.sleep(max(0.0, start_at + args.warmup - time.monotonic()))
-        before = {str(i + 1): common.cpu_seconds(pr.pid) for i, pr in enumerate(procs)}
-        time.sleep(max(0.0, start_at + args.warmup + args.duration - time.monotonic()))
-        after = {str(i + 1): common.cpu_seconds(pr.pid) for i, pr in enumerate(procs)}
-        outputs = [results.get(timeout=60) for _ in workers]
-        for w in workers:
-            w.join(timeout=10)
+        before, after, outputs = common.measure(workers, [pr.pid for pr in procs], start_at,
+                                                args.warmup, args.duration, results)
     finally:
         for pr in procs:
             pr.terminate()

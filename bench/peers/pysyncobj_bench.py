@@ -203,13 +203,7 @@ def main() -> int:
     args = p.parse_args()
     import pysyncobj
 
-    ports = []
-    socks = [socket.socket() for _ in range(2 * args.nodes)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    ports = common.free_ports(2 * args.nodes)
     peer_ports, client_ports = ports[:args.nodes], ports[args.nodes:]
     ctx = multiprocessing.get_context("spawn")
     ready, results = ctx.Queue(), ctx.Queue()
@@ -233,15 +227,8 @@ def main() -> int:
         workers = [ctx.Process(target=_worker, args=(i, leader, args.in_flight, args.value_size,
                                                       args.warmup, args.duration, start_at, results))
                    for i in range(args.clients)]
-        for w in workers:
-            w.start()
-        time.sleep(max(0.0, start_at + args.warmup - time.monotonic()))
-        before = {str(i + 1): common.cpu_seconds(n.pid) for i, n in enumerate(nodes)}
-        time.sleep(max(0.0, start_at + args.warmup + args.duration - time.monotonic()))
-        after = {str(i + 1): common.cpu_seconds(n.pid) for i, n in enumerate(nodes)}
-        outputs = [results.get(timeout=60) for _ in workers]
-        for w in workers:
-            w.join(timeout=10)
+        before, after, outputs = common.measure(workers, [n.pid for n in nodes], start_at,
+                                                args.warmup, args.duration, results)
     finally:
         for n in nodes:
             n.terminate()

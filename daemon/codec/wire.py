@@ -40,9 +40,9 @@ The client protocol: a client frame is an array of requests
 "status", "transfer" (client_id: the node to hand leadership to), "member_add" (client_id: the
 new member's id, key: its peer address, arg1: its client address, both "host:port" as UTF-8) and
 "member_remove" (client_id: the member's id); a server frame is an array of replies
-``[req_id, status, result, leader]`` with status
-one of "ok", "not_leader", "stale", "busy", "error" and leader the leader's client address
-"host:port" (or null when unknown).
+``[req_id, status, result, leader]`` with status one of ``REPLY_STATUSES`` ("ok", "not_leader",
+"stale", "session_expired", "busy", "error"; see daemon.core.messages) and leader the leader's
+client address "host:port" (or null when unknown).
 """
 
 from __future__ import annotations
@@ -50,19 +50,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fastpath import BALLOT_CHOSEN, MAX_ROUND, decode_accept, loads
+from fastpath import (
+    BALLOT_CHOSEN,
+    MAX_BALLOT,
+    MAX_NODE,
+    OP_READ,
+    SLOT_LIMIT,
+    U64_MAX,
+    decode_accept,
+    loads,
+)
 
 from daemon.core.messages import (
-    BUSY,
-    NOT_LEADER,
-    OK,
+    ERROR,
     OP_CAS,
     OP_DELETE,
     OP_PUT,
     OPS,
-    PEER_MESSAGES,
-    SESSION_EXPIRED,
-    STALE,
+    REPLY_STATUSES,
     Accept,
     Accepted,
     Catchup,
@@ -77,10 +82,16 @@ from daemon.core.messages import (
 )
 
 __all__ = [
+    "CLIENT_OPCODES",
     "CLIENT_OPS",
-    "ERROR",
+    "ERROR",  # re-exported from daemon.core.messages, as REPLY_STATUSES: the reply's words
     "HELLO_MAGIC",
+    "MAX_ADDRESS_BYTES",
+    "MAX_PORT",
+    "MAX_REFUSAL_CHARS",
+    "MAX_SNAPSHOT_BYTES",
     "NONCE_BYTES",
+    "PROOF_BYTES",
     "PROTOCOL_VERSION",
     "REPLY_STATUSES",
     "AuthError",
@@ -108,19 +119,18 @@ __all__ = [
 PROTOCOL_VERSION = 3  # 2: Promise and Accepted carry incarnations; 3: Probe, ProbeReply
 HELLO_MAGIC = "paxosd"
 
-U64_MAX = (1 << 64) - 1
-# Slots and commit indices stay within fastpath's SLOT_LIMIT, so window arithmetic never overflows.
-SLOT_MAX = 1 << 62
-# The highest ballot a proposer can hold: round MAX_ROUND of node 0xFFFF. BALLOT_CHOSEN, above
-# it, appears only as the ballot of a Promise entry ("known chosen").
-MAX_BALLOT = (MAX_ROUND << 16) | 0xFFFF
+# The ranges checked here are fastpath's (its Accept decoder checks the same ones): slots and
+# commit indices stay within SLOT_LIMIT, so window arithmetic never overflows; a proposer's
+# ballot is at most MAX_BALLOT, and BALLOT_CHOSEN, above it, appears only as the ballot of a
+# Promise entry ("known chosen"); ids, seqs and nonces are unsigned 64-bit (U64_MAX).
 
-ERROR = "error"  # the reply status for a request the server could not take (result: why)
-REPLY_STATUSES = (OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR)
 CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer", "member_add", "member_remove")
+# The client ops that carry a key: their fastpath op code (OP_READ: a linearizable read). The
+# server's fast pass (fastpath.split_requests) takes exactly these, comparing names in this
+# order: the most frequent first.
+CLIENT_OPCODES = {"put": OP_PUT, "get": OP_READ, "delete": OP_DELETE, "cas": OP_CAS}
 MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
-
-TAGS = {cls: i + 1 for i, cls in enumerate(PEER_MESSAGES)}
+MAX_PORT = 65535  # the port of a "host:port" address is 1..MAX_PORT
 
 
 class WireError(ValueError):
@@ -173,13 +183,13 @@ MAX_SNAPSHOT_BYTES = 1 << 40  # a snapshot's size, as a sanity bound on offsets
 
 
 def _slot(value, where: str, low: int = 1) -> int:
-    return _uint(value, low, SLOT_MAX, where)
+    return _uint(value, low, SLOT_LIMIT, where)
 
 
 def _ballot(value, where: str, *, low: int = 1, owner: int | None = None) -> int:
     if type(value) is not int or not low <= value <= MAX_BALLOT:
         raise _fail(where, f"a ballot in [{low}, {MAX_BALLOT}]", value)
-    if owner is not None and value & 0xFFFF != owner:
+    if owner is not None and value & MAX_NODE != owner:
         raise WireError(f"{where}: expected a ballot of node {owner} (the sender), got "
                         f"{format_ballot(value)}")
     return value
@@ -197,9 +207,8 @@ def _arity(obj: list, n: int, mtype: str, shape: str) -> None:
         raise WireError(f"{mtype}: expected {n} items {shape}, got {len(obj)}: {_show(obj)}")
 
 
-# The (arg1, arg2) each command operation allows: "b" bytes, "n" None, "bn" either.
-_PEER_ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b")}
-_CLIENT_ARGS = {"put": ("b", "n"), "get": ("n", "n"), "delete": ("n", "n"), "cas": ("bn", "b")}
+# The (arg1, arg2) each operation allows: "b" bytes, "n" None, "bn" either.
+_ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b"), OP_READ: ("n", "n")}
 _ARG_WORDS = {"b": "bytes", "n": "null", "bn": "bytes or null"}
 
 
@@ -216,11 +225,11 @@ def _command_error(cmd, where: str) -> WireError:
     client_id, seq, op, key, arg1, arg2 = cmd
     _uint(client_id, 0, U64_MAX, f"{where}.client_id")
     _uint(seq, 0, U64_MAX, f"{where}.seq")
-    if type(op) is not int or op not in _PEER_ARGS:
+    if type(op) is not int or op not in OPS:
         return _fail(f"{where}.op", f"one of {', '.join(map(str, OPS))}", op)
     if type(key) is not bytes:
         return _fail(f"{where}.key", "bytes", key)
-    a1, a2 = _PEER_ARGS[op]
+    a1, a2 = _ARGS[op]
     if not _arg_ok(arg1, a1):
         return _fail(f"{where}.arg1", f"{_ARG_WORDS[a1]} for op {op}", arg1)
     return _fail(f"{where}.arg2", f"{_ARG_WORDS[a2]} for op {op}", arg2)
@@ -256,9 +265,9 @@ def _batch(value, where: str) -> tuple:
 def _batches(value, where: str, first_slot: int) -> tuple:
     if not _is_array(value):
         raise _fail(where, "an array of batches", value)
-    if first_slot + len(value) - 1 > SLOT_MAX:
+    if first_slot + len(value) - 1 > SLOT_LIMIT:
         raise WireError(f"{where}: {len(value)} batches from slot {first_slot} run past slot "
-                        f"{SLOT_MAX}")
+                        f"{SLOT_LIMIT}")
     return tuple([_batch(b, f"{where}[{i}]") for i, b in enumerate(value)])
 
 
@@ -456,7 +465,7 @@ def format_ballot(ballot: int) -> str:
     """A ballot as operators read it in logs: ``round.node`` (``chosen`` for BALLOT_CHOSEN)."""
     if ballot == BALLOT_CHOSEN:
         return "chosen"
-    return f"{ballot >> 16}.{ballot & 0xFFFF}"
+    return f"{ballot >> 16}.{ballot & MAX_NODE}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,13 +609,13 @@ def _decode_request_slowly(obj) -> Request:
         if op == "status":
             return Request(req_id, op, 0, 0, b"", None, None)
         if op == "transfer":  # client_id names the node to hand leadership to
-            _uint(client_id, 1, 0xFFFF, "request.client_id (the node to hand leadership to)")
+            _uint(client_id, 1, MAX_NODE, "request.client_id (the node to hand leadership to)")
             return Request(req_id, op, client_id, 0, b"", None, None)
         if op == "member_remove":
-            _uint(client_id, 1, 0xFFFF, "request.client_id (the member to remove)")
+            _uint(client_id, 1, MAX_NODE, "request.client_id (the member to remove)")
             return Request(req_id, op, client_id, 0, b"", None, None)
         if op == "member_add":
-            _uint(client_id, 1, 0xFFFF, "request.client_id (the new member's id)")
+            _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
             _address_bytes(arg1, "request.arg1 (the new member's client address)")
             return Request(req_id, op, client_id, 0, key, arg1, None)
@@ -614,7 +623,7 @@ def _decode_request_slowly(obj) -> Request:
         _uint(seq, 0, U64_MAX, "request.seq")
         if type(key) is not bytes:
             raise _fail("request.key", "bytes", key)
-        a1, a2 = _CLIENT_ARGS[op]
+        a1, a2 = _ARGS[CLIENT_OPCODES[op]]
         if not _arg_ok(arg1, a1):
             raise _fail("request.arg1", f"{_ARG_WORDS[a1]} for {op}", arg1)
         if not _arg_ok(arg2, a2):
@@ -633,8 +642,8 @@ def _address_bytes(value, where: str) -> None:
     except UnicodeDecodeError:
         raise _fail(where, "UTF-8 host:port", value) from None
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _fail(where, "host:port with a port from 1 to 65535", value)
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise _fail(where, f"host:port with a port from 1 to {MAX_PORT}", value)
 
 
 @dataclass(frozen=True, slots=True)

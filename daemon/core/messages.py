@@ -17,10 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Command operations. Reads do not go through the log (see Node.read): they use the read index.
-OP_PUT = 1  # (client_id, seq, OP_PUT, key, value, None)        -> None
-OP_DELETE = 2  # (client_id, seq, OP_DELETE, key, None, None)   -> bool existed
-OP_CAS = 3  # (client_id, seq, OP_CAS, key, expected, new)       -> bool swapped
+from fastpath import OP_CAS, OP_DELETE, OP_PUT
+
+# Every message, record and reply below is a small frozen value (slots: many are made per batch).
+_value = dataclass(frozen=True, slots=True)
+
+# Command operations, declared once in fastpath (its per-batch loops test them). Reads do not go
+# through the log (see Node.read): they use the read index.
+#   (client_id, seq, OP_PUT, key, value, None)       -> None
+#   (client_id, seq, OP_DELETE, key, None, None)     -> bool existed
+#   (client_id, seq, OP_CAS, key, expected, new)     -> bool swapped
 OPS = (OP_PUT, OP_DELETE, OP_CAS)
 
 # A command's positions (it stays a plain tuple: fastpath takes only exact tuples). Per-command
@@ -53,13 +59,14 @@ ERROR = "error"  # the command cannot be carried out as given; ``result`` says w
 # The command's session was evicted (or the seq is from before the last eviction): it was not
 # applied; ``result`` is the eviction horizon, above which a session may start again.
 SESSION_EXPIRED = "session_expired"
+REPLY_STATUSES = (OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR)
 
 
 # ---------------------------------------------------------------------------------------------
 # Peer messages. ``sender`` is the node id of the sender. Entries are tuples for compactness.
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Prepare:
     """Phase 1a: ``sender`` asks for promises for ``ballot`` on slots >= ``from_slot``."""
 
@@ -68,7 +75,7 @@ class Prepare:
     from_slot: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Promise:
     """Phase 1b, sent only after the promise is durable.
 
@@ -83,7 +90,7 @@ class Promise:
     incarnation: int = 0  # of the acceptor's data directory (see daemon.core.membership)
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Reject:
     """An acceptor refuses a Prepare or an Accept for ``ballot`` because it promised ``promised``.
 
@@ -96,7 +103,7 @@ class Reject:
     commit_index: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Accept:
     """Phase 2a and heartbeat: ``batches[i]`` is proposed for slot ``first_slot + i``.
 
@@ -113,7 +120,7 @@ class Accept:
     read_round: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Accepted:
     """Phase 2b, sent only after the accepted entries are durable.
 
@@ -131,7 +138,7 @@ class Accepted:
     incarnation: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class CatchupRequest:
     """A learner asks for the chosen values of slots >= ``from_slot``.
 
@@ -145,7 +152,7 @@ class CatchupRequest:
     snapshot_offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Catchup:
     """Chosen values: ``batches[i]`` was chosen for slot ``first_slot + i``."""
 
@@ -155,7 +162,7 @@ class Catchup:
     commit_index: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class SnapshotChunk:
     """Bytes ``offset..offset+len(data)`` of the state machine snapshot taken at slot ``index``
     (``total`` bytes in all), for a learner that is behind the sender's oldest retained slot."""
@@ -167,7 +174,7 @@ class SnapshotChunk:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class TimeoutNow:
     """The leader of ``ballot`` hands over: the receiver stands for election at once."""
 
@@ -175,7 +182,7 @@ class TimeoutNow:
     ballot: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Probe:
     """A node on an empty data directory asks: have you ever promised anything, and is the
     cluster still new? ``nonce`` is fresh per start, so only answers to this start count
@@ -185,7 +192,7 @@ class Probe:
     nonce: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class ProbeReply:
     """The answer to a Probe: ``used`` unless the sender runs incarnation 0 and has never
     promised or accepted anything, learned no chosen slot and holds no snapshot (a node still
@@ -204,14 +211,14 @@ PEER_MESSAGES = (Prepare, Promise, Reject, Accept, Accepted, CatchupRequest, Cat
 # Durable records: what an acceptor and learner must find again after a crash.
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class PromiseRecord:
     """The acceptor promised ``ballot``: it accepts nothing lower."""
 
     ballot: int
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class AcceptRecord:
     """The acceptor accepted ``batches[i]`` for slot ``first_slot + i`` at ``ballot``.
 
@@ -223,7 +230,7 @@ class AcceptRecord:
     batches: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class ChosenRecord:
     """The learner was told ``batches[i]`` is chosen for slot ``first_slot + i``."""
 
@@ -231,7 +238,7 @@ class ChosenRecord:
     batches: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class CommitRecord:
     """Every slot <= ``commit_index`` is chosen, with the value this node's log holds for it."""
 
@@ -241,7 +248,7 @@ class CommitRecord:
 RECORDS = (PromiseRecord, AcceptRecord, ChosenRecord, CommitRecord)
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class IncarnationChosen:
     """A node that started on an empty data directory has decided its incarnation (0: an
     initial member of a new cluster; else a new one, to rejoin as a learner); ``why`` says
@@ -253,11 +260,11 @@ class IncarnationChosen:
     why: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Snapshot:
     """The state machine as of slot ``index``: ``state`` is its image (see KVStore.image).
 
-    Handed to the driver in ``Ready.snapshot`` with ``checkpoint``: the records that carry the
+    Handed to the driver in ``Ready.persist`` with ``checkpoint``: the records that carry the
     acceptor state past ``index`` (the promise, accepted entries above it, the commit index).
     Once the snapshot and the checkpoint are durable, every older record may be dropped.
     """
@@ -271,13 +278,12 @@ class Snapshot:
 # Client replies.
 
 
-@dataclass(frozen=True, slots=True)
+@_value
 class Reply:
     """The answer to the request the driver tagged ``req``.
 
-    ``status`` is one of OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR; ``result`` is the
-    operation's output when
-    OK; ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
+    ``status`` is one of REPLY_STATUSES; ``result`` is the operation's output when OK;
+    ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
     """
 
     req: object

@@ -44,11 +44,12 @@ import trio
 from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
 
 from daemon.codec import wire
+from daemon.codec.wire import CLIENT_OPCODES as _OPCODES
 from daemon.runtime.config import ConfigError, load_config
 from daemon.core.node import LEADER, CoreConfig, DurableState, Node
 from daemon.runtime.durability import DurabilityGate
 from daemon.runtime.log import Throttle, node_logger, setup as setup_logging
-from daemon.core.messages import (NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, Accept, CommitRecord,
+from daemon.core.messages import (NOT_LEADER, OK, Accept, CommitRecord,
                              IncarnationChosen, Snapshot)
 from daemon.runtime.metrics import NodeMetrics, serve_metrics
 from daemon.core.kv import decode_image, encode_image
@@ -87,7 +88,6 @@ NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory,
                     "have lost its data; ignored when the data directory holds state")
 DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
 
-_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 

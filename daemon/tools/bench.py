@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -39,6 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastpath import FrameReader, dumps, encode_frame, loads
+
+from daemon.codec.wire import encode_request
+from daemon.core.messages import BUSY, NOT_LEADER, OK
+from daemon.tools.ports import free_ports
+from daemon.tools.stats import latency_summary, percentile
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_ETC = REPO / "etc"
@@ -80,9 +84,9 @@ class _Conn:
                 return replies
 
     def status(self) -> dict | None:
-        self.send([[0, "status", 0, 0, b"", None, None]])
+        self.send([encode_request(0, "status", 0, 0, b"")])
         (reply,) = self.receive()
-        return reply[2] if reply[1] == "ok" and isinstance(reply[2], dict) else None
+        return reply[2] if reply[1] == OK and isinstance(reply[2], dict) else None
 
     def close(self) -> None:
         self.sock.close()
@@ -110,158 +114,175 @@ def find_leader(endpoints: list[str], deadline: float) -> str:
     raise TimeoutError(f"no leader among {', '.join(endpoints)}")
 
 
-def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, read_ratio: float,
-            warmup: float, duration: float, start_at: float, results, progress) -> None:
-    """One client process: a closed loop with ``in_flight`` commands outstanding."""
-    rng = random.Random(os.urandom(16))
-    value = rng.randbytes(value_size)
-    keys = [b"k%d" % i for i in range(KEYSPACE)]
-    # Outstanding command i: session sessions[i] at seq seqs[i]; request[i] is its request
-    # (element 0, the request id, is renewed on every send); first_sent[i] when first sent.
-    sessions = [rng.getrandbits(62) + 1 for _ in range(in_flight)]
-    seqs = [0] * in_flight
-    request: list = [None] * in_flight
-    first_sent = [0.0] * in_flight
-    slot_of: dict[int, int] = {}  # request id -> i
-    next_req = 1
-    writes = array("d")  # latency in seconds of each write answered inside the interval
-    reads = array("d")
-    buckets: dict[int, int] = {}  # BUCKET-long interval since the start of measuring -> writes
-    errors: dict[str, int] = {}
-    redirects = 0
-    reconnects = 0
-    measure_from = start_at + warmup
-    stop_at = measure_from + duration
-    cpu_from = None
-    last_report = time.monotonic()
-    reported = 0
-    done = 0
+class _Worker:
+    """The state of one client process's closed loop (see ``_worker``): ``in_flight`` commands
+    outstanding, each on a session of its own, and what was measured of them."""
 
-    def fresh(i: int, now: float) -> list:
-        first_sent[i] = now
-        if read_ratio and rng.random() < read_ratio:
-            req = [0, "get", 0, 0, keys[rng.randrange(KEYSPACE)], None, None]
+    def __init__(self, in_flight: int, value_size: int, read_ratio: float, measure_from: float,
+                 stop_at: float) -> None:
+        self.rng = random.Random(os.urandom(16))
+        self.value = self.rng.randbytes(value_size)
+        self.keys = [b"k%d" % i for i in range(KEYSPACE)]
+        self.read_ratio = read_ratio
+        self.measure_from = measure_from
+        self.stop_at = stop_at
+        # Outstanding command i: session sessions[i] at seq seqs[i]; request[i] is its request
+        # (element 0, the request id, is renewed on every send); first_sent[i] when first sent.
+        self.sessions = [self.rng.getrandbits(62) + 1 for _ in range(in_flight)]
+        self.seqs = [0] * in_flight
+        self.request: list = [None] * in_flight
+        self.first_sent = [0.0] * in_flight
+        self.slot_of: dict[int, int] = {}  # request id -> i
+        self.next_req = 1
+        self.writes = array("d")  # latency in seconds of each write answered inside the interval
+        self.reads = array("d")
+        self.buckets: dict[int, int] = {}  # BUCKET-long interval since measuring began -> writes
+        self.errors: dict[str, int] = {}
+        self.redirects = 0
+        self.reconnects = 0
+        self.done = 0
+        self.conn: _Conn | None = None
+        self.leader_hint: str | None = None
+
+    def fresh(self, i: int, now: float) -> list:
+        """A new command for outstanding slot ``i``: a read or the session's next write."""
+        self.first_sent[i] = now
+        rng = self.rng
+        if self.read_ratio and rng.random() < self.read_ratio:
+            req = encode_request(0, "get", 0, 0, self.keys[rng.randrange(KEYSPACE)])
         else:
-            seqs[i] += 1
-            req = [0, "put", sessions[i], seqs[i], keys[rng.randrange(KEYSPACE)], value, None]
-        request[i] = req
-        return stamp(i)
+            self.seqs[i] += 1
+            req = encode_request(0, "put", self.sessions[i], self.seqs[i],
+                                 self.keys[rng.randrange(KEYSPACE)], self.value)
+        self.request[i] = req
+        return self.stamp(i)
 
-    def stamp(i: int) -> list:
-        # The same request under a new id: a retried write keeps its session and seq, so it
-        # is applied at most once.
-        nonlocal next_req
-        req = request[i]
-        req[0] = next_req
-        slot_of[next_req] = i
-        next_req += 1
+    def stamp(self, i: int) -> list:
+        """The same request under a new id: a retried write keeps its session and seq, so it is
+        applied at most once."""
+        req = self.request[i]
+        req[0] = self.next_req
+        self.slot_of[self.next_req] = i
+        self.next_req += 1
         return req
 
-    def count_error(kind: str) -> None:
-        errors[kind] = errors.get(kind, 0) + 1
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    conn = None
-    leader_hint = None
-    while time.monotonic() < start_at:
-        time.sleep(0.005)
-    now = time.monotonic()
-    pending_out = [fresh(i, now) for i in range(in_flight)]
-    while True:
-        now = time.monotonic()
-        if now >= stop_at:
-            break
-        if cpu_from is None and now >= measure_from:
-            cpu_from = time.process_time()
-        if conn is None:
-            try:
-                address = leader_hint or find_leader(endpoints, min(stop_at, now + 10.0))
-                leader_hint = None
-                conn = _Conn(address, timeout=10.0)
-            except (OSError, TimeoutError):
-                count_error("connect: no leader reachable")
-                time.sleep(0.05)
-                continue
-            reconnects += 1
-            slot_of.clear()
-            # Everything outstanding goes again on the new connection, as first sent.
-            pending_out = [stamp(i) for i in range(in_flight)]
-        if pending_out:
-            try:
-                conn.send(pending_out)
-            except OSError:
-                conn.close()
-                conn = None
-                count_error("connection lost")
-                continue
-            pending_out = []
+    def connect(self, endpoints: list[str], now: float) -> list | None:
+        """Connect to the leader (the last redirect's, or found anew); everything outstanding
+        is to go again on the new connection, as first sent: returns those requests. None if
+        no leader could be reached."""
         try:
-            replies = conn.receive()
-        except (OSError, ValueError):
-            conn.close()
-            conn = None
-            count_error("connection lost")
-            continue
-        now = time.monotonic()
-        in_interval = measure_from <= now < stop_at
-        out = pending_out
+            address = self.leader_hint or find_leader(endpoints, min(self.stop_at, now + 10.0))
+            self.leader_hint = None
+            self.conn = _Conn(address, timeout=10.0)
+        except (OSError, TimeoutError):
+            self.count_error("connect: no leader reachable")
+            return None
+        self.reconnects += 1
+        self.slot_of.clear()
+        return [self.stamp(i) for i in range(len(self.request))]
+
+    def lost(self) -> None:
+        self.conn.close()
+        self.conn = None
+        self.count_error("connection lost")
+
+    def take(self, replies: list, now: float) -> list | None:
+        """Account for ``replies``; returns the requests to send next, or None if leadership
+        moved (the connection is then closed, to follow it and send everything again)."""
+        in_interval = self.measure_from <= now < self.stop_at
+        slot_of, request, first_sent, buckets = (self.slot_of, self.request, self.first_sent,
+                                                 self.buckets)
+        out: list = []
         moved = False
         for reply in replies:
             i = slot_of.pop(reply[0], None)
             if i is None:
                 continue
             status = reply[1]
-            if status == "ok":
-                done += 1
+            if status == OK:
+                self.done += 1
                 if in_interval:
                     if request[i][1] == "put":
-                        writes.append(now - first_sent[i])
-                        b = int((now - measure_from) / BUCKET)
+                        self.writes.append(now - first_sent[i])
+                        b = int((now - self.measure_from) / BUCKET)
                         buckets[b] = buckets.get(b, 0) + 1
                     else:
-                        reads.append(now - first_sent[i])
-                out.append(fresh(i, now))
-            elif status == "not_leader":
+                        self.reads.append(now - first_sent[i])
+                out.append(self.fresh(i, now))
+            elif status == NOT_LEADER:
                 moved = True
-                leader_hint = reply[3] if isinstance(reply[3], str) else None
-            elif status == "busy":
-                count_error("busy")
-                out.append(stamp(i))
+                self.leader_hint = reply[3] if isinstance(reply[3], str) else None
+            elif status == BUSY:
+                self.count_error("busy")
+                out.append(self.stamp(i))
             else:  # stale or error: a bug of the benchmark or the server; count it, go on
-                count_error(f"{status}: {reply[2]}"[:120])
-                out.append(fresh(i, now))
-        if moved:  # leadership moved: follow it and send everything outstanding again
-            redirects += 1
-            conn.close()
-            conn = None
+                self.count_error(f"{status}: {reply[2]}"[:120])
+                out.append(self.fresh(i, now))
+        if moved:
+            self.redirects += 1
+            self.conn.close()
+            self.conn = None
+            return None
+        return out
+
+
+def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, read_ratio: float,
+            warmup: float, duration: float, start_at: float, results, progress) -> None:
+    """One client process: a closed loop with ``in_flight`` commands outstanding."""
+    measure_from = start_at + warmup
+    stop_at = measure_from + duration
+    w = _Worker(in_flight, value_size, read_ratio, measure_from, stop_at)
+    cpu_from = None
+    last_report = time.monotonic()
+    reported = 0
+    while time.monotonic() < start_at:
+        time.sleep(0.005)
+    now = time.monotonic()
+    pending_out = [w.fresh(i, now) for i in range(in_flight)]
+    while True:
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        if cpu_from is None and now >= measure_from:
+            cpu_from = time.process_time()
+        if w.conn is None:
+            pending_out = w.connect(endpoints, now)
+            if pending_out is None:
+                time.sleep(0.05)
+                continue
+        if pending_out:
+            try:
+                w.conn.send(pending_out)
+            except OSError:
+                w.lost()
+                continue
             pending_out = []
+        try:
+            replies = w.conn.receive()
+        except (OSError, ValueError):
+            w.lost()
+            continue
+        now = time.monotonic()
+        pending_out = w.take(replies, now)
+        if pending_out is None:  # leadership moved: follow it and send everything again
             continue
         if now - last_report >= 0.5:
-            progress.put((index, done - reported))
-            reported = done
+            progress.put((index, w.done - reported))
+            reported = w.done
             last_report = now
     cpu_to = time.process_time()
-    if conn is not None:
-        conn.close()
-    results.put({"index": index, "writes": writes.tobytes(), "reads": reads.tobytes(),
-                 "buckets": buckets, "errors": errors, "redirects": redirects,
-                 "reconnects": reconnects - 1,
+    if w.conn is not None:
+        w.conn.close()
+    results.put({"index": index, "writes": w.writes.tobytes(), "reads": w.reads.tobytes(),
+                 "buckets": w.buckets, "errors": w.errors, "redirects": w.redirects,
+                 "reconnects": w.reconnects - 1,
                  "cpu_seconds": cpu_to - cpu_from if cpu_from is not None else 0.0})
 
 
 # ------------------------------------------------------------------------------ local cluster
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 def base_config_path(nodes: int) -> Path:
     return REPO_ETC / ("paxosd.yaml" if nodes == 3 else f"paxosd-{nodes}.yaml")
@@ -298,6 +319,37 @@ def local_config(base: Path | None, nodes: int, ports: list[int], data_dir: Path
     return doc
 
 
+def scrape_metric(port: int, name: str) -> float | None:
+    """The value of the unlabelled metric ``name`` on the /metrics page of the node whose
+    metrics endpoint is 127.0.0.1:``port``; None if it cannot be read or has no such line."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def stop_processes(processes, grace: float) -> None:
+    """SIGTERM every child process still running, then wait for each; one still running after
+    ``grace`` seconds more is killed (and waited for)."""
+    processes = list(processes)
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class LocalCluster:
     """A cluster of child processes on loopback, in a temporary directory."""
@@ -314,7 +366,7 @@ class LocalCluster:
     def start(self) -> list[str]:
         import yaml
 
-        ports = _free_ports(2 * self.nodes)
+        ports = free_ports(2 * self.nodes)
         self.doc = local_config(self.base, self.nodes, ports, self.directory / "data",
                                 self.fsync, self.window)
         self.config_path = self.directory / "paxosd.yaml"
@@ -328,15 +380,7 @@ class LocalCluster:
         return [f"127.0.0.1:{ports[2 * i + 1]}" for i in range(self.nodes)]
 
     def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.processes.values(), grace=10)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def cpu_seconds(self) -> dict[int, float]:
@@ -356,16 +400,6 @@ class LocalCluster:
 
 
 # ------------------------------------------------------------------------------ measuring
-
-def percentile(sorted_values, q: float) -> float:
-    """Nearest rank: the smallest value that at least a fraction ``q`` of the values do not
-    exceed (NaN if there are none)."""
-    n = len(sorted_values)
-    if not n:
-        return float("nan")
-    k = math.ceil(q * n - 1e-9) - 1  # the epsilon: 0.99 * 100 is 99.00000000000001
-    return sorted_values[min(max(k, 0), n - 1)]
-
 
 class _LeaderWatch:
     """Samples the leader's status every STATUS_EVERY seconds over one connection."""
@@ -552,14 +586,6 @@ def _report(outputs, settings, marks, status_samples, args) -> dict:
         for b, n in o["buckets"].items():
             buckets[b] = buckets.get(b, 0) + n
     n_buckets = max(1, int(round(args.duration / BUCKET)))
-    ms = 1000.0
-
-    def lat(values):
-        if not values:
-            return None
-        return {"p50": percentile(values, 0.50) * ms, "p90": percentile(values, 0.90) * ms,
-                "p99": percentile(values, 0.99) * ms, "p999": percentile(values, 0.999) * ms,
-                "max": values[-1] * ms, "mean": sum(values) / len(values) * ms}
 
     # What the leader saw: the batch size (commands per slot) over each sampling interval,
     # and the slots in flight in its window at each sample.
@@ -590,10 +616,10 @@ def _report(outputs, settings, marks, status_samples, args) -> dict:
     return {
         "commits": commits,
         "commits_per_s": commits / args.duration if args.duration else 0.0,
-        "latency_ms": lat(writes),
+        "latency_ms": latency_summary(writes),
         "reads": len(reads),
         "reads_per_s": len(reads) / args.duration if args.duration else 0.0,
-        "read_latency_ms": lat(reads),
+        "read_latency_ms": latency_summary(reads),
         "throughput_per_s": [buckets.get(b, 0) / BUCKET for b in range(n_buckets)],
         "throughput_bucket_s": BUCKET,
         "errors": sum(errors.values()),

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.runtime.config import Config, ConfigError, describe, load_config, parse_address
+from daemon.tools.stats import percentile
 
 DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
 CONFIG_ENV = "PAXOSD_CONFIG"
@@ -57,21 +58,29 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``paxosd`` command line: every subcommand, its options and its handler (``func``)."""
     parser = argparse.ArgumentParser(
         prog="paxosd",
         description="A Multi-Paxos consensus daemon: a replicated, linearizable key-value log.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_server_commands(commands)
+    client = _client_options()
+    _add_key_commands(commands, client)
+    _add_cluster_commands(commands, client)
+    _add_load_commands(commands, client)
+    return parser
 
-    def config_option(p: argparse.ArgumentParser, required_help: str) -> None:
-        p.add_argument(
-            "-c", "--config", metavar="FILE",
-            help=f"the cluster's YAML file ({required_help}default: ${CONFIG_ENV}, "
-                 f"then {DEFAULT_CONFIG})",
-        )
 
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"the cluster's YAML file (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})")
+
+
+def _add_server_commands(commands) -> None:
+    """serve, cluster, check-config."""
     p = commands.add_parser("serve", help="run one node of the cluster")
-    config_option(p, "")
+    _config_option(p)
     p.add_argument("--node-id", type=int, metavar="N", help="this node's member id "
                    "(overrides node_id in the file)")
     start = p.add_mutually_exclusive_group()
@@ -88,15 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("cluster", help="run every member of the file as a child process "
                             "(a development cluster); Ctrl-C or SIGTERM stops them all and "
                             "exits 0; a node that exits is reported, the others keep running")
-    config_option(p, "")
+    _config_option(p)
     p.set_defaults(func=cmd_cluster)
 
     p = commands.add_parser("check-config", help="validate a file and print the effective "
                             "settings")
-    config_option(p, "")
+    _config_option(p)
     p.add_argument("--node-id", type=int, metavar="N", help="check as seen by this member")
     p.set_defaults(func=cmd_check_config)
 
+
+def _client_options() -> argparse.ArgumentParser:
+    """The options every client command shares (a parent parser): where the cluster is, the
+    deadline, TLS."""
     client = argparse.ArgumentParser(add_help=False)
     group = client.add_argument_group("cluster")
     group.add_argument("-c", "--config", metavar="FILE",
@@ -116,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "require one)")
     group.add_argument("--key", metavar="FILE", dest="tls_key",
                        help="the private key of --cert (PEM; default: inside the --cert file)")
+    return client
 
+
+def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
+    """put, get, delete, cas."""
     p = commands.add_parser("put", parents=[client], help="set KEY to VALUE")
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
@@ -138,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW")
     p.set_defaults(func=cmd_cas)
 
+
+def _add_cluster_commands(commands, client: argparse.ArgumentParser) -> None:
+    """transfer-leader, member add|remove|list, status."""
     p = commands.add_parser("transfer-leader", parents=[client], help="hand leadership to "
                             "node ID (for maintenance of the current leader) and wait until it "
                             "leads")
@@ -167,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status maps as JSON")
     p.set_defaults(func=cmd_status)
 
+
+def _add_load_commands(commands, client: argparse.ArgumentParser) -> None:
+    """load, bench, demo."""
     load = argparse.ArgumentParser(add_help=False)
     group = load.add_argument_group("load")
     group.add_argument("--count", type=_positive_int, default=10000, metavar="N",
@@ -188,42 +211,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", parents=[load], help="start every member of the file "
                             "(as cluster does), run load against them, print, stop them")
-    config_option(p, "")
+    _config_option(p)
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="deadline of each write, retries included; the first also waits for "
                         "the nodes to start and elect a leader (default: 10)")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(convert, accept, expected: str, not_a_number: str):
+    """An argparse type: ``convert(text)`` when ``accept`` takes the value; else an error
+    saying what was expected (``not_a_number`` when ``convert`` refuses the text)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {not_a_number}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer", "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "an integer >= 0")
+_positive_float = _number(float, lambda v: v > 0 and not math.isinf(v),
+                          "a positive number of seconds", "a number of seconds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,60 +407,71 @@ class _SignalsStop:
             signal.signal(s, handler)
 
 
-def cmd_cluster(args: argparse.Namespace) -> int:
-    config = _load(args)
+def _run_members(config: Config, body, on_stop) -> int:
+    """Start every member of ``config`` as a child process and return ``body(children)``; a
+    SIGINT or SIGTERM meanwhile returns ``on_stop(signal name, children)`` instead. Either way
+    every child is stopped before this returns, further signals ignored until then."""
     children: dict[int, tuple[int, subprocess.Popen]] = {}
     with _SignalsStop() as signals:
         try:
             _start_members(config, children)
-            endpoints = ",".join(str(m.client) for m in config.members)
-            print(f"endpoints: {endpoints}\n"
-                  f"try: paxosd status --config {config.path}\n"
-                  f"Ctrl-C or SIGTERM stops every node.", flush=True)
-            # A node that exits (or is killed to try the cluster's fault tolerance) is
-            # reported; the others keep serving, as a real cluster would.
-            while children:
-                pid, wait_status = os.waitpid(-1, 0)
-                if pid not in children:
-                    continue
-                member_id, process = children.pop(pid)
-                process.returncode = os.waitstatus_to_exitcode(wait_status)
-                alive = ", ".join(str(m) for m, _ in sorted(children.values())) or "none"
-                print(f"paxosd cluster: node {member_id} (pid {pid}) exited with status "
-                      f"{_describe_exit(process.returncode)}; still running: {alive}",
-                      file=sys.stderr, flush=True)
-            return EXIT_FAILED
+            return body(children)
         except _Stop as stop:
-            print(f"paxosd cluster: {signal.Signals(stop.signum).name}: stopping "
-                  f"{len(children)} node(s)", file=sys.stderr, flush=True)
-            return EXIT_OK
+            return on_stop(signal.Signals(stop.signum).name, children)
         finally:
             signals.quiet()
             _stop_children([process for _, process in children.values()])
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    def serve(children: dict[int, tuple[int, subprocess.Popen]]) -> int:
+        endpoints = ",".join(str(m.client) for m in config.members)
+        print(f"endpoints: {endpoints}\n"
+              f"try: paxosd status --config {config.path}\n"
+              f"Ctrl-C or SIGTERM stops every node.", flush=True)
+        # A node that exits (or is killed to try the cluster's fault tolerance) is reported;
+        # the others keep serving, as a real cluster would.
+        while children:
+            pid, wait_status = os.waitpid(-1, 0)
+            if pid not in children:
+                continue
+            member_id, process = children.pop(pid)
+            process.returncode = os.waitstatus_to_exitcode(wait_status)
+            alive = ", ".join(str(m) for m, _ in sorted(children.values())) or "none"
+            print(f"paxosd cluster: node {member_id} (pid {pid}) exited with status "
+                  f"{_describe_exit(process.returncode)}; still running: {alive}",
+                  file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+    def stopped(name: str, children: dict) -> int:
+        print(f"paxosd cluster: {name}: stopping {len(children)} node(s)", file=sys.stderr,
+              flush=True)
+        return EXIT_OK
+
+    return _run_members(config, serve, stopped)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``cluster`` and ``load`` in one: start every member, write, report, stop them all."""
     config = _load(args)
-    children: dict[int, tuple[int, subprocess.Popen]] = {}
-    with _SignalsStop() as signals:
+
+    def load(children: dict[int, tuple[int, subprocess.Popen]]) -> int:
         try:
-            _start_members(config, children)
-            try:
-                return cmd_load(args, config)
-            finally:
-                for member_id, process in children.values():
-                    if process.poll() is not None:
-                        print(f"paxosd demo: node {member_id} (pid {process.pid}) exited "
-                              f"early with status {_describe_exit(process.returncode)}",
-                              file=sys.stderr, flush=True)
-        except _Stop as stop:
-            print(f"paxosd demo: {signal.Signals(stop.signum).name}: stopping", file=sys.stderr,
-                  flush=True)
-            return EXIT_FAILED
+            return cmd_load(args, config)
         finally:
-            signals.quiet()
-            _stop_children([process for _, process in children.values()])
+            for member_id, process in children.values():
+                if process.poll() is not None:
+                    print(f"paxosd demo: node {member_id} (pid {process.pid}) exited "
+                          f"early with status {_describe_exit(process.returncode)}",
+                          file=sys.stderr, flush=True)
+
+    def stopped(name: str, children: dict) -> int:
+        print(f"paxosd demo: {name}: stopping", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+    return _run_members(config, load, stopped)
 
 
 def _stop_children(processes: list[subprocess.Popen]) -> None:
@@ -725,14 +750,6 @@ def _json_default(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # load
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of already sorted values (nan for none)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 async def run_load(client, count: int, clients: int, value_size: int) -> dict:

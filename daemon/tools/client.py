@@ -40,13 +40,19 @@ import secrets
 import ssl
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, encode_frames, loads
 
+from daemon.codec.wire import MAX_PORT, ClientReply, WireError, decode_reply, encode_request
+from daemon.core.messages import BUSY, ERROR, NOT_LEADER, OK, SESSION_EXPIRED, STALE
+
 __all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "Client",
     "NoLeader",
     "OperationFailed",
@@ -59,13 +65,6 @@ __all__ = [
     "parse_endpoint",
 ]
 
-# Reply statuses (the server's words).
-OK = "ok"
-NOT_LEADER = "not_leader"
-STALE = "stale"
-BUSY = "busy"
-ERROR = "error"
-SESSION_EXPIRED = "session_expired"
 # A write whose session is refused as expired starts it again above the horizon at most this
 # many times (each refusal means another session was evicted meanwhile).
 MAX_SESSION_RESTARTS = 3
@@ -149,13 +148,13 @@ def parse_endpoint(endpoint: str | tuple[str, int] | Sequence) -> tuple[str, int
         host, sep, port_text = endpoint.strip().rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
             raise ValueError(
-                f"endpoint {endpoint!r}: expected host:port with a port from 1 to 65535")
+                f"endpoint {endpoint!r}: expected host:port with a port from 1 to {MAX_PORT}")
         return host, int(port_text)
     if isinstance(endpoint, (tuple, list)) and len(endpoint) == 2:
         host, port = endpoint
-        if isinstance(host, str) and host and isinstance(port, int) and 1 <= port <= 65535:
+        if isinstance(host, str) and host and isinstance(port, int) and 1 <= port <= MAX_PORT:
             return host, port
     raise ValueError(f"endpoint {endpoint!r}: expected 'host:port' or (host, port)")
 
@@ -215,7 +214,7 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.reply: list | None = None
+        self.reply: ClientReply | None = None
         self.error: BaseException | None = None
         self.sent = False  # handed to the socket (the server may have it)
 
@@ -234,7 +233,7 @@ class _Connection:
         self.closed = False
         self.reason = ""
 
-    async def request(self, req: list, waiter: _Waiter) -> list:
+    async def request(self, req: list, waiter: _Waiter) -> ClientReply:
         """Send ``req`` and wait for its reply; _ConnectionLost if the connection dies first.
 
         If the caller is cancelled before the sender took the request, it is withdrawn and
@@ -325,7 +324,7 @@ class _Connection:
                     self._dispatch(loads(payload))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._fail(f"receive failed: {_stream_error(exc)}")
-        except (FrameError, _ProtocolViolation) as exc:
+        except (FrameError, WireError, _ProtocolViolation) as exc:
             self._fail(f"protocol error from the server: {exc}")
         except Exception as exc:
             self._fail(f"receive failed: {type(exc).__name__}: {exc}")
@@ -333,15 +332,9 @@ class _Connection:
     def _dispatch(self, replies: Any) -> None:
         if not isinstance(replies, list):
             raise _ProtocolViolation(f"expected an array of replies, got {type(replies).__name__}")
-        for reply in replies:
-            if (
-                not isinstance(reply, list)
-                or len(reply) != 4
-                or not isinstance(reply[0], int)
-                or not isinstance(reply[1], str)
-            ):
-                raise _ProtocolViolation(f"malformed reply {reply!r:.200}")
-            waiter = self.waiting.pop(reply[0], None)
+        for obj in replies:
+            reply = decode_reply(obj)  # WireError naming the field for a malformed one
+            waiter = self.waiting.pop(reply.req_id, None)
             if waiter is not None:  # else: a request its caller gave up on
                 waiter.reply = reply
                 waiter.event.set()
@@ -367,6 +360,25 @@ class _Session:
 
 # ---------------------------------------------------------------------------------------------
 # The client.
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call's progress over its attempts (Client._call)."""
+
+    op: str
+    client_id: int
+    seq: int
+    write: bool
+    address: str | None  # the node the call is pinned to (status), or None
+    timeout: float
+    deadline: float
+    attempt: int = 0
+    maybe_sent: bool = False  # some attempt may have reached a node
+    answered: bool = False  # some node answered, but not with the operation's outcome
+    problem: str | None = None  # the last thing that went wrong, for the error message
+    dial_failed: bool = False  # ... and it was that no connection could be opened
+    closed: bool = False  # the client was closed under the call
 
 
 class Client:
@@ -639,104 +651,128 @@ class Client:
         if self._closed:
             raise PaxosdError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
-        deadline = trio.current_time() + timeout
-        maybe_sent = False  # some attempt may have reached a node
-        answered = False  # some node answered, but not with the operation's outcome
-        problem: str | None = None  # the last thing that went wrong, for the error message
-        dial_failed = False  # ... and it was that no connection could be opened
-        attempt = 0
-        current_time = trio.current_time
-        closed = False
+        call = _Call(op, client_id, seq, write, address, timeout,
+                     trio.current_time() + timeout)
         while True:
-            now = current_time()
-            if now >= deadline:
+            now = trio.current_time()
+            if now >= call.deadline:
                 break
             if self._closed:
-                closed, problem = True, "the client was closed"
+                call.closed, call.problem = True, "the client was closed"
                 break
             target = address or self._target()
-            pause = True
-            sent_before = maybe_sent  # an earlier attempt may be applied yet
-            waiter = _Waiter()
-            reply = None
-            lost: _ConnectionLost | None = None
-            # One cancel scope per attempt bounds it by the call's deadline and by
-            # attempt_timeout, whichever comes first.
-            with trio.CancelScope(deadline=min(deadline, now + self.attempt_timeout)):
-                try:
-                    connection = await self._connection(target)
-                    req = [next(self._req_ids), op, client_id, seq, key, arg1, arg2]
-                    reply = await connection.request(req, waiter)
-                except _ConnectionLost as exc:
-                    lost = exc
-                finally:
-                    maybe_sent = maybe_sent or waiter.sent
+            sent_before = call.maybe_sent  # an earlier attempt may be applied yet
+            reply, lost = await self._attempt(call, target, now, key, arg1, arg2)
             if lost is not None:
-                problem = str(lost)
-                dial_failed = isinstance(lost, _DialFailed)
-                if address is not None and attempt >= 1:
-                    break
-                self._forget(target)
-                pause = address is not None or self._tried_all(attempt)
+                pause = self._after_lost(call, target, lost)
             elif reply is None:
-                if current_time() >= deadline:
-                    break
-                # Paused or overloaded: ask another node (a retried write is still applied at
-                # most once, and a redirect brings us back if it leads).
-                problem = f"{target} did not answer within {self.attempt_timeout:g} s"
-                dial_failed = False
-                self._forget(target)
-                pause = False
+                pause = self._after_silence(call, target)
+            elif reply.status == OK:
+                if address is None and op != "status":
+                    self.leader = target
+                return reply.result, target
             else:
-                status, result, leader = reply[1], reply[2], reply[3]
-                if status == OK:
-                    if address is None and op != "status":
-                        self.leader = target
-                    return result, target
-                if status == ERROR:
-                    raise OperationFailed(f"{op}: {target}: {result}")
-                if status == SESSION_EXPIRED:
-                    if sent_before:
-                        raise OutcomeUnknown(
-                            f"{op}: outcome unknown: the session of client {client_id} expired "
-                            f"while seq {seq} was being retried; it may have been applied once")
-                    raise SessionExpired(
-                        f"{op}: {target}: the session of client {client_id} expired; seq {seq} "
-                        f"was not applied (start again above {result})", result)
-                if status == STALE:
-                    raise OperationFailed(
-                        f"{op}: {target}: stale session: seq {seq} of client {client_id} is "
-                        f"older than the last one it applied")
-                answered = True
-                if status == NOT_LEADER:
-                    problem = f"{target} is not the leader" + (
-                        f" (leader: {leader})" if leader else " and knows of none")
-                    if address is None and self._redirect(target, leader):
-                        pause = attempt > 2  # follow a fresh redirect at once
-                elif status == BUSY:
-                    problem = f"{target} is busy"
-                else:
-                    raise OperationFailed(f"{op}: {target}: unknown reply status {status!r}")
+                pause = self._after_refusal(call, target, reply, sent_before)
+            if pause is None:
+                break
             if pause:
-                await trio.sleep_until(min(deadline, current_time() + _backoff(attempt)))
-            attempt += 1
-        last = f" (last: {problem})" if problem else ""
-        if write and maybe_sent:
-            raise OutcomeUnknown(
+                await trio.sleep_until(min(call.deadline,
+                                           trio.current_time() + _backoff(call.attempt)))
+            call.attempt += 1
+        raise self._give_up(call)
+
+    async def _attempt(self, call: _Call, target: str, now: float, key: bytes,
+                       arg1: bytes | None, arg2: bytes | None
+                       ) -> tuple[ClientReply | None, _ConnectionLost | None]:
+        """One try of ``call`` at ``target``: ``(reply, None)``, ``(None, why the connection
+        was lost)``, or ``(None, None)`` when no reply came in time. One cancel scope bounds it
+        by the call's deadline and by attempt_timeout, whichever comes first."""
+        waiter = _Waiter()
+        with trio.CancelScope(deadline=min(call.deadline, now + self.attempt_timeout)):
+            try:
+                connection = await self._connection(target)
+                req = encode_request(next(self._req_ids), call.op, call.client_id, call.seq, key,
+                                     arg1, arg2)
+                return await connection.request(req, waiter), None
+            except _ConnectionLost as exc:
+                return None, exc
+            finally:
+                call.maybe_sent = call.maybe_sent or waiter.sent
+        return None, None
+
+    def _after_lost(self, call: _Call, target: str, lost: _ConnectionLost) -> bool | None:
+        """The connection to ``target`` was lost (or never opened): whether to pause before the
+        next attempt, or None to give up (a pinned call dials at most twice)."""
+        call.problem = str(lost)
+        call.dial_failed = isinstance(lost, _DialFailed)
+        if call.address is not None and call.attempt >= 1:
+            return None
+        self._forget(target)
+        return call.address is not None or self._tried_all(call.attempt)
+
+    def _after_silence(self, call: _Call, target: str) -> bool | None:
+        """``target`` did not answer within attempt_timeout: try another node at once (None
+        when the call's deadline has passed)."""
+        if trio.current_time() >= call.deadline:
+            return None
+        # Paused or overloaded: ask another node (a retried write is still applied at most
+        # once, and a redirect brings us back if it leads).
+        call.problem = f"{target} did not answer within {self.attempt_timeout:g} s"
+        call.dial_failed = False
+        self._forget(target)
+        return False
+
+    def _after_refusal(self, call: _Call, target: str, reply: ClientReply,
+                       sent_before: bool) -> bool:
+        """A reply other than OK: raise the final ones (error, session expired, stale); for
+        not_leader and busy, whether to pause before the next attempt."""
+        op, status, result = call.op, reply.status, reply.result
+        if status == ERROR:
+            raise OperationFailed(f"{op}: {target}: {result}")
+        if status == SESSION_EXPIRED:
+            if sent_before:
+                raise OutcomeUnknown(
+                    f"{op}: outcome unknown: the session of client {call.client_id} expired "
+                    f"while seq {call.seq} was being retried; it may have been applied once")
+            raise SessionExpired(
+                f"{op}: {target}: the session of client {call.client_id} expired; seq "
+                f"{call.seq} was not applied (start again above {result})", result)
+        if status == STALE:
+            raise OperationFailed(
+                f"{op}: {target}: stale session: seq {call.seq} of client {call.client_id} is "
+                f"older than the last one it applied")
+        call.answered = True
+        if status == NOT_LEADER:
+            leader = reply.leader
+            call.problem = f"{target} is not the leader" + (
+                f" (leader: {leader})" if leader else " and knows of none")
+            if call.address is None and self._redirect(target, leader):
+                return call.attempt > 2  # follow a fresh redirect at once
+            return True
+        assert status == BUSY, status  # decode_reply lets no other status through
+        call.problem = f"{target} is busy"
+        return True
+
+    def _give_up(self, call: _Call) -> PaxosdError:
+        """The error a call that found no definite answer before its deadline ends with."""
+        op, timeout, address = call.op, call.timeout, call.address
+        last = f" (last: {call.problem})" if call.problem else ""
+        if call.write and call.maybe_sent:
+            return OutcomeUnknown(
                 f"{op}: outcome unknown: the write may or may not have been applied "
                 f"(no definite answer within {timeout:g} s{last})"
             )
-        if closed:
-            raise PaxosdError(f"{op}: the client is closed")
+        if call.closed:
+            return PaxosdError(f"{op}: the client is closed")
         if address is not None:
-            if dial_failed and address in self._dial_errors:
-                raise Unavailable(f"{op}: {address}: {self._dial_errors[address]}")
-            raise Unavailable(f"{op}: {address}: no answer within {timeout:g} s{last}")
-        if answered:
-            raise NoLeader(f"{op}: no leader answered within {timeout:g} s{last}")
-        if problem is not None and not dial_failed:
-            raise Unavailable(f"{op}: no endpoint answered within {timeout:g} s{last}")
-        raise Unavailable(f"{op}: {self._unreachable_message(timeout)}")
+            if call.dial_failed and address in self._dial_errors:
+                return Unavailable(f"{op}: {address}: {self._dial_errors[address]}")
+            return Unavailable(f"{op}: {address}: no answer within {timeout:g} s{last}")
+        if call.answered:
+            return NoLeader(f"{op}: no leader answered within {timeout:g} s{last}")
+        if call.problem is not None and not call.dial_failed:
+            return Unavailable(f"{op}: no endpoint answered within {timeout:g} s{last}")
+        return Unavailable(f"{op}: {self._unreachable_message(timeout)}")
 
     def _unreachable_message(self, timeout: float) -> str:
         details = "; ".join(

@@ -21,7 +21,7 @@ import fastpath
 from fastpath import BALLOT_CHOSEN, MAX_ROUND, FrameError, FrameReader, dumps, encode_frame, loads
 
 from daemon.codec import wire
-from daemon.core.messages import OP_CAS, OP_DELETE, OP_PUT
+from daemon.codec.wire import CLIENT_OPCODES as _OPCODES  # as daemon.runtime.server uses them
 
 __all__ = ["DOCUMENTED", "MEMBERS", "SEEDS", "feed_stream", "seed_frames"]
 
@@ -121,7 +121,6 @@ def _peer(payload: bytes) -> None:
     assert msg.sender in MEMBERS, msg
 
 
-_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}  # as daemon.runtime.server has them
 _CONN = object()
 
 
