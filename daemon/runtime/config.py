@@ -50,7 +50,7 @@ __all__ = [
 MAX_NODE_ID = 65535
 MAX_MEMBERS = 64
 MAX_WINDOW = 65536
-# A frame must fit in one WAL record (daemon.runtime.storage limits records to 256 MiB).
+# A frame must fit in one WAL record (daemon.codec.records limits records to 256 MiB).
 MIN_FRAME_BYTES = 4096
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Where state lives when the file says nothing: the systemd StateDirectory.
