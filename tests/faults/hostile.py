@@ -121,7 +121,7 @@ def _peer(payload: bytes) -> None:
     assert msg.sender in MEMBERS, msg
 
 
-_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}  # as daemon.runtime.server has them
+_OPCODES = {"put": OP_PUT, "delete": OP_DELETE, "cas": OP_CAS}  # as daemon.runtime.clients has them
 _CONN = object()
 
 
