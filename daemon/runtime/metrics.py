@@ -26,11 +26,15 @@ from typing import Callable, Iterable
 
 import trio
 
+from daemon.runtime.net import listen
+
 __all__ = [
     "CONTENT_TYPE",
     "Counter",
     "Gauge",
+    "FSYNC_BUCKETS",
     "Histogram",
+    "NodeMetrics",
     "Registry",
     "exponential_buckets",
     "serve_metrics",
@@ -280,12 +284,8 @@ async def serve_metrics(address, registry: Registry, log, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry
     rendered, one response per connection. ``task_status.started(listeners)`` once bound."""
-    try:
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-    except OSError as exc:
-        raise OSError(f"cannot listen for metrics on {address}: {exc.strerror or exc} (several "
-                      f"members on one host need members.N.metrics addresses of their "
-                      f"own)") from None
+    listeners = await listen(address, "metrics", " (several members on one host need "
+                                                "members.N.metrics addresses of their own)")
     busy = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def handle(stream) -> None:
