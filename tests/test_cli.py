@@ -27,7 +27,7 @@ from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
-SERVER_EXISTS = (ROOT / "daemon" / "server.py").exists()
+SERVER_EXISTS = (ROOT / "daemon" / "runtime" / "server.py").exists()
 needs_server = pytest.mark.skipif(not SERVER_EXISTS, reason="daemon/runtime/server.py is not written yet")
 
 
@@ -122,7 +122,7 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
 
 
-@pytest.mark.skipif(not (ROOT / "daemon" / "bench.py").exists(), reason="no daemon/tools/bench.py")
+@pytest.mark.skipif(not (ROOT / "daemon" / "tools" / "bench.py").exists(), reason="no daemon/tools/bench.py")
 def test_bench_takes_its_options_from_daemon_bench():
     result = paxosd("bench", "--help")
     assert result.returncode == 0 and "paxosd bench" in result.stdout
