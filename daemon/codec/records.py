@@ -18,7 +18,9 @@ with the highest sequence number counts.
 
 Encoding checks what would make a record unreadable (ballots and slots are unsigned 64-bit
 integers, a payload is at most ``MAX_RECORD_BYTES``) before anything is written; decoding
-raises ``Undecodable`` (a ValueError) naming what is wrong.
+raises ``Undecodable`` (a ValueError) naming what is wrong. Reading a log file, and what to
+make of damage in it, is daemon.runtime.storage's (``group_at`` and ``synced_claim_after`` only
+say what the bytes at an offset are).
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ VERSION_END = len(MAGIC) + 4  # every format version so far starts with magic + 
 GROUP_HEAD = struct.Struct(">8sQQQI")  # salt, offset, synced, body length, crc32 of the body
 GROUP_HEADER_BYTES = GROUP_HEAD.size + CRC.size  # the group header, with its crc32
 RECORD_LENGTH = struct.Struct(">I")  # before each payload in a group's body
-# The largest payload one record may have; checked before anything is allocated on read. A
-# record carries at most one peer frame's worth of batches (config caps frames at 256 MiB).
+# The largest payload one record may have, checked when it is encoded. A record carries at most
+# one peer frame's worth of batches (config caps frames at 256 MiB). On read no length field is
+# trusted beyond the bytes there: a group must fit in the file and a record in its group.
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 # The synced-length marker's slots: salt, synced length, sequence number (then a crc32).

@@ -11,7 +11,8 @@ effective settings (defaults filled in, paths resolved) as YAML that loads back 
 
 Files the configuration names (the cluster secret, certificates and keys) are not opened by
 ``load_config``: client commands load the file too and need not read the node's secrets.
-``daemon.runtime.security.check_files`` checks them; ``paxosd check-config`` and a starting node call it.
+``daemon.runtime.security`` checks them: ``check_files`` for ``paxosd check-config``, and a
+starting node as it loads them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "Timing",
     "describe",
     "load_config",
+    "parse_address",
     "parse_config",
 ]
 

@@ -55,7 +55,7 @@ from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incar
                             save_incarnation, write_snapshot)
 from daemon.runtime.transport import Transport
 
-__all__ = ["Server", "main", "run", "sd_notify", "serve"]
+__all__ = ["Server", "core_config", "main", "run", "sd_notify", "serve", "watchdog_interval"]
 
 TICK_INTERVAL = 0.010
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (see run)
@@ -126,7 +126,7 @@ def sd_notify(state: str, log=None) -> bool:
 
 
 class Server:
-    """One node: the Node, its WAL, its transport and its client connections.
+    """One node: the Node, its WAL, its transport (peers) and its client port.
 
     Created by ``serve``; handed to ``task_status.started`` so tests can look inside.
     """
