@@ -1,5 +1,6 @@
 """The write-ahead log of acceptor and learner records (daemon.core.messages.RECORDS): its
-files, lock and fsyncs; and the snapshot and incarnation files beside it.
+files, lock and fsyncs; and the snapshot and incarnation files beside it (the snapshot's bytes
+are daemon.codec.snapshot's).
 
 One file per node, ``<node dir>/wal.log`` (format version 2): a file header, then one group per
 ``append`` (one write; a group commit's unit), each a salted header (its own offset, the length
@@ -63,12 +64,11 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from fastpath import dumps as _dumps, loads as _loads  # canonical CBOR, same bytes as cbor2
-
 from daemon.codec.records import (CRC, FILE_HEAD, FORMAT_VERSION, HEADER_BYTES, MAGIC, OK,
                                   SALT_BYTES, SYNCED_SLOT, SYNCED_SLOT_OFFSETS, UNDECODABLE,
                                   VERSION_END, decode_synced_slots, encode_body, encode_group,
                                   encode_synced_slot, file_header, group_at, synced_claim_after)
+from daemon.codec.snapshot import DamagedSnapshot, decode_snapshot, encode_snapshot
 
 __all__ = [
     "CorruptLog",
@@ -93,11 +93,6 @@ SYNCED_FILE = "wal.synced"
 MARKER_SEAL_INTERVAL = 1.0
 
 SNAPSHOT_FILE = "snapshot"
-SNAPSHOT_MAGIC = b"PAXOSSNP"
-SNAPSHOT_FORMAT_VERSION = 1  # the snapshot file's format is unchanged by WAL format 2
-SNAPSHOT_HEADER = SNAPSHOT_MAGIC + struct.pack(">I", SNAPSHOT_FORMAT_VERSION)
-ENTRY_HEADER = struct.Struct(">II")  # the snapshot's payload length and crc32
-ENTRY_HEADER_BYTES = ENTRY_HEADER.size
 LOCK_FILE = "LOCK"
 INCARNATION_FILE = "incarnation"
 MAX_INCARNATION = (1 << 63) - 1
@@ -739,8 +734,7 @@ def write_snapshot(directory: os.PathLike | str, index: int, blob: bytes, *, fsy
     temporary file, fsync, rename over the old snapshot, fsync the directory. Returns its size."""
     directory = Path(directory)
     path = directory / SNAPSHOT_FILE
-    payload = _dumps([index, blob])
-    data = SNAPSHOT_HEADER + ENTRY_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    data = encode_snapshot(index, blob)
     try:
         _replace_file(directory, SNAPSHOT_FILE, data, fsync)
     except OSError as exc:
@@ -761,31 +755,10 @@ def read_snapshot(directory: os.PathLike | str) -> tuple[int, bytes] | None:
         return None
     except OSError as exc:
         raise _os_error("cannot read the snapshot", path, exc) from exc
-    head = len(SNAPSHOT_HEADER)
-    if data[:len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
-        raise CorruptLog(f"{path}: not a paxosd snapshot (bad magic at offset 0)", path=path, offset=0)
-    if data[:head] != SNAPSHOT_HEADER:
-        raise CorruptLog(f"{path}: unsupported snapshot format version at offset {len(SNAPSHOT_MAGIC)}",
-                         path=path, offset=len(SNAPSHOT_MAGIC))
-    if len(data) < head + ENTRY_HEADER_BYTES:
-        raise CorruptLog(f"{path}: truncated at offset {len(data)}", path=path, offset=len(data))
-    length, crc = ENTRY_HEADER.unpack_from(data, head)
-    payload = data[head + ENTRY_HEADER_BYTES:]
-    if len(payload) != length:
-        raise CorruptLog(f"{path}: truncated or overlong: {len(payload)} payload bytes at offset "
-                         f"{head + ENTRY_HEADER_BYTES}, header says {length}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES)
-    if zlib.crc32(payload) != crc:
-        raise CorruptLog(f"{path}: checksum mismatch in the payload at offset {head + ENTRY_HEADER_BYTES}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES)
     try:
-        index, blob = _loads(payload)
-        if type(index) is not int or index < 1 or type(blob) is not bytes:
-            raise ValueError("not [index, image]")
-    except ValueError as exc:
-        raise CorruptLog(f"{path}: undecodable snapshot at offset {head + ENTRY_HEADER_BYTES}: {exc}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES) from None
-    return index, blob
+        return decode_snapshot(data)
+    except DamagedSnapshot as exc:
+        raise CorruptLog(f"{path}: {exc}", path=path, offset=exc.offset) from None
 
 
 def _replace_file(directory: Path, name: str, data: bytes, fsync: bool) -> None:
