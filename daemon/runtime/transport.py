@@ -18,7 +18,7 @@ Sending never blocks the protocol core: ``Transport.send`` appends to a bounded 
 sender task writes everything queued since its last write with one ``send_all`` of
 ``fastpath.encode_frames``. Inbound frames are cut by ``fastpath.FrameReader`` (the length is
 checked against ``limits.max_frame_bytes`` before the body is read), decoded and validated by
-``wire.decode_peer``, and handed to ``deliver`` one list per received chunk. A bad frame or an
+``wire.decode_peer_payload``, and handed to ``deliver`` one list per received chunk. A bad frame or an
 invalid message logs one line and closes that connection only.
 """
 
