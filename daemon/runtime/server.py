@@ -80,7 +80,6 @@ NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory,
 DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
 
 
-
 def core_config(config) -> CoreConfig:
     """The protocol settings the YAML file gives."""
     return CoreConfig(
