@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -59,6 +61,19 @@ class Inbox:
         return self.items.pop(0)
 
 
+@asynccontextmanager
+async def running_port(max_clients: int):
+    """A client port of one member, listening; yields (port, inbox, connect)."""
+    cfg = config(max_clients)
+    inbox = Inbox()
+    port = ClientPort(cfg, 1, node_logger(1), **inbox.callbacks())
+    address = cfg.member(1).client
+    async with trio.open_nursery() as nursery:
+        await nursery.start(port.run)
+        yield port, inbox, partial(trio.open_tcp_stream, address.host, address.port)
+        nursery.cancel_scope.cancel()
+
+
 async def exchange(stream, reader: FrameReader, requests: list) -> list:
     """Send ``requests`` in one frame; the next frame of replies."""
     await stream.send_all(encode_frame(dumps(requests)))
@@ -77,13 +92,8 @@ async def replies(stream, reader: FrameReader) -> list:
 
 async def test_the_port_answers_status_and_hands_the_rest_on_with_the_connections_tag():
     with trio.fail_after(TEST_TIMEOUT):
-        cfg = config(max_clients=4)
-        inbox = Inbox()
-        port = ClientPort(cfg, 1, node_logger(1), **inbox.callbacks())
-        address = cfg.member(1).client
-        async with trio.open_nursery() as nursery:
-            await nursery.start(port.run)
-            stream = await trio.open_tcp_stream(address.host, address.port)
+        async with running_port(max_clients=4) as (port, inbox, connect):
+            stream = await connect()
             reader = FrameReader(1 << 20)
             [status] = await exchange(stream, reader, [[1, "status", 0, 0, b"", None, None]])
             assert (status.req_id, status.status, status.result, status.leader) == \
@@ -114,22 +124,16 @@ async def test_the_port_answers_status_and_hands_the_rest_on_with_the_connection
             assert bad.status == wire.ERROR and "request.key" in bad.result
             assert bad.leader == LEADER
             await stream.aclose()
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_connection_beyond_max_clients_is_refused_and_logged(caplog):
     with trio.fail_after(TEST_TIMEOUT):
-        cfg = config(max_clients=1)
-        inbox = Inbox()
-        port = ClientPort(cfg, 1, node_logger(1), **inbox.callbacks())
-        address = cfg.member(1).client
-        async with trio.open_nursery() as nursery:
-            await nursery.start(port.run)
-            first = await trio.open_tcp_stream(address.host, address.port)
+        async with running_port(max_clients=1) as (_, _, connect):
+            first = await connect()
             reader = FrameReader(1 << 20)
             await exchange(first, reader, [[1, "status", 0, 0, b"", None, None]])
             with caplog.at_level(logging.WARNING, logger="paxosd.server"):
-                second = await trio.open_tcp_stream(address.host, address.port)
+                second = await connect()
                 assert await second.receive_some(1024) == b""  # closed without a word
             [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
             assert "client connection from 127.0.0.1:" in line
@@ -138,7 +142,6 @@ async def test_a_connection_beyond_max_clients_is_refused_and_logged(caplog):
             assert status.status == OK  # the first is still served
             for stream in (first, second):
                 await stream.aclose()
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_port_that_cannot_listen_names_itself():
