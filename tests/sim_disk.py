@@ -1,7 +1,7 @@
 """The simulator's disks: a node's data directory and its WAL writer, modelled on the daemon's.
 
 A ``SimDisk`` holds what a data directory holds, in the real encodings: the WAL as a list of
-record payloads (``daemon.runtime.storage.encode_record``; recovery decodes them with
+record payloads (``daemon.codec.records.encode_record``; recovery decodes them with
 ``decode_record``) and the snapshot file as (index, ``encode_image`` bytes). Appended payloads
 stay in an unsynced tail until a sync; a crash keeps all of that tail, none of it, or a prefix
 of it (a write cut part-way: recovery cuts a torn record, so what survives is a prefix).
@@ -26,7 +26,7 @@ from daemon.runtime.durability import DurabilityGate, Handoff
 from daemon.core.kv import decode_image, encode_image
 from daemon.core.messages import (AcceptRecord, CommitRecord, IncarnationChosen, PromiseRecord,
                              Snapshot)
-from daemon.runtime.storage import decode_record, encode_record
+from daemon.codec.records import decode_record, encode_record
 
 SYNC = "sync"
 SNAPSHOT = "snapshot"

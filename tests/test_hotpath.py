@@ -16,7 +16,7 @@ from fastpath import ballot_pack, dumps, loads
 from daemon.codec import wire
 from daemon.core.kv import KVStore
 from daemon.core.messages import OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, STALE, Accept
-from daemon.runtime.server import _OPCODES
+from daemon.codec.wire import CLIENT_OPCODES as _OPCODES
 from tests import twins
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

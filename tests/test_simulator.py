@@ -8,7 +8,7 @@ import pytest
 from daemon.core.node import Ready
 from daemon.core.messages import (NOOP, OP_PUT, Accept, Accepted, AcceptRecord, CommitRecord, Prepare,
                              Promise, PromiseRecord, Snapshot)
-from daemon.runtime.storage import encode_record
+from daemon.codec.records import encode_record
 from fastpath import BALLOT_CHOSEN, ballot_pack
 from tests import sim_bugs, simulator
 from tests.sim_disk import DiskFailure, NodeStorage, SimDisk

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.codec import records as wal_codec
 from daemon.runtime import storage
 from daemon.core.messages import (
     NOOP,
@@ -27,17 +28,14 @@ from daemon.core.messages import (
     CommitRecord,
     PromiseRecord,
 )
-from daemon.runtime.storage import (
+from daemon.codec.records import (
     HEADER_BYTES,
     MAX_RECORD_BYTES,
-    WAL,
-    CorruptLog,
-    DataDirInUse,
-    StorageError,
     decode_record,
     encode_entries,
     encode_record,
 )
+from daemon.runtime.storage import WAL, CorruptLog, DataDirInUse, StorageError
 
 BALLOT_MAX = 2**64 - 1
 
@@ -135,7 +133,7 @@ def test_non_records_are_refused_before_anything_is_written(tmp_path):
 
 
 def test_an_oversized_record_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(wal_codec, "MAX_RECORD_BYTES", 64)
     with pytest.raises(ValueError, match="exceeds the limit of 64"):
         encode_entries([AcceptRecord(1, 0, ((1, 1, OP_PUT, b"k", b"x" * 100, None),))])
 
@@ -407,7 +405,7 @@ def test_a_record_with_a_good_checksum_that_does_not_decode_is_refused(tmp_path)
     wal.close()
     for body in (b"\x00\x00\x00\x03\x82\x09\x01",  # [9, 1]: no such tag
                  b"\x00\x00\x00\x09\x82\x04\x01"):  # a record length beyond the group
-        group = storage._group(salt, offset, offset, [body], len(body), zlib.crc32(body))
+        group = wal_codec.encode_group(salt, offset, offset, [body], len(body), zlib.crc32(body))
         wal_file(tmp_path).write_bytes(wal_file(tmp_path).read_bytes()[:offset] + group)
         with pytest.raises(CorruptLog, match="do not decode") as info:
             WAL.open(tmp_path)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.codec.records import HEADER_BYTES, encode_record
 from daemon.runtime import storage
 from daemon.core.messages import OP_PUT, AcceptRecord, CommitRecord, PromiseRecord
 from daemon.runtime.storage import WAL, CorruptLog, StorageError, save_incarnation
@@ -372,7 +373,7 @@ BALLOT = (3 << 16) | 2
 def forged_entry() -> bytes:
     """Bytes shaped like a version-1 WAL entry holding a promise: an 8-byte header (length,
     crc32) and the CBOR ``[1, ballot]``, which a client may put in any value."""
-    payload = storage.encode_record(PromiseRecord(BALLOT))
+    payload = encode_record(PromiseRecord(BALLOT))
     return len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big") + payload
 
 
@@ -625,10 +626,10 @@ def test_a_log_cut_to_zero_records_after_a_sync_is_refused(tmp_path, image_dir):
     for k in range(at, len(ops) + 1):
         if k > at:
             disk.apply(ops[k - 1])
-        header = bytes(disk.names["wal.log"].durable[:storage.HEADER_BYTES])
+        header = bytes(disk.names["wal.log"].durable[:HEADER_BYTES])
         for marker_data in disk.marker_versions():
             expect_corrupt(directory, {"wal.log": header, "wal.synced": marker_data},
-                           storage.HEADER_BYTES, f"crash before op {k}: cut to zero records")
+                           HEADER_BYTES, f"crash before op {k}: cut to zero records")
             with pytest.raises(CorruptLog, match="missing"):
                 open_image(directory, {"wal.synced": marker_data})
 
@@ -638,11 +639,11 @@ def test_the_zero_records_refusal_tells_the_operator_what_to_do(tmp_path):
     wal.append([PromiseRecord(BALLOT)])
     wal.sync()
     wal.close()
-    os.truncate(tmp_path / "wal.log", storage.HEADER_BYTES)
+    os.truncate(tmp_path / "wal.log", HEADER_BYTES)
     with pytest.raises(CorruptLog) as info:
         WAL.open(tmp_path)
     message = str(info.value)
-    assert f"{tmp_path / 'wal.log'}: offset {storage.HEADER_BYTES}" in message
+    assert f"{tmp_path / 'wal.log'}: offset {HEADER_BYTES}" in message
     assert "no records at all" in message and "rejoins under a new incarnation" in message
     assert "incarnation" in message
 
@@ -654,7 +655,7 @@ def test_a_log_that_never_synced_a_record_is_a_new_one(tmp_path):
     wal.append([PromiseRecord(BALLOT)])
     wal.fail("crash")
     wal.close()
-    os.truncate(tmp_path / "wal.log", storage.HEADER_BYTES)
+    os.truncate(tmp_path / "wal.log", HEADER_BYTES)
     assert open_image(tmp_path, {"wal.log": (tmp_path / "wal.log").read_bytes(),
                                  "wal.synced": (tmp_path / "wal.synced").read_bytes()}) == []
 

@@ -11,7 +11,8 @@ effective settings (defaults filled in, paths resolved) as YAML that loads back 
 
 Files the configuration names (the cluster secret, certificates and keys) are not opened by
 ``load_config``: client commands load the file too and need not read the node's secrets.
-``daemon.runtime.security.check_files`` checks them; ``paxosd check-config`` and a starting node call it.
+``daemon.runtime.security`` checks them: ``check_files`` for ``paxosd check-config``, and a
+starting node as it loads them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "Timing",
     "describe",
     "load_config",
+    "parse_address",
     "parse_config",
 ]
 
@@ -50,7 +52,7 @@ __all__ = [
 MAX_NODE_ID = 65535
 MAX_MEMBERS = 64
 MAX_WINDOW = 65536
-# A frame must fit in one WAL record (daemon.runtime.storage limits records to 256 MiB).
+# A frame must fit in one WAL record (daemon.codec.records limits records to 256 MiB).
 MIN_FRAME_BYTES = 4096
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Where state lives when the file says nothing: the systemd StateDirectory.
@@ -281,27 +283,8 @@ def parse_config(
     directory; without a path, against the working directory)."""
     name = os.fspath(path) if path is not None else "<config>"
     base = Path(os.path.abspath(name)).parent if path is not None else Path.cwd()
-    try:
-        doc = _load_yaml(text)
-    except _DuplicateKey as exc:
-        raise ConfigError(name, exc.key_path, exc.problem) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(name, None, _yaml_problem(exc)) from None
+    doc = _document(text, name)
     p = _Parser(name)
-    if doc is None:
-        raise ConfigError(
-            name, None, "the file is empty: expected a mapping with cluster and members"
-        )
-    if not isinstance(doc, dict):
-        raise ConfigError(
-            name, None, f"expected a mapping at the top level, got {_type_name(doc)} {_show(doc)}"
-        )
-    config_fields = [f.name for f in dataclasses.fields(Config) if f.name != "path"]
-    p.check_keys(doc, "", config_fields)
-    for required in ("cluster", "members"):
-        if required not in doc:
-            raise ConfigError(name, required, "required key is missing")
-
     cluster = doc["cluster"]
     if not isinstance(cluster, str) or not _CLUSTER_NAME.fullmatch(cluster):
         p.fail("cluster", cluster, "a cluster name of 1 to 64 letters, digits, '_', '.' or '-'")
@@ -319,8 +302,46 @@ def parse_config(
     data_dir = doc.get("data_dir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not data_dir.strip():
         p.fail("data_dir", data_dir, "a directory path")
-    data_dir_path = _resolve(base, data_dir)
 
+    return Config(
+        path=Path(os.path.abspath(name)) if path is not None else Path(name),
+        cluster=cluster,
+        node_id=node_id,
+        members=members,
+        data_dir=_resolve(base, data_dir),
+        **_sections(p, doc, base, members),
+    )
+
+
+def _document(text: str, name: str) -> dict:
+    """The file's top-level mapping: YAML that parses, with only known keys and the required
+    ones; ConfigError naming ``name`` otherwise."""
+    try:
+        doc = _load_yaml(text)
+    except _DuplicateKey as exc:
+        raise ConfigError(name, exc.key_path, exc.problem) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(name, None, _yaml_problem(exc)) from None
+    if doc is None:
+        raise ConfigError(
+            name, None, "the file is empty: expected a mapping with cluster and members"
+        )
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            name, None, f"expected a mapping at the top level, got {_type_name(doc)} {_show(doc)}"
+        )
+    config_fields = [f.name for f in dataclasses.fields(Config) if f.name != "path"]
+    _Parser(name).check_keys(doc, "", config_fields)
+    for required in ("cluster", "members"):
+        if required not in doc:
+            raise ConfigError(name, required, "required key is missing")
+    return doc
+
+
+def _sections(p: _Parser, doc: dict, base: Path, members: tuple[Member, ...]) -> dict:
+    """The optional sections of ``doc`` (timing to client_tls), defaults filled in, checked
+    on their own and against each other, as Config's keyword arguments."""
+    name = p.name
     timing = p.section(doc, "timing", Timing, _TIMING_CHECKS)
     if timing.election_timeout_ms[0] > timing.election_timeout_ms[1]:
         p.fail(
@@ -350,24 +371,9 @@ def parse_config(
     if metrics.address is not None:
         p.check_unused("metrics.address", metrics.address, members)
     auth = p.section(doc, "auth", Auth, {"secret_file": _optional_path(base)})
-    tls = p.tls(doc, "tls", base, ca_required=True)
-    client_tls = p.tls(doc, "client_tls", base, ca_required=False)
-
-    return Config(
-        path=Path(os.path.abspath(name)) if path is not None else Path(name),
-        cluster=cluster,
-        node_id=node_id,
-        members=members,
-        data_dir=data_dir_path,
-        timing=timing,
-        batching=batching,
-        storage=storage,
-        limits=limits,
-        metrics=metrics,
-        auth=auth,
-        tls=tls,
-        client_tls=client_tls,
-    )
+    return dict(timing=timing, batching=batching, storage=storage, limits=limits,
+                metrics=metrics, auth=auth, tls=p.tls(doc, "tls", base, ca_required=True),
+                client_tls=p.tls(doc, "client_tls", base, ca_required=False))
 
 
 def _resolve(base: Path, path: str) -> Path:

@@ -46,7 +46,8 @@ class Handoff(NamedTuple):
     """What a driver does with one ``Ready`` now."""
 
     seq: int  # the hand-off number of ``records``; 0 when there are none
-    records: list  # to append to the log, in order (records and now and then a Snapshot)
+    records: list  # to append to the log, in order (records, now and then a Snapshot or an
+    # IncarnationChosen: the driver's writer acts on those too, in their place)
     send: list  # (destination id, message) that may leave now, in order
     replies: list  # client replies, deliverable now
 

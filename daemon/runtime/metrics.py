@@ -26,11 +26,15 @@ from typing import Callable, Iterable
 
 import trio
 
+from daemon.runtime.net import listen
+
 __all__ = [
     "CONTENT_TYPE",
     "Counter",
     "Gauge",
+    "FSYNC_BUCKETS",
     "Histogram",
+    "NodeMetrics",
     "Registry",
     "exponential_buckets",
     "serve_metrics",
@@ -280,12 +284,8 @@ async def serve_metrics(address, registry: Registry, log, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry
     rendered, one response per connection. ``task_status.started(listeners)`` once bound."""
-    try:
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-    except OSError as exc:
-        raise OSError(f"cannot listen for metrics on {address}: {exc.strerror or exc} (several "
-                      f"members on one host need members.N.metrics addresses of their "
-                      f"own)") from None
+    listeners = await listen(address, "metrics", " (several members on one host need "
+                                                "members.N.metrics addresses of their own)")
     busy = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def handle(stream) -> None:
@@ -342,6 +342,15 @@ class NodeMetrics:
 
     def __init__(self, max_batch_commands: int = 4096) -> None:
         r = self.registry = Registry()
+        # /metrics lists them in this order: by subsystem, as etcd's names group them.
+        self._leadership(r)
+        self._progress(r)
+        self._disk(r)
+        self._window(r, max_batch_commands)
+        self._connections(r)
+
+    def _leadership(self, r: Registry) -> None:
+        """paxosd_server_*: who leads, as this node sees it."""
         self.has_leader = r.gauge(
             "paxosd_server_has_leader", "Whether this node knows a leader (1) or not (0).")
         self.is_leader = r.gauge(
@@ -352,6 +361,9 @@ class NodeMetrics:
         self.ballot_round = r.gauge(
             "paxosd_server_ballot_round",
             "Round of the ballot this node leads or stands for, else of the highest it promised.")
+
+    def _progress(self, r: Registry) -> None:
+        """paxosd_proposals_* and the indexes: client commands chosen, applied and waiting."""
         self.committed = r.counter(
             "paxosd_proposals_committed_total",
             "Client commands in slots this node learned chosen.")
@@ -366,11 +378,17 @@ class NodeMetrics:
             "paxosd_commit_index", "Highest slot of the contiguous chosen prefix known here.")
         self.applied_index = r.gauge(
             "paxosd_applied_index", "Highest slot applied to the state machine.")
+
+    def _disk(self, r: Registry) -> None:
+        """paxosd_disk_*: the write-ahead log's writes and fsyncs."""
         self.fsync = r.histogram(
             "paxosd_disk_wal_fsync_duration_seconds",
             "Latency of the WAL fsyncs (one per group commit).", FSYNC_BUCKETS)
         self.wal_bytes = r.counter(
             "paxosd_disk_wal_write_bytes_total", "Bytes appended to the write-ahead log.")
+
+    def _window(self, r: Registry, max_batch_commands: int) -> None:
+        """The leader's batches and the slots it has in flight."""
         top = max(4096, max_batch_commands)
         self.batch = r.histogram(
             "paxosd_batch_commands", "Client commands per slot this node opened as leader.",
@@ -378,18 +396,22 @@ class NodeMetrics:
         self.in_flight = r.gauge(
             "paxosd_window_slots_in_flight",
             "Slots the leader proposed that are not chosen yet (0 on a follower).")
+
+    def _connections(self, r: Registry) -> None:
+        """paxosd_peer_* (per peer, but for the count of refused connections), and the client
+        connections."""
+        peer = ("peer",)
         self.peer_reachable = r.gauge(
             "paxosd_peer_reachable",
-            "Whether a connection to the peer is up, its hello done (1) or not (0).", ("peer",))
+            "Whether a connection to the peer is up, its hello done (1) or not (0).", peer)
         self.peer_sent = r.counter(
-            "paxosd_peer_sent_messages_total", "Protocol messages written to the peer.",
-            ("peer",))
+            "paxosd_peer_sent_messages_total", "Protocol messages written to the peer.", peer)
         self.peer_received = r.counter(
             "paxosd_peer_received_messages_total",
-            "Protocol messages received from the peer and accepted as valid.", ("peer",))
+            "Protocol messages received from the peer and accepted as valid.", peer)
         self.peer_dropped = r.counter(
             "paxosd_peer_dropped_messages_total",
-            "Messages dropped because the peer's send queue was full.", ("peer",))
+            "Messages dropped because the peer's send queue was full.", peer)
         self.auth_failures = r.counter(
             "paxosd_peer_auth_failures_total",
             "Peer connections refused for failing TLS or the cluster secret check.")

@@ -16,8 +16,9 @@ Two independent layers guard the peer port, and either or both may be configured
 certificate from that CA.
 
 ``check_files`` opens every file the configuration names and raises ``ConfigError`` naming the
-key and the path of the first one that cannot be used; a starting node and ``paxosd
-check-config`` call it.
+key and the path of the first one that cannot be used; ``paxosd check-config`` calls it. A
+starting node makes the same checks as it loads the files (``load_secret`` and ``peer_contexts``
+in the transport, ``server_context`` in the client port).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from daemon.runtime.config import Config, ConfigError, TLSFiles
 __all__ = [
     "MIN_SECRET_BYTES",
     "NONCE_BYTES",
+    "ROLE_ACCEPTOR",
+    "ROLE_DIALER",
     "check_files",
     "client_context",
     "load_secret",

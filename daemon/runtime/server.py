@@ -5,7 +5,7 @@ One nursery tree per node::
     serve
     ├── transport        peer listener, one dialer per higher-id peer, per connection a sender
     │                    and a receiver (daemon.runtime.transport)
-    ├── client listener  per connection a reader and a writer task
+    ├── client listener  per connection a reader and a writer task (daemon.runtime.clients)
     ├── core loop        the only caller of the Node
     ├── WAL writer       group commit: one append and one fsync for whatever accumulated
     ├── ticker           a tick every 10 ms
@@ -16,8 +16,8 @@ ticks, "the WAL is durable up to here"). Each iteration takes every event availa
 awaiting between them, feeds them to the Node, calls ``node.ready()`` once and carries the
 outputs out in the order of the core's contract (daemon.core.node): records to the WAL writer;
 ``send`` to the peer queues at once; ``send_after_persist`` held by the durability gate
-(daemon.runtime.durability) until the WAL writer reports the records before them durable; replies to
-client connections.
+(daemon.runtime.durability) until the WAL writer reports the records before them durable;
+replies to client connections.
 Messages a node sends itself go back into the core on the same terms (the leader's own vote
 counts only once its own write is durable).
 
@@ -41,36 +41,27 @@ from functools import partial
 
 import trio
 
-from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
-
 from daemon.codec import wire
-from daemon.codec.wire import CLIENT_OPCODES as _OPCODES
 from daemon.runtime.config import ConfigError, load_config
 from daemon.core.node import LEADER, CoreConfig, DurableState, Node
+from daemon.runtime.clients import ClientPort
 from daemon.runtime.durability import DurabilityGate
-from daemon.runtime.log import Throttle, node_logger, setup as setup_logging
-from daemon.core.messages import (NOT_LEADER, OK, Accept, CommitRecord,
-                             IncarnationChosen, Snapshot)
+from daemon.runtime.log import node_logger, setup as setup_logging
+from daemon.core.messages import (NOT_LEADER, Accept, CommitRecord, IncarnationChosen,
+                                  Snapshot)
 from daemon.runtime.metrics import NodeMetrics, serve_metrics
 from daemon.core.kv import decode_image, encode_image
 from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
-from daemon.runtime.security import server_context
-from daemon.runtime.transport import Transport, tls_failure
+from daemon.runtime.transport import Transport
 
-__all__ = ["Server", "main", "run", "sd_notify", "serve"]
+__all__ = ["Server", "core_config", "main", "run", "sd_notify", "serve", "watchdog_interval"]
 
 TICK_INTERVAL = 0.010
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (see run)
 INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
 SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
 SLOW_FSYNC_LOG_INTERVAL = 10.0  # seconds; slow syncs in between are counted, said in one line
-CLIENT_RECEIVE_BYTES = 256 * 1024
-MAX_IN_FLIGHT_PER_CLIENT = 16384  # requests read from one connection but not yet answered
-MAX_REPLIES_PER_FRAME = 4096
-CLIENT_DRAIN_TIMEOUT = 5.0  # after a client half-closes, how long its pending replies may take
-CLIENT_HANDSHAKE_TIMEOUT = 5.0  # seconds for a client's TLS handshake (client_tls)
-REFUSAL_LOG_INTERVAL = 60.0  # seconds; a repeated refusal of clients is logged once in it
 
 # Inbox event kinds.
 EV_PEER = 0  # payload: list of validated peer messages
@@ -78,17 +69,15 @@ EV_CLIENT = 1  # payload: list of (is_read, tag, command tuple | key)
 EV_TICK = 2
 EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
 EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
+EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 JOIN_HELP = ("join a running cluster: with an empty data directory, start under a new "
              "incarnation (a new member, or a member whose data was lost); ignored when the "
              "data directory holds state")
-EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory, take "
                     "incarnation 0 at once instead of waiting until every other initial member "
                     "reports that it never promised anything; never for a member that may "
                     "have lost its data; ignored when the data directory holds state")
 DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
-
-_NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def core_config(config) -> CoreConfig:
@@ -135,26 +124,8 @@ def sd_notify(state: str, log=None) -> bool:
     return True
 
 
-class ClientConnection:
-    """One client connection: replies waiting to be written, and how many requests are open."""
-
-    __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress")
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.replies: list = []
-        self.outstanding = 0
-        self.closed = False
-        self.has_replies = trio.Event()
-        self.progress = trio.Event()
-
-    def push(self, reply: list) -> None:
-        self.replies.append(reply)
-        self.has_replies.set()
-
-
 class Server:
-    """One node: the Node, its WAL, its transport and its client connections.
+    """One node: the Node, its WAL, its transport (peers) and its client port.
 
     Created by ``serve``; handed to ``task_status.started`` so tests can look inside.
     """
@@ -191,17 +162,19 @@ class Server:
         self._wal_durable = 0
         self._wal_has_work = trio.Event()
         self._gate = DurabilityGate()
-        self._clients = 0
-        self._client_tls = (server_context(config, config.client_tls, "client_tls")
-                            if config.client_tls is not None else None)
-        self._client_refusals = Throttle(REFUSAL_LOG_INTERVAL)
+        send = self._inbox_send.send
+        self.clients = ClientPort(
+            config, self.id, self.log, submit=lambda work: send((EV_CLIENT, work)),
+            transfer=lambda tag, target: send((EV_TRANSFER, (tag, target))),
+            change_members=lambda tag, change: send((EV_MEMBER, (tag, change))),
+            status=self.status, leader=lambda: self.client_address.get(self.node.leader_id))
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
         self._role = None
         self._leader = None
         self.metrics = NodeMetrics(config.batching.max_batch_commands)
         self.metrics.registry.on_collect(
-            lambda: self.metrics.collect(self.node, self.transport, self._clients))
+            lambda: self.metrics.collect(self.node, self.transport, self.clients.count))
         # What the metrics have counted: the commit index, and the state machine's count of
         # applied commands (a snapshot installed from the leader replaces the state machine).
         self._counted_commit = 0
@@ -220,8 +193,7 @@ class Server:
                       "peer authentication %s, client TLS %s", config.path, config.cluster,
                       ",".join(map(str, self.members)), node_dir,
                       "on" if config.storage.fsync else "OFF", self.transport.protection,
-                      "off" if self._client_tls is None else "on" if config.client_tls.ca is None
-                      else "on, client certificates required")
+                      self.clients.protection)
         self.wal, records = await trio.to_thread.run_sync(
             partial(WAL.open, node_dir, fsync=config.storage.fsync,
                     log=node_logger(self.id, "paxosd.storage")))
@@ -256,7 +228,7 @@ class Server:
             with trio.CancelScope() as self.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.transport.run)
-                    await nursery.start(self._client_listener)
+                    await nursery.start(self.clients.run)
                     nursery.start_soon(self._core_loop)
                     nursery.start_soon(self._wal_writer)
                     nursery.start_soon(self._ticker)
@@ -593,137 +565,6 @@ class Server:
                 except trio.WouldBlock:
                     pass  # the core is busy; the next tick will do
 
-    # -- clients ---------------------------------------------------------------------------------
-
-    async def _client_listener(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        me = self.config.member(self.id).client
-        try:
-            listeners = await trio.open_tcp_listeners(me.port, host=me.host)
-        except OSError as exc:
-            raise OSError(f"cannot listen for clients on {me}: {exc.strerror or exc}") from None
-        handler = self._client_connection
-        if self._client_tls is not None:
-            listeners = [trio.SSLListener(listener, self._client_tls) for listener in listeners]
-            handler = self._client_tls_connection
-        await trio.serve_listeners(handler, listeners, task_status=task_status)
-
-    async def _client_tls_connection(self, stream: trio.SSLStream) -> None:
-        """A client_tls connection: the TLS handshake first, then the client protocol."""
-        try:
-            with trio.fail_after(CLIENT_HANDSHAKE_TIMEOUT):
-                await stream.do_handshake()
-        except (trio.TooSlowError, *_NET_ERRORS) as exc:
-            why = (f"none within {CLIENT_HANDSHAKE_TIMEOUT:g} s"
-                   if isinstance(exc, trio.TooSlowError) else tls_failure(exc))
-            if why is not None:
-                self._client_refused(stream, f"TLS handshake failed: {why}")
-            await trio.aclose_forcefully(stream)
-            return
-        await self._client_connection(stream)
-
-    def _client_refused(self, stream, why: str) -> None:
-        where = _remote(stream)
-        unsaid = self._client_refusals.check((where.rpartition(":")[0], why), trio.current_time())
-        if unsaid is not None:
-            more = f" ({unsaid} more like it since the last report)" if unsaid else ""
-            self.log.warning("client connection from %s refused: %s%s", where, why, more)
-
-    async def _client_connection(self, stream) -> None:
-        async with stream:
-            if self._clients >= self.config.limits.max_clients:
-                self._client_refused(stream, f"already {self._clients} clients "
-                                             f"(limits.max_clients)")
-                return
-            self._clients += 1
-            conn = ClientConnection(stream)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._client_writer, conn, nursery.cancel_scope)
-                    if await self._client_reader(conn):
-                        with trio.move_on_after(CLIENT_DRAIN_TIMEOUT):
-                            while conn.outstanding:
-                                await conn.progress.wait()
-                    nursery.cancel_scope.cancel()
-            finally:
-                conn.closed = True
-                self._clients -= 1
-
-    async def _client_reader(self, conn: ClientConnection) -> bool:
-        """Read request frames until the client closes (True) or breaks the protocol (False)."""
-        reader = FrameReader(self.config.limits.max_frame_bytes)
-        stream = conn.stream
-        decode = wire.decode_request
-        send = self._inbox_send.send
-        leader_address = self.client_address.get
-        try:
-            while True:
-                while conn.outstanding >= MAX_IN_FLIGHT_PER_CLIENT:
-                    await conn.progress.wait()
-                data = await stream.receive_some(CLIENT_RECEIVE_BYTES)
-                if not data:
-                    return True
-                for payload in reader.feed(data):
-                    frame = loads(payload)
-                    if type(frame) is not list:
-                        raise wire.WireError(f"client frame: expected an array of requests, "
-                                             f"got {type(frame).__name__}")
-                    # The plain requests in one C pass (fastpath); the rest one by one.
-                    work, rest = split_requests(frame, conn, _OPCODES)
-                    conn.outstanding += len(work)
-                    for obj in rest:
-                        conn.outstanding += 1
-                        try:
-                            req = decode(obj)
-                        except wire.BadRequest as exc:
-                            conn.push([exc.req_id, wire.ERROR, str(exc),
-                                       leader_address(self.node.leader_id)])
-                            continue
-                        op = req.op
-                        tag = (conn, req.req_id)
-                        if op == "get":
-                            work.append((True, tag, req.key))
-                        elif op == "status":
-                            conn.push([req.req_id, OK, self.status(),
-                                       leader_address(self.node.leader_id)])
-                        elif op == "transfer":
-                            await send((EV_TRANSFER, (tag, req.client_id)))
-                        elif op == "member_add":
-                            await send((EV_MEMBER, (tag, ("add", req.client_id, req.key.decode(),
-                                                          req.arg1.decode()))))
-                        elif op == "member_remove":
-                            await send((EV_MEMBER, (tag, ("remove", req.client_id))))
-                        else:
-                            work.append((False, tag, (req.client_id, req.seq, _OPCODES[op],
-                                                      req.key, req.arg1, req.arg2)))
-                    if work:
-                        await send((EV_CLIENT, work))
-        except (FrameError, wire.WireError) as exc:
-            self.log.warning("closing client connection %s: %s", _remote(stream), exc)
-            return False
-        except _NET_ERRORS:
-            return False
-
-    async def _client_writer(self, conn: ClientConnection, scope: trio.CancelScope) -> None:
-        stream = conn.stream
-        try:
-            while True:
-                if not conn.replies:
-                    await conn.has_replies.wait()
-                conn.has_replies = trio.Event()
-                replies, conn.replies = conn.replies, []
-                if not replies:
-                    continue
-                if len(replies) <= MAX_REPLIES_PER_FRAME:
-                    data = encode_frames((replies,))
-                else:
-                    data = encode_frames([replies[i:i + MAX_REPLIES_PER_FRAME]
-                                          for i in range(0, len(replies), MAX_REPLIES_PER_FRAME)])
-                await stream.send_all(data)
-                conn.outstanding -= len(replies)
-                conn.progress.set()
-                conn.progress = trio.Event()
-        except _NET_ERRORS:
-            scope.cancel()
 
 
 def _append_and_sync(wal: WAL, records: list) -> float:
@@ -742,15 +583,6 @@ def _load_snapshot(directory) -> Snapshot | None:
         raise StorageError(f"{directory / SNAPSHOT_FILE}: not a state machine image: {exc}",
                            path=directory / SNAPSHOT_FILE) from None
     return Snapshot(index, image)
-
-def _remote(stream) -> str:
-    stream = getattr(stream, "transport_stream", stream)  # through TLS to the socket
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except (OSError, AttributeError, ValueError):
-        return "?"
-    return f"{host}:{port}"
-
 
 async def serve(config, *, join: bool = False, new_cluster: bool = False,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,17 +1,13 @@
-"""The write-ahead log of acceptor and learner records (daemon.core.messages.RECORDS).
+"""The write-ahead log of acceptor and learner records (daemon.core.messages.RECORDS): its
+files, lock and fsyncs; and the snapshot and incarnation files beside it (the snapshot's bytes
+are daemon.codec.snapshot's).
 
-One file per node, ``<node dir>/wal.log`` (format version 2)::
-
-    file header   b"PAXOSWAL" + version (4 bytes BE) + salt (8 random bytes) + crc32 (4 bytes BE)
-    group*        group header + body, one per ``append`` (one write; a group commit's unit)
-    group header  salt (8) + this group's file offset (8) + synced (8: the length of the log
-                  already durable when the group was written) + body length (8) + crc32 of
-                  the body (4) + crc32 of the 36 header bytes before it (4)
-    body          record* : payload length (4 bytes BE) + payload
-
-A payload is the CBOR array ``[tag, fields...]`` of one record (``TAG_*`` below); batches are
-arrays of command arrays. The file is only ever appended to (``O_APPEND``), and every byte the
-log returns on open has passed its group's checksum.
+One file per node, ``<node dir>/wal.log`` (format version 2): a file header, then one group per
+``append`` (one write; a group commit's unit), each a salted header (its own offset, the length
+of the log already synced when it was written, the body's length and crc32) and a body of
+records. The bytes are daemon.codec.records' (the layout is in its docstring). The file is only
+ever appended to (``O_APPEND``), and every byte the log returns on open has passed its group's
+checksum.
 
 Why the salt: it is chosen at random when a log file is created and never leaves the node, so
 no client value can contain a group header. Recovery finds group structure only by salted
@@ -68,61 +64,38 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from fastpath import dumps as _dumps, loads as _loads  # canonical CBOR, same bytes as cbor2
-
-from daemon.core.messages import AcceptRecord, ChosenRecord, CommitRecord, PromiseRecord
+from daemon.codec.records import (CRC, FILE_HEAD, FORMAT_VERSION, HEADER_BYTES, MAGIC, OK,
+                                  SALT_BYTES, SYNCED_SLOT, SYNCED_SLOT_OFFSETS, UNDECODABLE,
+                                  VERSION_END, decode_synced_slots, encode_body, encode_group,
+                                  encode_synced_slot, file_header, group_at, synced_claim_after)
+from daemon.codec.snapshot import DamagedSnapshot, decode_snapshot, encode_snapshot
 
 __all__ = [
     "CorruptLog",
     "DataDirInUse",
-    "MAX_RECORD_BYTES",
+    "INCARNATION_FILE",
+    "SNAPSHOT_FILE",
+    "SYNCED_FILE",
     "StorageError",
     "WAL",
-    "decode_record",
-    "encode_entries",
-    "encode_record",
+    "WAL_FILE",
     "load_incarnation",
     "new_incarnation",
+    "read_snapshot",
     "save_incarnation",
+    "write_snapshot",
 ]
 
-MAGIC = b"PAXOSWAL"
-FORMAT_VERSION = 2
-SALT_BYTES = 8
-FILE_HEAD = struct.Struct(">8sI8s")  # magic, format version, salt
-CRC = struct.Struct(">I")
-HEADER_BYTES = FILE_HEAD.size + CRC.size  # the file header, with its crc32
-_VERSION_END = len(MAGIC) + 4  # every format version so far starts with magic + version
-GROUP_HEAD = struct.Struct(">8sQQQI")  # salt, offset, synced, body length, crc32 of the body
-GROUP_HEADER_BYTES = GROUP_HEAD.size + CRC.size  # the group header, with its crc32
-RECORD_LENGTH = struct.Struct(">I")  # before each payload in a group's body
-# The largest payload one record may have; checked before anything is allocated on read. A
-# record carries at most one peer frame's worth of batches (config caps frames at 256 MiB).
-MAX_RECORD_BYTES = 256 * 1024 * 1024
-
 WAL_FILE = "wal.log"
-# The synced-length marker: two slots (in separate 512-byte sectors, so one torn write cannot
-# damage both) of salt, synced length, sequence number and crc32; the newest valid one counts.
+# The synced-length marker (its slots: daemon.codec.records).
 SYNCED_FILE = "wal.synced"
-SYNCED_SLOT = struct.Struct(">8sQQ")
-SYNCED_SLOT_OFFSETS = (0, 512)
 # Under load, the marker is fsynced at least this often (seconds); an idle writer seals it.
 MARKER_SEAL_INTERVAL = 1.0
 
 SNAPSHOT_FILE = "snapshot"
-SNAPSHOT_MAGIC = b"PAXOSSNP"
-SNAPSHOT_FORMAT_VERSION = 1  # the snapshot file's format is unchanged by WAL format 2
-SNAPSHOT_HEADER = SNAPSHOT_MAGIC + struct.pack(">I", SNAPSHOT_FORMAT_VERSION)
-ENTRY_HEADER = struct.Struct(">II")  # the snapshot's payload length and crc32
-ENTRY_HEADER_BYTES = ENTRY_HEADER.size
 LOCK_FILE = "LOCK"
 INCARNATION_FILE = "incarnation"
 MAX_INCARNATION = (1 << 63) - 1
-
-TAG_PROMISE = 1
-TAG_ACCEPT = 2
-TAG_CHOSEN = 3
-TAG_COMMIT = 4
 
 _log = logging.getLogger("paxosd.storage")
 
@@ -159,131 +132,6 @@ class CorruptLog(StorageError):
 
 class DataDirInUse(StorageError):
     """Another process holds the data directory's lock."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Record encoding.
-
-
-def encode_record(record: Any) -> bytes:
-    """The CBOR payload of one record.
-
-    Slot numbers and ballots are checked here (a record that could not be read back would stop
-    the node at its next start); commands are trusted to be well-typed, as the wire codec
-    validated them on the way in.
-    """
-    t = type(record)
-    if t is AcceptRecord:
-        _check_uint(record, record.ballot, record.first_slot)
-        return _dumps([TAG_ACCEPT, record.ballot, record.first_slot, record.batches])
-    if t is CommitRecord:
-        _check_uint(record, record.commit_index)
-        return _dumps([TAG_COMMIT, record.commit_index])
-    if t is ChosenRecord:
-        _check_uint(record, record.first_slot)
-        return _dumps([TAG_CHOSEN, record.first_slot, record.batches])
-    if t is PromiseRecord:
-        _check_uint(record, record.ballot)
-        return _dumps([TAG_PROMISE, record.ballot])
-    raise TypeError(f"not a WAL record: {record!r:.200}")
-
-
-def _check_uint(record: Any, *values: Any) -> None:
-    for v in values:
-        if type(v) is not int or not 0 <= v < 1 << 64:
-            raise ValueError(f"{record!r:.200}: ballots and slots are unsigned 64-bit integers")
-
-
-def encode_entries(records: list) -> bytes:
-    """The body of a group holding ``records``: each payload after its 4-byte length."""
-    return b"".join(_encode_body(records)[0])
-
-
-def _encode_body(records: list) -> tuple[list, int, int, bool]:
-    """(parts of the body, its length, its crc32, whether it holds a PromiseRecord); raises
-    ValueError or TypeError before anything is written if a record cannot be logged."""
-    parts = []
-    length = crc = 0
-    promise = False
-    for record in records:
-        payload = encode_record(record)
-        n = len(payload)
-        if n > MAX_RECORD_BYTES:
-            raise ValueError(
-                f"WAL record of {n} bytes exceeds the limit of {MAX_RECORD_BYTES} "
-                f"bytes: {type(record).__name__}"
-            )
-        head = RECORD_LENGTH.pack(n)
-        crc = zlib.crc32(payload, zlib.crc32(head, crc))
-        parts.append(head)
-        parts.append(payload)
-        length += 4 + n
-        promise = promise or type(record) is PromiseRecord
-    return parts, length, crc, promise
-
-
-class _Undecodable(ValueError):
-    pass
-
-
-def decode_record(payload: bytes) -> Any:
-    """The record a payload encodes; ValueError if it is not one."""
-    try:
-        item = _loads(payload)
-    except Exception as exc:  # the decoder's own error types vary
-        raise _Undecodable(f"not CBOR: {exc}") from None
-    if not isinstance(item, (list, tuple)) or not item:
-        raise _Undecodable(f"expected a [tag, fields...] array, got {type(item).__name__}")
-    tag = item[0]
-    n = len(item)
-    if tag == TAG_ACCEPT and n == 4:
-        _uint(item[1], "ballot")
-        _uint(item[2], "first_slot")
-        return AcceptRecord(item[1], item[2], _batches(item[3]))
-    if tag == TAG_COMMIT and n == 2:
-        return CommitRecord(_uint(item[1], "commit_index"))
-    if tag == TAG_CHOSEN and n == 3:
-        _uint(item[1], "first_slot")
-        return ChosenRecord(item[1], _batches(item[2]))
-    if tag == TAG_PROMISE and n == 2:
-        return PromiseRecord(_uint(item[1], "ballot"))
-    raise _Undecodable(f"unknown record tag {tag!r} with {n - 1} fields")
-
-
-def _uint(value: Any, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise _Undecodable(f"{what}: expected an unsigned integer, got {value!r}")
-    return value
-
-
-def _batches(value: Any) -> tuple:
-    if not isinstance(value, (list, tuple)):
-        raise _Undecodable(f"batches: expected an array, got {type(value).__name__}")
-    return tuple(_batch(b) for b in value)
-
-
-def _batch(value: Any) -> tuple:
-    if not isinstance(value, (list, tuple)):
-        raise _Undecodable(f"batch: expected an array, got {type(value).__name__}")
-    out = []
-    for c in value:
-        if (
-            not isinstance(c, (list, tuple))
-            or len(c) != 6
-            or type(c[0]) is not int
-            or type(c[1]) is not int
-            or type(c[2]) is not int
-            or type(c[3]) is not bytes
-            or (c[4] is not None and type(c[4]) is not bytes)
-            or (c[5] is not None and type(c[5]) is not bytes)
-        ):
-            raise _Undecodable(
-                "command: expected (int, int, int, bytes, bytes|None, bytes|None), "
-                f"got {c!r:.100}"
-            )
-        out.append(tuple(c))
-    return tuple(out)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,24 +191,7 @@ class WAL:
                 raise _os_error("cannot open the log", path, exc) from exc
             found = _scan(fd, path)
             marker.refuse_lost_synced_bytes(path, found)
-            if found.end < found.size:
-                try:
-                    os.ftruncate(fd, found.end)
-                    _fsync(fd)
-                except OSError as exc:
-                    raise _os_error("cannot cut the torn tail of the log", path, exc) from exc
-                warn(
-                    f"{path}: cut a torn tail at offset {found.end}: {found.size - found.end} "
-                    f"bytes ({found.reason}); the {len(found.records)} records before it are "
-                    f"intact"
-                )
-            elif fsync:
-                # What the last process wrote may still be only in the page cache; what we
-                # return must be durable before anything is built on it.
-                try:
-                    _fsync(fd)
-                except OSError as exc:
-                    raise _os_error("cannot fsync the log", path, exc) from exc
+            _settle(fd, path, found, fsync, warn)
             if _SYNCED_MARKER:  # first: the test's cut must never go below the real marker
                 _note_synced(fd, found.end)
             try:
@@ -388,23 +219,13 @@ class WAL:
         the old one, so a crash leaves either the old log or the new one, each complete.
         """
         salt = _new_salt()
-        data = _file_header(salt)
+        data = file_header(salt)
         if records:
-            data += _group(salt, HEADER_BYTES, HEADER_BYTES, *_encode_body(records)[:3])
+            data += encode_group(salt, HEADER_BYTES, HEADER_BYTES, *encode_body(records)[:3])
         with self._append_lock:
             self._check_usable()
-            tmp = self.directory / (WAL_FILE + ".tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-                try:
-                    _write_all(fd, data)
-                    if self.fsync_enabled:
-                        _fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, self.path)
-                if self.fsync_enabled:
-                    _fsync_dir(self.directory)
+                _replace_file(self.directory, WAL_FILE, data, self.fsync_enabled)
                 new_fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             except OSError as exc:
                 self._fail(f"cannot rotate the log: {exc}")
@@ -428,10 +249,10 @@ class WAL:
         """
         if not records:
             return 0
-        parts, length, crc, promise = _encode_body(records)  # raises before anything is written
+        parts, length, crc, promise = encode_body(records)  # raises before anything is written
         with self._append_lock:
             self._check_usable()
-            data = _group(self.salt, self._written, self._synced, parts, length, crc)
+            data = encode_group(self.salt, self._written, self._synced, parts, length, crc)
             view = memoryview(data)
             done = 0
             try:
@@ -575,18 +396,6 @@ def _new_salt() -> bytes:
             return salt
 
 
-def _file_header(salt: bytes) -> bytes:
-    head = FILE_HEAD.pack(MAGIC, FORMAT_VERSION, salt)
-    return head + CRC.pack(zlib.crc32(head))
-
-
-def _group(salt: bytes, offset: int, synced: int, parts: list, length: int, crc: int) -> bytes:
-    """One group: its header (for ``offset``, vouching that ``synced`` bytes are durable)
-    and the body ``parts``, joined in one copy."""
-    head = GROUP_HEAD.pack(salt, offset, synced, length, crc)
-    return b"".join([head, CRC.pack(zlib.crc32(head)), *parts])
-
-
 # ---------------------------------------------------------------------------------------------
 # The synced-length marker.
 
@@ -620,12 +429,7 @@ class _SyncedMarker:
             data = None
         except OSError as exc:
             raise _os_error("cannot read the synced-length marker", path, exc) from exc
-        slots = []
-        for at in SYNCED_SLOT_OFFSETS:
-            body = data[at:at + SYNCED_SLOT.size] if data else b""
-            if len(body) == SYNCED_SLOT.size and data[at + len(body):at + len(body) + CRC.size] \
-                    == CRC.pack(zlib.crc32(body)):
-                slots.append(SYNCED_SLOT.unpack(body))
+        slots = decode_synced_slots(data)
         fd = -1
         if writable:
             try:
@@ -686,8 +490,7 @@ class _SyncedMarker:
             return
         synced = self.synced
         self._seq += 1
-        body = SYNCED_SLOT.pack(self._salt, synced, self._seq)
-        os.pwrite(self._fd, body + CRC.pack(zlib.crc32(body)),
+        os.pwrite(self._fd, encode_synced_slot(self._salt, synced, self._seq),
                   SYNCED_SLOT_OFFSETS[self._seq % len(SYNCED_SLOT_OFFSETS)])
         _fsync(self._fd)
         self.durable = synced
@@ -797,21 +600,33 @@ def _lock(directory: Path) -> int:
 
 def _create(directory: Path, fsync: bool) -> None:
     """Create an empty log atomically: a complete header, or no file at all."""
-    path = directory / WAL_FILE
-    tmp = directory / (WAL_FILE + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            _write_all(fd, _file_header(_new_salt()))
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        if fsync:
-            _fsync_dir(directory)
+        _replace_file(directory, WAL_FILE, file_header(_new_salt()), fsync)
     except OSError as exc:
-        raise _os_error("cannot create the log", path, exc) from exc
+        raise _os_error("cannot create the log", directory / WAL_FILE, exc) from exc
+
+
+def _settle(fd: int, path: Path, found: _Found, fsync: bool, warn: Callable[[str], Any]) -> None:
+    """Make the log on ``fd`` end durably where its valid groups end: cut a torn tail (and say
+    so), or fsync what the last process may have left only in the page cache."""
+    if found.end < found.size:
+        try:
+            os.ftruncate(fd, found.end)
+            _fsync(fd)
+        except OSError as exc:
+            raise _os_error("cannot cut the torn tail of the log", path, exc) from exc
+        warn(
+            f"{path}: cut a torn tail at offset {found.end}: {found.size - found.end} "
+            f"bytes ({found.reason}); the {len(found.records)} records before it are "
+            f"intact"
+        )
+    elif fsync:
+        # What the last process wrote may still be only in the page cache; what we
+        # return must be durable before anything is built on it.
+        try:
+            _fsync(fd)
+        except OSError as exc:
+            raise _os_error("cannot fsync the log", path, exc) from exc
 
 
 class _Found(NamedTuple):
@@ -824,9 +639,6 @@ class _Found(NamedTuple):
     reason: str  # why the bytes from ``end`` on are not a valid group ("" if there are none)
 
 
-_OK, _BAD, _UNDECODABLE = "ok", "bad", "undecodable"
-
-
 def _scan(fd: int, path: Path) -> _Found:
     """Validate the log: its valid groups in order, and where and why they end.
 
@@ -837,7 +649,7 @@ def _scan(fd: int, path: Path) -> _Found:
         size = os.fstat(fd).st_size
     except OSError as exc:
         raise _os_error("cannot stat the log", path, exc) from exc
-    if size < _VERSION_END:
+    if size < VERSION_END:
         raise CorruptLog(
             f"{path}: offset 0: the file is {size} bytes, shorter than the {HEADER_BYTES}-byte "
             f"header; it is not a paxosd WAL (logs are created whole)",
@@ -853,12 +665,12 @@ def _scan(fd: int, path: Path) -> _Found:
         records: list = []
         offset = HEADER_BYTES
         while offset < size:
-            status, value, end = _group_at(mm, offset, size, salt)
-            if status is _OK:
+            status, value, end = group_at(mm, offset, size, salt)
+            if status is OK:
                 records.extend(value)
                 offset = end
                 continue
-            if status is _UNDECODABLE:
+            if status is UNDECODABLE:
                 raise CorruptLog(
                     f"{path}: offset {offset}: the group's checksum matches but its records do "
                     f"not decode ({value}); written by an incompatible version, or a bug. "
@@ -866,7 +678,7 @@ def _scan(fd: int, path: Path) -> _Found:
                     path=path,
                     offset=offset,
                 )
-            claim, where = _synced_claim_after(mm, offset + 1, size, salt)
+            claim, where = synced_claim_after(mm, offset + 1, size, salt)
             if claim > offset:
                 raise CorruptLog(
                     f"{path}: offset {offset}: corrupt group ({value}) below offset {claim}, "
@@ -891,7 +703,7 @@ def _file_salt(mm: mmap.mmap, size: int, path: Path) -> bytes:
             path=path,
             offset=0,
         )
-    (version,) = struct.unpack(">I", mm[len(MAGIC):_VERSION_END])
+    (version,) = struct.unpack(">I", mm[len(MAGIC):VERSION_END])
     if version != FORMAT_VERSION:
         raise StorageError(
             f"{path}: WAL format version {version}; this paxosd reads only version "
@@ -913,63 +725,6 @@ def _file_salt(mm: mmap.mmap, size: int, path: Path) -> bytes:
     return FILE_HEAD.unpack(head)[2]
 
 
-def _group_at(mm: mmap.mmap, offset: int, size: int, salt: bytes) -> tuple[str, Any, int]:
-    """(_OK, records, end) | (_BAD, why, 0) | (_UNDECODABLE, why, end) for the group at offset."""
-    if offset + GROUP_HEADER_BYTES > size:
-        return _BAD, f"group header cut short: {size - offset} of {GROUP_HEADER_BYTES} bytes", 0
-    head = mm[offset:offset + GROUP_HEAD.size]
-    found_salt, at, synced, length, body_crc = GROUP_HEAD.unpack(head)
-    if found_salt != salt:
-        return _BAD, "no group header (zeros, garbage or a torn write)", 0
-    if CRC.unpack_from(mm, offset + GROUP_HEAD.size)[0] != zlib.crc32(head):
-        return _BAD, "group header checksum mismatch", 0
-    if at != offset or not HEADER_BYTES <= synced <= offset:
-        return _BAD, f"a group header written for offset {at}", 0
-    start = offset + GROUP_HEADER_BYTES
-    end = start + length
-    if end > size:
-        return _BAD, f"group cut short: {size - start} of {length} bytes", 0
-    body = mm[start:end]
-    if zlib.crc32(body) != body_crc:
-        return _BAD, "group checksum mismatch", 0
-    try:
-        return _OK, _decode_body(body), end
-    except _Undecodable as exc:
-        return _UNDECODABLE, str(exc), end
-
-
-def _decode_body(body: bytes) -> list:
-    """The records of a group body whose checksum matched."""
-    out = []
-    pos, n = 0, len(body)
-    while pos < n:
-        if pos + RECORD_LENGTH.size > n:
-            raise _Undecodable(f"a record length cut short at body offset {pos}")
-        (length,) = RECORD_LENGTH.unpack_from(body, pos)
-        start = pos + RECORD_LENGTH.size
-        end = start + length
-        if length == 0 or end > n:
-            raise _Undecodable(f"record length {length} at body offset {pos} overruns the group")
-        out.append(decode_record(body[start:end]))
-        pos = end
-    return out
-
-
-def _synced_claim_after(mm: mmap.mmap, start: int, size: int, salt: bytes) -> tuple[int, int]:
-    """(the largest synced length a valid group header at or after ``start`` records, that
-    header's offset), or (0, -1). Only salted headers count, so client data cannot vouch."""
-    best, where = 0, -1
-    at = mm.find(salt, start)
-    while at != -1 and at + GROUP_HEADER_BYTES <= size:
-        head = mm[at:at + GROUP_HEAD.size]
-        _, offset, synced, _, _ = GROUP_HEAD.unpack(head)
-        if (offset == at and best < synced <= at and synced >= HEADER_BYTES
-                and CRC.unpack_from(mm, at + GROUP_HEAD.size)[0] == zlib.crc32(head)):
-            best, where = synced, at
-        at = mm.find(salt, at + 1)
-    return best, where
-
-
 # ---------------------------------------------------------------------------------------------
 # Snapshots: the state machine as of a slot, in one file replaced atomically.
 
@@ -979,20 +734,9 @@ def write_snapshot(directory: os.PathLike | str, index: int, blob: bytes, *, fsy
     temporary file, fsync, rename over the old snapshot, fsync the directory. Returns its size."""
     directory = Path(directory)
     path = directory / SNAPSHOT_FILE
-    payload = _dumps([index, blob])
-    data = SNAPSHOT_HEADER + ENTRY_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-    tmp = directory / (SNAPSHOT_FILE + ".tmp")
+    data = encode_snapshot(index, blob)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            _write_all(fd, data)
-            if fsync:
-                _fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        if fsync:
-            _fsync_dir(directory)
+        _replace_file(directory, SNAPSHOT_FILE, data, fsync)
     except OSError as exc:
         raise _os_error("cannot write the snapshot", path, exc) from exc
     return len(data)
@@ -1011,31 +755,27 @@ def read_snapshot(directory: os.PathLike | str) -> tuple[int, bytes] | None:
         return None
     except OSError as exc:
         raise _os_error("cannot read the snapshot", path, exc) from exc
-    head = len(SNAPSHOT_HEADER)
-    if data[:len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
-        raise CorruptLog(f"{path}: not a paxosd snapshot (bad magic at offset 0)", path=path, offset=0)
-    if data[:head] != SNAPSHOT_HEADER:
-        raise CorruptLog(f"{path}: unsupported snapshot format version at offset {len(SNAPSHOT_MAGIC)}",
-                         path=path, offset=len(SNAPSHOT_MAGIC))
-    if len(data) < head + ENTRY_HEADER_BYTES:
-        raise CorruptLog(f"{path}: truncated at offset {len(data)}", path=path, offset=len(data))
-    length, crc = ENTRY_HEADER.unpack_from(data, head)
-    payload = data[head + ENTRY_HEADER_BYTES:]
-    if len(payload) != length:
-        raise CorruptLog(f"{path}: truncated or overlong: {len(payload)} payload bytes at offset "
-                         f"{head + ENTRY_HEADER_BYTES}, header says {length}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES)
-    if zlib.crc32(payload) != crc:
-        raise CorruptLog(f"{path}: checksum mismatch in the payload at offset {head + ENTRY_HEADER_BYTES}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES)
     try:
-        index, blob = _loads(payload)
-        if type(index) is not int or index < 1 or type(blob) is not bytes:
-            raise ValueError("not [index, image]")
-    except ValueError as exc:
-        raise CorruptLog(f"{path}: undecodable snapshot at offset {head + ENTRY_HEADER_BYTES}: {exc}",
-                         path=path, offset=head + ENTRY_HEADER_BYTES) from None
-    return index, blob
+        return decode_snapshot(data)
+    except DamagedSnapshot as exc:
+        raise CorruptLog(f"{path}: {exc}", path=path, offset=exc.offset) from None
+
+
+def _replace_file(directory: Path, name: str, data: bytes, fsync: bool) -> None:
+    """Make ``directory/name`` hold ``data``, whole or not at all, across a crash: write a
+    temporary file, fsync it, rename it over ``name``, fsync the directory (the fsyncs only
+    with ``fsync``). OSError for the caller to name what failed."""
+    tmp = directory / (name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        _write_all(fd, data)
+        if fsync:
+            _fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / name)
+    if fsync:
+        _fsync_dir(directory)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1105,17 +845,7 @@ def save_incarnation(directory: os.PathLike | str, incarnation: int, *,
         raise ValueError(f"incarnation {incarnation} is not in 0..{MAX_INCARNATION}")
     directory = Path(directory)
     path = directory / INCARNATION_FILE
-    tmp = directory / (INCARNATION_FILE + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            _write_all(fd, f"{incarnation}\n".encode())
-            if fsync:
-                _fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        if fsync:
-            _fsync_dir(directory)
+        _replace_file(directory, INCARNATION_FILE, f"{incarnation}\n".encode(), fsync)
     except OSError as exc:
         raise _os_error("cannot write the incarnation", path, exc) from exc

@@ -18,7 +18,7 @@ Sending never blocks the protocol core: ``Transport.send`` appends to a bounded 
 sender task writes everything queued since its last write with one ``send_all`` of
 ``fastpath.encode_frames``. Inbound frames are cut by ``fastpath.FrameReader`` (the length is
 checked against ``limits.max_frame_bytes`` before the body is read), decoded and validated by
-``wire.decode_peer``, and handed to ``deliver`` one list per received chunk. A bad frame or an
+``wire.decode_peer_payload``, and handed to ``deliver`` one list per received chunk. A bad frame or an
 invalid message logs one line and closes that connection only.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import ssl
 from collections import deque
 from typing import Awaitable, Callable
 
@@ -39,8 +38,9 @@ from daemon.runtime import security
 from daemon.codec import wire
 from daemon.runtime.config import ConfigError, parse_address
 from daemon.runtime.log import Throttle, node_logger
+from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
 
-__all__ = ["PeerLink", "Transport", "tls_failure"]
+__all__ = ["PeerLink", "Transport"]
 
 HELLO_TIMEOUT = 2.0  # seconds for the hello exchange, per connection
 CONNECT_TIMEOUT = 2.0
@@ -50,8 +50,6 @@ SEND_QUEUE_LIMIT = 1024  # messages per peer; beyond it the oldest is dropped
 RECEIVE_BYTES = 256 * 1024
 HELLO_MAX_FRAME = 4096  # a connection that has not said hello may not make us buffer more
 REFUSAL_LOG_INTERVAL = 60.0  # seconds; the same refusal from the same host is logged once in it
-
-_NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class PeerLink:
@@ -157,11 +155,7 @@ class Transport:
     # -- tasks -----------------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        me = self.config.member(self.id).peer
-        try:
-            listeners = await trio.open_tcp_listeners(me.port, host=me.host)
-        except OSError as exc:
-            raise OSError(f"cannot listen for peers on {me}: {exc.strerror or exc}") from None
+        listeners = await listen(self.config.member(self.id).peer, "peers")
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._accept, listeners)
             self._nursery = nursery
@@ -172,7 +166,7 @@ class Transport:
 
     async def _accept(self, raw: trio.SocketStream) -> None:
         async with raw:
-            where = _remote(raw)
+            where = remote_address(raw)
             stream = raw
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
@@ -191,7 +185,7 @@ class Transport:
             except (FrameError, wire.WireError) as exc:
                 self._refused(where, str(exc))
                 return
-            except _NET_ERRORS as exc:
+            except NET_ERRORS as exc:
                 why = tls_failure(exc)
                 if why is not None:
                     self._refused(where, f"TLS handshake failed: {why}", auth=True)
@@ -222,35 +216,23 @@ class Transport:
                     f"node {peer_id} dialed node {self.id}, but the lower id dials")
         except wire.HelloError:
             # Answer a well-formed hello anyway, so the other side can log why.
-            await stream.send_all(self._hello if nonce is None else encode_frame(dumps(
-                wire.encode_hello(self.cluster, self.id, nonce))))
+            await stream.send_all(self._hello_frame(nonce))
             raise
         if len(payloads) > 1 or reader.buffered:
             raise wire.WireError("sent more than a hello before the answer")
         if secret is None:
             await stream.send_all(self._hello)
             return peer_id
-        their_nonce = hello[4]
-        proof = security.prove(secret, security.ROLE_ACCEPTOR, self.cluster, peer_id, self.id,
-                               their_nonce, nonce)
+        transcript = (peer_id, self.id, hello[4], nonce)  # dialer, acceptor and their nonces
+        proof = security.prove(secret, security.ROLE_ACCEPTOR, self.cluster, *transcript)
         await stream.send_all(encode_frames([wire.encode_hello(self.cluster, self.id, nonce),
                                              wire.encode_proof(proof)]))
         payloads = await _receive_frames(stream, reader)
         if payloads is None:
             raise wire.AuthError(f"node {peer_id} closed the connection instead of proving the "
                                  f"cluster secret")
-        kind, value = wire.decode_auth_step(loads(payloads[0]))
-        if kind == "refused":
-            raise wire.AuthError(f"node {peer_id} refused this node's proof: {value}")
-        if kind != "proof":
-            raise wire.WireError(f"node {peer_id}: expected its proof of the cluster secret, "
-                                 f"got {kind!r}")
-        if not security.verify(secret, value, security.ROLE_DIALER, self.cluster, peer_id,
-                               self.id, their_nonce, nonce):
-            await stream.send_all(encode_frame(dumps(wire.encode_refusal(
-                "authentication failed: the proof does not match the cluster secret"))))
-            raise wire.AuthError(f"node {peer_id} failed authentication: its proof does not "
-                                 f"match the cluster secret (auth.secret_file differs?)")
+        value = _auth_step(payloads[0], peer_id, "proof", "this node's proof", wire.WireError)
+        await self._check_proof(stream, value, security.ROLE_DIALER, transcript)
         if len(payloads) > 1 or reader.buffered:
             raise wire.WireError(f"node {peer_id} sent more than its proof before the answer")
         await stream.send_all(encode_frame(dumps(wire.encode_welcome())))
@@ -261,8 +243,7 @@ class Transport:
         the protocol payloads already received."""
         secret = self.secret
         nonce = os.urandom(security.NONCE_BYTES) if secret is not None else None
-        await stream.send_all(self._hello if nonce is None else encode_frame(dumps(
-            wire.encode_hello(self.cluster, self.id, nonce))))
+        await stream.send_all(self._hello_frame(nonce))
         reader = FrameReader(self.max_frame)
         payloads = await self._next_frames(stream, reader, [], "the hello")
         hello = loads(payloads[0])
@@ -272,30 +253,33 @@ class Transport:
             raise wire.HelloError(f"node {peer_id} answered at the address of node {link.id}")
         if secret is None:
             return reader, payloads[1:]
-        their_nonce = hello[4]
+        transcript = (self.id, peer_id, nonce, hello[4])  # dialer, acceptor and their nonces
         payloads = await self._next_frames(stream, reader, payloads[1:], "authentication")
-        kind, value = wire.decode_auth_step(loads(payloads[0]))
-        if kind == "refused":
-            raise wire.AuthError(f"node {peer_id} refused the connection: {value}")
-        if kind != "proof":
-            raise wire.HelloError(f"node {peer_id}: expected its proof of the cluster secret, "
-                                  f"got {kind!r}")
-        if not security.verify(secret, value, security.ROLE_ACCEPTOR, self.cluster, self.id,
-                               peer_id, nonce, their_nonce):
-            await stream.send_all(encode_frame(dumps(wire.encode_refusal(
-                "authentication failed: the proof does not match the cluster secret"))))
-            raise wire.AuthError(f"node {peer_id} failed authentication: its proof does not "
-                                 f"match the cluster secret (auth.secret_file differs?)")
-        proof = security.prove(secret, security.ROLE_DIALER, self.cluster, self.id, peer_id,
-                               nonce, their_nonce)
+        value = _auth_step(payloads[0], peer_id, "proof", "the connection", wire.HelloError)
+        await self._check_proof(stream, value, security.ROLE_ACCEPTOR, transcript)
+        proof = security.prove(secret, security.ROLE_DIALER, self.cluster, *transcript)
         await stream.send_all(encode_frame(dumps(wire.encode_proof(proof))))
         payloads = await self._next_frames(stream, reader, payloads[1:], "authentication")
-        kind, value = wire.decode_auth_step(loads(payloads[0]))
-        if kind == "refused":
-            raise wire.AuthError(f"node {peer_id} refused this node's proof: {value}")
-        if kind != "welcome":
-            raise wire.HelloError(f"node {peer_id}: expected 'welcome', got {kind!r}")
+        _auth_step(payloads[0], peer_id, "welcome", "this node's proof", wire.HelloError)
         return reader, payloads[1:]
+
+    def _hello_frame(self, nonce: bytes | None) -> bytes:
+        """This node's hello, framed: with ``nonce`` when it has the cluster secret."""
+        if nonce is None:
+            return self._hello
+        return encode_frame(dumps(wire.encode_hello(self.cluster, self.id, nonce)))
+
+    async def _check_proof(self, stream, proof: bytes, role: bytes, transcript: tuple) -> None:
+        """Accept the peer's ``proof`` of the cluster secret (as ``role``, over ``transcript``:
+        dialer id, acceptor id, dialer nonce, acceptor nonce), or tell the peer it failed and
+        raise AuthError. The one check of a proof, on either side of the handshake."""
+        if security.verify(self.secret, proof, role, self.cluster, *transcript):
+            return
+        peer_id = transcript[0] if role == security.ROLE_DIALER else transcript[1]
+        await stream.send_all(encode_frame(dumps(wire.encode_refusal(
+            "authentication failed: the proof does not match the cluster secret"))))
+        raise wire.AuthError(f"node {peer_id} failed authentication: its proof does not "
+                             f"match the cluster secret (auth.secret_file differs?)")
 
     @staticmethod
     async def _next_frames(stream, reader: FrameReader, payloads: list, during: str) -> list:
@@ -333,7 +317,7 @@ class Transport:
                                                 server_hostname=address.host)
                         await stream.do_handshake()
                     reader, payloads = await self._handshake_as_dialer(link, stream)
-            except (trio.TooSlowError, FrameError, wire.WireError, *_NET_ERRORS) as exc:
+            except (trio.TooSlowError, FrameError, wire.WireError, *NET_ERRORS) as exc:
                 if raw is not None:
                     await trio.aclose_forcefully(raw)
                 self._dial_failed(link, exc)
@@ -386,7 +370,7 @@ class Transport:
                 link._scope = nursery.cancel_scope
                 link.connected = True
                 link._down_reported = False
-                self.log.info("peer %d up (%s%s)", link.id, _remote(stream),
+                self.log.info("peer %d up (%s%s)", link.id, remote_address(stream),
                               ", TLS" if isinstance(stream, trio.SSLStream) else "")
                 nursery.start_soon(self._send_loop, link, stream, nursery.cancel_scope)
                 why = await self._receive_loop(link, stream, reader, payloads)
@@ -425,7 +409,7 @@ class Transport:
         except (FrameError, wire.WireError) as exc:
             self.log.warning("bad frame from peer %d, closing the connection: %s", peer_id, exc)
             return f"bad frame: {exc}"
-        except _NET_ERRORS as exc:
+        except NET_ERRORS as exc:
             return f"connection lost ({exc or type(exc).__name__})"
 
     async def _send_loop(self, link: PeerLink, stream, scope: trio.CancelScope) -> None:
@@ -445,7 +429,7 @@ class Transport:
                 if len(data) - 4 > max_frame:
                     data = self._drop_oversized(link, objs)
                 await stream.send_all(data)
-        except _NET_ERRORS as exc:
+        except NET_ERRORS as exc:
             link._send_error = f"send failed ({exc or type(exc).__name__})"
             scope.cancel()
 
@@ -471,6 +455,22 @@ async def _receive_frames(stream, reader: FrameReader) -> list | None:
             return payloads
 
 
+_EXPECTED = {"proof": "its proof of the cluster secret", "welcome": "'welcome'"}
+
+
+def _auth_step(payload: bytes, peer_id: int, expected: str, refusing: str,
+               unexpected: type[Exception]):
+    """The value of the peer's handshake step ``payload``, which must be ``expected`` ("proof"
+    or "welcome"): AuthError if the peer refused instead (``refusing``: what it refused),
+    ``unexpected`` if it sent another step."""
+    kind, value = wire.decode_auth_step(loads(payload))
+    if kind == "refused":
+        raise wire.AuthError(f"node {peer_id} refused {refusing}: {value}")
+    if kind != expected:
+        raise unexpected(f"node {peer_id}: expected {_EXPECTED[expected]}, got {kind!r}")
+    return value
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost OS-level reason (trio wraps "connection refused" in a generic error)."""
     cause = exc.__cause__
@@ -480,28 +480,3 @@ def _reason(exc: BaseException) -> str:
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno).lower()
     return str(exc) or type(exc).__name__
-
-
-def tls_failure(exc: BaseException) -> str | None:
-    """Why TLS refused the connection, if it did (trio wraps the ssl error in
-    BrokenResourceError); None for other errors and for an end of stream mid-handshake."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-            return None
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {exc.verify_message}"
-        if isinstance(exc, ssl.SSLError):
-            return (exc.reason or str(exc)).lower().replace("_", " ")
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
-
-
-def _remote(stream) -> str:
-    stream = getattr(stream, "transport_stream", stream)  # through TLS to the socket
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except (OSError, AttributeError, ValueError):
-        return "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

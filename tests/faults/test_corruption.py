@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon.codec import records as wal_codec
 from daemon.runtime import storage
 from daemon.tools.client import Client
 from daemon.core.messages import CommitRecord
-from daemon.runtime.storage import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES, WAL, CorruptLog
+from daemon.codec.records import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES
+from daemon.runtime.storage import WAL, CorruptLog
 from tests.faults.cluster import ProcessCluster
 
 TEST_TIMEOUT = 60
@@ -50,8 +52,8 @@ def unsynced_group(data: bytes, records: list) -> bytes:
     """A group of ``records`` as the log would append it after ``data`` (a valid log whose
     every byte is synced): what a crash can leave torn."""
     salt = data[12:20]
-    parts, length, crc, _ = storage._encode_body(records)
-    return storage._group(salt, len(data), len(data), parts, length, crc)
+    parts, length, crc, _ = wal_codec.encode_body(records)
+    return wal_codec.encode_group(salt, len(data), len(data), parts, length, crc)
 
 
 def flip(path: Path, offset: int, bit: int = 0) -> None:
@@ -276,7 +278,7 @@ def test_a_log_cut_to_zero_records_stops_the_node_telling_what_to_do(tmp_path, w
 def test_a_log_of_the_previous_format_version_is_refused_naming_file_and_version(tmp_path,
                                                                                written):
     def damage(node_dir: Path) -> None:
-        record = storage.encode_record(CommitRecord(1))
+        record = wal_codec.encode_record(CommitRecord(1))
         (node_dir / "wal.log").write_bytes(
             b"PAXOSWAL\x00\x00\x00\x01" + len(record).to_bytes(4, "big")
             + zlib.crc32(record).to_bytes(4, "big") + record)
