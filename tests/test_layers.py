@@ -91,3 +91,12 @@ def test_fastpath_knows_nothing_of_the_daemon():
             stripped = text.strip()
             if stripped.startswith(("import daemon", "from daemon", "cimport daemon")):
                 raise AssertionError(f"{path.name}:{number}: fastpath imports the daemon")
+
+
+def test_the_readme_map_names_every_package_and_module():
+    readme = (DAEMON.parent / "README.md").read_text()
+    section = readme[readme.index("## How it works"):readme.index("## Testing")]
+    missing = [f"daemon/{layer}/" for layer in LAYERS if f"daemon/{layer}/" not in section]
+    missing += [str(rel) for _, rel, _ in modules()
+                if rel.name != "__init__.py" and rel.name not in section]
+    assert not missing, f"README's 'How it works' does not name: {missing}"
