@@ -169,7 +169,8 @@ class DurableState:
 class Ready:
     """The node's outputs since the last ``ready()``; see the module docstring for the order."""
 
-    persist: list = field(default_factory=list)  # records, and now and then a Snapshot
+    # Log records; now and then a Snapshot; once, on a fresh start, an IncarnationChosen.
+    persist: list = field(default_factory=list)
     send: list = field(default_factory=list)  # (destination id, message)
     send_after_persist: list = field(default_factory=list)  # (destination id, message)
     replies: list = field(default_factory=list)
