@@ -158,6 +158,8 @@ class Membership:
             out.append(Reply(req, ERROR, f"unknown membership change {kind!r}"))
 
     def _remove(self, req, latest: Configuration, member_id: int, now: float) -> None:
+        """Refuse a removal that would leave no voter or no quorum in contact; a leader
+        removing itself hands over first; otherwise the change waits for the window."""
         node = self.node
         out = node._out.replies
         member = latest.get(member_id)

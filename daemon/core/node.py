@@ -295,6 +295,8 @@ class Node:
                 self._reset_election_timer()
 
     def receive(self, msg, now: float) -> None:
+        """Handle one validated peer message (one from this node to itself included) by its
+        type's handler; a node still deciding its incarnation handles only Probe/ProbeReply."""
         self.now = now
         handler = self._handlers.get(type(msg))
         if handler is None:
@@ -500,6 +502,7 @@ class Node:
     # ------------------------------------------------------------------------------ status
 
     def status(self) -> dict:
+        """What ``paxosd status`` and the metrics show of this node: plain values only."""
         return {
             "id": self.id,
             "role": self.role,
