@@ -85,13 +85,19 @@ def test_accepts_go_to_every_member_and_heartbeats_to_the_peers_only():
     assert leader.pipeline.last_broadcast == c.now
 
 
-def test_a_quorum_of_votes_commits_and_a_single_vote_does_not():
+def one_command_in_flight():
+    """A cluster led by node 1 with one client command proposed (its Accepts collected, no
+    vote counted yet): the cluster, the leader, the leader's commit index and the slot."""
     c = led_by_1()
     leader = c.nodes[1]
     commit = leader.commit_index
     leader.submit(("put", 1), cmd(1), c.now)
     c.collect()
-    slot = commit + 1
+    return c, leader, commit, commit + 1
+
+
+def test_a_quorum_of_votes_commits_and_a_single_vote_does_not():
+    c, leader, commit, slot = one_command_in_flight()
     leader.receive(Accepted(2, leader.ballot, slot, slot, 0, 0, 0), c.now)
     assert leader.commit_index == commit  # the leader's own vote has not come back yet
     leader.receive(Accepted(3, leader.ballot, slot, slot, 0, 0, 0), c.now)
@@ -99,12 +105,7 @@ def test_a_quorum_of_votes_commits_and_a_single_vote_does_not():
 
 
 def test_votes_for_another_ballot_or_from_another_incarnation_do_not_count():
-    c = led_by_1()
-    leader = c.nodes[1]
-    commit = leader.commit_index
-    leader.submit(("put", 1), cmd(1), c.now)
-    c.collect()
-    slot = commit + 1
+    c, leader, commit, slot = one_command_in_flight()
     leader.receive(Accepted(2, leader.ballot - 1, slot, slot, 0, 0, 0), c.now)
     leader.receive(Accepted(3, leader.ballot, slot, slot, 0, 0, 99), c.now)  # a wiped member
     leader.receive(Accepted(1, leader.ballot + 1, slot, slot, 0, 0, 0), c.now)
