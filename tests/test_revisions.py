@@ -112,6 +112,12 @@ def test_an_image_of_an_unknown_format_is_refused_by_name():
         decode_image(dumps([{b"k": [b"v", 1]}, {}, 1, 0, 2]))
     with pytest.raises(ValueError, match="value must be bytes"):
         decode_image(dumps([{b"k": 5}, {}, 1]))
+    # A record or a session of the wrong type is a ValueError too (a peer's snapshot is
+    # dropped, a file's is reported), never a TypeError escaping the node.
+    with pytest.raises(ValueError, match="value must be bytes"):
+        decode_image(dumps([{b"k": [5, 1, 1, 1, 0]}, {}, 1, 0, 2]))
+    with pytest.raises(ValueError, match="key-value image"):
+        decode_image(dumps([{}, {1: 7}, 1, 0, 2]))
 
 
 def test_a_decoded_image_encodes_to_the_same_bytes():

@@ -121,8 +121,11 @@ def decode_image(blob: bytes) -> list:
     evicted_at = image[3] if len(image) > 3 else applied
     # Sessions of the first format have no revision: their replies are said to be at the
     # image's (no lower than where they were applied).
-    sessions = {c: tuple(s) if len(s) == 4 else (*s, applied) for c, s in sessions.items()}
-    data = {key: _record(value, fmt) for key, value in data.items()}
+    try:
+        sessions = {c: tuple(s) if len(s) == 4 else (*s, applied) for c, s in sessions.items()}
+        data = {key: _record(value, fmt) for key, value in data.items()}
+    except TypeError as exc:  # a field of the wrong type (KeyRecord, len, tuple say which)
+        raise ValueError(f"key-value image: {exc}") from None
     return [data, sessions, applied, evicted_at, IMAGE_FORMAT]
 
 
