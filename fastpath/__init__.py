@@ -14,7 +14,7 @@ Public surface (see fastpath/_fastpath.pyx for the contracts):
   ``FrameError``, ``FrameTooLarge``
 - per-batch loops for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
   from its bytes), ``split_requests`` (a client frame's plain requests), ``apply_commands`` (a
-  batch applied to the key-value store)
+  batch applied to the key-value store), and ``KeyRecord``, the store's record of one key
 
 There is no pure-Python fallback: a missing extension is a build error, said loudly.
 """
@@ -38,6 +38,7 @@ try:
         FrameError,
         FrameReader,
         FrameTooLarge,
+        KeyRecord,
         QuorumTracker,
         SlotWindow,
         apply_commands,
@@ -77,6 +78,7 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "FrameTooLarge",
+    "KeyRecord",
     "QuorumTracker",
     "SlotWindow",
     "apply_commands",

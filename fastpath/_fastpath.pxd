@@ -17,6 +17,16 @@ cdef enum:
     C_OP_CAS = 3      # arg1: the expected value (bytes, or null for "absent"), arg2: the new one
 
 
+cdef class KeyRecord:
+    """One key's value and what the store knows of it; immutable (a write makes a new one)."""
+
+    cdef readonly object value            # bytes
+    cdef readonly int64_t create_revision # the revision that created the key (since its delete)
+    cdef readonly int64_t mod_revision    # the revision of its latest write
+    cdef readonly int64_t version         # writes since it was created: 1 after the create
+    cdef readonly int64_t lease           # the lease it is attached to; 0: none
+
+
 cdef class QuorumTracker:
     """Per in-flight slot, the bit mask of members that accepted it at the current ballot."""
 

@@ -18,6 +18,7 @@ Contracts in brief (each function and class says exactly what it promises):
   nested at most ``MAX_DEPTH`` (64) containers deep.
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_Check, PyBytes_CheckExact,
@@ -1147,26 +1148,97 @@ def split_requests(frame, conn, opcodes):
     return work, rest
 
 
+# ---------------------------------------------------------------------------------------------
+# The key-value store's records and its per-batch apply loop
+
+
+# Not tracked by the garbage collector: a record holds only bytes and integers, so it can be in
+# no reference cycle, and a store of a million records would otherwise make every full
+# collection walk them all.
+@cython.no_gc
+cdef class KeyRecord:
+    """One key's value and what the store knows of it (see daemon.core.kv): ``value`` (bytes),
+    ``create_revision``, ``mod_revision``, ``version`` and ``lease`` (0: none), all integers in
+    ``[0, 2**63)``. Immutable: a write replaces the record. Records compare equal when every
+    field does; ``astuple()`` gives the fields in that order.
+    """
+
+    def __init__(self, value, create_revision, mod_revision, version, lease=0):
+        if not PyBytes_CheckExact(value):
+            raise TypeError(f"KeyRecord: value must be bytes, got {type(value).__name__}")
+        self.value = value
+        self.create_revision = _ranged(create_revision, 0, INT64_MAX, "create_revision")
+        self.mod_revision = _ranged(mod_revision, 0, INT64_MAX, "mod_revision")
+        self.version = _ranged(version, 0, INT64_MAX, "version")
+        self.lease = _ranged(lease, 0, INT64_MAX, "lease")
+
+    def astuple(self):
+        """``(value, create_revision, mod_revision, version, lease)``."""
+        return (self.value, self.create_revision, self.mod_revision, self.version, self.lease)
+
+    def __eq__(self, other):
+        if type(other) is not KeyRecord:
+            return NotImplemented
+        return self.astuple() == (<KeyRecord>other).astuple()
+
+    def __hash__(self):
+        return hash(self.astuple())
+
+    def __repr__(self):
+        return (f"KeyRecord(value={self.value!r}, create_revision={self.create_revision}, "
+                f"mod_revision={self.mod_revision}, version={self.version}, lease={self.lease})")
+
+
+cdef inline KeyRecord _new_record(object value, int64_t create_revision, int64_t mod_revision,
+                                  int64_t version, int64_t lease):
+    cdef KeyRecord r = KeyRecord.__new__(KeyRecord)
+    r.value = value
+    r.create_revision = create_revision
+    r.mod_revision = mod_revision
+    r.version = version
+    r.lease = lease
+    return r
+
+
+cdef inline bint _write(dict data, list touched, object key, object value, PyObject *found,
+                        int64_t revision) except -1:
+    """Put ``value`` at ``key`` as of ``revision`` (``found``: its record, or NULL); a created
+    key is appended to ``touched``."""
+    cdef KeyRecord old
+    if found != NULL:
+        old = <KeyRecord>found
+        data[key] = _new_record(value, old.create_revision, revision, old.version + 1, 0)
+    else:
+        data[key] = _new_record(value, revision, revision, 1, 0)
+        touched.append(key)
+    return True
+
+
 def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
     """``kv.apply(cmd)`` for every command of ``batch``, in order, as one C loop over the
-    store's state (the dicts ``kv.data`` and ``kv.sessions``, and ``kv.max_sessions``,
-    ``kv.applied_commands``, ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this
-    follows step for step). If ``results`` is a list, each command's ``(status, result)`` is
-    appended to it. ``op_put``, ``op_delete`` and ``op_cas`` are the OP_* codes;
-    ``ok``, ``stale`` and ``expired`` the reply statuses to record (daemon.core.messages).
+    store's state (the dicts ``kv.data`` (key -> KeyRecord) and ``kv.sessions``, the list
+    ``kv.touched``, and ``kv.max_sessions``, ``kv.touched_slack``, ``kv.applied_commands``,
+    ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this follows step for step).
+    If ``results`` is a list, each command's ``(status, result, revision)`` is appended to it.
+    ``op_put``, ``op_delete`` and ``op_cas`` are the OP_* codes; ``ok``, ``stale`` and
+    ``expired`` the reply statuses to record (daemon.core.messages).
     """
     cdef dict data = kv.data
     cdef dict sessions = kv.sessions
+    cdef list touched = kv.touched
     cdef Py_ssize_t max_sessions = kv.max_sessions
+    cdef Py_ssize_t touched_limit = PyDict_Size(data) + <Py_ssize_t>kv.touched_slack
     cdef Py_ssize_t applied = 0, pos
     cdef object evicted_at = kv.evicted_at
-    cdef object base = kv.applied_commands
+    cdef int64_t base = kv.applied_commands
     cdef bint want = results is not None
+    cdef bint drop_index = False
     cdef list out = results if want else None
     cdef PyObject *found
     cdef PyObject *first_key
     cdef PyObject *first_value
     cdef object cmd, client_id, seq, op, key, arg1, arg2, session, last_seq, result, current
+    cdef object revision
     try:
         for cmd in batch:
             client_id, seq, op, key, arg1, arg2 = cmd
@@ -1176,39 +1248,48 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                 last_seq = session[0]
                 if seq == last_seq:
                     if want:
-                        out.append((session[1], session[2]))
+                        out.append((session[1], session[2], session[3]))
                     continue
                 if seq < last_seq:
                     if want:
-                        out.append((stale, None))
+                        out.append((stale, None, base + applied))
                     continue
                 PyDict_DelItem(sessions, client_id)  # re-inserted below, at the most recent end
             elif seq <= evicted_at:
                 if want:
-                    out.append((expired, evicted_at))
+                    out.append((expired, evicted_at, base + applied))
                 continue
+            found = PyDict_GetItem(data, key)
             if op == op_put:
-                data[key] = arg1
+                _write(data, touched, key, arg1, found, base + applied + 1)
                 result = None
             elif op == op_cas:
-                found = PyDict_GetItem(data, key)
-                current = <object>found if found != NULL else None
+                current = (<KeyRecord>found).value if found != NULL else None
                 result = current == arg1
                 if result:
-                    data[key] = arg2
+                    _write(data, touched, key, arg2, found, base + applied + 1)
             elif op == op_delete:
-                result = data.pop(key, None) is not None
+                result = found != NULL
+                if result:
+                    PyDict_DelItem(data, key)
+                    touched.append(key)
             else:
                 raise ValueError(f"command {cmd!r}: unknown op {op!r}")
             applied += 1
-            sessions[client_id] = (seq, ok, result)
+            revision = base + applied
+            sessions[client_id] = (seq, ok, result, revision)
             if PyDict_Size(sessions) > max_sessions:
                 pos = 0
                 PyDict_Next(sessions, &pos, &first_key, &first_value)
                 PyDict_DelItem(sessions, <object>first_key)
-                evicted_at = base + applied
+                evicted_at = revision
+            if PyList_GET_SIZE(touched) > touched_limit:
+                del touched[:]  # cheaper to sort the keys again than to replay this many
+                drop_index = True
             if want:
-                out.append((ok, result))
+                out.append((ok, result, revision))
     finally:
-        kv.applied_commands += applied
+        kv.applied_commands = base + applied
         kv.evicted_at = evicted_at
+        if drop_index:
+            kv.index = None

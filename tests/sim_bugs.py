@@ -5,7 +5,8 @@ The three compaction defects a review found (each fixed in daemon.core.node) com
 one: ``promise-gap`` (an equal-ballot Prepare answered after compacting past its from_slot, with
 chosen slots left out), ``fills-chosen`` (a new leader that does not look at its promises'
 commit indexes and no-op-fills the slots they leave out) and ``acks-skipped`` (an acceptor that
-acknowledges slots it skipped as already chosen, holding them or not).
+acknowledges slots it skipped as already chosen, holding them or not). ``local-range`` answers
+range reads from local state (tests/sim_reads.py's check sees it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fastpath import BALLOT_CHOSEN
 from daemon.core.acceptor import Acceptor
 from daemon.core.election import Election
 from daemon.core.node import FOLLOWER, Node
-from daemon.core.messages import IncarnationChosen, Promise, PromiseRecord
+from daemon.core.messages import OK, IncarnationChosen, Promise, PromiseRecord, Reply
+from daemon.core.reads import RANGE_REPLY_MARGIN
 
 BUGS: dict = {}  # name -> a deliberately broken Node subclass (python -m tests.simulator --bug)
 
@@ -183,3 +185,17 @@ class _AcksSkipped(_WithAcceptor):
     whatever value it holds there."""
 
     acceptor_class = _AcksSkippedAcceptor
+
+
+@bug("local-range")
+class _LocalRange(Node):
+    """Broken on purpose: a range read is answered at once from this node's applied state,
+    leader or not, without the read index (so it may be stale)."""
+
+    def read(self, req, key, now):
+        if type(key) is bytes:
+            return super().read(req, key, now)
+        self.now = now
+        kv = self.kv
+        self._out.replies.append(Reply(req, OK, kv.range(key, self.config.max_message_bytes
+                                                         - RANGE_REPLY_MARGIN), None, kv.revision))

@@ -23,6 +23,8 @@ at its ballot; a promise never goes down (across restarts too) and no Promise or
 before its promise is on disk. At the end: faults are healed and every pending command must
 complete within a bounded number of election timeouts, all replicas must agree, every
 acknowledged write must be in the chosen log, and the client history must be linearizable.
+The clients' workload includes range reads; they, the gets and the revisions acknowledged writes
+name are checked against the chosen log replayed to each revision (tests.sim_reads).
 The same seed on the same code gives the same trace hash; a failure prints the command that
 replays it.
 
@@ -51,12 +53,15 @@ from dataclasses import dataclass, field
 from fastpath import dumps
 
 from daemon.codec import wire
+from daemon.core.kv import RangeQuery, prefix_end
 from daemon.core.node import CoreConfig, Node
+from daemon.core.reads import RANGE_REPLY_MARGIN
 from daemon.core.membership import config_of_batch, decode_configuration
 from daemon.core.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
 from tests.linearizability import Operation, check
 from tests.sim_bugs import BUGS
 from tests.sim_disk import DiskFailure, NodeStorage
+from tests.sim_reads import ReadCheck, ReadSeen
 from tests.sim_invariants import OPTIONAL_CHECKS, Checker, Violation
 
 ELECTION = (0.150, 0.300)
@@ -171,6 +176,7 @@ class ClientOp:
     deadline: float = 0.0
     answered: bool = False  # the last attempt got an answer (a redirect, busy, ...)
     seq_attempt: int = 1  # the attempt that first sent ``seq`` (a session starts again anew)
+    query: RangeQuery | None = None  # what a "range" reads
 
 
 class ClientLoad:
@@ -203,9 +209,11 @@ class ClientLoad:
         client = self.clients[cid]
         rng = self.rng
         key = rng.choice(self.keys)
-        kind = rng.choices(["put", "get", "delete", "cas"], [4, 4, 1, 2])[0]
+        kind = rng.choices(["put", "get", "delete", "cas", "range"], [4, 4, 1, 2, 2])[0]
         client["n"] += 1
         value = expected = None
+        if kind == "range":
+            return ClientOp(kind, key, None, None, 0, self.now, query=self._draw_range(key))
         if kind == "put":
             value = b"%d-%d" % (cid % 1000, client["n"])
         elif kind == "cas":
@@ -216,6 +224,22 @@ class ClientLoad:
             client["seq"] += 1
             seq = client["seq"]
         return ClientOp(kind, key, value, expected, seq, self.now)
+
+    def _draw_range(self, key: bytes) -> RangeQuery:
+        """A key alone, [key, another), from key on, or the keys' common prefix; now and then
+        limited, keys only or count only."""
+        rng = self.rng
+        shape = rng.randrange(4)
+        if shape == 0:
+            start, end = key, None
+        elif shape == 1:
+            start, end = key, rng.choice(self.keys)
+        elif shape == 2:
+            start, end = key, b""
+        else:
+            start, end = b"k", prefix_end(b"k")
+        return RangeQuery(start, end, rng.choice([0, 0, 1, 2]), rng.random() < 0.2,
+                          rng.random() < 0.1)
 
     def _recent_values(self, key: bytes) -> list:
         vals = [o.value for o in self.history[-20:] if o.key == key and o.value is not None]
@@ -242,12 +266,16 @@ class ClientLoad:
         req = (cid, seq, attempt, op.call)
         if op.op == "get":
             node.read(req, op.key, self.now)
-        elif op.op == "put":
-            node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
-        elif op.op == "delete":
-            node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+        elif op.op == "range":
+            node.read(req, op.query, self.now)
         else:
-            node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
+            self.read_check.write_sent(cid, seq, op.call)
+            if op.op == "put":
+                node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
+            elif op.op == "delete":
+                node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+            else:
+                node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
         self._drain(sim)
 
     def _reply(self, node_id: int, reply: Reply) -> None:
@@ -265,9 +293,19 @@ class ClientLoad:
             return  # an answer to an operation already finished
         if reply.status == OK:
             result = reply.result
-            self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
-                                          self.now, result))
-            if op.op != "get":
+            if op.op in ("get", "range"):
+                cfg = self.configs[node_id]
+                self.read_check.read_answered(ReadSeen(
+                    op.key if op.op == "get" else op.query, result, reply.revision, op.call,
+                    self.now, cfg.max_sessions, cfg.max_message_bytes - RANGE_REPLY_MARGIN,
+                    node_id))
+            else:
+                self.read_check.write_acked(cid, op.seq, reply.revision, self.now,
+                                            self.configs[node_id].max_sessions)
+            if op.op != "range":  # the linearizability checker knows single keys only
+                self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
+                                              op.call, self.now, result))
+            if op.op not in ("get", "range"):
                 if (cid, op.seq) not in self.checker.chosen_commands:
                     raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
                                     "that no node has learned as chosen")
@@ -289,6 +327,14 @@ class ClientLoad:
             op.deadline = self.now + 0.02
             op.answered = True
             self._wake(cid, 0.02)
+
+    def _check_client_history(self) -> None:
+        """The single-key history is linearizable (tests.linearizability); reads and write
+        revisions agree with the chosen log and real time (tests.sim_reads)."""
+        result = check(list(self.history))
+        if result.ok is False:
+            raise Violation(f"history is not linearizable: {result.info}")
+        self.read_check.check(self.checker.chosen)
 
     def _session_expired(self, cid: int, op: ClientOp, horizon: int) -> None:
         """The write's session was evicted, and the write refused: as the client library does,
@@ -325,6 +371,7 @@ class Simulation(ClientLoad):
             clients = self.rng.choice([3, 3, 5])
         self.mix_text = f"{self.mix.describe()} clients={clients} {drawn}"
         self.checker = Checker(skip_checks)
+        self.read_check = ReadCheck()
         self.node_class = self.checker.node_class(BUGS[bug] if bug else Node)
         self.verbose = verbose
         self.now = 0.0
@@ -672,10 +719,7 @@ class Simulation(ClientLoad):
             pending = [cid for cid, c in self.clients.items() if c["op"] is not None]
         if pending:
             raise Violation(f"clients {pending} still waiting {self.now - self.heal_time:.2f}s after healing")
-        history = list(self.history)
-        result = check(history)
-        if result.ok is False:
-            raise Violation(f"history is not linearizable: {result.info}")
+        self._check_client_history()
 
     # -------------------------------------------------------------------------- main loop
 

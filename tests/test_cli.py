@@ -8,6 +8,7 @@ Every process is started with a time bound and ended by its pid in a ``finally``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -347,6 +348,33 @@ def test_member_commands_change_and_show_the_membership(cluster):
     assert result.returncode == 1 and "not a member" in result.stderr
     result = paxosd("member", "add", "10", "nohost", "127.0.0.1:1", *cfg)
     assert result.returncode == 2 and "member add PEER" in result.stderr
+
+
+def test_get_reads_ranges_in_etcdctls_shape(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    for key, value in (("app/b", "2"), ("app/a", "1"), ("apple", "x"), ("app/c", "3")):
+        result = paxosd("put", key, value, *cfg)
+        assert result.returncode == 0, result.stderr + out_path.read_text()
+    result = paxosd("get", "app/", "--prefix", *cfg)
+    assert (result.returncode, result.stdout) == (0, "app/a\n1\napp/b\n2\napp/c\n3\n"), \
+        result.stderr
+    result = paxosd("get", "app/", "--prefix", "--keys-only", "--limit", "2", *cfg)
+    assert result.stdout == "app/a\napp/b\n", result.stderr
+    result = paxosd("get", "app/", "--prefix", "--count-only", *cfg)
+    assert result.stdout == "3\n", result.stderr
+    result = paxosd("get", "app/", "--prefix", "--limit", "2", "--json", *cfg)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [kv["key"] for kv in doc["kvs"]] == ["app/a", "app/b"]
+    assert doc["count"] == 3 and doc["more"] is True
+    first = doc["kvs"][0]
+    assert first["value"] == "1" and first["version"] == 1 and first["lease"] == 0
+    assert first["create_revision"] == first["mod_revision"] <= doc["header"]["revision"]
+    result = paxosd("get", "app/a", "--json", *cfg)  # one key, as JSON
+    assert [kv["key"] for kv in json.loads(result.stdout)["kvs"]] == ["app/a"]
+    result = paxosd("get", "app/", "--limit", "-1", *cfg)
+    assert result.returncode == 2 and "--limit" in result.stderr
 
 
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):

@@ -131,7 +131,7 @@ class FakeNode:
             return [req_id, "busy", None, None]
         if self.silent:
             return None
-        status, result = self.kv.apply((client_id, seq, OPS[op], key, arg1, arg2))
+        status, result, _ = self.kv.apply((client_id, seq, OPS[op], key, arg1, arg2))
         if self.evict_after_apply:  # another client's write pushes this session out
             self.evict_after_apply -= 1
             self.kv.apply((client_id + 1, 1, OPS["put"], b"other", b"x", None))

@@ -571,3 +571,23 @@ def test_command_batch_roundtrip():
     enc = fastpath.dumps(cmds)
     assert enc == cbor2.dumps(cmds)
     assert fastpath.loads(enc) == [list(c) for c in cmds] == cbor2.loads(enc)
+
+
+# --- key records -----------------------------------------------------------------------------
+
+record_fields = st.tuples(st.one_of(st.binary(max_size=4), st.text(max_size=2), st.none()),
+                          *[st.integers(-2, 2**64)] * 3,
+                          st.one_of(st.integers(-2, 2**63), st.just(1.5)))
+
+
+def _outcome(make, fields):
+    try:
+        record = make(*fields)
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+    return record.astuple(), repr(record), hash(record) == hash(make(*fields))
+
+
+@given(record_fields)
+def test_key_record_matches_its_twin(fields):
+    assert _outcome(fastpath.KeyRecord, fields) == _outcome(twins.KeyRecord, fields)

@@ -2,6 +2,8 @@
 
 import random
 
+from fastpath import dumps
+
 from daemon.core.kv import KVStore, decode_image, encode_image
 from daemon.core.messages import OK, OP_PUT, SESSION_EXPIRED, STALE
 
@@ -12,12 +14,12 @@ def put(cid, seq, value):
 
 def test_a_retry_of_an_evicted_session_is_refused_not_applied_again():
     kv = KVStore(max_sessions=2)
-    assert kv.apply(put(1, 1, b"first")) == (OK, None)
+    assert kv.apply(put(1, 1, b"first")) == (OK, None, 1)
     kv.apply(put(2, 1, b"second"))
     kv.apply(put(3, 1, b"third"))  # client 1's session goes
     assert 1 not in kv.sessions and kv.evicted_at == 3
     # Client 1's first write comes again (a retry that was slow on the way): not applied.
-    assert kv.apply(put(1, 1, b"first")) == (SESSION_EXPIRED, 3)
+    assert kv.apply(put(1, 1, b"first")) == (SESSION_EXPIRED, 3, 3)
     assert kv.get(b"k") == b"third" and kv.applied_commands == 3
 
 
@@ -25,18 +27,18 @@ def test_a_session_starts_again_above_the_horizon():
     kv = KVStore(max_sessions=1)
     kv.apply(put(1, 1, b"a"))
     kv.apply(put(2, 1, b"b"))
-    status, horizon = kv.apply(put(1, 2, b"c"))  # client 1 was idle and evicted
+    status, horizon, _ = kv.apply(put(1, 2, b"c"))  # client 1 was idle and evicted
     assert status == SESSION_EXPIRED and kv.get(b"k") == b"b"
-    assert kv.apply(put(1, horizon + 1, b"c")) == (OK, None)
+    assert kv.apply(put(1, horizon + 1, b"c")) == (OK, None, 3)
     assert kv.get(b"k") == b"c"
-    assert kv.apply(put(1, horizon + 1, b"c")) == (OK, None)  # a retry: remembered
-    assert kv.apply(put(1, horizon, b"x")) == (STALE, None)
+    assert kv.apply(put(1, horizon + 1, b"c")) == (OK, None, 3)  # a retry: remembered
+    assert kv.apply(put(1, horizon, b"x")) == (STALE, None, 3)
 
 
 def test_a_new_client_before_any_eviction_starts_at_seq_1():
     kv = KVStore(max_sessions=10)
     for cid in range(1, 6):
-        assert kv.apply(put(cid, 1, b"v")) == (OK, None)
+        assert kv.apply(put(cid, 1, b"v")) == (OK, None, cid)
     assert kv.evicted_at == 0
 
 
@@ -59,7 +61,7 @@ def test_no_command_is_applied_twice_under_eviction_whatever_the_retries():
                 cmd = put(cid, seqs[cid], b"%d" % seqs[cid])
                 sent.append(cmd)
             before = kv.applied_commands
-            status, result = kv.apply(cmd)
+            status, result, _ = kv.apply(cmd)
             if kv.applied_commands > before:
                 applied.append(cmd[:2])
             if status == SESSION_EXPIRED and cmd[1] == seqs[cmd[0]]:
@@ -73,12 +75,12 @@ def test_the_horizon_survives_a_snapshot():
     kv.apply(put(2, 1, b"b"))
     again = KVStore.from_image(decode_image(encode_image(kv.image())), 1)
     assert again.evicted_at == kv.evicted_at == 2
-    assert again.apply(put(1, 1, b"a")) == (SESSION_EXPIRED, 2)
+    assert again.apply(put(1, 1, b"a")) == (SESSION_EXPIRED, 2, 2)
 
 
 def test_an_image_without_a_horizon_takes_everything_applied_as_expired():
     legacy = [{b"k": b"v"}, {}, 9]
-    kv = KVStore.from_image(decode_image(encode_image(legacy)), 10)
+    kv = KVStore.from_image(decode_image(dumps(legacy)), 10)  # the first image format
     assert kv.evicted_at == 9
     assert kv.apply(put(4, 9, b"x"))[0] == SESSION_EXPIRED
-    assert kv.apply(put(4, 10, b"x")) == (OK, None)
+    assert kv.apply(put(4, 10, b"x")) == (OK, None, 10)

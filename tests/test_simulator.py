@@ -5,14 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from daemon.core.kv import IMAGE_FORMAT, KVStore, RangeQuery
 from daemon.core.node import Ready
 from daemon.core.messages import (NOOP, OP_PUT, Accept, Accepted, AcceptRecord, CommitRecord, Prepare,
                              Promise, PromiseRecord, Snapshot)
 from daemon.codec.records import encode_record
-from fastpath import BALLOT_CHOSEN, ballot_pack
+from fastpath import BALLOT_CHOSEN, KeyRecord, ballot_pack
 from tests import sim_bugs, simulator
 from tests.sim_disk import DiskFailure, NodeStorage, SimDisk
 from tests.sim_invariants import Checker, Violation
+from tests.sim_reads import ReadCheck, ReadSeen
 
 SEEDS = 300
 STEPS = 6000
@@ -97,7 +99,7 @@ def test_the_same_seed_replays_the_same_trace():
 
 @pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist", "forgets-promise",
                                  "trusts-an-empty-disk", "promise-gap", "fills-chosen",
-                                 "acks-skipped"])
+                                 "acks-skipped", "local-range"])
 def test_a_deliberately_broken_core_is_caught_within_1000_seeds(bug):
     failures = simulator._run_many((range(1000), None, 4000, bug, True))
     assert failures, f"the simulator did not catch the {bug} core in 1000 seeds"
@@ -110,9 +112,9 @@ def test_each_compaction_defect_is_seen_by_its_own_check():
     incomplete Promise, the leader's fill past a promise's commit index (seen on the leader's
     side once the acceptor check is off) and the acknowledgement of a slot not held."""
     skip_promise = simulator.Options(skip_checks=("promise-covers",))
-    cases = [(26, 3, "promise-gap", None, "leaves out chosen slot"),
-             (36, 3, "fills-chosen", skip_promise, "says is chosen as"),
-             (462, 3, "acks-skipped", None, "acknowledged slot")]
+    cases = [(0, 3, "promise-gap", None, "leaves out chosen slot"),
+             (13, 3, "fills-chosen", skip_promise, "says is chosen as"),
+             (0, 3, "acks-skipped", None, "acknowledged slot")]
     for seed, nodes, bug, options, words in cases:
         ok, text, _ = simulator.run_seed(seed, nodes, 4000, bug, *([options] if options else []))
         assert not ok and words in text, (bug, text)
@@ -261,7 +263,7 @@ def test_commit_records_alone_are_reported_durable_without_a_sync():
 
 
 def test_a_crash_between_the_snapshot_and_the_rotation_recovers_from_both():
-    image = [{b"k": b"x"}, {}, 1]
+    image = [{b"k": KeyRecord(b"x", 1, 1, 1)}, {}, 1, 0, IMAGE_FORMAT]
     snapshot = Snapshot(1, image, (PromiseRecord(B1), CommitRecord(1)))
     storage = storage_with(Ready(persist=[AcceptRecord(B1, 1, (X,)), CommitRecord(1), snapshot]))
     assert storage.start_group() is None
@@ -305,3 +307,49 @@ def test_a_registered_bug_runs_under_its_name():
         assert ok == simulator.run_seed(4, 3, 500)[0]
     finally:
         del simulator.BUGS["test-only-noop-bug"]
+
+
+# --- the read check (tests/sim_reads.py) -----------------------------------------------------
+
+
+def _read_check_log():
+    """Two chosen slots: k0 := a (revision 1), then k1 := b (revision 2)."""
+    return {1: ((7, 1, OP_PUT, b"k0", b"a", None),), 2: ((7, 2, OP_PUT, b"k1", b"b", None),)}
+
+
+def _range_seen(result, revision, call=0.0, ret=1.0):
+    return ReadSeen(RangeQuery(b"k", b"l"), result, revision, call, ret, 100, 1 << 20, 1)
+
+
+def test_the_read_check_takes_a_range_that_matches_its_revision():
+    check = ReadCheck()
+    kv = KVStore()
+    kv.apply((7, 1, OP_PUT, b"k0", b"a", None))
+    check.read_answered(_range_seen(kv.range(RangeQuery(b"k", b"l"), 1 << 20), 1))
+    check.write_sent(7, 1, 0.0)
+    check.write_acked(7, 1, 1, 0.5, 100)
+    assert check.check(_read_check_log()) == 1
+
+
+def test_the_read_check_sees_a_range_that_no_revision_held():
+    kv = KVStore()
+    for cmd in _read_check_log()[1] + _read_check_log()[2]:
+        kv.apply(cmd)
+    check = ReadCheck()  # both keys, but said to be at revision 1
+    check.read_answered(_range_seen(kv.range(RangeQuery(b"k", b"l"), 1 << 20), 1))
+    with pytest.raises(Violation, match="where the chosen log gives"):
+        check.check(_read_check_log())
+
+
+def test_the_read_check_sees_a_stale_range_and_a_wrong_write_revision():
+    check = ReadCheck()
+    check.read_answered(_range_seen(KVStore().range(RangeQuery(b"k", b"l"), 1 << 20), 0,
+                                    call=2.0, ret=3.0))
+    check.write_sent(7, 1, 0.0)
+    check.write_acked(7, 1, 1, 1.0, 100)  # acknowledged before the read was sent
+    with pytest.raises(Violation, match="below revision 1 of a write acknowledged before it"):
+        check.check(_read_check_log())
+    check = ReadCheck()
+    check.write_acked(7, 2, 1, 1.0, 100)
+    with pytest.raises(Violation, match="applies it at 2"):
+        check.check(_read_check_log())

@@ -382,3 +382,36 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
         outcome = type(kv).apply(kv, cmd)
         if results is not None:
             results.append(outcome)
+
+
+class KeyRecord:
+    """One key's value and what the store knows of it; immutable."""
+
+    __slots__ = ("value", "create_revision", "mod_revision", "version", "lease")
+
+    def __init__(self, value, create_revision, mod_revision, version, lease=0):
+        if type(value) is not bytes:
+            raise TypeError(f"KeyRecord: value must be bytes, got {type(value).__name__}")
+        fields = (value, _ranged(create_revision, 0, _I64_MAX, "create_revision"),
+                  _ranged(mod_revision, 0, _I64_MAX, "mod_revision"),
+                  _ranged(version, 0, _I64_MAX, "version"), _ranged(lease, 0, _I64_MAX, "lease"))
+        for name, field in zip(self.__slots__, fields):
+            object.__setattr__(self, name, field)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"KeyRecord is immutable: cannot set {name}")
+
+    def astuple(self):
+        return (self.value, self.create_revision, self.mod_revision, self.version, self.lease)
+
+    def __eq__(self, other):
+        if type(other) is not KeyRecord:
+            return NotImplemented
+        return self.astuple() == other.astuple()
+
+    def __hash__(self):
+        return hash(self.astuple())
+
+    def __repr__(self):
+        return (f"KeyRecord(value={self.value!r}, create_revision={self.create_revision}, "
+                f"mod_revision={self.mod_revision}, version={self.version}, lease={self.lease})")

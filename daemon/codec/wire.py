@@ -37,12 +37,25 @@ first; the acceptor closes the handshake with ``["welcome"]``, and either side m
 
 The client protocol: a client frame is an array of requests
 ``[req_id, op, client_id, seq, key, arg1, arg2]`` with op one of "put", "get", "delete", "cas",
-"status", "transfer" (client_id: the node to hand leadership to), "member_add" (client_id: the
-new member's id, key: its peer address, arg1: its client address, both "host:port" as UTF-8) and
-"member_remove" (client_id: the member's id); a server frame is an array of replies
-``[req_id, status, result, leader]`` with status one of ``REPLY_STATUSES`` ("ok", "not_leader",
-"stale", "session_expired", "busy", "error"; see daemon.core.messages) and leader the leader's
-client address "host:port" (or null when unknown).
+"range", "status", "transfer" (client_id: the node to hand leadership to), "member_add"
+(client_id: the new member's id, key: its peer address, arg1: its client address, both
+"host:port" as UTF-8) and "member_remove" (client_id: the member's id). A "range" request (a
+linearizable read, like "get") is ``[req_id, "range", limit, flags, key, range_end, null]``:
+the keys in ``[key, range_end)`` (range_end b"": every key from ``key`` on; null: ``key``
+alone), at most ``limit`` (0: no limit); flags RANGE_KEYS_ONLY (1: no values) and
+RANGE_COUNT_ONLY (2: only the count). Its result is ``[kvs, count, more]``: kvs in key order,
+each ``[key, value, create_revision, mod_revision, version, lease]`` (value null with
+keys_only), count the keys in the range whatever the limit, more whether keys of the range
+follow the last one given (cut by the limit or by the server's message limit: continue from
+the last key + b"\\x00").
+
+A server frame is an array of replies ``[req_id, status, result, leader, revision]`` with
+status one of ``REPLY_STATUSES`` ("ok", "not_leader", "stale", "session_expired", "busy",
+"error"; see daemon.core.messages), leader the leader's client address "host:port" (or null
+when unknown) and revision the store revision the answer reflects (a write: the revision it
+was applied at; a read: the one it was read at; otherwise the node's applied revision when it
+answered; see daemon.core.kv). A server before revisions sent 4 items: ``decode_reply`` takes
+both (revision None), and such a server refuses "range" as an unknown op.
 """
 
 from __future__ import annotations
@@ -80,6 +93,7 @@ from daemon.core.messages import (
     Promise,
     Reject,
 )
+from daemon.core.kv import RangeQuery, RangeResult
 
 __all__ = [
     "CLIENT_OPCODES",
@@ -93,6 +107,8 @@ __all__ = [
     "NONCE_BYTES",
     "PROOF_BYTES",
     "PROTOCOL_VERSION",
+    "RANGE_COUNT_ONLY",
+    "RANGE_KEYS_ONLY",
     "REPLY_STATUSES",
     "AuthError",
     "BadRequest",
@@ -104,11 +120,14 @@ __all__ = [
     "decode_auth_step",
     "decode_peer",
     "decode_peer_payload",
+    "decode_range_result",
     "decode_reply",
     "decode_request",
     "encode_hello",
     "encode_peer",
     "encode_proof",
+    "encode_range_result",
+    "range_query",
     "encode_refusal",
     "encode_welcome",
     "encode_reply",
@@ -124,11 +143,15 @@ HELLO_MAGIC = "paxosd"
 # ballot is at most MAX_BALLOT, and BALLOT_CHOSEN, above it, appears only as the ballot of a
 # Promise entry ("known chosen"); ids, seqs and nonces are unsigned 64-bit (U64_MAX).
 
-CLIENT_OPS = ("put", "get", "delete", "cas", "status", "transfer", "member_add", "member_remove")
+CLIENT_OPS = ("put", "get", "delete", "cas", "range", "status", "transfer", "member_add",
+              "member_remove")
 # The client ops that carry a key: their fastpath op code (OP_READ: a linearizable read). The
 # server's fast pass (fastpath.split_requests) takes exactly these, comparing names in this
 # order: the most frequent first.
 CLIENT_OPCODES = {"put": OP_PUT, "get": OP_READ, "delete": OP_DELETE, "cas": OP_CAS}
+RANGE_KEYS_ONLY = 1  # a "range" request's flags (its seq position)
+RANGE_COUNT_ONLY = 2
+MAX_RANGE_LIMIT = 2**63 - 1
 MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
 MAX_PORT = 65535  # the port of a "host:port" address is 1..MAX_PORT
 
@@ -614,6 +637,8 @@ def _decode_request_slowly(obj) -> Request:
         if op == "member_remove":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the member to remove)")
             return Request(req_id, op, client_id, 0, b"", None, None)
+        if op == "range":
+            return _decode_range_request(req_id, client_id, seq, key, arg1, arg2)
         if op == "member_add":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
@@ -631,6 +656,59 @@ def _decode_request_slowly(obj) -> Request:
     except WireError as exc:
         raise BadRequest(req_id, str(exc)) from None
     return Request(req_id, op, client_id, seq, key, arg1, arg2)
+
+
+def _decode_range_request(req_id, limit, flags, key, end, arg2) -> Request:
+    _uint(limit, 0, MAX_RANGE_LIMIT, "request.client_id (a range's limit, 0: none)")
+    _uint(flags, 0, RANGE_KEYS_ONLY | RANGE_COUNT_ONLY,
+          "request.seq (a range's flags: 1 keys only, 2 count only)")
+    if type(key) is not bytes:
+        raise _fail("request.key (the range's first key)", "bytes", key)
+    if end is not None and type(end) is not bytes:
+        raise _fail("request.arg1 (the range's end)", "bytes or null", end)
+    if arg2 is not None:
+        raise _fail("request.arg2", "null for range", arg2)
+    return Request(req_id, "range", limit, flags, key, end, None)
+
+
+def range_query(req: Request) -> RangeQuery:
+    """The read a decoded "range" request asks for."""
+    return RangeQuery(req.key, req.arg1, req.client_id, bool(req.seq & RANGE_KEYS_ONLY),
+                      bool(req.seq & RANGE_COUNT_ONLY))
+
+
+def encode_range_result(result: RangeResult) -> list:
+    """A range read's result as the reply carries it: ``[kvs, count, more]``."""
+    keys_only = result.keys_only
+    kvs = [[key, None if keys_only else r.value, r.create_revision, r.mod_revision, r.version,
+            r.lease] for key, r in result.kvs]
+    return [kvs, result.count, result.more]
+
+
+def decode_range_result(obj) -> tuple[list, int, bool]:
+    """A "range" reply's result, checked: ``(kvs, count, more)``, each entry of kvs a tuple
+    ``(key, value or None, create_revision, mod_revision, version, lease)``."""
+    if not _is_array(obj) or len(obj) != 3:
+        raise _fail("range result", "an array [kvs, count, more]", obj)
+    kvs, count, more = obj
+    if not _is_array(kvs):
+        raise _fail("range result.kvs", "an array", kvs)
+    _uint(count, 0, U64_MAX, "range result.count")
+    if type(more) is not bool:
+        raise _fail("range result.more", "a boolean", more)
+    entries = []
+    for i, entry in enumerate(kvs):
+        where = f"range result.kvs[{i}]"
+        if not _is_array(entry) or len(entry) != 6:
+            raise _fail(where, "[key, value, create_revision, mod_revision, version, lease]",
+                        entry)
+        key, value = entry[0], entry[1]
+        if type(key) is not bytes or (value is not None and type(value) is not bytes):
+            raise _fail(where, "a bytes key and a bytes (or null) value", entry)
+        for name, n in zip(("create_revision", "mod_revision", "version", "lease"), entry[2:]):
+            _uint(n, 0, U64_MAX, f"{where}.{name}")
+        entries.append(tuple(entry))
+    return entries, count, more
 
 
 def _address_bytes(value, where: str) -> None:
@@ -652,20 +730,26 @@ class ClientReply:
     status: str
     result: object
     leader: str | None
+    revision: int | None = None  # None: a server from before revisions
 
 
-def encode_reply(req_id: int, status: str, result, leader: str | None) -> list:
-    return [req_id, status, result, leader]
+def encode_reply(req_id: int, status: str, result, leader: str | None,
+                 revision: int | None = None) -> list:
+    return [req_id, status, result, leader, revision]
 
 
 def decode_reply(obj) -> ClientReply:
-    """A server reply, checked for shape (for clients and tests)."""
-    if not _is_array(obj) or len(obj) != 4:
-        raise _fail("reply", "an array [req_id, status, result, leader]", obj)
-    req_id, status, result, leader = obj
+    """A server reply, checked for shape (for clients and tests); a 4-item reply (a server
+    from before revisions) has revision None."""
+    if not _is_array(obj) or len(obj) not in (4, 5):
+        raise _fail("reply", "an array [req_id, status, result, leader, revision]", obj)
+    req_id, status, result, leader = obj[:4]
+    revision = obj[4] if len(obj) == 5 else None
     _uint(req_id, 0, U64_MAX, "reply.req_id")
+    if revision is not None:
+        _uint(revision, 0, U64_MAX, "reply.revision")
     if status not in REPLY_STATUSES or type(status) is not str:
         raise _fail("reply.status", f"one of {', '.join(map(repr, REPLY_STATUSES))}", status)
     if leader is not None and type(leader) is not str:
         raise _fail("reply.leader", "a client address or null", leader)
-    return ClientReply(req_id, status, result, leader)
+    return ClientReply(req_id, status, result, leader, revision)

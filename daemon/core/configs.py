@@ -103,7 +103,7 @@ class Membership:
     def from_store(self, kv) -> None:
         """After a snapshot: the configurations its state machine ``kv`` knows (the latest and
         the one before)."""
-        value = kv.data.get(MEMBERS_KEY)
+        value = kv.get(MEMBERS_KEY)
         if value is None:
             self.configs = [self.initial]
         else:

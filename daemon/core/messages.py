@@ -283,10 +283,14 @@ class Reply:
     """The answer to the request the driver tagged ``req``.
 
     ``status`` is one of REPLY_STATUSES; ``result`` is the operation's output when OK;
-    ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER.
+    ``leader`` is the id of the node believed to lead (or None) when NOT_LEADER;
+    ``revision`` the store revision the answer reflects (a write: the one it was applied at,
+    or remembered from; a read: the state it was read from), or None when it reflects no
+    state (the driver then says the node's current revision).
     """
 
     req: object
     status: str
     result: object = None
     leader: int | None = None
+    revision: int | None = None

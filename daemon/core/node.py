@@ -398,14 +398,14 @@ class Node:
                 continue
             outcomes: list = []
             kv.apply_batch(batch, outcomes)
-            for cmd, (status, result) in zip(batch, outcomes):
+            for cmd, (status, result, revision) in zip(batch, outcomes):
                 if waiting:
                     req = waiting.pop((cmd[0], cmd[1]), None)
                     if req is not None:
-                        replies.append(Reply(req, status, result))
+                        replies.append(Reply(req, status, result, None, revision))
                         if self.also_waiting:
                             for again in self.also_waiting.pop((cmd[0], cmd[1]), ()):
-                                replies.append(Reply(again, status, result))
+                                replies.append(Reply(again, status, result, None, revision))
             self.applied_index = slot
         every = self.config.snapshot_every
         if every and self.applied_index - self.snapshot_index >= every:
@@ -512,6 +512,7 @@ class Node:
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
             "commands_applied": self.kv.applied_commands,
+            "revision": self.kv.revision,
             "snapshot_index": self.snapshot_index,
             "log_start": self.log_start,
             "pending": len(self.pending),

@@ -12,6 +12,9 @@ Rounds are numbered by the leader. The first read after an Accept went out opens
 the next Accept (a heartbeat, if nothing else is due: see Node.ready) carries its number, and
 every voter's Accepted echoes the highest round it saw (``node.peer_read_round``, reset by the
 node whenever it starts leading in a configuration).
+
+A read is a key (the value, or None) or a ``RangeQuery`` (a ``RangeResult``, cut to fit in
+``max_message_bytes`` less RANGE_REPLY_MARGIN); either reply names the revision it was read at.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from collections import deque
 
 from daemon.core.messages import NOT_LEADER, OK, Reply
 from daemon.core.roles import LEADER
+
+# Room a range reply leaves in the message limit for its envelope (req_id, status, count, more,
+# leader address, revision): far more than they take.
+RANGE_REPLY_MARGIN = 1024
 
 
 class ReadIndex:
@@ -33,8 +40,8 @@ class ReadIndex:
         self.round_sent = True  # whether an Accept carried ``round`` out since it opened
         self.queue: deque = deque()  # (req, key, read_index, round), in arrival order
 
-    def read(self, req, key: bytes) -> None:
-        """Queue a read at the leader (a follower answers NOT_LEADER naming the leader).
+    def read(self, req, key) -> None:
+        """Queue a read (a key, or a ``RangeQuery``) at the leader (a follower answers NOT_LEADER naming the leader).
 
         Promises: the read waits for a round opened after it arrived, and for a read index
         no lower than the commit index and the read floor at arrival.
@@ -69,12 +76,17 @@ class ReadIndex:
         replies = node._out.replies
         applied = node.applied_index
         kv = node.kv
+        revision = kv.revision
         while reads:
             req, key, read_index, round_ = reads[0]
             if round_ > confirmed or read_index > applied:
                 break
             reads.popleft()
-            replies.append(Reply(req, OK, kv.get(key)))
+            if type(key) is bytes:
+                replies.append(Reply(req, OK, kv.get(key), None, revision))
+            else:
+                budget = node.config.max_message_bytes - RANGE_REPLY_MARGIN
+                replies.append(Reply(req, OK, kv.range(key, budget), None, revision))
 
     def refuse_all(self, leader: int | None) -> None:
         """This node stopped leading: every waiting read is told to retry at ``leader``.

@@ -8,7 +8,9 @@ leadership transfers to ``transfer``, membership changes to ``change_members``; 
 answered at once. A connection holds at most ``MAX_IN_FLIGHT_PER_CLIENT`` requests not yet
 answered (the reader waits), and the port at most ``limits.max_clients`` connections (more
 are refused and the refusal logged, once per reason and host per REFUSAL_LOG_INTERVAL). The
-writer sends every reply queued since its last write in one ``send_all``.
+writer sends every reply queued since its last write in one ``send_all``, in frames of at most
+MAX_REPLIES_PER_FRAME replies; a range reply (up to ``max_frame_bytes / 2``, queued with
+``push_alone``) goes in a frame of its own, so no frame outgrows the limit.
 
 With ``client_tls`` the TLS handshake comes first, within CLIENT_HANDSHAKE_TIMEOUT. A client
 that breaks the protocol is logged and disconnected; one that half-closes gets its pending
@@ -43,9 +45,11 @@ class ClientConnection:
     """One client connection: replies waiting to be written, and how many requests are open.
 
     A reply's tag (what the core answers with) is ``(connection, req_id)``; ``push`` queues a
-    reply ``[req_id, status, result, leader]`` for the writer."""
+    reply ``[req_id, status, result, leader, revision]`` for the writer, ``push_alone`` one
+    that must have a frame of its own (a tuple, so the writer tells it apart)."""
 
-    __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress")
+    __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress",
+                 "alone")
 
     def __init__(self, stream) -> None:
         self.stream = stream
@@ -54,9 +58,15 @@ class ClientConnection:
         self.closed = False
         self.has_replies = trio.Event()
         self.progress = trio.Event()
+        self.alone = 0  # replies queued with push_alone
 
     def push(self, reply: list) -> None:
         self.replies.append(reply)
+        self.has_replies.set()
+
+    def push_alone(self, reply: list) -> None:
+        self.replies.append(tuple(reply))
+        self.alone += 1
         self.has_replies.set()
 
 
@@ -179,14 +189,17 @@ class ClientPort:
         try:
             req = wire.decode_request(obj)
         except wire.BadRequest as exc:
-            conn.push([exc.req_id, ERROR, str(exc), self._leader()])
+            conn.push([exc.req_id, ERROR, str(exc), self._leader(), None])
             return
         op = req.op
         tag = (conn, req.req_id)
         if op == "get":
             work.append((True, tag, req.key))
+        elif op == "range":
+            work.append((True, tag, wire.range_query(req)))
         elif op == "status":
-            conn.push([req.req_id, OK, self._status(), self._leader()])
+            status = self._status()
+            conn.push([req.req_id, OK, status, self._leader(), status.get("revision")])
         elif op == "transfer":
             await self._transfer(tag, req.client_id)
         elif op == "member_add":
@@ -208,7 +221,10 @@ class ClientPort:
                 replies, conn.replies = conn.replies, []
                 if not replies:
                     continue
-                if len(replies) <= MAX_REPLIES_PER_FRAME:
+                if conn.alone:
+                    conn.alone = 0
+                    data = encode_frames(_frames_apart(replies))
+                elif len(replies) <= MAX_REPLIES_PER_FRAME:
                     data = encode_frames((replies,))
                 else:
                     data = encode_frames([replies[i:i + MAX_REPLIES_PER_FRAME]
@@ -219,3 +235,24 @@ class ClientPort:
                 conn.progress = trio.Event()
         except NET_ERRORS:
             scope.cancel()
+
+
+def _frames_apart(replies: list) -> list:
+    """``replies`` in frames of at most MAX_REPLIES_PER_FRAME, each ``push_alone`` reply (a
+    tuple) in a frame of its own."""
+    frames: list = []
+    run: list = []
+    for reply in replies:
+        if type(reply) is tuple:
+            if run:
+                frames.append(run)
+                run = []
+            frames.append([reply])
+        else:
+            run.append(reply)
+            if len(run) == MAX_REPLIES_PER_FRAME:
+                frames.append(run)
+                run = []
+    if run:
+        frames.append(run)
+    return frames

@@ -50,7 +50,7 @@ from daemon.runtime.log import node_logger, setup as setup_logging
 from daemon.core.messages import (NOT_LEADER, Accept, CommitRecord, IncarnationChosen,
                                   Snapshot)
 from daemon.runtime.metrics import NodeMetrics, serve_metrics
-from daemon.core.kv import decode_image, encode_image
+from daemon.core.kv import RangeResult, decode_image, encode_image
 from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
 from daemon.runtime.transport import Transport
@@ -426,15 +426,25 @@ class Server:
                 self._send(released)
 
     def _reply(self, replies: list) -> None:
+        """Queue each reply on its connection; one that reflects no state says the node's
+        applied revision, and a range's result goes in a frame of its own."""
         address = self.client_address
         current = address.get(self.node.leader_id)
+        applied_revision = self.node.kv.revision
         for reply in replies:
             conn, req_id = reply.req
             if conn.closed:
                 continue
             status = reply.status
             leader = address.get(reply.leader) if status == NOT_LEADER else current
-            conn.push([req_id, status, reply.result, leader])
+            revision = reply.revision
+            result = reply.result
+            if type(result) is RangeResult:
+                conn.push_alone([req_id, status, wire.encode_range_result(result), leader,
+                                 revision])
+                continue
+            conn.push([req_id, status, result, leader,
+                       applied_revision if revision is None else revision])
 
     def _membership_changed(self) -> None:
         """The log (or a snapshot) brought a new configuration: reach its members, log it."""

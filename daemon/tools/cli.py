@@ -139,9 +139,24 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("value", metavar="VALUE")
     p.set_defaults(func=cmd_put)
 
-    p = commands.add_parser("get", parents=[client],
-                            help="print the value of KEY (exit 1 if it is absent)")
+    p = commands.add_parser(
+        "get", parents=[client],
+        help="print the value of KEY (exit 1 if it is absent); with a range option, each key "
+             "of the range and its value, one a line, in key order",
+        description="Linearizable reads. Plain `get KEY` prints the value alone (exit 1 if "
+                    "absent). With --prefix, --limit, --keys-only, --count-only or --json it "
+                    "reads a range, as etcdctl does: KEY alone, or with --prefix every key that "
+                    "starts with KEY, printed as key and value lines (keys only: keys; count "
+                    "only: the count); --json prints {header: {revision}, kvs: [{key, value, "
+                    "create_revision, mod_revision, version, lease}], count, more}, bytes as "
+                    "UTF-8 text (undecodable bytes as \\x escapes).")
     p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.add_argument("--limit", type=_non_negative_int, default=0, metavar="N",
+                   help="at most N keys (default 0: all, fetched in as many replies as needed)")
+    p.add_argument("--keys-only", action="store_true", help="the keys without their values")
+    p.add_argument("--count-only", action="store_true", help="only how many keys there are")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_get)
 
     p = commands.add_parser("delete", parents=[client], help="remove KEY")
@@ -559,12 +574,62 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.prefix or args.limit or args.keys_only or args.count_only or args.json:
+        return _get_range(args)
     value = _run_client(args, lambda c: c.get(_arg_bytes(args.key)))
     if value is None:
         print("(not found)", file=sys.stderr)
         return EXIT_FAILED
     out = sys.stdout.buffer
     out.write(value + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+async def read_range(client, key: bytes, *, prefix: bool, limit: int, keys_only: bool,
+                     count_only: bool) -> dict:
+    """The range ``get`` asks for, reply after reply until ``limit`` keys (0: all) or the
+    range's end: ``{"revision", "kvs", "count", "more"}`` with revision and count those of the
+    first reply. Each reply is linearizable on its own; a walk over several is not one
+    snapshot (each key is as of its own reply's revision)."""
+    first = await client.range(key, prefix=prefix, limit=limit, keys_only=keys_only,
+                               count_only=count_only)
+    kvs, more, end = list(first.kvs), first.more, None
+    if prefix:
+        from daemon.core.kv import prefix_end
+
+        end = prefix_end(key)
+    while more and kvs and end is not None and (not limit or len(kvs) < limit):
+        page = await client.range(kvs[-1].key + b"\x00", end,
+                                  limit=limit - len(kvs) if limit else 0, keys_only=keys_only)
+        kvs += page.kvs
+        more = page.more
+    if limit and len(kvs) >= limit:
+        more = first.count > len(kvs)
+    return {"revision": first.revision, "kvs": kvs, "count": first.count, "more": more}
+
+
+def _get_range(args: argparse.Namespace) -> int:
+    found = _run_client(args, lambda c: read_range(
+        c, _arg_bytes(args.key), prefix=args.prefix, limit=args.limit,
+        keys_only=args.keys_only, count_only=args.count_only))
+    if args.json:
+        doc = {"header": {"revision": found["revision"]}, "count": found["count"],
+               "more": found["more"],
+               "kvs": [{"key": kv.key, "create_revision": kv.create_revision,
+                        "mod_revision": kv.mod_revision, "version": kv.version,
+                        "lease": kv.lease, **({} if kv.value is None else {"value": kv.value})}
+                       for kv in found["kvs"]]}
+        print(json.dumps(doc, indent=2, default=_json_default))
+        return EXIT_OK
+    if args.count_only:
+        print(found["count"])
+        return EXIT_OK
+    out = sys.stdout.buffer
+    for kv in found["kvs"]:
+        out.write(kv.key + b"\n")
+        if kv.value is not None:
+            out.write(kv.value + b"\n")
     out.flush()
     return EXIT_OK
 

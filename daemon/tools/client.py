@@ -3,13 +3,15 @@
     async with Client.connect(["127.0.0.1:7001", "127.0.0.1:7002"]) as client:
         await client.put("k", "v")
         assert await client.get("k") == b"v"
+        listing = await client.range("services/", prefix=True)  # kvs, count, more, revision
 
     with SyncClient(["127.0.0.1:7001"]) as client:
         client.put(b"k", b"v")
 
 The wire protocol: frames are a 4-byte big-endian length and a CBOR payload. A client frame is
 an array of requests ``[req_id, op, client_id, seq, key, arg1, arg2]``; a server frame is an
-array of replies ``[req_id, status, result, leader]``, in any order. Many requests are in flight
+array of replies ``[req_id, status, result, leader, revision]``, in any order (see
+daemon.codec.wire for "range" and the rest). Many requests are in flight
 per connection: one reader task per connection routes replies to their callers by ``req_id``,
 and one sender task writes whatever the callers queued since its last write as one frame.
 
@@ -47,17 +49,30 @@ import trio
 
 from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, encode_frames, loads
 
-from daemon.codec.wire import MAX_PORT, ClientReply, WireError, decode_reply, encode_request
+from daemon.codec.wire import (
+    MAX_PORT,
+    MAX_RANGE_LIMIT,
+    RANGE_COUNT_ONLY,
+    RANGE_KEYS_ONLY,
+    ClientReply,
+    WireError,
+    decode_range_result,
+    decode_reply,
+    encode_request,
+)
+from daemon.core.kv import prefix_end
 from daemon.core.messages import BUSY, ERROR, NOT_LEADER, OK, SESSION_EXPIRED, STALE
 
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "Client",
+    "KeyValue",
     "NoLeader",
     "OperationFailed",
     "OutcomeUnknown",
     "PaxosdError",
+    "RangeResponse",
     "SessionExpired",
     "SyncClient",
     "Unavailable",
@@ -345,6 +360,34 @@ class _ProtocolViolation(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key as a range read found it (value None with keys_only)."""
+
+    key: bytes
+    value: bytes | None
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResponse:
+    """What ``Client.range`` found: ``kvs`` in key order, ``count`` (the keys in the range,
+    whatever the limit), ``more`` (keys follow the last one given) and ``revision`` (the
+    store revision it was read at)."""
+
+    kvs: list[KeyValue]
+    count: int
+    more: bool
+    revision: int | None
+
+
+# ---------------------------------------------------------------------------------------------
 # Sessions.
 
 
@@ -381,148 +424,18 @@ class _Call:
     closed: bool = False  # the client was closed under the call
 
 
-class Client:
-    """A trio client of a paxosd cluster.
-
-    Use ``async with Client.connect(endpoints) as client`` (its background tasks live in a
-    nursery of its own), or ``client = await Client.connect(endpoints)`` and ``await
-    client.aclose()`` (its background tasks are trio system tasks, ended by ``aclose`` or by
-    the end of ``trio.run``). ``Client(endpoints)`` makes a client without contacting anyone.
-
-    Every method takes ``timeout`` (seconds, default the client's): the deadline of the whole
-    call, retries included. Keys and values are str (encoded as UTF-8) or bytes; values come
-    back as bytes.
-    """
-
-    def __init__(
-        self,
-        endpoints: Iterable[str | tuple[str, int]],
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.endpoints: list[str] = []
-        for endpoint in endpoints:
-            address = _canonical(endpoint)
-            if address not in self.endpoints:
-                self.endpoints.append(address)
-        if not self.endpoints:
-            raise ValueError("a client needs at least one endpoint")
-        if not timeout > 0 or not attempt_timeout > 0:
-            raise ValueError("timeout and attempt_timeout must be positive")
-        self.timeout = float(timeout)
-        self.attempt_timeout = float(attempt_timeout)
-        self.max_frame = max_frame
-        self.ssl_context = ssl_context  # None: plain TCP
-        self.leader: str | None = None  # the address believed to lead
-        self._next_endpoint = 0
-        self._connections: dict[str, _Connection] = {}
-        self._dialing: dict[str, trio.Event] = {}
-        self._dial_errors: dict[str, str] = {}
-        self._req_ids = itertools.count(1)
-        self._sessions: list[_Session] = []
-        self._nursery: trio.Nursery | None = None
-        self._closed = False
-
-    # -------------------------------------------------------------------------- lifecycle
-
-    @classmethod
-    def connect(
-        cls, endpoints: Iterable[str | tuple[str, int]], timeout: float = DEFAULT_TIMEOUT, **kwargs
-    ) -> _Connecting:
-        """A client connected to one of ``endpoints`` (Unavailable if none answers in time).
-
-        Await it, or use it as an async context manager.
-        """
-        return _Connecting(cls(endpoints, timeout=timeout, **kwargs))
-
-    async def __aenter__(self) -> Client:
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info) -> bool:
-        try:
-            await self.aclose()
-        finally:
-            # Even when aclose is cancelled (its checkpoint raises Cancelled in a cancelled
-            # scope), the nursery must be exited, or trio's task tree is left corrupted.
-            nursery_manager, self._nursery = self._nursery_manager, None
-            # The background tasks never raise and aclose has cancelled them, so the nursery
-            # only waits for them to end. The body's own exception is not handed to the
-            # nursery: it propagates as itself, not wrapped in an ExceptionGroup.
-            await nursery_manager.__aexit__(None, None, None)
-        return False
-
-    async def aclose(self) -> None:
-        """Close every connection. Calls still running fail; the client cannot be reused."""
-        self._closed = True
-        for connection in list(self._connections.values()):
-            connection.close()
-        self._connections.clear()
-        await trio.lowlevel.checkpoint()
-
-    async def _probe(self) -> None:
-        """Open a connection to the first endpoint that accepts one (tried in turn)."""
-        deadline = trio.current_time() + self.timeout
-        attempt = 0
-        with trio.move_on_at(deadline):
-            while True:
-                for _ in self.endpoints:
-                    address = self._target()
-                    try:
-                        await self._connection(address)
-                        return
-                    except _ConnectionLost:
-                        self._forget(address)
-                await trio.sleep(_backoff(attempt))
-                attempt += 1
-        raise Unavailable(self._unreachable_message(self.timeout))
-
-    # -------------------------------------------------------------------------- operations
-
-    async def put(self, key: str | bytes, value: str | bytes, *,
-                  timeout: float | None = None) -> None:
-        """Set ``key`` to ``value``."""
-        await self._write("put", key, _as_bytes(value, "value"), None, timeout)
-
-    async def get(self, key: str | bytes, *, timeout: float | None = None) -> bytes | None:
-        """The value of ``key`` (linearizable), or None when it is absent."""
-        result, _ = await self._call("get", _as_bytes(key, "key"), None, None, 0, 0, timeout,
-                                     False)
-        if result is not None and not isinstance(result, bytes):
-            raise OperationFailed(
-                f"get: the server returned {result!r:.100}, expected bytes or null")
-        return result
-
-    async def delete(self, key: str | bytes, *, timeout: float | None = None) -> bool:
-        """Remove ``key``; True if it existed."""
-        return bool(await self._write("delete", key, None, None, timeout))
-
-    async def cas(
-        self,
-        key: str | bytes,
-        expected: str | bytes | None,
-        new: str | bytes,
-        *,
-        timeout: float | None = None,
-    ) -> bool:
-        """Set ``key`` to ``new`` if its value is ``expected`` (None: if it is absent).
-
-        True if the swap happened.
-        """
-        old = None if expected is None else _as_bytes(expected, "expected")
-        return bool(await self._write("cas", key, old, _as_bytes(new, "new"), timeout))
+class _ClusterOps:
+    """The cluster operations of ``Client`` (status, leadership, membership): a class of their
+    own so that each class stays one screenful of concerns. They use ``Client._call``."""
 
     async def status(self, endpoint: str | tuple[str, int] | None = None, *,
                      timeout: float | None = None) -> dict:
         """One node's status map (the node at ``endpoint``, default the leader or any node),
         with ``"endpoint"`` added: the address that answered."""
         address = None if endpoint is None else _canonical(endpoint)
-        result, answered_by = await self._call("status", b"", None, None, 0, 0, timeout, False,
-                                               address)
+        reply, answered_by = await self._call("status", b"", None, None, 0, 0, timeout, False,
+                                              address)
+        result = reply.result
         if not isinstance(result, dict):
             raise OperationFailed(f"status: the server returned {result!r:.100}, expected a map")
         return {**result, "endpoint": answered_by}
@@ -597,6 +510,180 @@ class Client:
                 nursery.start_soon(ask, i, address)
         return results
 
+
+class Client(_ClusterOps):
+    """A trio client of a paxosd cluster.
+
+    Use ``async with Client.connect(endpoints) as client`` (its background tasks live in a
+    nursery of its own), or ``client = await Client.connect(endpoints)`` and ``await
+    client.aclose()`` (its background tasks are trio system tasks, ended by ``aclose`` or by
+    the end of ``trio.run``). ``Client(endpoints)`` makes a client without contacting anyone.
+
+    Every method takes ``timeout`` (seconds, default the client's): the deadline of the whole
+    call, retries included. Keys and values are str (encoded as UTF-8) or bytes; values come
+    back as bytes.
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[str | tuple[str, int]],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoints: list[str] = []
+        for endpoint in endpoints:
+            address = _canonical(endpoint)
+            if address not in self.endpoints:
+                self.endpoints.append(address)
+        if not self.endpoints:
+            raise ValueError("a client needs at least one endpoint")
+        if not timeout > 0 or not attempt_timeout > 0:
+            raise ValueError("timeout and attempt_timeout must be positive")
+        self.timeout = float(timeout)
+        self.attempt_timeout = float(attempt_timeout)
+        self.max_frame = max_frame
+        self.ssl_context = ssl_context  # None: plain TCP
+        self.leader: str | None = None  # the address believed to lead
+        self.revision = 0  # the highest store revision a reply has named
+        self._next_endpoint = 0
+        self._connections: dict[str, _Connection] = {}
+        self._dialing: dict[str, trio.Event] = {}
+        self._dial_errors: dict[str, str] = {}
+        self._req_ids = itertools.count(1)
+        self._sessions: list[_Session] = []
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def connect(
+        cls, endpoints: Iterable[str | tuple[str, int]], timeout: float = DEFAULT_TIMEOUT, **kwargs
+    ) -> _Connecting:
+        """A client connected to one of ``endpoints`` (Unavailable if none answers in time).
+
+        Await it, or use it as an async context manager.
+        """
+        return _Connecting(cls(endpoints, timeout=timeout, **kwargs))
+
+    async def __aenter__(self) -> Client:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> bool:
+        try:
+            await self.aclose()
+        finally:
+            # Even when aclose is cancelled (its checkpoint raises Cancelled in a cancelled
+            # scope), the nursery must be exited, or trio's task tree is left corrupted.
+            nursery_manager, self._nursery = self._nursery_manager, None
+            # The background tasks never raise and aclose has cancelled them, so the nursery
+            # only waits for them to end. The body's own exception is not handed to the
+            # nursery: it propagates as itself, not wrapped in an ExceptionGroup.
+            await nursery_manager.__aexit__(None, None, None)
+        return False
+
+    async def aclose(self) -> None:
+        """Close every connection. Calls still running fail; the client cannot be reused."""
+        self._closed = True
+        for connection in list(self._connections.values()):
+            connection.close()
+        self._connections.clear()
+        await trio.lowlevel.checkpoint()
+
+    async def _probe(self) -> None:
+        """Open a connection to the first endpoint that accepts one (tried in turn)."""
+        deadline = trio.current_time() + self.timeout
+        attempt = 0
+        with trio.move_on_at(deadline):
+            while True:
+                for _ in self.endpoints:
+                    address = self._target()
+                    try:
+                        await self._connection(address)
+                        return
+                    except _ConnectionLost:
+                        self._forget(address)
+                await trio.sleep(_backoff(attempt))
+                attempt += 1
+        raise Unavailable(self._unreachable_message(self.timeout))
+
+    # -------------------------------------------------------------------------- operations
+
+    async def put(self, key: str | bytes, value: str | bytes, *,
+                  timeout: float | None = None) -> int | None:
+        """Set ``key`` to ``value``; returns the revision of the write (None from a server
+        before revisions)."""
+        return (await self._write("put", key, _as_bytes(value, "value"), None, timeout)).revision
+
+    async def get(self, key: str | bytes, *, timeout: float | None = None) -> bytes | None:
+        """The value of ``key`` (linearizable), or None when it is absent."""
+        reply, _ = await self._call("get", _as_bytes(key, "key"), None, None, 0, 0, timeout,
+                                    False)
+        result = reply.result
+        if result is not None and not isinstance(result, bytes):
+            raise OperationFailed(
+                f"get: the server returned {result!r:.100}, expected bytes or null")
+        return result
+
+    async def delete(self, key: str | bytes, *, timeout: float | None = None) -> bool:
+        """Remove ``key``; True if it existed."""
+        return bool((await self._write("delete", key, None, None, timeout)).result)
+
+    async def cas(
+        self,
+        key: str | bytes,
+        expected: str | bytes | None,
+        new: str | bytes,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set ``key`` to ``new`` if its value is ``expected`` (None: if it is absent).
+
+        True if the swap happened.
+        """
+        old = None if expected is None else _as_bytes(expected, "expected")
+        return bool((await self._write("cas", key, old, _as_bytes(new, "new"), timeout)).result)
+
+    async def range(
+        self,
+        key: str | bytes,
+        range_end: str | bytes | None = None,
+        *,
+        prefix: bool = False,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        timeout: float | None = None,
+    ) -> RangeResponse:
+        """The keys in ``[key, range_end)`` (``range_end`` None: ``key`` alone; b"": every key
+        from ``key`` on; ``prefix``: every key that starts with ``key``), in key order, read
+        linearizably, with their revisions. At most ``limit`` of them (0: no limit), and no
+        more than fit in one reply: ``more`` says whether the range holds keys after the last
+        one given (continue from ``kvs[-1].key + b"\\x00"``). ``keys_only`` leaves the values
+        out (None), ``count_only`` the keys too (only ``count``)."""
+        start = _as_bytes(key, "key")
+        if prefix:
+            if range_end is not None:
+                raise ValueError("range: give range_end or prefix, not both")
+            end: bytes | None = prefix_end(start)
+        else:
+            end = None if range_end is None else _as_bytes(range_end, "range_end")
+        if type(limit) is not int or not 0 <= limit <= MAX_RANGE_LIMIT:
+            raise ValueError(f"range: limit must be an integer in [0, {MAX_RANGE_LIMIT}], "
+                             f"got {limit!r}")
+        flags = (RANGE_KEYS_ONLY if keys_only else 0) | (RANGE_COUNT_ONLY if count_only else 0)
+        reply, target = await self._call("range", start, end, None, limit, flags, timeout, False)
+        try:
+            kvs, count, more = decode_range_result(reply.result)
+        except WireError as exc:
+            raise OperationFailed(f"range: {target}: {exc}") from None
+        return RangeResponse([KeyValue(*entry) for entry in kvs], count, more, reply.revision)
+
     async def submit(
         self,
         op: str,
@@ -614,22 +701,22 @@ class Client:
         write = op in ("put", "delete", "cas")
         a1 = None if arg1 is None else _as_bytes(arg1, "arg1")
         a2 = None if arg2 is None else _as_bytes(arg2, "arg2")
-        result, _ = await self._call(op, _as_bytes(key, "key"), a1, a2, client_id, seq, timeout,
-                                     write)
-        return result
+        reply, _ = await self._call(op, _as_bytes(key, "key"), a1, a2, client_id, seq, timeout,
+                                    write)
+        return reply.result
 
     # -------------------------------------------------------------------------- machinery
 
     async def _write(self, op: str, key: Any, arg1: bytes | None, arg2: bytes | None,
-                     timeout: float | None) -> Any:
+                     timeout: float | None) -> ClientReply:
         session = self._sessions.pop() if self._sessions else _Session()
         session.seq += 1
         try:
             for restart in range(MAX_SESSION_RESTARTS + 1):
                 try:
-                    result, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2,
-                                                 session.client_id, session.seq, timeout, True)
-                    return result
+                    reply, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2,
+                                                session.client_id, session.seq, timeout, True)
+                    return reply
                 except SessionExpired as exc:
                     # Refused before any copy of it could have been applied: not applied.
                     session.seq = exc.horizon + 1
@@ -642,10 +729,10 @@ class Client:
 
     async def _call(self, op: str, key: bytes, arg1: bytes | None, arg2: bytes | None,
                     client_id: int, seq: int, timeout: float | None, write: bool,
-                    address: str | None = None) -> tuple[Any, str]:
+                    address: str | None = None) -> tuple[ClientReply, str]:
         """Send the request until a definite answer or the deadline (see the module doc).
 
-        Returns ``(result, the address that answered)``. ``address`` pins the call to one node
+        Returns ``(the OK reply, the address that answered)``. ``address`` pins the call to one node
         (no redirects, and no more than two dials), as status does.
         """
         if self._closed:
@@ -670,7 +757,9 @@ class Client:
             elif reply.status == OK:
                 if address is None and op != "status":
                     self.leader = target
-                return reply.result, target
+                if reply.revision is not None and reply.revision > self.revision:
+                    self.revision = reply.revision
+                return reply, target
             else:
                 pause = self._after_refusal(call, target, reply, sent_before)
             if pause is None:
@@ -971,6 +1060,9 @@ class SyncClient:
 
     def cas(self, key, expected, new, *, timeout=None) -> bool:
         return self._run("cas", key, expected, new, timeout=timeout)
+
+    def range(self, key, range_end=None, **kwargs) -> RangeResponse:
+        return self._run("range", key, range_end, **kwargs)
 
     def status(self, endpoint=None, *, timeout=None) -> dict:
         return self._run("status", endpoint, timeout=timeout)
