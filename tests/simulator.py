@@ -65,6 +65,11 @@ from tests.sim_reads import ReadCheck, ReadSeen
 from tests.sim_invariants import OPTIONAL_CHECKS, Checker, Violation
 
 ELECTION = (0.150, 0.300)
+# The client workload: operations and their weights. Without range reads (--no-ranges) a seed
+# draws exactly as it did before ranges existed, so the seeds pinned in tests/test_simulator.py
+# replay the interleavings they were pinned for.
+OPS = (["put", "get", "delete", "cas"], [4, 4, 1, 2])
+OPS_WITH_RANGES = (OPS[0] + ["range"], OPS[1] + [2])
 HEARTBEAT = 0.050
 TICK = 0.010
 QUIET_AFTER_HEAL = 1.0  # seconds of healed running before a run may end early, settled
@@ -209,7 +214,7 @@ class ClientLoad:
         client = self.clients[cid]
         rng = self.rng
         key = rng.choice(self.keys)
-        kind = rng.choices(["put", "get", "delete", "cas", "range"], [4, 4, 1, 2, 2])[0]
+        kind = rng.choices(*(OPS_WITH_RANGES if self.ranges else OPS))[0]
         client["n"] += 1
         value = expected = None
         if kind == "range":
@@ -357,8 +362,10 @@ class ClientLoad:
 class Simulation(ClientLoad):
     def __init__(self, seed: int, nodes: int = 3, steps: int = 4000, clients: int | None = None,
                  keys: int = 3, bug: str | None = None, verbose: bool = False,
-                 mixed_sessions: bool = False, skip_checks=(), settings: str | None = None) -> None:
+                 mixed_sessions: bool = False, skip_checks=(), settings: str | None = None,
+                 ranges: bool = True) -> None:
         self.seed = seed
+        self.ranges = ranges
         self.n = nodes
         self.steps = steps
         self.rng = random.Random(seed)
@@ -874,11 +881,13 @@ class Options:
     mixed_sessions: bool = False  # --mixed-sessions
     skip_checks: tuple = ()  # --skip-check NAME ...
     settings: str | None = None  # --settings defaults|same|per-node
+    ranges: bool = True  # --no-ranges: the workload without range reads
 
     def flags(self) -> str:
         return ((" --mixed-sessions" if self.mixed_sessions else "")
                 + "".join(f" --skip-check {c}" for c in self.skip_checks)
-                + (f" --settings {self.settings}" if self.settings else ""))
+                + (f" --settings {self.settings}" if self.settings else "")
+                + ("" if self.ranges else " --no-ranges"))
 
 
 def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
@@ -894,7 +903,7 @@ def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
     try:
         sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug,
                          mixed_sessions=options.mixed_sessions, skip_checks=options.skip_checks,
-                         settings=options.settings)
+                         settings=options.settings, ranges=options.ranges)
         digest = sim.run()
         return True, digest, sim.mix_text
     except Exception as exc:  # any failure of the core (or of a codec) fails the seed
@@ -944,8 +953,11 @@ def main(argv=None) -> int:
                         help="switch a check off, to see what a defect leads to past it")
     parser.add_argument("--settings", choices=SETTINGS,
                         help="draw only this kind of node settings (default: any)")
+    parser.add_argument("--no-ranges", action="store_true",
+                        help="no range reads in the workload (draws as before they existed)")
     args = parser.parse_args(argv)
-    options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings)
+    options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings,
+                      not args.no_ranges)
 
     started = time.monotonic()
     if args.seed is not None:
