@@ -1273,8 +1273,12 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                 if result:
                     PyDict_DelItem(data, key)
                     touched.append(key)
-            else:
-                raise ValueError(f"command {cmd!r}: unknown op {op!r}")
+            else:  # a transaction (or an unknown op): the store's Python path, off the plain ops'
+                if drop_index:  # its ranges must not use an index the loop gave up
+                    kv.index = None
+                    drop_index = False
+                kv.applied_commands = base + applied
+                result = kv.apply_other(cmd, base + applied + 1)
             applied += 1
             revision = base + applied
             sessions[client_id] = (seq, ok, result, revision)

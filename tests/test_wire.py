@@ -14,6 +14,7 @@ from daemon.core.messages import (
     OP_CAS,
     OP_DELETE,
     OP_PUT,
+    OP_TXN,
     PEER_MESSAGES,
     Accept,
     Accepted,
@@ -197,7 +198,14 @@ def test_commands_are_checked():
     bad(accept([7, 1, OP_DELETE, b"k", b"v", None]), ".arg1", "null")
     bad(accept([7, 1, OP_CAS, b"k", b"v", None]), ".arg2", "bytes")
     bad(accept([7, 1, OP_CAS, b"k", 5, b"w"]), ".arg1", "bytes or null")
-    bad([7, 1, 1, [[[1, 2, 4, b"", None, None]]], 1], "Catchup.batches[0][0].op", "4")
+    bad([7, 1, 1, [[[1, 2, 5, b"", None, None]]], 1], "Catchup.batches[0][0].op", "5")
+    bad([7, 1, 1, [[[1, 2, OP_TXN, b"", None, None]]], 1], ".arg1", "bytes for op 4")
+
+
+def test_a_transaction_command_crosses_the_peer_wire():
+    cmd = (7, 1, OP_TXN, b"", b"\x83\x80\x80\x80", None)  # CBOR [[], [], []]
+    msg = Accept(1, B1, 0, 1, ((cmd, PUT),), 0)
+    assert wire_roundtrip(msg) == msg
 
 
 def test_promise_entries_are_checked():

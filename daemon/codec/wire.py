@@ -79,6 +79,7 @@ from daemon.core.messages import (
     OP_CAS,
     OP_DELETE,
     OP_PUT,
+    OP_TXN,
     OPS,
     REPLY_STATUSES,
     Accept,
@@ -94,6 +95,15 @@ from daemon.core.messages import (
     Reject,
 )
 from daemon.core.kv import RangeQuery, RangeResult
+# RANGE_KEYS_ONLY, RANGE_COUNT_ONLY: a "range" request's flags (its seq position).
+from daemon.core.txn import (
+    RANGE_COUNT_ONLY,
+    RANGE_KEYS_ONLY,
+    TxnError,
+    check_txn,
+    encode_range,
+    encode_txn,
+)
 
 __all__ = [
     "CLIENT_OPCODES",
@@ -121,6 +131,7 @@ __all__ = [
     "decode_peer",
     "decode_peer_payload",
     "decode_range_result",
+    "decode_txn_result",
     "decode_reply",
     "decode_request",
     "encode_hello",
@@ -144,13 +155,11 @@ HELLO_MAGIC = "paxosd"
 # Promise entry ("known chosen"); ids, seqs and nonces are unsigned 64-bit (U64_MAX).
 
 CLIENT_OPS = ("put", "get", "delete", "cas", "range", "status", "transfer", "member_add",
-              "member_remove")
+              "member_remove", "txn")
 # The client ops that carry a key: their fastpath op code (OP_READ: a linearizable read). The
 # server's fast pass (fastpath.split_requests) takes exactly these, comparing names in this
 # order: the most frequent first.
 CLIENT_OPCODES = {"put": OP_PUT, "get": OP_READ, "delete": OP_DELETE, "cas": OP_CAS}
-RANGE_KEYS_ONLY = 1  # a "range" request's flags (its seq position)
-RANGE_COUNT_ONLY = 2
 MAX_RANGE_LIMIT = 2**63 - 1
 MAX_ADDRESS_BYTES = 300  # a member address in a member_add request
 MAX_PORT = 65535  # the port of a "host:port" address is 1..MAX_PORT
@@ -231,7 +240,8 @@ def _arity(obj: list, n: int, mtype: str, shape: str) -> None:
 
 
 # The (arg1, arg2) each operation allows: "b" bytes, "n" None, "bn" either.
-_ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b"), OP_READ: ("n", "n")}
+_ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b"), OP_READ: ("n", "n"),
+         OP_TXN: ("b", "n")}
 _ARG_WORDS = {"b": "bytes", "n": "null", "bn": "bytes or null"}
 
 
@@ -276,8 +286,8 @@ def _batch(value, where: str) -> tuple:
                     ok = (arg1 is None or type(arg1) is bytes) and type(arg2) is bytes
                 elif op == OP_DELETE:
                     ok = arg1 is None and arg2 is None
-                else:
-                    ok = False
+                else:  # a transaction: its CBOR is checked where it is applied
+                    ok = op == OP_TXN and type(arg1) is bytes and arg2 is None
                 if ok:
                     append((client_id, seq, op, key, arg1, arg2))
                     continue
@@ -639,6 +649,8 @@ def _decode_request_slowly(obj) -> Request:
             return Request(req_id, op, client_id, 0, b"", None, None)
         if op == "range":
             return _decode_range_request(req_id, client_id, seq, key, arg1, arg2)
+        if op == "txn":
+            return _decode_txn_request(req_id, client_id, seq, key, arg1, arg2)
         if op == "member_add":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
@@ -671,6 +683,22 @@ def _decode_range_request(req_id, limit, flags, key, end, arg2) -> Request:
     return Request(req_id, "range", limit, flags, key, end, None)
 
 
+def _decode_txn_request(req_id, client_id, seq, key, compares, branches) -> Request:
+    """A "txn" request: ``[req_id, "txn", client_id, seq, b"", compares, [success, failure]]``
+    (daemon.core.txn gives the shapes); its Request carries the command's CBOR in arg1."""
+    _uint(client_id, 0, U64_MAX, "request.client_id")
+    _uint(seq, 0, U64_MAX, "request.seq")
+    if key != b"":
+        raise _fail("request.key", "b'' for txn", key)
+    if not _is_array(branches) or len(branches) != 2:
+        raise _fail("request.arg2", "[success ops, failure ops] for txn", branches)
+    try:
+        txn = check_txn(compares, *branches)
+    except TxnError as exc:
+        raise WireError(f"request txn: {exc}") from None
+    return Request(req_id, "txn", client_id, seq, b"", encode_txn(*txn), None)
+
+
 def range_query(req: Request) -> RangeQuery:
     """The read a decoded "range" request asks for."""
     return RangeQuery(req.key, req.arg1, req.client_id, bool(req.seq & RANGE_KEYS_ONLY),
@@ -679,10 +707,7 @@ def range_query(req: Request) -> RangeQuery:
 
 def encode_range_result(result: RangeResult) -> list:
     """A range read's result as the reply carries it: ``[kvs, count, more]``."""
-    keys_only = result.keys_only
-    kvs = [[key, None if keys_only else r.value, r.create_revision, r.mod_revision, r.version,
-            r.lease] for key, r in result.kvs]
-    return [kvs, result.count, result.more]
+    return encode_range(result)
 
 
 def decode_range_result(obj) -> tuple[list, int, bool]:
@@ -709,6 +734,29 @@ def decode_range_result(obj) -> tuple[list, int, bool]:
             _uint(n, 0, U64_MAX, f"{where}.{name}")
         entries.append(tuple(entry))
     return entries, count, more
+
+
+def decode_txn_result(obj, ops) -> tuple[bool, list]:
+    """A "txn" reply's result, checked: ``(succeeded, results)``, given ``ops`` (the branch
+    that ran, as sent): per op, put None, delete the count deleted, range as
+    ``decode_range_result`` gives it."""
+    if not _is_array(obj) or len(obj) != 2 or type(obj[0]) is not bool:
+        raise _fail("txn result", "an array [succeeded, results]", obj)
+    succeeded, results = obj
+    if not _is_array(results) or len(results) != len(ops):
+        raise _fail("txn result.results", f"an array of {len(ops)} results", results)
+    out = []
+    for i, (op, result) in enumerate(zip(ops, results)):
+        where = f"txn result.results[{i}]"
+        if op[0] == "put":
+            if result is not None:
+                raise _fail(where, "null for put", result)
+        elif op[0] == "delete":
+            _uint(result, 0, U64_MAX, where)
+        else:
+            result = decode_range_result(result)
+        out.append(result)
+    return succeeded, out
 
 
 def _address_bytes(value, where: str) -> None:

@@ -57,7 +57,7 @@ from typing import NamedTuple
 from fastpath import KeyRecord, apply_commands, dumps, loads
 from sortedcontainers import SortedList
 
-from daemon.core.messages import OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, STALE
+from daemon.core.messages import OK, OP_CAS, OP_DELETE, OP_PUT, OP_TXN, SESSION_EXPIRED, STALE
 
 IMAGE_FORMAT = 2  # the 5th item of an image: 2 = records and revisions (1: values only, no item)
 TOUCHED_SLACK = 4096  # created or deleted keys kept for the index beyond the store's size
@@ -202,7 +202,7 @@ class KVStore:
                 del data[key]
                 self.touched.append(key)
         else:
-            raise ValueError(f"command {cmd!r}: unknown op {op!r}")
+            result = self.apply_other(cmd, revision)
         self.applied_commands = revision
         sessions[client_id] = (seq, OK, result, revision)
         if len(sessions) > self.max_sessions:
@@ -219,6 +219,15 @@ class KVStore:
             self.touched.append(key)
         else:
             self.data[key] = KeyRecord(value, found.create_revision, revision, found.version + 1)
+
+    def apply_other(self, cmd: tuple, revision: int):
+        """The result of ``cmd``, an op other than put, delete and cas (a transaction), applied
+        as the command of ``revision``; its session is the caller's to record. ValueError for
+        an unknown op. The C loop calls this too: only for such ops."""
+        if cmd[2] == OP_TXN:
+            from daemon.core.txn import apply_txn  # txn imports this module
+            return apply_txn(self, cmd[4], revision)
+        raise ValueError(f"command {cmd!r}: unknown op {cmd[2]!r}")
 
     def apply_batch(self, batch, results: list | None = None) -> None:
         """``apply`` each command of ``batch`` in order, in one C loop (fastpath); with

@@ -27,7 +27,11 @@ _value = dataclass(frozen=True, slots=True)
 #   (client_id, seq, OP_PUT, key, value, None)       -> None
 #   (client_id, seq, OP_DELETE, key, None, None)     -> bool existed
 #   (client_id, seq, OP_CAS, key, expected, new)     -> bool swapped
-OPS = (OP_PUT, OP_DELETE, OP_CAS)
+#   (client_id, seq, OP_TXN, b"", <CBOR of the txn>, None) -> [succeeded, results]
+# OP_TXN is no fastpath code: its per-batch loop hands any other op to KVStore.apply_other,
+# so plain commands pay nothing for it (daemon.core.txn).
+OP_TXN = 4
+OPS = (OP_PUT, OP_DELETE, OP_CAS, OP_TXN)
 
 # A command's positions (it stays a plain tuple: fastpath takes only exact tuples). Per-command
 # loops on the hot path keep literal indexes or unpack, which costs less than these lookups.

@@ -26,7 +26,7 @@ import trio
 from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
 
 from daemon.codec import wire
-from daemon.core.messages import ERROR, OK
+from daemon.core.messages import ERROR, OK, OP_TXN
 from daemon.runtime.log import Throttle
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
 from daemon.runtime.security import server_context
@@ -207,6 +207,8 @@ class ClientPort:
                                              req.arg1.decode()))
         elif op == "member_remove":
             await self._change_members(tag, ("remove", req.client_id))
+        elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
+            work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
         else:
             work.append((False, tag, (req.client_id, req.seq, wire.CLIENT_OPCODES[op], req.key,
                                       req.arg1, req.arg2)))

@@ -684,6 +684,14 @@ class Client(_ClusterOps):
             raise OperationFailed(f"range: {target}: {exc}") from None
         return RangeResponse([KeyValue(*entry) for entry in kvs], count, more, reply.revision)
 
+    async def txn(self, compares, success, failure=(), *,
+                  timeout: float | None = None):
+        """Apply the transaction: if every compare holds, the ``success`` ops, else the
+        ``failure`` ops, as one write (one revision, at most once). Build the compares and ops
+        with daemon.tools.txn's helpers; returns its TxnResponse."""
+        from daemon.tools.txn import run_txn  # it builds on this module
+        return await run_txn(self, compares, success, failure, timeout)
+
     async def submit(
         self,
         op: str,
@@ -1063,6 +1071,9 @@ class SyncClient:
 
     def range(self, key, range_end=None, **kwargs) -> RangeResponse:
         return self._run("range", key, range_end, **kwargs)
+
+    def txn(self, compares, success, failure=(), *, timeout=None):
+        return self._run("txn", compares, success, failure, timeout=timeout)
 
     def status(self, endpoint=None, *, timeout=None) -> dict:
         return self._run("status", endpoint, timeout=timeout)

@@ -1,0 +1,130 @@
+"""Transactions for the client library: helper constructors and the call behind ``Client.txn``.
+
+    from daemon.tools.txn import compare_value, compare_version, put, delete, get_range
+    response = await client.txn([compare_version("k", "=", 0)],   # "k" is absent
+                                [put("k", "v1")], [get_range("k")])
+    response.succeeded, response.results, response.revision
+
+A transaction is applied as one command of the log (see daemon.core.txn for its meaning and
+shapes): every compare is tested, then the ``success`` ops run if all held, else the
+``failure`` ops. It takes one revision, and retries are applied at most once, like any write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastpath import dumps
+
+from daemon.codec.wire import RANGE_COUNT_ONLY, RANGE_KEYS_ONLY, WireError, decode_txn_result
+from daemon.core.kv import prefix_end
+from daemon.core.txn import TxnError, check_txn
+from daemon.tools.client import KeyValue, OperationFailed, RangeResponse, _as_bytes
+
+__all__ = ["TxnResponse", "cas_txn", "compare_create", "compare_lease", "compare_mod",
+           "compare_value", "compare_version", "delete", "get_range", "put", "run_txn"]
+
+# The bytes of a request besides its compares and ops (ids, op name, array heads).
+REQUEST_OVERHEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResponse:
+    """What a transaction did: ``succeeded`` (True: the success ops ran), ``results`` (per op
+    of the branch that ran: put None, delete the count of keys deleted, range a
+    RangeResponse), and ``revision`` (the one the transaction took)."""
+
+    succeeded: bool
+    results: list
+    revision: int | None
+
+
+def _compare(target: str):
+    def make(key: str | bytes, op: str, operand) -> list:
+        if target == "value":
+            operand = None if operand is None else _as_bytes(operand, "operand")
+        return [_as_bytes(key, "key"), target, op, operand]
+    make.__name__ = f"compare_{target}"
+    make.__doc__ = (f"The compare of ``key``'s {target} with ``operand`` by ``op`` (=, !=, <, >)"
+                    + ("; None: the key is absent." if target == "value" else "; 0 if absent."))
+    return make
+
+
+compare_value = _compare("value")
+compare_version = _compare("version")
+compare_create = _compare("create")
+compare_mod = _compare("mod")
+compare_lease = _compare("lease")
+
+
+def _end(key: bytes, range_end, prefix: bool) -> bytes | None:
+    if prefix:
+        if range_end is not None:
+            raise ValueError("give range_end or prefix, not both")
+        return prefix_end(key)
+    return None if range_end is None else _as_bytes(range_end, "range_end")
+
+
+def put(key: str | bytes, value: str | bytes) -> list:
+    """The op that sets ``key`` to ``value``."""
+    return ["put", _as_bytes(key, "key"), _as_bytes(value, "value")]
+
+
+def delete(key: str | bytes, range_end: str | bytes | None = None, *,
+           prefix: bool = False) -> list:
+    """The op that deletes ``key`` (or the keys in ``[key, range_end)``, or with the prefix
+    ``key``); its result is the count deleted."""
+    start = _as_bytes(key, "key")
+    return ["delete", start, _end(start, range_end, prefix)]
+
+
+def get_range(key: str | bytes, range_end: str | bytes | None = None, *, prefix: bool = False,
+              limit: int = 0, keys_only: bool = False, count_only: bool = False) -> list:
+    """The op that reads what ``Client.range`` with these arguments reads, as the transaction
+    sees the store at that point."""
+    start = _as_bytes(key, "key")
+    flags = (RANGE_KEYS_ONLY if keys_only else 0) | (RANGE_COUNT_ONLY if count_only else 0)
+    return ["range", start, _end(start, range_end, prefix), limit, flags]
+
+
+def cas_txn(key: str | bytes, expected: str | bytes | None, new: str | bytes) -> tuple:
+    """``Client.cas`` as a transaction ``(compares, success, failure)``: set ``key`` to ``new``
+    if its value is ``expected`` (None: absent), else read it back (so a failed swap says what
+    it found)."""
+    return [compare_value(key, "=", expected)], [put(key, new)], [get_range(key)]
+
+
+async def run_txn(client, compares, success, failure, timeout: float | None) -> TxnResponse:
+    """Send the transaction through ``client`` (a Client) as one write, at most once; its
+    response. ValueError naming the field if it is malformed or larger than the client's
+    message limit; OperationFailed if the cluster refused it."""
+    try:
+        compares, success, failure = check_txn(list(compares), list(success), list(failure))
+    except TxnError as exc:
+        raise ValueError(f"txn: {exc}") from None
+    branches = [list(map(list, success)), list(map(list, failure))]
+    compares = list(map(list, compares))
+    size = len(dumps([compares, branches])) + REQUEST_OVERHEAD
+    if size > client.max_frame:
+        raise ValueError(f"txn: {size} bytes exceeds the message limit ({client.max_frame} "
+                         f"bytes): split it")
+    reply = await client._write("txn", b"", compares, branches, timeout)
+    try:
+        succeeded, results = _decode(reply.result, success, failure, reply.revision)
+    except WireError as exc:
+        raise OperationFailed(f"txn: {exc}") from None
+    return TxnResponse(succeeded, results, reply.revision)
+
+
+def _decode(result: Any, success, failure, revision) -> tuple[bool, list]:
+    """The checked ``(succeeded, results)`` of a txn reply, range results as RangeResponses."""
+    succeeded = type(result) in (list, tuple) and len(result) == 2 and result[0] is True
+    ok, raw = decode_txn_result(result, success if succeeded else failure)
+    out = []
+    for op, value in zip(success if ok else failure, raw):
+        if op[0] == "range":
+            kvs, count, more = value
+            value = RangeResponse([KeyValue(*entry) for entry in kvs], count, more, revision)
+        out.append(value)
+    return ok, out
