@@ -12,7 +12,10 @@ the revisions of writes) by what the revision promises:
 - R is no lower than the revision of any write acknowledged before the read was first sent,
   and lower than the revision of any applied write first sent after the read's answer
   arrived: the state read lies between the read's call and its return;
-- every acknowledged write's reply names the revision at which the replay applies it.
+- every acknowledged write's reply names the revision at which the replay applies it, and
+  carries the result the replay's store gives that command: for a transaction, which branch
+  ran and every op's result (its ranges' entries, counts and cuts, its deletes' counts) as of
+  the state the transaction saw.
 
 What it does not cover: a read whose answer was lost (it constrains nothing); and it relies
 on the chosen log as the checker learned it (tests/sim_invariants.py), not on a model of its
@@ -49,13 +52,15 @@ class ReadCheck:
         self.first_sent: dict[tuple[int, int], float] = {}  # (client, seq) -> first sent
         # (ret, revision, (client, seq), the acknowledging node's max_sessions)
         self.acked: list[tuple[float, int, tuple[int, int], int]] = []
+        self.results: dict[tuple[int, int, int], object] = {}  # (client, seq, group) -> result
 
     def write_sent(self, cid: int, seq: int, now: float) -> None:
         self.first_sent.setdefault((cid, seq), now)
 
     def write_acked(self, cid: int, seq: int, revision: int, now: float,
-                    max_sessions: int) -> None:
+                    max_sessions: int, result: object = None) -> None:
         self.acked.append((now, revision, (cid, seq), max_sessions))
+        self.results[(cid, seq, max_sessions)] = result
 
     def read_answered(self, seen: ReadSeen) -> None:
         self.reads.append(seen)
@@ -68,18 +73,27 @@ class ReadCheck:
         groups = sorted({r.max_sessions for r in self.reads} | {a[3] for a in self.acked})
         for max_sessions in groups:
             applied_at: dict[tuple[int, int], int] = {}
+            outcomes: dict[tuple[int, int], object] = {}  # the replay's result of each write
             reads = sorted((r for r in self.reads if r.max_sessions == max_sessions),
                            key=lambda r: r.revision)
-            self._replay(chosen, max_sessions, reads, applied_at)
+            self._replay(chosen, max_sessions, reads, applied_at, outcomes)
             for ret, revision, key, group in self.acked:
-                if group == max_sessions and applied_at.get(key) != revision:
+                if group != max_sessions:
+                    continue
+                if applied_at.get(key) != revision:
                     raise Violation(f"write (client {key[0]}, seq {key[1]}) was acknowledged "
                                     f"at revision {revision}, but the chosen log applies it at "
                                     f"{applied_at.get(key)}")
+                seen = self.results[(*key, group)]
+                if seen != outcomes[key]:
+                    raise Violation(f"write (client {key[0]}, seq {key[1]}) was acknowledged "
+                                    f"with {seen!r}, but the chosen log gives "
+                                    f"{outcomes[key]!r}")
             self._real_time(applied_at, reads)
         return len(self.reads)
 
-    def _replay(self, chosen: dict, max_sessions: int, reads: list, applied_at: dict) -> None:
+    def _replay(self, chosen: dict, max_sessions: int, reads: list, applied_at: dict,
+                outcomes: dict) -> None:
         kv = KVStore(max_sessions)
         i = 0
         slot = 0
@@ -97,9 +111,10 @@ class ReadCheck:
                                 f"chosen; the log reaches revision {kv.revision})")
             for cmd in batch:
                 before = kv.revision
-                kv.apply(cmd)
+                result = kv.apply(cmd)[1]
                 if kv.revision != before:
                     applied_at[(cmd[CMD_CLIENT], cmd[CMD_SEQ])] = kv.revision
+                    outcomes[(cmd[CMD_CLIENT], cmd[CMD_SEQ])] = result
                 while i < len(reads) and reads[i].revision == kv.revision:
                     _compare(kv, reads[i])
                     i += 1
@@ -108,9 +123,10 @@ class ReadCheck:
             slot += 1
             for cmd in chosen[slot]:
                 before = kv.revision
-                kv.apply(cmd)
+                result = kv.apply(cmd)[1]
                 if kv.revision != before:
                     applied_at[(cmd[CMD_CLIENT], cmd[CMD_SEQ])] = kv.revision
+                    outcomes[(cmd[CMD_CLIENT], cmd[CMD_SEQ])] = result
 
     def _real_time(self, applied_at: dict, reads: list) -> None:
         acked = sorted(self.acked)

@@ -58,6 +58,7 @@ from daemon.core.node import CoreConfig, Node
 from daemon.core.reads import RANGE_REPLY_MARGIN
 from daemon.core.membership import config_of_batch, decode_configuration
 from daemon.core.messages import NOT_LEADER, OK, OP_CAS, OP_DELETE, OP_PUT, SESSION_EXPIRED, Reply
+from daemon.core.txn import OP_TXN, TARGETS, encode_txn
 from tests.linearizability import Operation, check
 from tests.sim_bugs import BUGS
 from tests.sim_disk import DiskFailure, NodeStorage
@@ -69,7 +70,11 @@ ELECTION = (0.150, 0.300)
 # draws exactly as it did before ranges existed, so the seeds pinned in tests/test_simulator.py
 # replay the interleavings they were pinned for.
 OPS = (["put", "get", "delete", "cas"], [4, 4, 1, 2])
-OPS_WITH_RANGES = (OPS[0] + ["range"], OPS[1] + [2])
+# With ranges on, transactions too: on keys of their own (TXN_KEYS, which single-key
+# operations never touch: the linearizability checker knows single keys only), checked by
+# tests/sim_reads.py against the chosen log.
+OPS_WITH_RANGES = (OPS[0] + ["range", "txn"], OPS[1] + [2, 1])
+TXN_KEYS = [b"t0", b"t1", b"t2", b"t3"]
 HEARTBEAT = 0.050
 TICK = 0.010
 QUIET_AFTER_HEAL = 1.0  # seconds of healed running before a run may end early, settled
@@ -181,7 +186,7 @@ class ClientOp:
     deadline: float = 0.0
     answered: bool = False  # the last attempt got an answer (a redirect, busy, ...)
     seq_attempt: int = 1  # the attempt that first sent ``seq`` (a session starts again anew)
-    query: RangeQuery | None = None  # what a "range" reads
+    query: RangeQuery | tuple | None = None  # what a "range" reads; a "txn"'s parts
 
 
 class ClientLoad:
@@ -219,6 +224,10 @@ class ClientLoad:
         value = expected = None
         if kind == "range":
             return ClientOp(kind, key, None, None, 0, self.now, query=self._draw_range(key))
+        if kind == "txn":
+            client["seq"] += 1
+            return ClientOp(kind, b"", None, None, client["seq"], self.now,
+                            query=self._draw_txn(b"%d-%d" % (cid % 1000, client["n"])))
         if kind == "put":
             value = b"%d-%d" % (cid % 1000, client["n"])
         elif kind == "cas":
@@ -245,6 +254,35 @@ class ClientLoad:
             start, end = b"k", prefix_end(b"k")
         return RangeQuery(start, end, rng.choice([0, 0, 1, 2]), rng.random() < 0.2,
                           rng.random() < 0.1)
+
+    def _draw_txn(self, value: bytes) -> tuple:
+        """A transaction on TXN_KEYS: up to two compares of any target and operator, and one
+        to three ops per branch (puts of ``value``, deletes of a key or a range, ranges)."""
+        rng = self.rng
+        compares = []
+        for _ in range(rng.randrange(3)):
+            target = rng.choice(TARGETS)
+            operand = (rng.choice([None, value, *self.txn_values]) if target == "value"
+                       else rng.randrange(4) if target in ("version", "lease")
+                       else rng.randrange(self.txn_revision + 2))
+            compares.append([rng.choice(TXN_KEYS), target, rng.choice(["=", "!=", "<", ">"]),
+                             operand])
+        branches = []
+        for _ in range(2):
+            ops = []
+            for _ in range(rng.randint(1, 3)):
+                kind = rng.choice(["put", "put", "delete", "range"])
+                key = rng.choice(TXN_KEYS)
+                end = rng.choice([None, b"t2", b"u", b""])
+                if kind == "put":
+                    ops.append(["put", key, value])
+                elif kind == "delete":
+                    ops.append(["delete", key, end if end in (None, b"") or end > key else None])
+                else:
+                    ops.append(["range", key, end, rng.choice([0, 0, 2]), rng.randrange(4)])
+            branches.append(ops)
+        self.txn_values = [value, *self.txn_values[:2]]
+        return compares, branches[0], branches[1]
 
     def _recent_values(self, key: bytes) -> list:
         vals = [o.value for o in self.history[-20:] if o.key == key and o.value is not None]
@@ -279,6 +317,8 @@ class ClientLoad:
                 node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
             elif op.op == "delete":
                 node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+            elif op.op == "txn":
+                node.submit(req, (cid, seq, OP_TXN, b"", encode_txn(*op.query), None), self.now)
             else:
                 node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
         self._drain(sim)
@@ -306,8 +346,10 @@ class ClientLoad:
                     node_id))
             else:
                 self.read_check.write_acked(cid, op.seq, reply.revision, self.now,
-                                            self.configs[node_id].max_sessions)
-            if op.op != "range":  # the linearizability checker knows single keys only
+                                            self.configs[node_id].max_sessions, result)
+                if reply.revision is not None:
+                    self.txn_revision = max(self.txn_revision, reply.revision)
+            if op.op not in ("range", "txn"):  # the checker knows single keys only
                 self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
                                               op.call, self.now, result))
             if op.op not in ("get", "range"):
@@ -353,7 +395,9 @@ class ClientLoad:
             op.answered = True
             self._wake(cid, 0.0)
             return
-        self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call, None))
+        if op.op != "txn":  # the linearizability checker knows single keys only
+            self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
+                                          None))
         client["seq"] = max(client["seq"], horizon)
         client["op"] = None
         self._wake(cid, self.rng.uniform(0, 0.01))
@@ -366,6 +410,8 @@ class Simulation(ClientLoad):
                  ranges: bool = True) -> None:
         self.seed = seed
         self.ranges = ranges
+        self.txn_values: list = []  # recent values transactions wrote, for their compares
+        self.txn_revision = 0  # the highest revision a reply named, for their compares
         self.n = nodes
         self.steps = steps
         self.rng = random.Random(seed)

@@ -30,13 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
 
 
-def paxosd(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m daemon.tools.cli ARGS`` to completion (bounded), capturing its output."""
+def paxosd(*args: str, timeout: float = 60, env: dict | None = None,
+           stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m daemon.tools.cli ARGS`` to completion (bounded), capturing its output
+    (``stdin``: the text it reads)."""
     environ = {k: v for k, v in os.environ.items() if k != "PAXOSD_CONFIG"}
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "daemon.tools.cli", *args],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout, input=stdin,
     )
 
 
@@ -375,6 +377,29 @@ def test_get_reads_ranges_in_etcdctls_shape(cluster):
     assert [kv["key"] for kv in json.loads(result.stdout)["kvs"]] == ["app/a"]
     result = paxosd("get", "app/", "--limit", "-1", *cfg)
     assert result.returncode == 2 and "--limit" in result.stderr
+
+
+def test_txn_reads_etcdctls_text_from_stdin(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    result = paxosd("put", "txn/a", "1", *cfg)
+    assert result.returncode == 0, result.stderr + out_path.read_text()
+    text = ('value("txn/a") = "1"\nversion("txn/a") > 0\n\n'
+            'put txn/b "two words"\nget txn/ --prefix\n\nget txn/a\n')
+    result = paxosd("txn", *cfg, stdin=text)
+    assert (result.returncode, result.stdout) == (
+        0, "SUCCESS\n\nOK\ntxn/a\n1\ntxn/b\ntwo words\n"), result.stderr
+    result = paxosd("txn", "--json", *cfg, stdin=text)  # txn/a is still 1: succeeds again
+    doc = json.loads(result.stdout)
+    assert doc["succeeded"] is True and doc["responses"][0] == {"put": {}}
+    entries = doc["responses"][1]["range"]["kvs"]
+    assert entries[1]["mod_revision"] == doc["header"]["revision"] and entries[1]["version"] == 2
+    result = paxosd("txn", *cfg, stdin='mod("txn/a") < 1\n\ndel txn/a\n\ndel txn/ --prefix\n')
+    assert (result.returncode, result.stdout) == (0, "FAILURE\n\n2\n"), result.stderr
+    result = paxosd("txn", *cfg, stdin='size("txn/a") = 1\n\n\n')
+    assert result.returncode == 2 and "line 1" in result.stderr and "target" in result.stderr
+    result = paxosd("txn", *cfg, stdin='\nput only-a-key\n')
+    assert result.returncode == 2 and "line 2: expected put KEY VALUE" in result.stderr
 
 
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):

@@ -308,4 +308,13 @@ class KVStore:
     def state(self) -> tuple:
         """A comparable image of the replica's state (for the simulator's checks)."""
         return (tuple(sorted((k, r.astuple()) for k, r in self.data.items())),
-                tuple(self.sessions.items()), self.evicted_at, self.applied_commands)
+                tuple((c, (*s[:2], _hashable(s[2]), s[3])) for c, s in self.sessions.items()),
+                self.evicted_at, self.applied_commands)
+
+
+def _hashable(result):
+    """A session's result, its lists (a transaction's) as tuples, so that states compare in
+    sets."""
+    if type(result) is list:
+        return tuple(map(_hashable, result))
+    return result

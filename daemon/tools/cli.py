@@ -4,6 +4,7 @@
     paxosd cluster --config F                  run every member of F as a child process
     paxosd check-config --config F             validate F and print the effective settings
     paxosd put K V | get K | delete K | cas K OLD NEW
+    paxosd txn [--json] < FILE                 compares, then and else ops, as etcdctl's txn
     paxosd status                              one row per member, like etcdctl endpoint status
     paxosd member add ID PEER CLIENT | member remove ID | member list   membership, via the log
     paxosd transfer-leader ID                  hand leadership over (for maintenance)
@@ -169,6 +170,18 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
     p.set_defaults(func=cmd_cas)
+
+
+    p = commands.add_parser(
+        "txn", parents=[client], help="a transaction read from stdin, as etcdctl's",
+        description="Reads the compares one a line (value(\"KEY\") = \"V\"; also version, "
+                    "create, mod, lease; = != < >), a blank line, the ops to run if all hold "
+                    "(put KEY VALUE, del KEY [END], get KEY [END], with --prefix, --limit N, "
+                    "--keys-only, --count-only), a blank line, the ops to run otherwise; applies "
+                    "them as one command and prints SUCCESS or FAILURE and each op's result "
+                    "(--json: {header: {revision}, succeeded, responses}).")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_txn)
 
 
 def _add_cluster_commands(commands, client: argparse.ArgumentParser) -> None:
@@ -614,12 +627,10 @@ def _get_range(args: argparse.Namespace) -> int:
         c, _arg_bytes(args.key), prefix=args.prefix, limit=args.limit,
         keys_only=args.keys_only, count_only=args.count_only))
     if args.json:
+        from daemon.tools.txn_text import kv_json
+
         doc = {"header": {"revision": found["revision"]}, "count": found["count"],
-               "more": found["more"],
-               "kvs": [{"key": kv.key, "create_revision": kv.create_revision,
-                        "mod_revision": kv.mod_revision, "version": kv.version,
-                        "lease": kv.lease, **({} if kv.value is None else {"value": kv.value})}
-                       for kv in found["kvs"]]}
+               "more": found["more"], "kvs": list(map(kv_json, found["kvs"]))}
         print(json.dumps(doc, indent=2, default=_json_default))
         return EXIT_OK
     if args.count_only:
@@ -649,6 +660,27 @@ def cmd_cas(args: argparse.Namespace) -> int:
     expected = "absent" if old is None else f"{args.old!r}"
     print(f"not swapped: the value of {args.key!r} was not {expected}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def cmd_txn(args: argparse.Namespace) -> int:
+    from daemon.tools.txn_text import TxnTextError, parse_txn_text, result_json, result_lines
+
+    try:
+        compares, success, failure = parse_txn_text(sys.stdin.read())
+    except TxnTextError as exc:
+        raise UsageError(f"stdin {exc}") from None
+    try:
+        response = _run_client(args, lambda c: c.txn(compares, success, failure))
+    except ValueError as exc:  # the client's checks: a field or the size
+        raise UsageError(str(exc)) from None
+    ops = success if response.succeeded else failure
+    if args.json:
+        print(json.dumps(result_json(response, ops), indent=2, default=_json_default))
+        return EXIT_OK
+    out = sys.stdout.buffer
+    out.write(b"".join(line + b"\n" for line in result_lines(response, ops)))
+    out.flush()
+    return EXIT_OK
 
 
 def cmd_transfer_leader(args: argparse.Namespace) -> int:
