@@ -193,6 +193,9 @@ class ClientLoad:
     """The simulated clients of a Simulation: one operation at a time each, retried through
     timeouts and redirects, recorded for the linearizability check."""
 
+    txn_values: tuple = ()  # recent values transactions wrote, for their compares
+    txn_revision = 0  # the highest revision a reply named, for their compares
+
     def _wake(self, cid: int, delay: float) -> None:
         """One pending wake-up per client: a newer one replaces the older."""
         client = self.clients[cid]
@@ -281,7 +284,7 @@ class ClientLoad:
                 else:
                     ops.append(["range", key, end, rng.choice([0, 0, 2]), rng.randrange(4)])
             branches.append(ops)
-        self.txn_values = [value, *self.txn_values[:2]]
+        self.txn_values = (value, *self.txn_values[:2])
         return compares, branches[0], branches[1]
 
     def _recent_values(self, key: bytes) -> list:
@@ -410,8 +413,6 @@ class Simulation(ClientLoad):
                  ranges: bool = True) -> None:
         self.seed = seed
         self.ranges = ranges
-        self.txn_values: list = []  # recent values transactions wrote, for their compares
-        self.txn_revision = 0  # the highest revision a reply named, for their compares
         self.n = nodes
         self.steps = steps
         self.rng = random.Random(seed)
