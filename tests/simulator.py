@@ -70,10 +70,12 @@ ELECTION = (0.150, 0.300)
 # draws exactly as it did before ranges existed, so the seeds pinned in tests/test_simulator.py
 # replay the interleavings they were pinned for.
 OPS = (["put", "get", "delete", "cas"], [4, 4, 1, 2])
-# With ranges on, transactions too: on keys of their own (TXN_KEYS, which single-key
-# operations never touch: the linearizability checker knows single keys only), checked by
-# tests/sim_reads.py against the chosen log.
-OPS_WITH_RANGES = (OPS[0] + ["range", "txn"], OPS[1] + [2, 1])
+OPS_WITH_RANGES = (OPS[0] + ["range"], OPS[1] + [2])
+# With ranges on, transactions too (but with --no-txns, which draws as before they existed):
+# on keys of their own (TXN_KEYS, which single-key operations never touch: the
+# linearizability checker knows single keys only), checked by tests/sim_reads.py against the
+# chosen log.
+OPS_WITH_TXNS = (OPS_WITH_RANGES[0] + ["txn"], OPS_WITH_RANGES[1] + [1])
 TXN_KEYS = [b"t0", b"t1", b"t2", b"t3"]
 HEARTBEAT = 0.050
 TICK = 0.010
@@ -193,6 +195,7 @@ class ClientLoad:
     """The simulated clients of a Simulation: one operation at a time each, retried through
     timeouts and redirects, recorded for the linearizability check."""
 
+    txns = True  # transactions in the workload (with ranges): Options.txns
     txn_values: tuple = ()  # recent values transactions wrote, for their compares
     txn_revision = 0  # the highest revision a reply named, for their compares
 
@@ -222,7 +225,8 @@ class ClientLoad:
         client = self.clients[cid]
         rng = self.rng
         key = rng.choice(self.keys)
-        kind = rng.choices(*(OPS_WITH_RANGES if self.ranges else OPS))[0]
+        kind = rng.choices(*(OPS if not self.ranges else OPS_WITH_TXNS if self.txns
+                             else OPS_WITH_RANGES))[0]
         client["n"] += 1
         value = expected = None
         if kind == "range":
@@ -928,13 +932,15 @@ class Options:
     mixed_sessions: bool = False  # --mixed-sessions
     skip_checks: tuple = ()  # --skip-check NAME ...
     settings: str | None = None  # --settings defaults|same|per-node
-    ranges: bool = True  # --no-ranges: the workload without range reads
+    ranges: bool = True  # --no-ranges: the workload without range reads (nor transactions)
+    txns: bool = True  # --no-txns: the workload without transactions
 
     def flags(self) -> str:
         return ((" --mixed-sessions" if self.mixed_sessions else "")
                 + "".join(f" --skip-check {c}" for c in self.skip_checks)
                 + (f" --settings {self.settings}" if self.settings else "")
-                + ("" if self.ranges else " --no-ranges"))
+                + ("" if self.ranges else " --no-ranges")
+                + ("" if self.txns else " --no-txns"))
 
 
 def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
@@ -951,6 +957,7 @@ def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
         sim = Simulation(seed, nodes=nodes, steps=steps, bug=bug,
                          mixed_sessions=options.mixed_sessions, skip_checks=options.skip_checks,
                          settings=options.settings, ranges=options.ranges)
+        sim.txns = options.txns
         digest = sim.run()
         return True, digest, sim.mix_text
     except Exception as exc:  # any failure of the core (or of a codec) fails the seed
@@ -1002,9 +1009,11 @@ def main(argv=None) -> int:
                         help="draw only this kind of node settings (default: any)")
     parser.add_argument("--no-ranges", action="store_true",
                         help="no range reads in the workload (draws as before they existed)")
+    parser.add_argument("--no-txns", action="store_true",
+                        help="no transactions in the workload (draws as before they existed)")
     args = parser.parse_args(argv)
     options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings,
-                      not args.no_ranges)
+                      not args.no_ranges, not args.no_txns)
 
     started = time.monotonic()
     if args.seed is not None:
