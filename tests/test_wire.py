@@ -316,11 +316,11 @@ def test_hello_accepts_a_member_of_the_same_cluster():
 
 
 @pytest.mark.parametrize("hello,words", [
-    (["paxosd", 3, "other", 2], ["cluster 'other'", "'demo'"]),
-    (["paxosd", 2, "demo", 2], ["protocol version 2", "version 3"]),
+    (["paxosd", 4, "other", 2], ["cluster 'other'", "'demo'"]),
+    (["paxosd", 3, "demo", 2], ["protocol version 3", "version 4"]),
     (["paxosd", True, "demo", 2], ["protocol version True"]),
-    (["paxosd", 3, "demo", 9], ["node id 9", "not a member"]),
-    (["paxosd", 3, "demo", 1], ["node id 1", "own id"]),
+    (["paxosd", 4, "demo", 9], ["node id 9", "not a member"]),
+    (["paxosd", 4, "demo", 1], ["node id 1", "own id"]),
     (["raft", 1, "demo", 2], ["not a paxosd hello"]),
     ([1, 2], ["not a paxosd hello"]),
     ("paxosd", ["not a paxosd hello"]),

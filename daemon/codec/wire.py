@@ -146,7 +146,9 @@ __all__ = [
     "format_ballot",
 ]
 
-PROTOCOL_VERSION = 3  # 2: Promise and Accepted carry incarnations; 3: Probe, ProbeReply
+# 2: Promise and Accepted carry incarnations; 3: Probe, ProbeReply; 4: snapshot images carry
+# key records and the revision (image format 2), Accept batches may hold transactions (op 4).
+PROTOCOL_VERSION = 4
 HELLO_MAGIC = "paxosd"
 
 # The ranges checked here are fastpath's (its Accept decoder checks the same ones): slots and
