@@ -54,11 +54,17 @@ def test_only_promises_from_the_voters_asked_under_their_incarnation_count():
     assert one.role == LEADER and one.leader_id == 1 and one.election.promises == {}
 
 
-def test_a_new_leader_learns_what_is_reported_chosen_and_reproposes_the_rest_with_noops():
+def standing_with_its_own_promise():
+    """Node 1 standing, its own Promise counted (one more makes it leader): the node, the ballot."""
     one = node()
     one.election.start()
     b = one.ballot
     one.election.on_promise(Promise(1, b, 0, (), 0))
+    return one, b
+
+
+def test_a_new_leader_learns_what_is_reported_chosen_and_reproposes_the_rest_with_noops():
+    one, b = standing_with_its_own_promise()
     one.election.on_promise(Promise(2, b, 2, ((1, BALLOT_CHOSEN, w(1)), (2, BALLOT_CHOSEN, w(2)),
                                               (4, 3, w(4))), 0))
     assert one.role == LEADER and one.commit_index == 2
@@ -69,10 +75,7 @@ def test_a_new_leader_learns_what_is_reported_chosen_and_reproposes_the_rest_wit
 
 
 def test_a_promise_whose_commit_index_covers_an_unreported_slot_sends_the_candidate_to_catch_up():
-    one = node()
-    one.election.start()
-    b = one.ballot
-    one.election.on_promise(Promise(1, b, 0, (), 0))
+    one, b = standing_with_its_own_promise()
     # Node 2 says slots up to 3 are chosen but reports slot 3 only as accepted.
     one.election.on_promise(Promise(2, b, 3, ((1, BALLOT_CHOSEN, w(1)), (2, BALLOT_CHOSEN, w(2)),
                                               (3, 4, w(3))), 0))

@@ -57,13 +57,21 @@ def test_a_batch_is_cut_by_command_count_and_by_bytes_keeping_the_cost_right():
     assert leader.pending == [] and leader.pending_bytes == 0
 
 
-def test_the_window_bounds_the_slots_in_flight():
+def submitted_one_by_one(count: int):
+    """A cluster led by node 1 whose leader was given ``count`` commands one at a time, its
+    outputs collected after each (one batch per command: each ready() opens a slot): the
+    cluster, the leader and the first slot they went to."""
     c = led_by_1()
     leader = c.nodes[1]
     first = leader.window.next_slot
-    for n in range(1, 7):
+    for n in range(1, count + 1):
         leader.submit(("put", n), cmd(n), c.now)
-        c.collect()  # one batch per command: each ready() opens a slot
+        c.collect()
+    return c, leader, first
+
+
+def test_the_window_bounds_the_slots_in_flight():
+    c, leader, first = submitted_one_by_one(6)
     assert leader.window.in_flight == CFG.window
     assert leader.window.next_slot == first + CFG.window
     assert len(leader.pending) == 2  # waiting for room
@@ -121,12 +129,7 @@ def test_commit_never_passes_what_was_proposed():
 
 
 def test_retransmit_resends_to_each_peer_from_its_first_unacknowledged_slot():
-    c = led_by_1()
-    leader = c.nodes[1]
-    first = leader.window.next_slot
-    for n in range(1, 4):
-        leader.submit(("put", n), cmd(n), c.now)
-        c.collect()
+    c, leader, first = submitted_one_by_one(3)
     c.take(src=1, kind=Accept)  # all lost
     leader.receive(Accepted(2, leader.ballot, first, first + 1, 0, 0, 0), c.now)
     leader.pipeline.retransmit()
