@@ -198,18 +198,21 @@ class Acceptor:
         log = node.log
         records = [PromiseRecord(node.promised)]
         run_ballot, run_first, run = None, 0, []
+
+        def close_run():
+            records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
+                           else AcceptRecord(run_ballot, run_first, tuple(run)))
+
         for slot in range(index + 1, node.max_slot + 1):
             entry = log.get(slot)
             if run and (entry is None or entry[0] != run_ballot or slot != run_first + len(run)):
-                records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
-                               else AcceptRecord(run_ballot, run_first, tuple(run)))
+                close_run()
                 run = []
             if entry is not None:
                 if not run:
                     run_ballot, run_first = entry[0], slot
                 run.append(entry[1])
         if run:
-            records.append(ChosenRecord(run_first, tuple(run)) if run_ballot == BALLOT_CHOSEN
-                           else AcceptRecord(run_ballot, run_first, tuple(run)))
+            close_run()
         records.append(CommitRecord(node.commit_index))
         return tuple(records)

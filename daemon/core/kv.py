@@ -263,11 +263,17 @@ class KVStore:
             record = self.data.get(start)
             found = [] if record is None else [start]
             return self._collect(found, len(found), query, max_bytes)
+        keys, count = self.keys_in(start, end)
+        return self._collect(keys, count, query, max_bytes)
+
+    def keys_in(self, start: bytes, end: bytes):
+        """The keys in ``[start, end)`` (``end`` b"": every key from ``start`` on), in order,
+        as an iterator over the sorted index, and how many there are."""
         index = self.sorted_keys()
         lo = index.bisect_left(start)
         hi = index.bisect_left(end) if end else len(index)
         count = max(0, hi - lo)
-        return self._collect(index.islice(lo, hi) if count else (), count, query, max_bytes)
+        return (index.islice(lo, hi) if count else ()), count
 
     def _collect(self, keys, count: int, query: RangeQuery, max_bytes: int) -> RangeResult:
         if query.count_only:

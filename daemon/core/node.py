@@ -312,7 +312,7 @@ class Node:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
         key = (cmd[0], cmd[1])  # (client id, seq); literal positions: this runs per command
-        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:  # 0: CONFIG_CLIENT
+        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:  # 0: CONFIG_CLIENT (a literal: per command)
             self._out.replies.append(Reply(req, ERROR, (
                 "client id 0 and the key " + repr(MEMBERS_KEY) + " are reserved for membership")))
             return

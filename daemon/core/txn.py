@@ -214,10 +214,7 @@ def _delete(kv, key: bytes, end: bytes | None) -> int:
     if end is None:
         keys = [key] if key in data else []
     else:
-        index = kv.sorted_keys()
-        lo = index.bisect_left(key)
-        hi = index.bisect_left(end) if end else len(index)
-        keys = list(index.islice(lo, hi)) if hi > lo else []
+        keys = list(kv.keys_in(key, end)[0])
     for k in keys:
         del data[k]
         kv.touched.append(k)
