@@ -94,7 +94,7 @@ from daemon.core.messages import (
     Promise,
     Reject,
 )
-from daemon.core.kv import RangeQuery, RangeResult
+from daemon.core.kv import RangeQuery
 # RANGE_KEYS_ONLY, RANGE_COUNT_ONLY: a "range" request's flags (its seq position).
 from daemon.core.txn import (
     RANGE_COUNT_ONLY,
@@ -707,9 +707,9 @@ def range_query(req: Request) -> RangeQuery:
                       bool(req.seq & RANGE_COUNT_ONLY))
 
 
-def encode_range_result(result: RangeResult) -> list:
-    """A range read's result as the reply carries it: ``[kvs, count, more]``."""
-    return encode_range(result)
+# A range read's result as the reply carries it: ``[kvs, count, more]`` (the transaction's
+# range ops carry the same shape).
+encode_range_result = encode_range
 
 
 def decode_range_result(obj) -> tuple[list, int, bool]:

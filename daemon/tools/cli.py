@@ -636,11 +636,10 @@ def _get_range(args: argparse.Namespace) -> int:
     if args.count_only:
         print(found["count"])
         return EXIT_OK
+    from daemon.tools.txn_text import kv_lines
+
     out = sys.stdout.buffer
-    for kv in found["kvs"]:
-        out.write(kv.key + b"\n")
-        if kv.value is not None:
-            out.write(kv.value + b"\n")
+    out.writelines(line + b"\n" for line in kv_lines(found["kvs"]))
     out.flush()
     return EXIT_OK
 

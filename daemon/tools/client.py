@@ -190,6 +190,26 @@ def _as_bytes(value: str | bytes | bytearray | memoryview, what: str) -> bytes:
     raise TypeError(f"{what} must be str or bytes, got {type(value).__name__}")
 
 
+def _range_end(start: bytes, range_end, prefix: bool, what: str) -> bytes | None:
+    """Where a range from ``start`` ends (None: ``start`` alone; b"": no end); ``what``
+    begins the error's message."""
+    if prefix:
+        if range_end is not None:
+            raise ValueError(f"{what}give range_end or prefix, not both")
+        return prefix_end(start)
+    return None if range_end is None else _as_bytes(range_end, "range_end")
+
+
+def _range_flags(keys_only: bool, count_only: bool) -> int:
+    return (RANGE_KEYS_ONLY if keys_only else 0) | (RANGE_COUNT_ONLY if count_only else 0)
+
+
+def _range_response(decoded, revision: int | None) -> "RangeResponse":
+    """A decoded ``[kvs, count, more]`` range result as a RangeResponse."""
+    kvs, count, more = decoded
+    return RangeResponse([KeyValue(*entry) for entry in kvs], count, more, revision)
+
+
 def _dial_reason(exc: OSError) -> str:
     """Why a dial failed, in the words of the underlying error ("Connection refused").
 
@@ -667,22 +687,17 @@ class Client(_ClusterOps):
         one given (continue from ``kvs[-1].key + b"\\x00"``). ``keys_only`` leaves the values
         out (None), ``count_only`` the keys too (only ``count``)."""
         start = _as_bytes(key, "key")
-        if prefix:
-            if range_end is not None:
-                raise ValueError("range: give range_end or prefix, not both")
-            end: bytes | None = prefix_end(start)
-        else:
-            end = None if range_end is None else _as_bytes(range_end, "range_end")
+        end = _range_end(start, range_end, prefix, "range: ")
         if type(limit) is not int or not 0 <= limit <= MAX_RANGE_LIMIT:
             raise ValueError(f"range: limit must be an integer in [0, {MAX_RANGE_LIMIT}], "
                              f"got {limit!r}")
-        flags = (RANGE_KEYS_ONLY if keys_only else 0) | (RANGE_COUNT_ONLY if count_only else 0)
+        flags = _range_flags(keys_only, count_only)
         reply, target = await self._call("range", start, end, None, limit, flags, timeout, False)
         try:
-            kvs, count, more = decode_range_result(reply.result)
+            decoded = decode_range_result(reply.result)
         except WireError as exc:
             raise OperationFailed(f"range: {target}: {exc}") from None
-        return RangeResponse([KeyValue(*entry) for entry in kvs], count, more, reply.revision)
+        return _range_response(decoded, reply.revision)
 
     async def txn(self, compares, success, failure=(), *,
                   timeout: float | None = None):

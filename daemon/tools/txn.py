@@ -17,10 +17,9 @@ from typing import Any
 
 from fastpath import dumps
 
-from daemon.codec.wire import RANGE_COUNT_ONLY, RANGE_KEYS_ONLY, WireError, decode_txn_result
-from daemon.core.kv import prefix_end
+from daemon.codec.wire import WireError, decode_txn_result
 from daemon.core.txn import TxnError, check_txn
-from daemon.tools.client import KeyValue, OperationFailed, RangeResponse, _as_bytes
+from daemon.tools.client import OperationFailed, _as_bytes, _range_end, _range_flags, _range_response
 
 __all__ = ["TxnResponse", "cas_txn", "compare_create", "compare_lease", "compare_mod",
            "compare_value", "compare_version", "delete", "get_range", "put", "run_txn"]
@@ -58,14 +57,6 @@ compare_mod = _compare("mod")
 compare_lease = _compare("lease")
 
 
-def _end(key: bytes, range_end, prefix: bool) -> bytes | None:
-    if prefix:
-        if range_end is not None:
-            raise ValueError("give range_end or prefix, not both")
-        return prefix_end(key)
-    return None if range_end is None else _as_bytes(range_end, "range_end")
-
-
 def put(key: str | bytes, value: str | bytes) -> list:
     """The op that sets ``key`` to ``value``."""
     return ["put", _as_bytes(key, "key"), _as_bytes(value, "value")]
@@ -76,7 +67,7 @@ def delete(key: str | bytes, range_end: str | bytes | None = None, *,
     """The op that deletes ``key`` (or the keys in ``[key, range_end)``, or with the prefix
     ``key``); its result is the count deleted."""
     start = _as_bytes(key, "key")
-    return ["delete", start, _end(start, range_end, prefix)]
+    return ["delete", start, _range_end(start, range_end, prefix, "")]
 
 
 def get_range(key: str | bytes, range_end: str | bytes | None = None, *, prefix: bool = False,
@@ -84,8 +75,8 @@ def get_range(key: str | bytes, range_end: str | bytes | None = None, *, prefix:
     """The op that reads what ``Client.range`` with these arguments reads, as the transaction
     sees the store at that point."""
     start = _as_bytes(key, "key")
-    flags = (RANGE_KEYS_ONLY if keys_only else 0) | (RANGE_COUNT_ONLY if count_only else 0)
-    return ["range", start, _end(start, range_end, prefix), limit, flags]
+    return ["range", start, _range_end(start, range_end, prefix, ""), limit,
+            _range_flags(keys_only, count_only)]
 
 
 def cas_txn(key: str | bytes, expected: str | bytes | None, new: str | bytes) -> tuple:
@@ -124,7 +115,6 @@ def _decode(result: Any, success, failure, revision) -> tuple[bool, list]:
     out = []
     for op, value in zip(success if ok else failure, raw):
         if op[0] == "range":
-            kvs, count, more = value
-            value = RangeResponse([KeyValue(*entry) for entry in kvs], count, more, revision)
+            value = _range_response(value, revision)
         out.append(value)
     return ok, out

@@ -24,9 +24,10 @@ import os
 import re
 import shlex
 
+from daemon.codec.wire import RANGE_COUNT_ONLY
 from daemon.tools import txn
 
-__all__ = ["TxnTextError", "kv_json", "parse_txn_text", "result_json", "result_lines"]
+__all__ = ["TxnTextError", "kv_json", "kv_lines", "parse_txn_text", "result_json", "result_lines"]
 
 _COMPARE = re.compile(r'^\s*(\w+)\(\s*("(?:[^"\\]|\\.)*")\s*\)\s*(!=|=|<|>)\s*(.*?)\s*$')
 _COMPARES = {"value": txn.compare_value, "version": txn.compare_version,
@@ -130,11 +131,18 @@ def result_lines(response, ops) -> list[bytes]:
             lines.append(b"OK")
         elif op[0] == "delete":
             lines.append(str(result).encode())
-        elif op[4] & txn.RANGE_COUNT_ONLY:
+        elif op[4] & RANGE_COUNT_ONLY:
             lines.append(str(result.count).encode())
         else:
-            for kv in result.kvs:
-                lines += [kv.key] + ([] if kv.value is None else [kv.value])
+            lines += kv_lines(result.kvs)
+    return lines
+
+
+def kv_lines(kvs) -> list[bytes]:
+    """KeyValues as etcdctl prints them: the key on a line, then the value (unless keys only)."""
+    lines = []
+    for kv in kvs:
+        lines += [kv.key] + ([] if kv.value is None else [kv.value])
     return lines
 
 
