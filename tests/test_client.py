@@ -560,7 +560,6 @@ class InProcessCluster:
 
 @pytest.fixture
 async def cluster(tmp_path, nursery):
-    pytest.importorskip("daemon.runtime.server")
     c = InProcessCluster(tmp_path, nursery)
     with trio.fail_after(10):
         await c.start()

@@ -85,10 +85,10 @@ def test_a_read_waits_until_its_read_index_is_applied():
 def test_reads_are_answered_in_arrival_order():
     c = led_by_1()
     leader = c.nodes[1]
-    for n in range(5):
+    for n in range(5):  # one round: none answered before the next arrives
         leader.read(("r", n), b"k", c.now)
-        c.settle()
-    leader.read(("r", 5), b"k", c.now)
+    c.collect()
+    leader.read(("r", 5), b"k", c.now)  # the next round
     c.settle()
     assert [r[0] for r in replies_of(c, 1)] == [("r", n) for n in range(6)]
 

@@ -123,9 +123,9 @@ def test_each_compaction_defect_is_seen_by_its_own_check():
              (13, 3, "fills-chosen", skip_promise, "says is chosen as"),
              (0, 3, "acks-skipped", plain, "acknowledged slot")]
     for seed, nodes, bug, options, words in cases:
-        ok, text, _ = simulator.run_seed(seed, nodes, 4000, bug, *([options] if options else []))
+        ok, text, _ = simulator.run_seed(seed, nodes, 4000, bug, options)
         assert not ok and words in text, (bug, text)
-        assert simulator.run_seed(seed, nodes, 4000, None, *([options] if options else []))[0]
+        assert simulator.run_seed(seed, nodes, 4000, None, options)[0]
 
 
 def test_a_failing_seed_prints_the_command_that_replays_it(capsys):
