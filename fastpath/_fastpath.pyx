@@ -1200,18 +1200,19 @@ cdef inline KeyRecord _new_record(object value, int64_t create_revision, int64_t
     return r
 
 
-cdef inline bint _write(dict data, list touched, object key, object value, PyObject *found,
-                        int64_t revision) except -1:
-    """Put ``value`` at ``key`` as of ``revision`` (``found``: its record, or NULL); a created
-    key is appended to ``touched``."""
-    cdef KeyRecord old
+cdef inline KeyRecord _write(dict data, list touched, object key, object value, PyObject *found,
+                             int64_t revision):
+    """Put ``value`` at ``key`` as of ``revision`` (``found``: its record, or NULL, and not
+    attached to a lease); a created key is appended to ``touched``. Returns the new record."""
+    cdef KeyRecord old, record
     if found != NULL:
         old = <KeyRecord>found
-        data[key] = _new_record(value, old.create_revision, revision, old.version + 1, 0)
+        record = _new_record(value, old.create_revision, revision, old.version + 1, 0)
     else:
-        data[key] = _new_record(value, revision, revision, 1, 0)
+        record = _new_record(value, revision, revision, 1, 0)
         touched.append(key)
-    return True
+    data[key] = record
+    return record
 
 
 def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, expired):
@@ -1219,7 +1220,10 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
     store's state (the dicts ``kv.data`` (key -> KeyRecord) and ``kv.sessions``, the list
     ``kv.touched``, and ``kv.max_sessions``, ``kv.touched_slack``, ``kv.applied_commands``,
     ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this follows step for step).
-    If ``results`` is a list, each command's ``(status, result, revision)`` is appended to it.
+    If ``results`` is a list, each command's ``(status, result, revision)`` is appended to it;
+    if ``kv.events`` is a list, each change of a key ``(revision, key, record or None (deleted),
+    previous record or None)``. A command on a key attached to a lease, and any op but put,
+    delete and cas, goes to ``kv.apply_other`` (the store's Python path, which keeps the leases).
     ``op_put``, ``op_delete`` and ``op_cas`` are the OP_* codes; ``ok``, ``stale`` and
     ``expired`` the reply statuses to record (daemon.core.messages).
     """
@@ -1234,6 +1238,10 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
     cdef bint want = results is not None
     cdef bint drop_index = False
     cdef list out = results if want else None
+    cdef object events = kv.events
+    cdef bint record_events = events is not None
+    cdef KeyRecord record
+    cdef object prev
     cdef PyObject *found
     cdef PyObject *first_key
     cdef PyObject *first_value
@@ -1260,20 +1268,31 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                     out.append((expired, evicted_at, base + applied))
                 continue
             found = PyDict_GetItem(data, key)
+            if found != NULL and (<KeyRecord>found).lease != 0:
+                op = None  # a leased key: the Python path below detaches it from its lease
             if op == op_put:
-                _write(data, touched, key, arg1, found, base + applied + 1)
+                # The previous record, held before the write drops the store's reference.
+                prev = (<object>found if found != NULL else None) if record_events else None
+                record = _write(data, touched, key, arg1, found, base + applied + 1)
+                if record_events:
+                    events.append((base + applied + 1, key, record, prev))
                 result = None
             elif op == op_cas:
                 current = (<KeyRecord>found).value if found != NULL else None
                 result = current == arg1
                 if result:
-                    _write(data, touched, key, arg2, found, base + applied + 1)
+                    prev = (<object>found if found != NULL else None) if record_events else None
+                    record = _write(data, touched, key, arg2, found, base + applied + 1)
+                    if record_events:
+                        events.append((base + applied + 1, key, record, prev))
             elif op == op_delete:
                 result = found != NULL
                 if result:
+                    if record_events:
+                        events.append((base + applied + 1, key, None, <object>found))
                     PyDict_DelItem(data, key)
                     touched.append(key)
-            else:  # a transaction (or an unknown op): the store's Python path, off the plain ops'
+            else:  # a transaction, a leased key (or an unknown op): the store's Python path
                 if drop_index:  # its ranges must not use an index the loop gave up
                     kv.index = None
                     drop_index = False

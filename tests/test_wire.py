@@ -198,7 +198,7 @@ def test_commands_are_checked():
     bad(accept([7, 1, OP_DELETE, b"k", b"v", None]), ".arg1", "null")
     bad(accept([7, 1, OP_CAS, b"k", b"v", None]), ".arg2", "bytes")
     bad(accept([7, 1, OP_CAS, b"k", 5, b"w"]), ".arg1", "bytes or null")
-    bad([7, 1, 1, [[[1, 2, 5, b"", None, None]]], 1], "Catchup.batches[0][0].op", "5")
+    bad([7, 1, 1, [[[1, 2, 6, b"", None, None]]], 1], "Catchup.batches[0][0].op", "6")
     bad([7, 1, 1, [[[1, 2, OP_TXN, b"", None, None]]], 1], ".arg1", "bytes for op 4")
 
 
@@ -316,11 +316,11 @@ def test_hello_accepts_a_member_of_the_same_cluster():
 
 
 @pytest.mark.parametrize("hello,words", [
-    (["paxosd", 4, "other", 2], ["cluster 'other'", "'demo'"]),
-    (["paxosd", 3, "demo", 2], ["protocol version 3", "version 4"]),
+    (["paxosd", 5, "other", 2], ["cluster 'other'", "'demo'"]),
+    (["paxosd", 4, "demo", 2], ["protocol version 4", "version 5"]),
     (["paxosd", True, "demo", 2], ["protocol version True"]),
-    (["paxosd", 4, "demo", 9], ["node id 9", "not a member"]),
-    (["paxosd", 4, "demo", 1], ["node id 1", "own id"]),
+    (["paxosd", 5, "demo", 9], ["node id 9", "not a member"]),
+    (["paxosd", 5, "demo", 1], ["node id 1", "own id"]),
     (["raft", 1, "demo", 2], ["not a paxosd hello"]),
     ([1, 2], ["not a paxosd hello"]),
     ("paxosd", ["not a paxosd hello"]),

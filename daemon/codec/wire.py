@@ -75,9 +75,11 @@ from fastpath import (
 )
 
 from daemon.core.messages import (
+    BLOB_OPS,
     ERROR,
     OP_CAS,
     OP_DELETE,
+    OP_LEASE,
     OP_PUT,
     OP_TXN,
     OPS,
@@ -147,8 +149,9 @@ __all__ = [
 ]
 
 # 2: Promise and Accepted carry incarnations; 3: Probe, ProbeReply; 4: snapshot images carry
-# key records and the revision (image format 2), Accept batches may hold transactions (op 4).
-PROTOCOL_VERSION = 4
+# key records and the revision (image format 2), Accept batches may hold transactions (op 4);
+# 5: lease ops in the log (op 5), leases in snapshot images (image format 3).
+PROTOCOL_VERSION = 5
 HELLO_MAGIC = "paxosd"
 
 # The ranges checked here are fastpath's (its Accept decoder checks the same ones): slots and
@@ -243,7 +246,7 @@ def _arity(obj: list, n: int, mtype: str, shape: str) -> None:
 
 # The (arg1, arg2) each operation allows: "b" bytes, "n" None, "bn" either.
 _ARGS = {OP_PUT: ("b", "n"), OP_DELETE: ("n", "n"), OP_CAS: ("bn", "b"), OP_READ: ("n", "n"),
-         OP_TXN: ("b", "n")}
+         OP_TXN: ("b", "n"), OP_LEASE: ("b", "n")}
 _ARG_WORDS = {"b": "bytes", "n": "null", "bn": "bytes or null"}
 
 
@@ -288,8 +291,8 @@ def _batch(value, where: str) -> tuple:
                     ok = (arg1 is None or type(arg1) is bytes) and type(arg2) is bytes
                 elif op == OP_DELETE:
                     ok = arg1 is None and arg2 is None
-                else:  # a transaction: its CBOR is checked where it is applied
-                    ok = op == OP_TXN and type(arg1) is bytes and arg2 is None
+                else:  # a transaction or a lease op: its CBOR is checked where it is applied
+                    ok = op in BLOB_OPS and type(arg1) is bytes and arg2 is None
                 if ok:
                     append((client_id, seq, op, key, arg1, arg2))
                     continue

@@ -36,9 +36,18 @@ same revision for the same applied prefix whichever image it started from.
 Every key has a ``fastpath.KeyRecord``: its value, ``create_revision`` (the revision that
 created it, since it was last deleted), ``mod_revision`` (its latest write), ``version`` (1
 after the create, +1 per write; a delete ends it, a re-create starts at 1 again) and
-``lease`` (0: none; nothing attaches leases yet). A key restored from an image of the old
+``lease`` (0: none, else the id of the lease it is attached to). A key restored from an image of the old
 format (values only) has ``create_revision = mod_revision = 0`` (before revisions were
 recorded: 0 is below every real revision) and version 1.
+
+Leases (daemon.core.leases). ``leases`` maps a lease's id to ``(ttl, keys)``, ``keys`` a dict
+used as an ordered set of the keys attached to it. A write to a key attached to a lease goes
+through the Python path (``apply_other``), which keeps ``keys`` right; a plain put detaches
+the key, as etcd's does. The lease ops (grant, revoke, expire) are log commands like any other.
+
+Events. When ``events`` is a list (a node that serves watches sets it), every change of a key
+appends ``(revision, key, record or None (deleted), previous record or None)`` to it, in apply
+order; whoever set it drains it (daemon.core.watch).
 
 Ranges. The keys are kept sorted (``sortedcontainers.SortedList``) for ranges, lazily: the
 apply loop only appends each created or deleted key to ``touched`` (a C list append, and only
@@ -57,9 +66,20 @@ from typing import NamedTuple
 from fastpath import KeyRecord, apply_commands, dumps, loads
 from sortedcontainers import SortedList
 
-from daemon.core.messages import OK, OP_CAS, OP_DELETE, OP_PUT, OP_TXN, SESSION_EXPIRED, STALE
+from daemon.core.messages import (
+    OK,
+    OP_CAS,
+    OP_DELETE,
+    OP_LEASE,
+    OP_PUT,
+    OP_TXN,
+    SESSION_EXPIRED,
+    STALE,
+)
 
-IMAGE_FORMAT = 2  # the 5th item of an image: 2 = records and revisions (1: values only, no item)
+# The 5th item of an image: 3 = records, revisions and leases (a 6th item, {id: ttl}); 2 = no
+# leases; 1 (no 5th item) = values only.
+IMAGE_FORMAT = 3
 TOUCHED_SLACK = 4096  # created or deleted keys kept for the index beyond the store's size
 # An upper bound on the CBOR bytes of one range entry besides its key and value: the array
 # head, two string heads and four 64-bit integers.
@@ -109,14 +129,18 @@ def decode_image(blob: bytes) -> list:
     sessions as tuples); an image of the first format (values only, 3 or 4 items) is read as
     the module docstring says. Raises ValueError, naming what is wrong, if it is not one."""
     image = loads(blob)
-    if (type(image) is not list or len(image) not in (3, 4, 5) or type(image[0]) is not dict
-            or type(image[1]) is not dict or any(type(n) is not int for n in image[2:])):
+    if (type(image) is not list or len(image) not in (3, 4, 5, 6) or type(image[0]) is not dict
+            or type(image[1]) is not dict or any(type(n) is not int for n in image[2:5])):
         raise ValueError("not a key-value state machine image")
-    if len(image) == 5 and image[4] != IMAGE_FORMAT:
-        raise ValueError(f"key-value image format {image[4]}: this version reads formats 1 "
-                         f"and {IMAGE_FORMAT}")
+    fmt = image[4] if len(image) >= 5 else 1
+    if fmt not in (1, 2, IMAGE_FORMAT) or len(image) != (6 if fmt == IMAGE_FORMAT else len(image)):
+        raise ValueError(f"key-value image format {fmt} with {len(image)} items: this version "
+                         f"reads formats 1 to {IMAGE_FORMAT}")
     data, sessions, applied = image[:3]
-    fmt = image[4] if len(image) == 5 else 1
+    leases = image[5] if fmt == IMAGE_FORMAT else {}
+    if type(leases) is not dict or any(type(i) is not int or type(t) is not int
+                                       for i, t in leases.items()):
+        raise ValueError(f"key-value image: leases must map ids to TTLs, got {leases!r:.60}")
     # An image from before the horizon was kept: take every seq applied so far as expired.
     evicted_at = image[3] if len(image) > 3 else applied
     # Sessions of the first format have no revision: their replies are said to be at the
@@ -126,7 +150,11 @@ def decode_image(blob: bytes) -> list:
         data = {key: _record(value, fmt) for key, value in data.items()}
     except TypeError as exc:  # a field of the wrong type (KeyRecord, len, tuple say which)
         raise ValueError(f"key-value image: {exc}") from None
-    return [data, sessions, applied, evicted_at, IMAGE_FORMAT]
+    for key, record in data.items():
+        if record.lease and record.lease not in leases:
+            raise ValueError(f"key-value image: key {key!r:.40} is attached to lease "
+                             f"{record.lease}, which the image does not hold")
+    return [data, sessions, applied, evicted_at, IMAGE_FORMAT, leases]
 
 
 def _record(value, fmt: int) -> KeyRecord:
@@ -145,7 +173,7 @@ class KVStore:
     """Keys and values are bytes. ``apply(cmd)`` returns ``(status, result, revision)``."""
 
     __slots__ = ("data", "sessions", "max_sessions", "applied_commands", "evicted_at",
-                 "touched", "touched_slack", "index")
+                 "touched", "touched_slack", "index", "leases", "events")
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         if max_sessions < 1:
@@ -160,6 +188,8 @@ class KVStore:
         self.touched: list[bytes] = []  # keys created or deleted since the index was folded
         self.touched_slack = TOUCHED_SLACK
         self.index: SortedList | None = None  # the keys in order, but for ``touched``
+        self.leases: dict[int, tuple[int, dict]] = {}  # id -> (ttl, keys attached)
+        self.events: list | None = None  # changes of keys, when someone drains them
 
     @property
     def revision(self) -> int:
@@ -174,7 +204,7 @@ class KVStore:
         return self.data.get(key)
 
     def apply(self, cmd: tuple) -> tuple[str, object, int]:
-        client_id, seq, op, key, arg1, arg2 = cmd
+        client_id, seq = cmd[0], cmd[1]
         sessions = self.sessions
         session = sessions.get(client_id)
         if session is not None:
@@ -186,48 +216,70 @@ class KVStore:
             del sessions[client_id]  # re-inserted below, at the most recent end
         elif seq <= self.evicted_at:
             return SESSION_EXPIRED, self.evicted_at, self.applied_commands
-        data = self.data
-        found = data.get(key)
         revision = self.applied_commands + 1
-        if op == OP_PUT:
-            self._write(key, arg1, found, revision)
-            result = None
-        elif op == OP_CAS:
-            result = (None if found is None else found.value) == arg1
-            if result:
-                self._write(key, arg2, found, revision)
-        elif op == OP_DELETE:
-            result = found is not None
-            if result:
-                del data[key]
-                self.touched.append(key)
-        else:
-            result = self.apply_other(cmd, revision)
+        result = self.apply_other(cmd, revision)
         self.applied_commands = revision
         sessions[client_id] = (seq, OK, result, revision)
         if len(sessions) > self.max_sessions:
             del sessions[next(iter(sessions))]
             self.evicted_at = revision
-        if len(self.touched) > len(data) + self.touched_slack:
+        if len(self.touched) > len(self.data) + self.touched_slack:
             self.touched.clear()
             self.index = None
         return OK, result, revision
 
-    def _write(self, key: bytes, value: bytes, found: KeyRecord | None, revision: int) -> None:
+    def _write(self, key: bytes, value: bytes, found: KeyRecord | None, revision: int,
+               lease: int = 0) -> None:
+        """Put ``value`` at ``key`` (``found``: its record, or None) as of ``revision``,
+        attached to ``lease`` (0: none; the caller checked that it exists)."""
         if found is None:
-            self.data[key] = KeyRecord(value, revision, revision, 1, 0)
+            record = KeyRecord(value, revision, revision, 1, lease)
             self.touched.append(key)
         else:
-            self.data[key] = KeyRecord(value, found.create_revision, revision, found.version + 1)
+            record = KeyRecord(value, found.create_revision, revision, found.version + 1, lease)
+            if found.lease and found.lease != lease:
+                del self.leases[found.lease][1][key]
+        if lease and (found is None or found.lease != lease):
+            self.leases[lease][1][key] = None
+        self.data[key] = record
+        if self.events is not None:
+            self.events.append((revision, key, record, found))
+
+    def remove(self, key: bytes, revision: int) -> None:
+        """Delete ``key`` (it exists) as of ``revision``, detaching it from its lease."""
+        found = self.data.pop(key)
+        self.touched.append(key)
+        if found.lease:
+            del self.leases[found.lease][1][key]
+        if self.events is not None:
+            self.events.append((revision, key, None, found))
 
     def apply_other(self, cmd: tuple, revision: int):
-        """The result of ``cmd``, an op other than put, delete and cas (a transaction), applied
-        as the command of ``revision``; its session is the caller's to record. ValueError for
-        an unknown op. The C loop calls this too: only for such ops."""
-        if cmd[2] == OP_TXN:
+        """The result of ``cmd`` applied as the command of ``revision``; its session is the
+        caller's to record. The C loop hands over only what it does not do itself: a
+        transaction, a lease op, a write to a key attached to a lease. ValueError for an
+        unknown op."""
+        op, key = cmd[2], cmd[3]
+        found = self.data.get(key)
+        if op == OP_PUT:
+            self._write(key, cmd[4], found, revision)
+            return None
+        if op == OP_CAS:
+            result = (None if found is None else found.value) == cmd[4]
+            if result:
+                self._write(key, cmd[5], found, revision)
+            return result
+        if op == OP_DELETE:
+            if found is not None:
+                self.remove(key, revision)
+            return found is not None
+        if op == OP_TXN:
             from daemon.core.txn import apply_txn  # txn imports this module
             return apply_txn(self, cmd[4], revision)
-        raise ValueError(f"command {cmd!r}: unknown op {cmd[2]!r}")
+        if op == OP_LEASE:
+            from daemon.core.leases import apply_lease  # leases imports this module
+            return apply_lease(self, cmd[4], revision)
+        raise ValueError(f"command {cmd!r}: unknown op {op!r}")
 
     def apply_batch(self, batch, results: list | None = None) -> None:
         """``apply`` each command of ``batch`` in order, in one C loop (fastpath); with
@@ -300,7 +352,7 @@ class KVStore:
         bytes, which can happen elsewhere while this store goes on applying commands: records
         are immutable."""
         return [dict(self.data), dict(self.sessions), self.applied_commands, self.evicted_at,
-                IMAGE_FORMAT]
+                IMAGE_FORMAT, {i: ttl for i, (ttl, _keys) in self.leases.items()}]
 
     @classmethod
     def from_image(cls, image, max_sessions: int = 100_000) -> "KVStore":
@@ -309,13 +361,18 @@ class KVStore:
         data, sessions, kv.applied_commands, kv.evicted_at = image[:4]
         kv.data = dict(data)
         kv.sessions = dict(sessions)
+        leases = image[5] if len(image) > 5 else {}
+        kv.leases = {i: (ttl, {}) for i, ttl in sorted(leases.items())}
+        for key in sorted(k for k, r in kv.data.items() if r.lease):
+            kv.leases[kv.data[key].lease][1][key] = None
         return kv
 
     def state(self) -> tuple:
         """A comparable image of the replica's state (for the simulator's checks)."""
         return (tuple(sorted((k, r.astuple()) for k, r in self.data.items())),
                 tuple((c, (*s[:2], _hashable(s[2]), s[3])) for c, s in self.sessions.items()),
-                self.evicted_at, self.applied_commands)
+                self.evicted_at, self.applied_commands,
+                tuple(sorted((i, ttl, tuple(sorted(keys))) for i, (ttl, keys) in self.leases.items())))
 
 
 def _hashable(result):

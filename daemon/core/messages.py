@@ -31,7 +31,11 @@ _value = dataclass(frozen=True, slots=True)
 # OP_TXN is no fastpath code: its per-batch loop hands any other op to KVStore.apply_other,
 # so plain commands pay nothing for it (daemon.core.txn).
 OP_TXN = 4
-OPS = (OP_PUT, OP_DELETE, OP_CAS, OP_TXN)
+#   (client_id, seq, OP_LEASE, b"", <CBOR of the lease op>, None) -> see daemon.core.leases
+OP_LEASE = 5
+OPS = (OP_PUT, OP_DELETE, OP_CAS, OP_TXN, OP_LEASE)
+# Ops whose argument is CBOR the store checks where it applies it (the codecs take bytes).
+BLOB_OPS = (OP_TXN, OP_LEASE)
 
 # A command's positions (it stays a plain tuple: fastpath takes only exact tuples). Per-command
 # loops on the hot path keep literal indexes or unpack, which costs less than these lookups.

@@ -198,7 +198,7 @@ def apply_txn(kv, blob: bytes, revision: int) -> list:
             kv._write(key, op[2], data.get(key), revision)
             results.append(None)
         elif name == "delete":
-            results.append(_delete(kv, key, op[2]))
+            results.append(_delete(kv, key, op[2], revision))
         else:
             query = RangeQuery(key, op[2], op[3], bool(op[4] & RANGE_KEYS_ONLY),
                                bool(op[4] & RANGE_COUNT_ONLY))
@@ -208,14 +208,12 @@ def apply_txn(kv, blob: bytes, revision: int) -> list:
     return [succeeded, results]
 
 
-def _delete(kv, key: bytes, end: bytes | None) -> int:
+def _delete(kv, key: bytes, end: bytes | None, revision: int) -> int:
     """Delete ``key`` (``end`` None) or the keys in ``[key, end)``; the count deleted."""
-    data = kv.data
     if end is None:
-        keys = [key] if key in data else []
+        keys = [key] if key in kv.data else []
     else:
         keys = list(kv.keys_in(key, end)[0])
     for k in keys:
-        del data[k]
-        kv.touched.append(k)
+        kv.remove(k, revision)
     return len(keys)
