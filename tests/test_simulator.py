@@ -270,7 +270,7 @@ def test_commit_records_alone_are_reported_durable_without_a_sync():
 
 
 def test_a_crash_between_the_snapshot_and_the_rotation_recovers_from_both():
-    image = [{b"k": KeyRecord(b"x", 1, 1, 1)}, {}, 1, 0, IMAGE_FORMAT]
+    image = [{b"k": KeyRecord(b"x", 1, 1, 1)}, {}, 1, 0, IMAGE_FORMAT, {}]
     snapshot = Snapshot(1, image, (PromiseRecord(B1), CommitRecord(1)))
     storage = storage_with(Ready(persist=[AcceptRecord(B1, 1, (X,)), CommitRecord(1), snapshot]))
     assert storage.start_group() is None

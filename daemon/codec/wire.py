@@ -74,6 +74,7 @@ from fastpath import (
     loads,
 )
 
+from daemon.core.leases import MAX_TTL, MIN_TTL
 from daemon.core.messages import (
     BLOB_OPS,
     ERROR,
@@ -160,7 +161,12 @@ HELLO_MAGIC = "paxosd"
 # Promise entry ("known chosen"); ids, seqs and nonces are unsigned 64-bit (U64_MAX).
 
 CLIENT_OPS = ("put", "get", "delete", "cas", "range", "status", "transfer", "member_add",
-              "member_remove", "txn")
+              "member_remove", "txn", "lease_grant", "lease_revoke", "lease_keepalive",
+              "lease_ttl")
+# Lease requests ``[req_id, op, client_id, seq, b"", ttl or lease id, null]``: grant and revoke
+# are writes (a session: client_id, seq), keepalive and ttl reads of the leader's clock (0, 0).
+LEASE_WRITES = ("lease_grant", "lease_revoke")
+LEASE_READS = ("lease_keepalive", "lease_ttl")
 # The client ops that carry a key: their fastpath op code (OP_READ: a linearizable read). The
 # server's fast pass (fastpath.split_requests) takes exactly these, comparing names in this
 # order: the most frequent first.
@@ -656,6 +662,8 @@ def _decode_request_slowly(obj) -> Request:
             return _decode_range_request(req_id, client_id, seq, key, arg1, arg2)
         if op == "txn":
             return _decode_txn_request(req_id, client_id, seq, key, arg1, arg2)
+        if op in LEASE_WRITES or op in LEASE_READS:
+            return _decode_lease_request(req_id, op, client_id, seq, key, arg1, arg2)
         if op == "member_add":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
@@ -702,6 +710,45 @@ def _decode_txn_request(req_id, client_id, seq, key, compares, branches) -> Requ
     except TxnError as exc:
         raise WireError(f"request txn: {exc}") from None
     return Request(req_id, "txn", client_id, seq, b"", encode_txn(*txn), None)
+
+
+def _decode_lease_request(req_id, op, client_id, seq, key, arg1, arg2) -> Request:
+    """A lease request (see LEASE_WRITES); its Request carries the TTL or lease id in arg1."""
+    _uint(client_id, 0, U64_MAX, "request.client_id")
+    _uint(seq, 0, U64_MAX, "request.seq")
+    if key != b"":
+        raise _fail("request.key", f"b'' for {op}", key)
+    if op == "lease_grant":
+        _uint(arg1, MIN_TTL, MAX_TTL, "request.arg1 (the lease's TTL in seconds)")
+    else:
+        _uint(arg1, 1, U64_MAX, "request.arg1 (the lease id)")
+    if arg2 is not None:
+        raise _fail("request.arg2", f"null for {op}", arg2)
+    return Request(req_id, op, client_id, seq, b"", arg1, None)
+
+
+def decode_lease_result(op: str, obj):
+    """A lease reply's result, checked: grant ``(id, ttl)``, revoke a boolean, keepalive the
+    TTL or None (the lease is gone), ttl ``(ttl, seconds left, keys)`` or None."""
+    if op == "lease_grant":
+        if not _is_array(obj) or len(obj) != 2:
+            raise _fail("lease grant result", "an array [id, ttl]", obj)
+        return _uint(obj[0], 1, U64_MAX, "lease grant result.id"), _uint(
+            obj[1], MIN_TTL, MAX_TTL, "lease grant result.ttl")
+    if op == "lease_revoke":
+        if type(obj) is not bool:
+            raise _fail("lease revoke result", "a boolean", obj)
+        return obj
+    if obj is None:
+        return None
+    if op == "lease_keepalive":
+        return _uint(obj, MIN_TTL, MAX_TTL, "lease keepalive result")
+    if not _is_array(obj) or len(obj) != 3 or not _is_array(obj[2]):
+        raise _fail("lease ttl result", "an array [ttl, seconds left, keys]", obj)
+    if any(type(k) is not bytes for k in obj[2]):
+        raise _fail("lease ttl result.keys", "an array of bytes", obj[2])
+    return (_uint(obj[0], MIN_TTL, MAX_TTL, "lease ttl result.ttl"),
+            _uint(obj[1], 0, MAX_TTL, "lease ttl result.left"), list(obj[2]))
 
 
 def range_query(req: Request) -> RangeQuery:

@@ -41,6 +41,7 @@ from daemon.core.acceptor import Acceptor
 from daemon.core.catchup import CatchupExchange
 from daemon.core.configs import Membership
 from daemon.core.election import Election
+from daemon.core.expiry import LeaseClock
 from daemon.core.incarnation import FreshStart, on_probe, on_probe_reply, probe
 from daemon.core.kv import KVStore
 from daemon.core.membership import (
@@ -254,6 +255,7 @@ class Node:
         self.membership = Membership(self, initial)  # configurations, membership changes
         self.election = self.election_type(self, initial)  # Phase 1: candidacy, boundaries
         self.handoff = Transfer(self)  # leadership transfer
+        self.lease_clock = LeaseClock(self)  # when leases expire, at a leader
 
         self._out = Ready()
         if snapshot is not None:
@@ -288,6 +290,7 @@ class Node:
                     self.election.send_boundary_prepare()
                 self.pipeline.broadcast_accept(self.window.next_slot, ())
             self.handoff.expire(now)
+            self.lease_clock.tick(now)
         elif now >= self.election_deadline:
             if self.election.may_stand():
                 self.election.start()
@@ -312,9 +315,11 @@ class Node:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
         key = (cmd[0], cmd[1])  # (client id, seq); literal positions: this runs per command
-        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY:  # 0: CONFIG_CLIENT (a literal: per command)
+        # 0: CONFIG_CLIENT; LEASE_CLIENT: the leader's expiry commands (literals: per command)
+        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY or cmd[0] == 0xFFFF_FFFF_FFFF_FFFF:
             self._out.replies.append(Reply(req, ERROR, (
-                "client id 0 and the key " + repr(MEMBERS_KEY) + " are reserved for membership")))
+                "client ids 0 and 2**64-1 and the key " + repr(MEMBERS_KEY)
+                + " are reserved (membership, lease expiry)")))
             return
         if key in self.waiting:  # a retry of a command already on its way: answer both
             self.also_waiting.setdefault(key, []).append(req)

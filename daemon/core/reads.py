@@ -13,14 +13,17 @@ the next Accept (a heartbeat, if nothing else is due: see Node.ready) carries it
 every voter's Accepted echoes the highest round it saw (``node.peer_read_round``, reset by the
 node whenever it starts leading in a configuration).
 
-A read is a key (the value, or None) or a ``RangeQuery`` (a ``RangeResult``, cut to fit in
-``max_message_bytes`` less RANGE_REPLY_MARGIN); either reply names the revision it was read at.
+A read is a key (the value, or None), a ``RangeQuery`` (a ``RangeResult``, cut to fit in
+``max_message_bytes`` less RANGE_REPLY_MARGIN) or a ``LeaseQuery`` (a keepalive or a
+time-to-live question, answered by the leader's lease clock: daemon.core.expiry); every reply
+names the revision it was read at.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from daemon.core.expiry import LeaseQuery
 from daemon.core.messages import NOT_LEADER, OK, Reply
 from daemon.core.roles import LEADER
 
@@ -84,6 +87,9 @@ class ReadIndex:
             reads.popleft()
             if type(key) is bytes:
                 replies.append(Reply(req, OK, kv.get(key), None, revision))
+            elif type(key) is LeaseQuery:
+                replies.append(Reply(req, OK, node.lease_clock.answer(key, node.now), None,
+                                     revision))
             else:
                 budget = node.config.max_message_bytes - RANGE_REPLY_MARGIN
                 replies.append(Reply(req, OK, kv.range(key, budget), None, revision))

@@ -16,11 +16,14 @@ The shapes (JSON-friendly: lists, strings, integers, bytes, null):
   the operand is bytes or null for "value" (null: the key is absent), an integer otherwise. A
   missing key has value null and version, create, mod and lease 0; "<" and ">" on a null value
   never hold.
-- op ``["put", key, value]``, ``["delete", key, end]`` (``end`` null: the key alone; b"": every
+- op ``["put", key, value]`` (or ``["put", key, value, lease]``: attached to that lease, see
+  daemon.core.leases; a plain put detaches a key from its lease), ``["delete", key, end]`` (``end`` null: the key alone; b"": every
   key from ``key`` on; else ``[key, end)``), ``["range", key, end, limit, flags]`` (``end`` as
   for delete, ``limit`` 0: none, ``flags`` 1 keys only, 2 count only: the "range" request's).
 - result ``[succeeded, results]``: per op, put -> null, delete -> the count of keys deleted,
-  range -> ``[kvs, count, more]`` as a "range" reply carries it (``encode_range``).
+  range -> ``[kvs, count, more]`` as a "range" reply carries it (``encode_range``). If a put
+  of the branch that runs names a lease that does not exist, no op runs and the result is
+  ``[LEASE_NOT_FOUND, lease id]`` (the command still takes its revision).
 
 In the log a transaction is the command ``(client_id, seq, OP_TXN, b"", blob, None)``, ``blob``
 the canonical CBOR of ``[compares, success, failure]``: the batch and record formats carry it
@@ -46,6 +49,7 @@ RANGE_COUNT_ONLY = 2
 # config) so that every replica computes the same result; well under the message limit.
 TXN_READ_BYTES = 4 << 20
 MAX_TXN_OPS = 1024  # compares, and ops per branch
+LEASE_NOT_FOUND = "lease_not_found"  # a result's first item: a put named a missing lease
 
 
 class TxnError(ValueError):
@@ -101,14 +105,16 @@ def check_op(op, where: str) -> tuple:
         raise _fail(where, f"an op starting with one of {', '.join(TXN_OPS)}", op)
     name = op[0]
     size = {"put": 3, "delete": 3, "range": 5}[name]
-    if len(op) != size:
-        raise TxnError(f"{where}: a {name} op has {size} items, got {len(op)}")
+    if len(op) != size and not (name == "put" and len(op) == 4):
+        raise TxnError(f"{where}: a {name} op has {size} items"
+                       f"{' (4 with a lease)' if name == 'put' else ''}, got {len(op)}")
     key = _bytes(op[1], f"{where}.key")
     if name == "put":
         _bytes(op[2], f"{where}.value")
         if key == MEMBERS_KEY:
             raise TxnError(f"{where}: the key {MEMBERS_KEY!r} is reserved for membership")
-        return (name, key, op[2])
+        lease = _uint(op[3], f"{where}.lease") if len(op) == 4 else 0
+        return (name, key, op[2], lease) if lease else (name, key, op[2])
     end = _bytes(op[2], f"{where}.end", null=True)
     if name == "delete":
         if key == MEMBERS_KEY or (end is not None and key <= MEMBERS_KEY
@@ -190,12 +196,16 @@ def apply_txn(kv, blob: bytes, revision: int) -> list:
     compares, success, failure = decode_txn(blob)
     data = kv.data
     succeeded = all(_holds(data.get(c[0]), c[1], c[2], c[3]) for c in compares)
+    ops = success if succeeded else failure
+    for op in ops:
+        if len(op) == 4 and op[3] not in kv.leases:
+            return [LEASE_NOT_FOUND, op[3]]
     results = []
     budget = TXN_READ_BYTES
-    for op in success if succeeded else failure:
+    for op in ops:
         name, key = op[0], op[1]
         if name == "put":
-            kv._write(key, op[2], data.get(key), revision)
+            kv._write(key, op[2], data.get(key), revision, op[3] if len(op) == 4 else 0)
             results.append(None)
         elif name == "delete":
             results.append(_delete(kv, key, op[2], revision))

@@ -26,7 +26,9 @@ import trio
 from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
 
 from daemon.codec import wire
-from daemon.core.messages import ERROR, OK, OP_TXN
+from daemon.core.expiry import LeaseQuery
+from daemon.core.leases import grant_op, min_ttl, revoke_op
+from daemon.core.messages import ERROR, OK, OP_LEASE, OP_TXN
 from daemon.runtime.log import Throttle
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
 from daemon.runtime.security import server_context
@@ -97,6 +99,8 @@ class ClientPort:
         self._status = status
         self._leader = leader
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
+        # A shorter TTL is raised to this: a lease must outlive a failover (daemon.core.leases).
+        self.min_ttl = min_ttl(config.timing.election_timeout_s)
 
     @property
     def protection(self) -> str:
@@ -209,6 +213,12 @@ class ClientPort:
             await self._change_members(tag, ("remove", req.client_id))
         elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
             work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
+        elif op in wire.LEASE_READS:  # the leader's clock answers, after a read-index round
+            work.append((True, tag, LeaseQuery(op[6:], req.arg1)))
+        elif op in wire.LEASE_WRITES:
+            blob = (grant_op(max(req.arg1, self.min_ttl)) if op == "lease_grant"
+                    else revoke_op(req.arg1))
+            work.append((False, tag, (req.client_id, req.seq, OP_LEASE, b"", blob, None)))
         else:
             work.append((False, tag, (req.client_id, req.seq, wire.CLIENT_OPCODES[op], req.key,
                                       req.arg1, req.arg2)))

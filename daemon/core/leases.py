@@ -1,0 +1,115 @@
+"""Leases in the state machine: grant, revoke, expire, and the keys attached to them.
+
+A lease is a TTL and the keys attached to it (a put names the lease: a transaction's put op
+``["put", key, value, lease]``, see daemon.core.txn). When a lease ends, by a revoke or by the
+leader's decision that it expired (daemon.core.expiry), every key attached to it is deleted, in
+key order, by that one command: at one revision, as one group of events.
+
+Every lease op is one log command ``(client_id, seq, OP_LEASE, b"", blob, None)``, ``blob`` the
+canonical CBOR of the op:
+
+- ``["grant", ttl]``  -> ``[id, ttl]``. The id is the grant's revision: unique, deterministic,
+  increasing. ``ttl`` is in whole seconds, from ``MIN_TTL`` (the server raises a shorter one to
+  the minimum for its election timeout, ``min_ttl``, as etcd does) to ``MAX_TTL``.
+- ``["revoke", id]``  -> True if the lease was there (its keys are deleted), else False.
+- ``["expire", [id, ...]]``  -> the count of leases that were there. Proposed only by the leader
+  under the reserved client id ``LEASE_CLIENT`` (daemon.core.expiry); an id that is gone (revoked,
+  or already expired by an earlier copy) is skipped, so expiry is idempotent.
+
+Keepalives and time-to-live questions are not commands: the leader answers them from its clock
+after a read-index round (daemon.core.expiry), since a lease's deadline is the leader's, not the
+state machine's (nothing here reads a clock).
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastpath import U64_MAX, dumps, loads
+
+__all__ = ["LEASE_CLIENT", "LeaseError", "apply_lease", "decode_lease_op", "expire_op",
+           "grant_op", "min_ttl", "revoke_op"]
+
+LEASE_CLIENT = U64_MAX  # the client id of the leader's expiry commands (no client may use it)
+MIN_TTL = 1  # seconds
+MAX_TTL = 9_000_000_000  # seconds (etcd's bound)
+MAX_EXPIRE_IDS = 1024  # lease ids in one expiry command
+LEASE_OPS = ("grant", "revoke", "expire")
+
+
+class LeaseError(ValueError):
+    """A lease op of the wrong shape; the text names the field and what was wrong."""
+
+
+def min_ttl(election_timeout: tuple[float, float]) -> int:
+    """The shortest TTL a server grants with this election timeout: a lease must outlive a
+    failover (a new leader is elected within about twice the longest timeout), else it could
+    expire while its holder looks for the new leader."""
+    return max(MIN_TTL, math.ceil(2 * election_timeout[1]))
+
+
+def _id(value, where: str) -> int:
+    if type(value) is not int or not 1 <= value <= U64_MAX:
+        raise LeaseError(f"{where}: expected a lease id in [1, {U64_MAX}], got {value!r:.60}")
+    return value
+
+
+def check_ttl(value, where: str = "ttl") -> int:
+    """``value`` as a TTL in seconds; LeaseError naming ``where`` if it is not one."""
+    if type(value) is not int or not MIN_TTL <= value <= MAX_TTL:
+        raise LeaseError(f"{where}: expected whole seconds in [{MIN_TTL}, {MAX_TTL}], "
+                         f"got {value!r:.60}")
+    return value
+
+
+def grant_op(ttl: int) -> bytes:
+    return dumps(["grant", check_ttl(ttl)])
+
+
+def revoke_op(lease_id: int) -> bytes:
+    return dumps(["revoke", _id(lease_id, "lease id")])
+
+
+def expire_op(ids) -> bytes:
+    return dumps(["expire", [_id(i, "lease id") for i in ids]])
+
+
+def decode_lease_op(blob) -> tuple:
+    """The checked op ``(name, argument)`` a command's blob holds; LeaseError if none."""
+    try:
+        op = loads(blob) if type(blob) is bytes else None
+    except ValueError as exc:
+        raise LeaseError(f"lease op: not CBOR: {exc}") from None
+    if type(op) is not list or len(op) != 2 or op[0] not in LEASE_OPS or type(op[0]) is not str:
+        raise LeaseError(f"lease op: expected [grant|revoke|expire, argument], got {op!r:.60}")
+    name, arg = op
+    if name == "grant":
+        return name, check_ttl(arg, "lease grant.ttl")
+    if name == "revoke":
+        return name, _id(arg, "lease revoke.id")
+    if type(arg) is not list or not 1 <= len(arg) <= MAX_EXPIRE_IDS:
+        raise LeaseError(f"lease expire: expected 1 to {MAX_EXPIRE_IDS} ids, got {arg!r:.60}")
+    return name, [_id(i, f"lease expire[{n}]") for n, i in enumerate(arg)]
+
+
+def apply_lease(kv, blob: bytes, revision: int):
+    """Apply the lease op ``blob`` holds to the store ``kv`` (daemon.core.kv.KVStore) as the
+    command of ``revision``; its result as the module docstring says. Deterministic."""
+    name, arg = decode_lease_op(blob)
+    if name == "grant":
+        kv.leases[revision] = (arg, {})
+        return [revision, arg]
+    if name == "revoke":
+        return end_lease(kv, arg, revision)
+    return sum(end_lease(kv, lease_id, revision) for lease_id in arg)
+
+
+def end_lease(kv, lease_id: int, revision: int) -> bool:
+    """End lease ``lease_id`` (if it is there), deleting its keys in key order."""
+    lease = kv.leases.get(lease_id)
+    if lease is None:
+        return False
+    for key in sorted(lease[1]):
+        kv.remove(key, revision)
+    del kv.leases[lease_id]
+    return True
