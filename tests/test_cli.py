@@ -402,6 +402,38 @@ def test_txn_reads_etcdctls_text_from_stdin(cluster):
     assert result.returncode == 2 and "line 2: expected put KEY VALUE" in result.stderr
 
 
+def test_lease_commands_and_put_with_a_lease_and_del_prefix(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    result = paxosd("lease", "grant", "60", "--json", *cfg)
+    assert result.returncode == 0, result.stderr + out_path.read_text()
+    lease = json.loads(result.stdout)
+    assert lease["ttl"] == 60 and lease["id"] > 0
+    lease_id = str(lease["id"])
+    assert paxosd("put", "svc/a", "1", "--lease", lease_id, *cfg).returncode == 0
+    assert paxosd("put", "svc/b", "2", *cfg).returncode == 0
+    result = paxosd("lease", "keepalive", lease_id, "--once", *cfg)
+    assert (result.returncode, result.stdout) == (
+        0, f"lease {lease_id} keepalived with TTL(60)\n"), result.stderr
+    result = paxosd("lease", "ttl", lease_id, "--keys", *cfg)
+    assert re.fullmatch(rf"lease {lease_id} granted with TTL\(60s\), remaining\(\d+s\), "
+                        r"attached keys\[svc/a\]\n", result.stdout), result.stdout + result.stderr
+    result = paxosd("lease", "revoke", lease_id, *cfg)
+    assert (result.returncode, result.stdout) == (0, f"lease {lease_id} revoked\n")
+    assert paxosd("get", "svc/a", *cfg).returncode == 1  # gone with its lease
+    result = paxosd("lease", "revoke", lease_id, *cfg)
+    assert result.returncode == 1 and "not found" in result.stderr
+    result = paxosd("lease", "ttl", lease_id, *cfg)
+    assert result.returncode == 1 and f"lease {lease_id} not found" in result.stderr
+    result = paxosd("put", "svc/c", "3", "--lease", lease_id, *cfg)
+    assert result.returncode == 1 and f"lease {lease_id} not found" in result.stderr
+    assert paxosd("put", "svc/d", "4", *cfg).returncode == 0
+    result = paxosd("del", "svc/", "--prefix", *cfg)
+    assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+    result = paxosd("lease", "grant", "zero", *cfg)
+    assert result.returncode == 2 and "TTL" in result.stderr
+
+
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     config, process, out_path = cluster
     result = paxosd("load", "--config", str(config), "--count", "2000", "--clients", "32",

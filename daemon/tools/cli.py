@@ -3,7 +3,9 @@
     paxosd serve --config F [--node-id N] [--join | --new-cluster]   run one node
     paxosd cluster --config F                  run every member of F as a child process
     paxosd check-config --config F             validate F and print the effective settings
-    paxosd put K V | get K | delete K | cas K OLD NEW
+    paxosd put K V [--lease ID] | get K [--prefix] | del K [--prefix] | cas K OLD NEW
+    paxosd lease grant TTL | keepalive ID | revoke ID | ttl ID      leases (keys that expire)
+    paxosd lock NAME [-- COMMAND ...]          hold a lock (while COMMAND runs)
     paxosd txn [--json] < FILE                 compares, then and else ops, as etcdctl's txn
     paxosd status                              one row per member, like etcdctl endpoint status
     paxosd member add ID PEER CLIENT | member remove ID | member list   membership, via the log
@@ -38,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.runtime.config import Config, ConfigError, describe, load_config, parse_address
+from daemon.tools import cli_leases
 from daemon.tools.stats import percentile
 
 DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(commands)
     client = _client_options()
     _add_key_commands(commands, client)
+    cli_leases.add_commands(commands, client)
     _add_cluster_commands(commands, client)
     _add_load_commands(commands, client)
     return parser
@@ -138,6 +142,8 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p = commands.add_parser("put", parents=[client], help="set KEY to VALUE")
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
+    p.add_argument("--lease", type=_positive_int, default=0, metavar="ID",
+                   help="attach KEY to lease ID: it is deleted when the lease ends")
     p.set_defaults(func=cmd_put)
 
     p = commands.add_parser(
@@ -160,8 +166,11 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_get)
 
-    p = commands.add_parser("delete", parents=[client], help="remove KEY")
+    p = commands.add_parser("delete", aliases=["del"], parents=[client],
+                            help="remove KEY (with --prefix, every key that starts with KEY)")
     p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY, as "
+                   "one write; prints how many were removed")
     p.set_defaults(func=cmd_delete)
 
     p = commands.add_parser("cas", parents=[client], help="set KEY to NEW if its value is OLD "
@@ -581,7 +590,8 @@ def _arg_bytes(text: str) -> bytes:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    _run_client(args, lambda c: c.put(_arg_bytes(args.key), _arg_bytes(args.value)))
+    _run_client(args, lambda c: c.put(_arg_bytes(args.key), _arg_bytes(args.value),
+                                      lease=args.lease))
     print("OK")
     return EXIT_OK
 
@@ -645,6 +655,10 @@ def _get_range(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if args.prefix:
+        count = _run_client(args, lambda c: c.delete_range(_arg_bytes(args.key), prefix=True))
+        print(count)  # as etcdctl's del --prefix
+        return EXIT_OK
     existed = _run_client(args, lambda c: c.delete(_arg_bytes(args.key)))
     print("deleted" if existed else "not found (nothing deleted)")
     return EXIT_OK

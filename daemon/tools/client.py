@@ -47,7 +47,7 @@ from typing import Any
 
 import trio
 
-from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, encode_frames, loads
+from fastpath import DEFAULT_MAX_FRAME, FrameError, FrameReader, dumps, encode_frames, loads
 
 from daemon.codec.wire import (
     MAX_PORT,
@@ -210,6 +210,14 @@ def _range_response(decoded, revision: int | None) -> "RangeResponse":
     return RangeResponse([KeyValue(*entry) for entry in kvs], count, more, revision)
 
 
+def _arg_size(arg) -> int:
+    """The encoded size of a request argument: its length for bytes (the common case, cheap),
+    the CBOR's for anything else (a transaction's lists, a lease's integer)."""
+    if type(arg) is bytes:
+        return len(arg)
+    return 0 if arg is None else len(dumps(arg))
+
+
 def _dial_reason(exc: OSError) -> str:
     """Why a dial failed, in the words of the underlying error ("Connection refused").
 
@@ -336,7 +344,7 @@ class _Connection:
                 for req, waiter in taken:
                     waiter.sent = True
                     batch.append(req)
-                    size += 32 + len(req[4]) + len(req[5] or b"") + len(req[6] or b"")
+                    size += 32 + _arg_size(req[4]) + _arg_size(req[5]) + _arg_size(req[6])
                     if len(batch) >= MAX_FRAME_REQUESTS or size >= MAX_FRAME_PAYLOAD:
                         frames.append(batch)
                         batch, size = [], 0
@@ -634,10 +642,14 @@ class Client(_ClusterOps):
 
     # -------------------------------------------------------------------------- operations
 
-    async def put(self, key: str | bytes, value: str | bytes, *,
+    async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0,
                   timeout: float | None = None) -> int | None:
-        """Set ``key`` to ``value``; returns the revision of the write (None from a server
+        """Set ``key`` to ``value`` (attached to ``lease``, if not 0: see daemon.tools.leases;
+        LeaseNotFound if it is gone); returns the revision of the write (None from a server
         before revisions)."""
+        if lease:
+            from daemon.tools.leases import put_leased  # it builds on this module
+            return await put_leased(self, key, value, lease, timeout)
         return (await self._write("put", key, _as_bytes(value, "value"), None, timeout)).revision
 
     async def get(self, key: str | bytes, *, timeout: float | None = None) -> bytes | None:
@@ -653,6 +665,40 @@ class Client(_ClusterOps):
     async def delete(self, key: str | bytes, *, timeout: float | None = None) -> bool:
         """Remove ``key``; True if it existed."""
         return bool((await self._write("delete", key, None, None, timeout)).result)
+
+    async def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
+                           prefix: bool = False, timeout: float | None = None) -> int:
+        """Remove the keys in ``[key, range_end)`` (or that start with ``key``, ``prefix``) as
+        one write; the count removed."""
+        from daemon.tools.txn import delete, run_txn  # it builds on this module
+        response = await run_txn(self, [], [delete(key, range_end, prefix=prefix)], [], timeout)
+        return response.results[0]
+
+    async def lease_grant(self, ttl: int, *, timeout: float | None = None):
+        """Grant a lease of ``ttl`` seconds; its Lease (id, ttl as granted)."""
+        from daemon.tools import leases  # it builds on this module
+        return await leases.grant(self, ttl, timeout)
+
+    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> bool:
+        """End the lease and delete its keys; False if it was already gone."""
+        from daemon.tools import leases
+        return await leases.revoke(self, lease_id, timeout)
+
+    async def lease_keepalive(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew the lease for its TTL (returned); LeaseNotFound if it is gone."""
+        from daemon.tools import leases
+        return await leases.keepalive(self, lease_id, timeout)
+
+    async def lease_ttl(self, lease_id: int, *, timeout: float | None = None):
+        """The lease's LeaseStatus (TTL, seconds left, keys); LeaseNotFound if it is gone."""
+        from daemon.tools import leases
+        return await leases.time_to_live(self, lease_id, timeout)
+
+    def lease(self, ttl: int, *, timeout: float | None = None):
+        """An async context manager: a lease granted, kept alive while the block runs and
+        revoked at its end (see daemon.tools.leases)."""
+        from daemon.tools import leases
+        return leases.keep(self, ttl, timeout)
 
     async def cas(
         self,
@@ -1072,8 +1118,8 @@ class SyncClient:
         except trio.RunFinishedError:
             raise PaxosdError("the client is closed") from None
 
-    def put(self, key, value, *, timeout=None) -> None:
-        return self._run("put", key, value, timeout=timeout)
+    def put(self, key, value, *, lease=0, timeout=None) -> int | None:
+        return self._run("put", key, value, lease=lease, timeout=timeout)
 
     def get(self, key, *, timeout=None) -> bytes | None:
         return self._run("get", key, timeout=timeout)
@@ -1083,6 +1129,21 @@ class SyncClient:
 
     def cas(self, key, expected, new, *, timeout=None) -> bool:
         return self._run("cas", key, expected, new, timeout=timeout)
+
+    def delete_range(self, key, range_end=None, *, prefix=False, timeout=None) -> int:
+        return self._run("delete_range", key, range_end, prefix=prefix, timeout=timeout)
+
+    def lease_grant(self, ttl, *, timeout=None):
+        return self._run("lease_grant", ttl, timeout=timeout)
+
+    def lease_revoke(self, lease_id, *, timeout=None) -> bool:
+        return self._run("lease_revoke", lease_id, timeout=timeout)
+
+    def lease_keepalive(self, lease_id, *, timeout=None) -> int:
+        return self._run("lease_keepalive", lease_id, timeout=timeout)
+
+    def lease_ttl(self, lease_id, *, timeout=None):
+        return self._run("lease_ttl", lease_id, timeout=timeout)
 
     def range(self, key, range_end=None, **kwargs) -> RangeResponse:
         return self._run("range", key, range_end, **kwargs)

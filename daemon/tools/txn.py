@@ -20,6 +20,7 @@ from fastpath import dumps
 from daemon.codec.wire import WireError, decode_txn_result
 from daemon.core.txn import TxnError, check_txn
 from daemon.tools.client import OperationFailed, _as_bytes, _range_end, _range_flags, _range_response
+from daemon.tools.leases import lease_refused
 
 __all__ = ["TxnResponse", "cas_txn", "compare_create", "compare_lease", "compare_mod",
            "compare_value", "compare_version", "delete", "get_range", "put", "run_txn"]
@@ -57,9 +58,10 @@ compare_mod = _compare("mod")
 compare_lease = _compare("lease")
 
 
-def put(key: str | bytes, value: str | bytes) -> list:
-    """The op that sets ``key`` to ``value``."""
-    return ["put", _as_bytes(key, "key"), _as_bytes(value, "value")]
+def put(key: str | bytes, value: str | bytes, lease: int = 0) -> list:
+    """The op that sets ``key`` to ``value`` (attached to ``lease``, if not 0)."""
+    op = ["put", _as_bytes(key, "key"), _as_bytes(value, "value")]
+    return op + [lease] if lease else op
 
 
 def delete(key: str | bytes, range_end: str | bytes | None = None, *,
@@ -101,6 +103,7 @@ async def run_txn(client, compares, success, failure, timeout: float | None) -> 
         raise ValueError(f"txn: {size} bytes exceeds the message limit ({client.max_frame} "
                          f"bytes): split it")
     reply = await client._write("txn", b"", compares, branches, timeout)
+    lease_refused(reply.result)
     try:
         succeeded, results = _decode(reply.result, success, failure, reply.revision)
     except WireError as exc:
