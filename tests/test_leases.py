@@ -9,7 +9,8 @@ import pytest
 from daemon.core.expiry import LeaseQuery
 from daemon.core.kv import KVStore, decode_image, encode_image
 from daemon.core.leases import (
-    LEASE_CLIENT,
+    EXPIRY_SEQ,
+    LEASE_CLIENTS,
     LeaseError,
     decode_lease_op,
     expire_op,
@@ -59,7 +60,7 @@ def test_grant_puts_revoke_and_expire():
     kv.apply(leased_put(1, 10, b"w", b"", 8))
     kv.events.clear()
     # Expiry: idempotent (an id that is gone is skipped), keys deleted in key order at once.
-    assert kv.apply(lease(LEASE_CLIENT, 11, expire_op([8, 1])))[1] == 1
+    assert kv.apply(lease(LEASE_CLIENTS, EXPIRY_SEQ, expire_op([8, 1])))[1] == 1
     assert [(rev, key) for rev, key, _r, _p in kv.events] == [(11, b"w"), (11, b"x")]
     assert kv.leases == {}
 
@@ -90,7 +91,7 @@ def test_writes_to_leased_keys_match_between_the_c_loop_and_the_python_path():
             elif choice == 5:
                 cmd = (rng.randrange(1, 5), seq, OP_CAS, key, rng.choice([None, b"L", b"p"]), b"c")
             else:
-                cmd = lease(LEASE_CLIENT, seq, expire_op([rng.choice(ids)]))
+                cmd = lease(LEASE_CLIENTS | seq, EXPIRY_SEQ, expire_op([rng.choice(ids)]))
             batch.append(cmd)
         a, b = [], []
         fast.apply_batch(tuple(batch), a)
@@ -192,7 +193,7 @@ def test_keepalives_keep_a_lease_and_ttl_says_what_is_left():
 def expiries(node):
     """The expiry commands ``node`` holds in its log or its queue."""
     cmds = [cmd for _b, batch in node.log.values() for cmd in batch] + list(node.pending)
-    return [cmd for cmd in cmds if cmd[0] == LEASE_CLIENT]
+    return [cmd for cmd in cmds if cmd[0] >= LEASE_CLIENTS]
 
 
 def test_a_leader_cut_off_from_the_quorum_expires_nothing():
@@ -239,6 +240,6 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_before_expiring_any():
 
 def test_clients_may_not_use_the_expiry_client_id():
     c = led_by_1()
-    c.nodes[1].submit("forged", lease(LEASE_CLIENT, 10**9, expire_op([1])), c.now)
+    c.nodes[1].submit("forged", lease(LEASE_CLIENTS + 5, EXPIRY_SEQ, expire_op([1])), c.now)
     c.collect()
     assert [r.status for _i, r in c.replies if r.req == "forged"] == [ERROR]

@@ -15,14 +15,14 @@ driver passes in): the state machine holds TTLs, never times, and clients never 
 - A keepalive sets the deadline to ``now + ttl``; one for a lease that is gone, or whose expiry
   is on its way, is answered "not found" (None).
 - Each tick, a leader that heard from a quorum of voters within the longest election timeout
-  proposes one expiry command (daemon.core.leases, under LEASE_CLIENT) for the leases past their
+  proposes one expiry command (daemon.core.leases) for the leases past their
   deadline; one without that contact expires nothing and starts its clock again (its leases
   get a full TTL once it hears from a quorum). One expiry command is in flight at a time.
 
-The expiry command's seq is above every seq an earlier one could have been applied with (the
-store's revision + 1 at proposal, and above this leader's last), and above the sessions'
-eviction horizon, so the store applies it (see daemon.core.kv on sessions); should one still
-not take effect, the ids are proposed again after EXPIRY_RETRY election timeouts.
+Every expiry command has a client id of its own (daemon.core.leases.LEASE_CLIENTS) and the
+highest seq, so the store applies it whenever it is chosen. A leader never loses a proposal
+while it keeps its ballot (the pipeline retransmits until it is chosen), so the ids of the
+expiry in flight are not proposed again until they are gone; a new ballot starts afresh.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ import math
 
 from typing import NamedTuple
 
-from daemon.core.leases import LEASE_CLIENT, MAX_EXPIRE_IDS, expire_op
+from daemon.core.leases import EXPIRY_SEQ, LEASE_CLIENTS, MAX_EXPIRE_IDS, expire_op
 from daemon.core.messages import OP_LEASE, command_cost
-
-EXPIRY_RETRY = 4  # longest election timeouts before an expiry not yet applied is proposed again
-
 
 class LeaseQuery(NamedTuple):
     """A read (daemon.core.reads) that asks the leader's clock: ``op`` "keepalive" or "ttl"."""
@@ -47,7 +44,7 @@ class LeaseQuery(NamedTuple):
 class LeaseClock:
     """The deadlines of the leases, at a leader; ``node`` is the daemon.core.node.Node."""
 
-    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at", "last_seq")
+    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -55,7 +52,6 @@ class LeaseClock:
         self.deadlines: dict[int, float] = {}  # lease id -> when it expires
         self.expiring: set[int] = set()  # ids of the expiry command in flight
         self.proposed_at = 0.0
-        self.last_seq = 0
 
     def _own(self) -> None:
         """Start the clock again if this node leads under another ballot than it was kept for."""
@@ -98,9 +94,8 @@ class LeaseClock:
         leases = node.kv.leases
         if self.expiring:
             self.expiring.intersection_update(leases)
-            if self.expiring and now - self.proposed_at < EXPIRY_RETRY * node.config.election_timeout[1]:
-                return
-            self.expiring.clear()
+            if self.expiring:
+                return  # one expiry in flight at a time
         if not self._quorum_heard(now):
             self.deadlines.clear()  # full TTLs again once a quorum is heard from
             return
@@ -131,9 +126,8 @@ class LeaseClock:
 
     def _propose(self, ids: list, now: float) -> None:
         node = self.node
-        seq = max(node.kv.revision + 1, self.last_seq + 1)
-        self.last_seq = seq
-        cmd = (LEASE_CLIENT, seq, OP_LEASE, b"", expire_op(ids), None)
+        client_id = LEASE_CLIENTS | node.rng.getrandbits(62)
+        cmd = (client_id, EXPIRY_SEQ, OP_LEASE, b"", expire_op(ids), None)
         node.pending.append(cmd)  # nobody waits for its reply
         node.pending_bytes += command_cost(cmd)
         self.expiring = set(ids)

@@ -13,7 +13,7 @@ canonical CBOR of the op:
   the minimum for its election timeout, ``min_ttl``, as etcd does) to ``MAX_TTL``.
 - ``["revoke", id]``  -> True if the lease was there (its keys are deleted), else False.
 - ``["expire", [id, ...]]``  -> the count of leases that were there. Proposed only by the leader
-  under the reserved client id ``LEASE_CLIENT`` (daemon.core.expiry); an id that is gone (revoked,
+  under a reserved client id (``LEASE_CLIENTS``, daemon.core.expiry); an id that is gone (revoked,
   or already expired by an earlier copy) is skipped, so expiry is idempotent.
 
 Keepalives and time-to-live questions are not commands: the leader answers them from its clock
@@ -27,10 +27,15 @@ import math
 
 from fastpath import U64_MAX, dumps, loads
 
-__all__ = ["LEASE_CLIENT", "LeaseError", "apply_lease", "decode_lease_op", "expire_op",
+__all__ = ["EXPIRY_SEQ", "LEASE_CLIENTS", "LeaseError", "apply_lease", "decode_lease_op", "expire_op",
            "grant_op", "min_ttl", "revoke_op"]
 
-LEASE_CLIENT = U64_MAX  # the client id of the leader's expiry commands (no client may use it)
+# Client ids from LEASE_CLIENTS on are the leader's expiry commands' (no client may use them):
+# each expiry command has a client id of its own, drawn at random from that range, and seq
+# U64_MAX, so the store always applies it (no session to be stale against; above every
+# eviction horizon).
+LEASE_CLIENTS = 1 << 63
+EXPIRY_SEQ = U64_MAX
 MIN_TTL = 1  # seconds
 MAX_TTL = 9_000_000_000  # seconds (etcd's bound)
 MAX_EXPIRE_IDS = 1024  # lease ids in one expiry command

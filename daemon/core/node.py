@@ -315,10 +315,11 @@ class Node:
             self._out.replies.append(Reply(req, NOT_LEADER, leader=self.leader_id))
             return
         key = (cmd[0], cmd[1])  # (client id, seq); literal positions: this runs per command
-        # 0: CONFIG_CLIENT; LEASE_CLIENT: the leader's expiry commands (literals: per command)
-        if cmd[0] == 0 or cmd[3] == MEMBERS_KEY or cmd[0] == 0xFFFF_FFFF_FFFF_FFFF:
+        # 0: CONFIG_CLIENT; from 2**63: the leader's expiry commands (LEASE_CLIENTS). Literals:
+        # this runs per command.
+        if cmd[0] == 0 or cmd[0] >= 0x8000_0000_0000_0000 or cmd[3] == MEMBERS_KEY:
             self._out.replies.append(Reply(req, ERROR, (
-                "client ids 0 and 2**64-1 and the key " + repr(MEMBERS_KEY)
+                "client id 0, client ids from 2**63 on and the key " + repr(MEMBERS_KEY)
                 + " are reserved (membership, lease expiry)")))
             return
         if key in self.waiting:  # a retry of a command already on its way: answer both
