@@ -6,7 +6,8 @@ one: ``promise-gap`` (an equal-ballot Prepare answered after compacting past its
 chosen slots left out), ``fills-chosen`` (a new leader that does not look at its promises'
 commit indexes and no-op-fills the slots they leave out) and ``acks-skipped`` (an acceptor that
 acknowledges slots it skipped as already chosen, holding them or not). ``local-range`` answers
-range reads from local state (tests/sim_reads.py's check sees it).
+range reads from local state (tests/sim_reads.py's check sees it). ``keepalive-unconfirmed``
+and ``lease-clock-kept`` break the leader's lease clock (tests/sim_leases.py's check sees them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fastpath import BALLOT_CHOSEN
 
 from daemon.core.acceptor import Acceptor
 from daemon.core.election import Election
-from daemon.core.node import FOLLOWER, Node
+from daemon.core.expiry import LeaseClock, LeaseQuery
+from daemon.core.node import FOLLOWER, LEADER, Node
 from daemon.core.messages import OK, IncarnationChosen, Promise, PromiseRecord, Reply
 from daemon.core.reads import RANGE_REPLY_MARGIN
 
@@ -199,3 +201,32 @@ class _LocalRange(Node):
         kv = self.kv
         self._out.replies.append(Reply(req, OK, kv.range(key, self.config.max_message_bytes
                                                          - RANGE_REPLY_MARGIN), None, kv.revision))
+
+
+@bug("keepalive-unconfirmed")
+class _KeepaliveUnconfirmed(Node):
+    """Broken on purpose: a node that believes it leads answers a keepalive at once from its
+    own clock, without a read-index round (a deposed leader renews leases the new one expires)."""
+
+    def read(self, req, key, now):
+        if type(key) is not LeaseQuery or self.role != LEADER:
+            return super().read(req, key, now)
+        self.now = now
+        self._out.replies.append(Reply(req, OK, self.lease_clock.answer(key, now), None,
+                                       self.kv.revision))
+
+
+@bug("lease-clock-kept")
+class _LeaseClockKept(Node):
+    """Broken on purpose: a leader keeps its lease deadlines from an earlier ballot (so a lease
+    another leader renewed meanwhile expires on the old deadline)."""
+
+    class _KeptClock(LeaseClock):
+        __slots__ = ()
+
+        def _own(self):
+            self.ballot = self.node.ballot
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lease_clock = self._KeptClock(self)

@@ -4,7 +4,8 @@ The linearizability checker (tests/linearizability.py) checks each key's history
 so a read of several keys (a range) is outside it. This check covers ranges (and gets, and
 the revisions of writes) by what the revision promises:
 
-- every read answered OK names a revision R; its result must be exactly what the store holds
+- every read answered OK names a revision R (a keepalive too: it renews the lease only if the
+  store holds it at R, with the TTL the reply says); its result must be exactly what the store holds
   after the first R applied commands of the chosen log (replayed here, slot by slot, in a
   reference ``KVStore`` with the answering node's ``max_sessions``, the range cut to the
   answering node's message budget): the same count, the same keys and records in order, the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.core.expiry import LeaseQuery
 from daemon.core.kv import KVStore
 from daemon.core.messages import CMD_CLIENT, CMD_SEQ
 from tests.sim_invariants import Violation
@@ -148,6 +150,13 @@ class ReadCheck:
 def _compare(kv: KVStore, seen: ReadSeen) -> None:
     """``seen`` against the reference store at its revision."""
     query = seen.query
+    if type(query) is LeaseQuery:  # a keepalive renews only a lease that is there
+        lease = kv.leases.get(query.lease_id)
+        if seen.result is not None and (lease is None or lease[0] != seen.result):
+            raise Violation(f"node {seen.node} renewed lease {query.lease_id} (TTL "
+                            f"{seen.result}) at revision {seen.revision}, where the chosen log "
+                            f"holds {'no such lease' if lease is None else lease}")
+        return
     if type(query) is bytes:
         if kv.get(query) != seen.result:
             raise Violation(f"node {seen.node} answered get {query!r} with {seen.result!r} at "

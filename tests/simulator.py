@@ -23,8 +23,10 @@ at its ballot; a promise never goes down (across restarts too) and no Promise or
 before its promise is on disk. At the end: faults are healed and every pending command must
 complete within a bounded number of election timeouts, all replicas must agree, every
 acknowledged write must be in the chosen log, and the client history must be linearizable.
-The clients' workload includes range reads; they, the gets and the revisions acknowledged writes
-name are checked against the chosen log replayed to each revision (tests.sim_reads).
+The clients' workload includes range reads, transactions and leases; reads, keepalives and the
+revisions and results of acknowledged writes are checked against the chosen log replayed to
+each revision (tests.sim_reads), and every lease expiry that took effect against the keepalives
+acknowledged for it (tests.sim_leases).
 The same seed on the same code gives the same trace hash; a failure prints the command that
 replays it.
 
@@ -53,6 +55,7 @@ from dataclasses import dataclass, field
 from fastpath import dumps
 
 from daemon.codec import wire
+from daemon.core.expiry import LeaseQuery
 from daemon.core.kv import RangeQuery, prefix_end
 from daemon.core.node import CoreConfig, Node
 from daemon.core.reads import RANGE_REPLY_MARGIN
@@ -62,6 +65,7 @@ from daemon.core.txn import OP_TXN, TARGETS, encode_txn
 from tests.linearizability import Operation, check
 from tests.sim_bugs import BUGS
 from tests.sim_disk import DiskFailure, NodeStorage
+from tests.sim_leases import LeaseLoad, LeaseWatch
 from tests.sim_reads import ReadCheck, ReadSeen
 from tests.sim_invariants import OPTIONAL_CHECKS, Checker, Violation
 
@@ -77,6 +81,9 @@ OPS_WITH_RANGES = (OPS[0] + ["range"], OPS[1] + [2])
 # chosen log.
 OPS_WITH_TXNS = (OPS_WITH_RANGES[0] + ["txn"], OPS_WITH_RANGES[1] + [1])
 TXN_KEYS = [b"t0", b"t1", b"t2", b"t3"]
+# With transactions on, leases too (but with --no-leases, which draws as before they existed):
+# grants, keepalives, revokes and puts attached to a lease (tests.sim_leases).
+OPS_WITH_LEASES = (OPS_WITH_TXNS[0] + ["lease"], OPS_WITH_TXNS[1] + [2])
 HEARTBEAT = 0.050
 TICK = 0.010
 QUIET_AFTER_HEAL = 1.0  # seconds of healed running before a run may end early, settled
@@ -191,11 +198,12 @@ class ClientOp:
     query: RangeQuery | tuple | None = None  # what a "range" reads; a "txn"'s parts
 
 
-class ClientLoad:
+class ClientLoad(LeaseLoad):
     """The simulated clients of a Simulation: one operation at a time each, retried through
     timeouts and redirects, recorded for the linearizability check."""
 
     txns = True  # transactions in the workload (with ranges): Options.txns
+    leases = True  # leases in the workload (with transactions): Options.leases
     txn_values: tuple = ()  # recent values transactions wrote, for their compares
     txn_revision = 0  # the highest revision a reply named, for their compares
 
@@ -225,10 +233,16 @@ class ClientLoad:
         client = self.clients[cid]
         rng = self.rng
         key = rng.choice(self.keys)
-        kind = rng.choices(*(OPS if not self.ranges else OPS_WITH_TXNS if self.txns
-                             else OPS_WITH_RANGES))[0]
+        kind = rng.choices(*(OPS if not self.ranges else OPS_WITH_RANGES if not self.txns
+                             else OPS_WITH_LEASES if self.leases else OPS_WITH_TXNS))[0]
         client["n"] += 1
         value = expected = None
+        if kind == "lease" or client.get("keeper"):
+            action = self._draw_lease(client, cid, b"%d-%d" % (cid % 1000, client["n"]))
+            if action[0] == "keepalive":  # a read of the leader's clock: no seq
+                return ClientOp("keepalive", b"", None, None, 0, self.now, query=action)
+            client["seq"] += 1
+            return ClientOp("lease", b"", None, None, client["seq"], self.now, query=action)
         if kind == "range":
             return ClientOp(kind, key, None, None, 0, self.now, query=self._draw_range(key))
         if kind == "txn":
@@ -318,6 +332,8 @@ class ClientLoad:
             node.read(req, op.key, self.now)
         elif op.op == "range":
             node.read(req, op.query, self.now)
+        elif op.op in ("lease", "keepalive"):
+            self._lease_request(node, req, op)
         else:
             self.read_check.write_sent(cid, seq, op.call)
             if op.op == "put":
@@ -345,28 +361,31 @@ class ClientLoad:
             return  # an answer to an operation already finished
         if reply.status == OK:
             result = reply.result
-            if op.op in ("get", "range"):
+            if op.op in ("get", "range", "keepalive"):
                 cfg = self.configs[node_id]
+                query = (op.key if op.op == "get" else op.query if op.op == "range"
+                         else LeaseQuery("keepalive", op.query[1]))
                 self.read_check.read_answered(ReadSeen(
-                    op.key if op.op == "get" else op.query, result, reply.revision, op.call,
-                    self.now, cfg.max_sessions, cfg.max_message_bytes - RANGE_REPLY_MARGIN,
-                    node_id))
-            else:
+                    query, result, reply.revision, op.call, self.now, cfg.max_sessions,
+                    cfg.max_message_bytes - RANGE_REPLY_MARGIN, node_id))
+            elif op.op != "keepalive":
                 self.read_check.write_acked(cid, op.seq, reply.revision, self.now,
                                             self.configs[node_id].max_sessions, result)
                 if reply.revision is not None:
                     self.txn_revision = max(self.txn_revision, reply.revision)
-            if op.op not in ("range", "txn"):  # the checker knows single keys only
+            if op.op in ("lease", "keepalive"):
+                self._lease_answered(cid, op, result)
+            elif op.op not in ("range", "txn"):  # the checker knows single keys only
                 self.history.append(Operation(cid, op.op, op.key, op.value, op.expected,
                                               op.call, self.now, result))
-            if op.op not in ("get", "range"):
+            if op.op not in ("get", "range", "keepalive"):
                 if (cid, op.seq) not in self.checker.chosen_commands:
                     raise Violation(f"node {node_id} acknowledged write (client {cid}, seq {op.seq}) "
                                     "that no node has learned as chosen")
                 self.acked_writes.append((cid, op.seq))
             client["op"] = None
             client["target"] = node_id
-            self._wake(cid, self.rng.uniform(0, 0.01))
+            self._wake(cid, self._pause_after(client))
         elif reply.status == NOT_LEADER and attempt == op.attempt:
             if reply.leader is not None:
                 client["target"] = reply.leader
@@ -402,7 +421,7 @@ class ClientLoad:
             op.answered = True
             self._wake(cid, 0.0)
             return
-        if op.op != "txn":  # the linearizability checker knows single keys only
+        if op.op not in ("txn", "lease"):  # the linearizability checker knows single keys only
             self.history.append(Operation(cid, op.op, op.key, op.value, op.expected, op.call,
                                           None))
         client["seq"] = max(client["seq"], horizon)
@@ -430,6 +449,7 @@ class Simulation(ClientLoad):
         self.mix_text = f"{self.mix.describe()} clients={clients} {drawn}"
         self.checker = Checker(skip_checks)
         self.read_check = ReadCheck()
+        self.lease_watch = LeaseWatch()
         self.node_class = self.checker.node_class(BUGS[bug] if bug else Node)
         self.verbose = verbose
         self.now = 0.0
@@ -519,6 +539,7 @@ class Simulation(ClientLoad):
         ``cause`` (the message it just received) with."""
         node = sim.node
         ready = node.ready()
+        self.lease_watch.observe(sim.id, node)
         if ready:
             if cause is not None:
                 self.checker.answers(node, cause, ready)
@@ -778,6 +799,7 @@ class Simulation(ClientLoad):
         if pending:
             raise Violation(f"clients {pending} still waiting {self.now - self.heal_time:.2f}s after healing")
         self._check_client_history()
+        self.lease_watch.check(self.checker.chosen)
 
     # -------------------------------------------------------------------------- main loop
 
@@ -933,14 +955,16 @@ class Options:
     skip_checks: tuple = ()  # --skip-check NAME ...
     settings: str | None = None  # --settings defaults|same|per-node
     ranges: bool = True  # --no-ranges: the workload without range reads (nor transactions)
-    txns: bool = True  # --no-txns: the workload without transactions
+    txns: bool = True  # --no-txns: the workload without transactions (nor leases)
+    leases: bool = True  # --no-leases: the workload without leases
 
     def flags(self) -> str:
         return ((" --mixed-sessions" if self.mixed_sessions else "")
                 + "".join(f" --skip-check {c}" for c in self.skip_checks)
                 + (f" --settings {self.settings}" if self.settings else "")
                 + ("" if self.ranges else " --no-ranges")
-                + ("" if self.txns else " --no-txns"))
+                + ("" if self.txns else " --no-txns")
+                + ("" if self.leases else " --no-leases"))
 
 
 def replay_command(seed: int, nodes: int, steps: int, bug: str | None,
@@ -958,6 +982,9 @@ def run_seed(seed: int, nodes: int, steps: int, bug: str | None = None,
                          mixed_sessions=options.mixed_sessions, skip_checks=options.skip_checks,
                          settings=options.settings, ranges=options.ranges)
         sim.txns = options.txns
+        sim.leases = options.leases
+        if options.leases and options.txns and options.ranges:
+            sim.add_keepers(sim.rng.choice([1, 2]))
         digest = sim.run()
         return True, digest, sim.mix_text
     except Exception as exc:  # any failure of the core (or of a codec) fails the seed
@@ -1011,9 +1038,11 @@ def main(argv=None) -> int:
                         help="no range reads in the workload (draws as before they existed)")
     parser.add_argument("--no-txns", action="store_true",
                         help="no transactions in the workload (draws as before they existed)")
+    parser.add_argument("--no-leases", action="store_true",
+                        help="no leases in the workload (draws as before they existed)")
     args = parser.parse_args(argv)
     options = Options(args.mixed_sessions, tuple(args.skip_check), args.settings,
-                      not args.no_ranges, not args.no_txns)
+                      not args.no_ranges, not args.no_txns, not args.no_leases)
 
     started = time.monotonic()
     if args.seed is not None:

@@ -104,7 +104,8 @@ def test_the_same_seed_replays_the_same_trace():
 
 @pytest.mark.parametrize("bug", ["skips-reproposal", "answers-before-persist", "forgets-promise",
                                  "trusts-an-empty-disk", "promise-gap", "fills-chosen",
-                                 "acks-skipped", "local-range"])
+                                 "acks-skipped", "local-range", "keepalive-unconfirmed",
+                                 "lease-clock-kept"])
 def test_a_deliberately_broken_core_is_caught_within_1000_seeds(bug):
     failures = simulator._run_many((range(1000), None, 4000, bug, True))
     assert failures, f"the simulator did not catch the {bug} core in 1000 seeds"

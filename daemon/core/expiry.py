@@ -44,7 +44,7 @@ class LeaseQuery(NamedTuple):
 class LeaseClock:
     """The deadlines of the leases, at a leader; ``node`` is the daemon.core.node.Node."""
 
-    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at")
+    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at", "proposed_client")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -52,6 +52,7 @@ class LeaseClock:
         self.deadlines: dict[int, float] = {}  # lease id -> when it expires
         self.expiring: set[int] = set()  # ids of the expiry command in flight
         self.proposed_at = 0.0
+        self.proposed_client = 0  # the client id of the expiry command in flight
 
     def _own(self) -> None:
         """Start the clock again if this node leads under another ballot than it was kept for."""
@@ -132,3 +133,4 @@ class LeaseClock:
         node.pending_bytes += command_cost(cmd)
         self.expiring = set(ids)
         self.proposed_at = now
+        self.proposed_client = client_id
