@@ -144,6 +144,7 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("value", metavar="VALUE")
     p.add_argument("--lease", type=_positive_int, default=0, metavar="ID",
                    help="attach KEY to lease ID: it is deleted when the lease ends")
+    _fence_options(p)
     p.set_defaults(func=cmd_put)
 
     p = commands.add_parser(
@@ -171,6 +172,7 @@ def _add_key_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("key", metavar="KEY")
     p.add_argument("--prefix", action="store_true", help="every key that starts with KEY, as "
                    "one write; prints how many were removed")
+    _fence_options(p)
     p.set_defaults(func=cmd_delete)
 
     p = commands.add_parser("cas", parents=[client], help="set KEY to NEW if its value is OLD "
@@ -253,6 +255,19 @@ def _add_load_commands(commands, client: argparse.ArgumentParser) -> None:
                    help="deadline of each write, retries included; the first also waits for "
                         "the nodes to start and elect a leader (default: 10)")
     p.set_defaults(func=cmd_demo)
+
+
+def _fence_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fence-key", metavar="KEY", help="only while the lock held with this key "
+                   "(printed by `paxosd lock`) has not moved on")
+    p.add_argument("--fence-revision", type=_positive_int, metavar="REV",
+                   help="the lock's fencing token (PAXOSD_LOCK_REVISION)")
+
+
+def _fence(args: argparse.Namespace) -> tuple | None:
+    if (args.fence_key is None) != (args.fence_revision is None):
+        raise UsageError("--fence-key and --fence-revision go together")
+    return None if args.fence_key is None else (_arg_bytes(args.fence_key), args.fence_revision)
 
 
 def _number(convert, accept, expected: str, not_a_number: str):
@@ -590,8 +605,9 @@ def _arg_bytes(text: str) -> bytes:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    fence = _fence(args)
     _run_client(args, lambda c: c.put(_arg_bytes(args.key), _arg_bytes(args.value),
-                                      lease=args.lease))
+                                      lease=args.lease, fence=fence))
     print("OK")
     return EXIT_OK
 
@@ -655,11 +671,14 @@ def _get_range(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    fence = _fence(args)
+    if fence is not None and args.prefix:
+        raise UsageError("--prefix does not take a fence")
     if args.prefix:
         count = _run_client(args, lambda c: c.delete_range(_arg_bytes(args.key), prefix=True))
         print(count)  # as etcdctl's del --prefix
         return EXIT_OK
-    existed = _run_client(args, lambda c: c.delete(_arg_bytes(args.key)))
+    existed = _run_client(args, lambda c: c.delete(_arg_bytes(args.key), fence=fence))
     print("deleted" if existed else "not found (nothing deleted)")
     return EXIT_OK
 

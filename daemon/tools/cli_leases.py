@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["add_commands"]
@@ -47,6 +48,23 @@ def add_commands(commands, client: argparse.ArgumentParser) -> None:
     q.add_argument("--keys", action="store_true", help="also the keys attached to it")
     q.add_argument("--json", action="store_true", help="print {id, ttl, left, keys} as JSON")
     q.set_defaults(func=cmd_lease_ttl)
+
+    p = commands.add_parser(
+        "lock", parents=[client], help="acquire the lock NAME and hold it while COMMAND runs "
+        "(or until Ctrl-C or SIGTERM)",
+        description="Waits in line for the lock NAME, prints its key and fencing token, then "
+                    "runs COMMAND (after --) with PAXOSD_LOCK_KEY and PAXOSD_LOCK_REVISION in "
+                    "its environment and releases the lock when it exits (exit status: "
+                    "COMMAND's). Should the lock be lost meanwhile (the cluster unreachable "
+                    "for longer than the TTL), COMMAND gets SIGTERM and the exit status is 1. "
+                    "Writes fenced with the token (put --fence-key KEY --fence-revision REV) "
+                    "are refused once the lock has moved on.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--ttl", type=_positive_int, default=10, metavar="SECONDS",
+                   help="the lock's lease: how long a holder that died keeps it (default 10)")
+    p.add_argument("--json", action="store_true", help="print {key, revision} as JSON")
+    p.add_argument("run", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p.set_defaults(func=cmd_lock)
 
 
 def _print_json(doc) -> None:
@@ -108,3 +126,47 @@ def cmd_lease_keepalive(args: argparse.Namespace) -> int:
 
     _run_client(args, renew)  # LeaseNotFound (exit 1) once it is gone; Ctrl-C: 130
     return EXIT_OK
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client
+    command = args.run[1:] if args.run[:1] == ["--"] else args.run
+
+    async def locked(client) -> int:
+        import signal
+
+        import trio
+        async with client.lock(_arg_bytes(args.name), ttl=args.ttl) as held:
+            key = held.key.decode("utf-8", "backslashreplace")
+            if args.json:
+                _print_json({"key": key, "revision": held.revision})
+            else:
+                print(key, flush=True)
+            async with trio.open_nursery() as nursery:
+                outcome = []
+                nursery.start_soon(_until_lost, held, nursery.cancel_scope, outcome)
+                if command:
+                    env = dict(os.environ, PAXOSD_LOCK_KEY=key,
+                               PAXOSD_LOCK_REVISION=str(held.revision))
+                    done = await trio.run_process(command, check=False, env=env)
+                    outcome.append(done.returncode)
+                else:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for _ in signals:
+                            outcome.append(0)
+                            break
+                nursery.cancel_scope.cancel()
+        if outcome and outcome[0] == "lost":
+            print(f"paxosd lock: lock {key} lost (its lease expired)", file=sys.stderr)
+            return EXIT_FAILED
+        return outcome[0] if outcome else EXIT_FAILED
+
+    return _run_client(args, locked)
+
+
+async def _until_lost(held, scope, outcome: list) -> None:
+    """Cancel ``scope`` (and with it COMMAND, which trio.run_process then terminates) once the
+    lock is lost."""
+    await held.lost.wait()
+    outcome.insert(0, "lost")
+    scope.cancel()

@@ -643,10 +643,16 @@ class Client(_ClusterOps):
     # -------------------------------------------------------------------------- operations
 
     async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0,
-                  timeout: float | None = None) -> int | None:
+                  fence: tuple | None = None, timeout: float | None = None) -> int | None:
         """Set ``key`` to ``value`` (attached to ``lease``, if not 0: see daemon.tools.leases;
         LeaseNotFound if it is gone); returns the revision of the write (None from a server
-        before revisions)."""
+        before revisions). With ``fence`` (a held lock's ``(key, revision)``: see
+        daemon.tools.lock), only while that lock has not moved on (else FencedOut)."""
+        if fence is not None:
+            from daemon.tools.lock import fenced_write
+            from daemon.tools.txn import put
+            op = put(key, value, lease)
+            return (await fenced_write(self, fence, [op], timeout)).revision
         if lease:
             from daemon.tools.leases import put_leased  # it builds on this module
             return await put_leased(self, key, value, lease, timeout)
@@ -662,8 +668,13 @@ class Client(_ClusterOps):
                 f"get: the server returned {result!r:.100}, expected bytes or null")
         return result
 
-    async def delete(self, key: str | bytes, *, timeout: float | None = None) -> bool:
-        """Remove ``key``; True if it existed."""
+    async def delete(self, key: str | bytes, *, fence: tuple | None = None,
+                     timeout: float | None = None) -> bool:
+        """Remove ``key``; True if it existed. ``fence``: as for ``put``."""
+        if fence is not None:
+            from daemon.tools.lock import fenced_write
+            from daemon.tools.txn import delete
+            return bool((await fenced_write(self, fence, [delete(key)], timeout)).results[0])
         return bool((await self._write("delete", key, None, None, timeout)).result)
 
     async def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
@@ -693,6 +704,14 @@ class Client(_ClusterOps):
         """The lease's LeaseStatus (TTL, seconds left, keys); LeaseNotFound if it is gone."""
         from daemon.tools import leases
         return await leases.time_to_live(self, lease_id, timeout)
+
+    def lock(self, name: str | bytes, *, ttl: int = 10, timeout: float | None = None):
+        """An async context manager: the lock ``name`` acquired (waiting in line as long as
+        it takes), held while the block runs, released after; yields a HeldLock whose
+        ``fence`` guards writes (see daemon.tools.lock). ``ttl``: its lease's, the time a
+        holder that died keeps the lock."""
+        from daemon.tools.lock import hold
+        return hold(self, name, ttl, timeout)
 
     def lease(self, ttl: int, *, timeout: float | None = None):
         """An async context manager: a lease granted, kept alive while the block runs and
@@ -1118,14 +1137,14 @@ class SyncClient:
         except trio.RunFinishedError:
             raise PaxosdError("the client is closed") from None
 
-    def put(self, key, value, *, lease=0, timeout=None) -> int | None:
-        return self._run("put", key, value, lease=lease, timeout=timeout)
+    def put(self, key, value, *, lease=0, fence=None, timeout=None) -> int | None:
+        return self._run("put", key, value, lease=lease, fence=fence, timeout=timeout)
 
     def get(self, key, *, timeout=None) -> bytes | None:
         return self._run("get", key, timeout=timeout)
 
-    def delete(self, key, *, timeout=None) -> bool:
-        return self._run("delete", key, timeout=timeout)
+    def delete(self, key, *, fence=None, timeout=None) -> bool:
+        return self._run("delete", key, fence=fence, timeout=timeout)
 
     def cas(self, key, expected, new, *, timeout=None) -> bool:
         return self._run("cas", key, expected, new, timeout=timeout)
