@@ -49,7 +49,7 @@ class ClientConnection:
     that must have a frame of its own (a tuple, so the writer tells it apart)."""
 
     __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress",
-                 "alone")
+                 "alone", "watch_bytes")
 
     def __init__(self, stream) -> None:
         self.stream = stream
@@ -59,6 +59,7 @@ class ClientConnection:
         self.has_replies = trio.Event()
         self.progress = trio.Event()
         self.alone = 0  # replies queued with push_alone
+        self.watch_bytes = 0  # bytes of watch changes queued since the writer last took them
 
     def push(self, reply: list) -> None:
         self.replies.append(reply)
@@ -75,7 +76,8 @@ class ClientPort:
 
     ``submit(work)`` is awaited with each list of ``(is_read, tag, command tuple | key)``;
     ``transfer(tag, node_id)`` and ``change_members(tag, ("add", id, peer, client) |
-    ("remove", id))`` with those requests; ``status()`` gives the map a "status" request
+    ("remove", id))`` with those requests; ``watch(conn, request)`` with "watch" and "unwatch";
+    ``status()`` gives the map a "status" request
     answers; ``leader()`` the leader's client address (or None). Run with
     ``nursery.start(run)``: started once the listener is bound.
     """
@@ -84,7 +86,8 @@ class ClientPort:
                  submit: Callable[[list], Awaitable[None]],
                  transfer: Callable[[tuple, int], Awaitable[None]],
                  change_members: Callable[[tuple, tuple], Awaitable[None]],
-                 status: Callable[[], dict], leader: Callable[[], str | None]) -> None:
+                 status: Callable[[], dict], leader: Callable[[], str | None],
+                 watch: Callable[[tuple, wire.Request], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.id = node_id
         self.log = log
@@ -96,6 +99,7 @@ class ClientPort:
         self._change_members = change_members
         self._status = status
         self._leader = leader
+        self._watch = watch  # "watch" and "unwatch" requests (daemon.runtime.watches)
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
 
     @property
@@ -207,6 +211,11 @@ class ClientPort:
                                              req.arg1.decode()))
         elif op == "member_remove":
             await self._change_members(tag, ("remove", req.client_id))
+        elif op in wire.WATCH_OPS:
+            if self._watch is None:
+                conn.push([req.req_id, ERROR, "this port serves no watches", self._leader(), None])
+            else:
+                await self._watch(conn, req)
         elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
             work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
         else:
@@ -221,6 +230,7 @@ class ClientPort:
                     await conn.has_replies.wait()
                 conn.has_replies = trio.Event()
                 replies, conn.replies = conn.replies, []
+                conn.watch_bytes = 0
                 if not replies:
                     continue
                 if conn.alone:
