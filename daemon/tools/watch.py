@@ -116,6 +116,7 @@ class Watch:
         self._failure: BaseException | None = None
 
     async def __aenter__(self) -> Watch:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -124,17 +125,18 @@ class Watch:
     def __aiter__(self) -> Watch:
         return self
 
+    async def start(self) -> int:
+        """Open the watch (``async with`` does) and return the revision it starts after: every
+        change after it is yielded. Raises what the iterator would (WatchCompacted, ...)."""
+        while self.revision is None and not self._events:
+            await self._step()
+        if self._events and self._events[0] is None:
+            await self.__anext__()  # raises the failure
+        return self.revision
+
     async def __anext__(self) -> WatchEvent:
         while not self._events:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._conn is None:
-                await self._open()
-            elif not self._replies:
-                self._arrived = trio.Event()
-                await self._arrived.wait()
-            else:
-                self._take(self._replies.popleft())
+            await self._step()
         event = self._events.popleft()
         if event is None:  # where the events stop, the watch failed
             raise self._failure
@@ -148,6 +150,18 @@ class Watch:
         await trio.lowlevel.checkpoint()
 
     # -- the stream --------------------------------------------------------------------------
+
+    async def _step(self) -> None:
+        """Open the stream, wait for a reply, or take one."""
+        if self._closed:
+            raise StopAsyncIteration
+        if self._conn is None:
+            await self._open()
+        elif not self._replies:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        else:
+            self._take(self._replies.popleft())
 
     async def _open(self) -> None:
         """Start the watch on a node: the client's target first, then the endpoints in turn,
