@@ -9,7 +9,7 @@ from daemon.codec import wire
 from daemon.core.kv import KVStore, prefix_end
 from daemon.core.messages import OP_DELETE, OP_PUT, OP_TXN
 from daemon.core.txn import encode_txn
-from daemon.core.watch import Compacted, WatchHistory, matches
+from daemon.core.watch import Compacted, WatchHistory, matches, select
 
 _seq = iter(range(1, 1 << 30))
 
@@ -26,6 +26,11 @@ def txn(*ops) -> tuple:
     return (7, next(_seq), OP_TXN, b"", encode_txn([], list(ops), []), None)
 
 
+def regroup(chunks) -> list:
+    """What ``take`` drained, grouped by revision."""
+    return select([e for chunk in chunks for e in chunk.events], b"", b"")[0]
+
+
 def summary(groups) -> list:
     """Each group as (revision, [(key, value or None, previous value or None)])."""
     return [(g.revision, [(k, r and r.value, p and p.value) for _rev, k, r, p in g.events])
@@ -38,9 +43,10 @@ def test_changes_are_held_by_revision_with_previous_records_and_gaps_for_unchang
     kv.apply_batch((put(b"a", b"1"), put(b"b", b"2"), delete(b"zz"), put(b"a", b"3")))
     kv.apply_batch((delete(b"b"), txn(["put", b"c", b"4"], ["put", b"a", b"5"],
                                       ["delete", b"c", None])))
-    groups, replaced = history.take(kv)
+    chunks, replaced = history.take(kv)
     assert not replaced and history.revision == kv.revision == 6
-    assert summary(groups) == [
+    assert len(chunks) == 1 and (chunks[0].first, chunks[0].last) == (1, 6)
+    assert summary(regroup(chunks)) == [
         (1, [(b"a", b"1", None)]), (2, [(b"b", b"2", None)]),
         # revision 3 deleted a missing key: nothing changed there
         (4, [(b"a", b"3", b"1")]), (5, [(b"b", None, b"2")]),
@@ -75,11 +81,17 @@ def test_the_history_keeps_at_most_its_revisions_and_then_its_bytes():
 
     kv = KVStore()
     history = WatchHistory(kv, 1000, 1000)
-    kv.apply_batch(tuple(put(b"k%d" % i, bytes(300)) for i in range(10)))  # ~370 bytes each
-    history.take(kv)
+    for i in range(10):  # one take per change: ~366 bytes each
+        kv.apply_batch((put(b"k%d" % i, bytes(300)),))
+        history.take(kv)
     held = history.held()
-    assert history.bytes <= 1000 and len(held) == 2 and history.compacted == held[0].revision - 1
-    assert history.bytes == sum(g.size for g in held)
+    assert [g.revision for g in held] == [9, 10] and history.compacted == 8
+    assert history.bytes == history.held_bytes() <= 1000
+    # a take bigger than the bound alone is let go of whole
+    kv.apply_batch(tuple(put(b"k%d" % i, bytes(300)) for i in range(3)))
+    history.take(kv)
+    assert history.held() == [] and history.compacted == history.revision == 13
+    assert history.bytes == 0
 
 
 def test_a_replaced_store_starts_the_history_again_compacted_at_its_revision():
@@ -92,14 +104,14 @@ def test_a_replaced_store_starts_the_history_again_compacted_at_its_revision():
     newer = KVStore.from_image(image)
     newer.apply_batch((put(b"b", b"3"), put(b"b", b"4")))  # as a snapshot from the leader
     fresh = KVStore.from_image(newer.image())
-    groups, replaced = history.take(fresh)
-    assert replaced and summary(groups) == [(2, [(b"a", b"2", b"1")])]  # the old store's last
+    chunks, replaced = history.take(fresh)
+    assert replaced and summary(regroup(chunks)) == [(2, [(b"a", b"2", b"1")])]  # the old's last
     assert kv.events is None and fresh.events == []
     assert history.compacted == history.revision == 4 and history.held() == []
     with pytest.raises(Compacted):
         history.since(3, b"", b"")
     fresh.apply_batch((put(b"c", b"5"),))
-    assert summary(history.take(fresh)[0]) == [(5, [(b"c", b"5", None)])]
+    assert summary(regroup(history.take(fresh)[0])) == [(5, [(b"c", b"5", None)])]
 
 
 def test_a_watch_follows_a_key_a_prefix_or_a_range():
@@ -132,7 +144,7 @@ def test_the_events_encoding_round_trips_and_bad_events_are_named():
     kv = KVStore()
     history = WatchHistory(kv, 1000, 1 << 20)
     kv.apply_batch((put(b"a", b"1"), put(b"a", b"2"), delete(b"a")))
-    groups, _ = history.take(kv)
+    groups = regroup(history.take(kv)[0])
     decoded = wire.decode_events(wire.encode_events(groups, True))
     assert decoded == [(1, b"a", (b"1", 1, 1, 1, 0), None),
                        (2, b"a", (b"2", 1, 2, 2, 0), (b"1", 1, 1, 1, 0)),

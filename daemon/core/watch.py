@@ -10,8 +10,12 @@ from a revision at or below ``compacted`` cannot be told everything it missed: `
 silent gap.
 
 Bounds. The history holds at most ``max_revisions`` revisions (``revision - compacted``) and
-about ``max_bytes`` of events (each counted as its key, its value, its previous value and
-EVENT_OVERHEAD): beyond either, the oldest revisions go and ``compacted`` rises.
+at most ``max_bytes`` of events (each counted as its key, its value and EVENT_OVERHEAD: see
+``events_size``): beyond either, the oldest revisions go and ``compacted`` rises.
+
+Cost. Every change applied passes through here whether anyone watches or not, so ``take``
+does no Python step per change: it takes the store's list over as one ``Chunk`` and sizes it
+at C speed. Grouping by revision and matching keys happen when a watch is served (``select``).
 
 A replaced store. A node that installs a snapshot from the leader replaces its store
 (daemon.core.catchup), and a node's store is built and the committed log applied before anyone
@@ -28,11 +32,12 @@ None)``, records being ``fastpath.KeyRecord``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 # The bytes an event costs besides its key and values: the tuple, the record and its integers.
 EVENT_OVERHEAD = 64
-# Dropped groups are cut off the front of the list in one go once they are this many.
+# Dropped chunks are cut off the front of the list in one go once they are this many.
 TRIM_EVERY = 1024
 
 
@@ -47,9 +52,19 @@ class Compacted(Exception):
 
 
 class Group(NamedTuple):
-    """The changes of one revision, in apply order, and their size in bytes."""
+    """The changes of one revision (those a watch follows), in apply order, and their size."""
 
     revision: int
+    events: list
+    size: int
+
+
+class Chunk(NamedTuple):
+    """The changes one ``take`` drained, as the store appended them: revisions ``first`` to
+    ``last`` (the first and the last that changed a key), and their size in bytes."""
+
+    first: int
+    last: int
     events: list
     size: int
 
@@ -65,6 +80,19 @@ def event_size(event: tuple, prev_kv: bool = True) -> int:
     return size
 
 
+def events_size(events: list) -> int:
+    """The bytes the history counts ``events`` for: keys, values and EVENT_OVERHEAD each,
+    summed at C speed (map, itemgetter, len), as the history sizes every change applied,
+    watched or not. Previous values are not counted: a previous record is the record of an
+    earlier change (held too, or let go of, one per key at most) or of the store."""
+    keys = sum(map(len, map(_KEY, events)))
+    values = sum(map(len, map(_VALUE, filter(None, map(_RECORD, events)))))
+    return keys + values + EVENT_OVERHEAD * len(events)
+
+
+_KEY, _RECORD, _VALUE = itemgetter(1), itemgetter(2), attrgetter("value")
+
+
 def matches(key: bytes, start: bytes, end: bytes | None) -> bool:
     """Whether ``key`` is what a watch of ``start`` (``end`` None: that key alone; b"": every
     key from ``start`` on; else the keys in ``[start, end)``) follows."""
@@ -73,10 +101,39 @@ def matches(key: bytes, start: bytes, end: bytes | None) -> bool:
     return start <= key and (not end or key < end)
 
 
-class WatchHistory:
-    """The changes of the revisions ``(compacted, revision]`` of the store it is attached to."""
+def select(events, key: bytes, end: bytes | None, start: int = 0, prev_kv: bool = True,
+           budget: int | None = None) -> tuple[list[Group], bool]:
+    """The changes among ``events`` (in apply order) of revision ``start`` on to the keys a
+    watch of ``(key, end)`` follows, grouped by revision, each group sized as a watch with
+    ``prev_kv`` counts it; and whether that is all of them (True), or they stop at the first
+    group boundary where their size reached ``budget`` (None: no budget)."""
+    groups: list[Group] = []
+    current: list | None = None
+    revision = size = total = 0
+    for event in events:
+        rev = event[0]
+        if rev < start or not matches(event[1], key, end):
+            continue
+        if rev != revision:
+            if current is not None:
+                groups.append(Group(revision, current, size))
+                total += size
+                if budget is not None and total >= budget:
+                    return groups, False
+            current, revision, size = [], rev, 0
+        current.append(event)
+        size += event_size(event, prev_kv)
+    if current is not None:
+        groups.append(Group(revision, current, size))
+    return groups, True
 
-    __slots__ = ("kv", "max_revisions", "max_bytes", "groups", "revisions", "head",
+
+class WatchHistory:
+    """The changes of the revisions ``(compacted, revision]`` of the store it is attached to,
+    as the chunks ``take`` drained (a chunk may begin at or below ``compacted``: those of its
+    changes are not held)."""
+
+    __slots__ = ("kv", "max_revisions", "max_bytes", "chunks", "lasts", "head",
                  "compacted", "revision", "bytes")
 
     def __init__(self, kv, max_revisions: int, max_bytes: int) -> None:
@@ -92,95 +149,71 @@ class WatchHistory:
         """Follow ``kv`` from its present revision on: nothing before it is held."""
         self.kv = kv
         kv.events = []
-        self.groups: list[Group] = []
-        self.revisions: list[int] = []  # each group's revision, for bisect
-        self.head = 0  # groups before it are dropped
+        self.chunks: list[Chunk] = []
+        self.lasts: list[int] = []  # each chunk's last revision, for bisect
+        self.head = 0  # chunks before it are dropped
         self.compacted = self.revision = kv.revision
         self.bytes = 0
 
-    def take(self, kv) -> tuple[list[Group], bool]:
-        """Drain the changes applied since the last take: ``(new groups, replaced)``, the
-        groups in revision order; ``replaced`` when ``kv`` is not the store drained before
-        (the history then starts again, compacted at ``kv``'s revision, and holds what the
-        old store still had only in the groups returned)."""
+    def take(self, kv) -> tuple[list[Chunk], bool]:
+        """Drain the changes applied since the last take: ``(new chunks, replaced)`` (at most
+        one chunk); ``replaced`` when ``kv`` is not the store drained before (the history then
+        starts again, compacted at ``kv``'s revision, and holds what the old store still had
+        only in the chunk returned). The store's list is taken over, not copied."""
         old = self.kv
-        groups = self._group(old.events)
-        old.events.clear()
+        events = old.events
+        new = []
+        if events:
+            old.events = []
+            new.append(Chunk(events[0][0], events[-1][0], events, events_size(events)))
         if kv is not old:
             old.events = None
             self._attach(kv)
-            return groups, True
-        self._add(groups)
+            return new, True
+        if new:
+            self.chunks.append(new[0])
+            self.lasts.append(new[0].last)
+            self.bytes += new[0].size
         self.revision = kv.revision
         self._bound()
-        return groups, False
-
-    def _group(self, events: list) -> list[Group]:
-        groups: list[Group] = []
-        if not events:
-            return groups
-        current = None
-        size = 0
-        for event in events:
-            rev, key, record, prev = event
-            if current is None or rev != current.revision:
-                if current is not None:
-                    groups.append(current._replace(size=size))
-                current = Group(rev, [], 0)
-                size = 0
-            current.events.append(event)
-            size += len(key) + EVENT_OVERHEAD + (0 if record is None else len(record.value)) \
-                + (0 if prev is None else len(prev.value))
-        groups.append(current._replace(size=size))
-        return groups
-
-    def _add(self, groups: list[Group]) -> None:
-        for group in groups:
-            self.groups.append(group)
-            self.revisions.append(group.revision)
-            self.bytes += group.size
+        return new, False
 
     def _bound(self) -> None:
         """Drop the oldest revisions beyond the bounds, raising ``compacted``."""
         floor = self.revision - self.max_revisions
         if floor > self.compacted:
             self.compacted = floor
-        groups, head = self.groups, self.head
-        while head < len(groups) and (groups[head].revision <= self.compacted
+        chunks, head = self.chunks, self.head
+        while head < len(chunks) and (chunks[head].last <= self.compacted
                                       or self.bytes > self.max_bytes):
-            group = groups[head]
-            self.bytes -= group.size
-            if group.revision > self.compacted:
-                self.compacted = group.revision
+            chunk = chunks[head]
+            self.bytes -= chunk.size
+            if chunk.last > self.compacted:
+                self.compacted = chunk.last
             head += 1
-        if head >= TRIM_EVERY or (head and head == len(groups)):
-            del groups[:head]
-            del self.revisions[:head]
+        if head >= TRIM_EVERY or (head and head == len(chunks)):
+            del chunks[:head]
+            del self.lasts[:head]
             head = 0
         self.head = head
 
     def since(self, start: int, key: bytes, end: bytes | None, budget: int | None = None,
               prev_kv: bool = True) -> tuple[list[Group], bool]:
-        """The held groups from revision ``start`` on, each with only the events of the keys a
-        watch of ``(key, end)`` follows (see ``matches``), none left empty, sized as a watch
-        with ``prev_kv`` counts them; and whether that is all of them (True) or they stop
-        where their size first reached ``budget`` bytes (None: no budget; a group is never
-        split). ``Compacted`` if revision ``start`` is not held (at or below ``compacted``)."""
+        """``select`` over the held changes, from revision ``start`` on. ``Compacted`` if
+        revision ``start`` is not held (at or below ``compacted``)."""
         if start <= self.compacted:
             raise Compacted(self.compacted)
-        at = max(self.head, bisect_left(self.revisions, start))
-        out = []
-        total = 0
-        for group in self.groups[at:]:
-            if budget is not None and total >= budget:
-                return out, False
-            found = [e for e in group.events if matches(e[1], key, end)]
-            if found:
-                size = sum(event_size(e, prev_kv) for e in found)
-                out.append(Group(group.revision, found, size))
-                total += size
-        return out, True
+        at = max(self.head, bisect_left(self.lasts, start))
+        return select(self._events(at), key, end, start, prev_kv, budget)
+
+    def _events(self, at: int):
+        for chunk in self.chunks[at:]:
+            yield from chunk.events
 
     def held(self) -> list[Group]:
-        """Every group held, in revision order (for checks)."""
-        return self.groups[self.head:]
+        """Every change held, grouped by revision (for checks)."""
+        return select(self._events(self.head), b"", b"", self.compacted + 1)[0]
+
+    def held_bytes(self) -> int:
+        """The size of the chunks held (for checks: ``bytes`` must equal it)."""
+        return sum(chunk.size for chunk in self.chunks[self.head:])

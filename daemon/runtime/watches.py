@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from daemon.codec.wire import WATCH_PREV_KV, encode_events
 from daemon.core.messages import CANCELLED, COMPACTED, ERROR, EVENTS, OK
-from daemon.core.watch import Compacted, Group, WatchHistory, event_size, matches
+from daemon.core.watch import Compacted, Group, WatchHistory, select
 
 __all__ = ["Watcher", "Watches"]
 
@@ -110,9 +110,9 @@ class Watches:
         """Drain the store's new changes and send them on; let lagging watches catch up."""
         history = self.history
         before = history.kv.revision  # of the store drained (it may be replaced meanwhile)
-        groups, replaced = history.take(kv)
-        if groups:
-            self._fan_out(groups, before if replaced else history.revision, leader)
+        chunks, replaced = history.take(kv)
+        if chunks and self.synced:
+            self._fan_out(chunks[0].events, before if replaced else history.revision, leader)
         if replaced:
             self.told = max(self.told, before)
             for watchers in list(self.synced.values()):
@@ -123,20 +123,20 @@ class Watches:
         if self.unsynced:
             self._catch_up(leader)
 
-    def _fan_out(self, groups: list[Group], upto: int, leader: str | None) -> None:
-        """Send ``groups`` (the changes up to revision ``upto``) to every synced watch: the
+    def _fan_out(self, events: list, upto: int, leader: str | None) -> None:
+        """Send ``events`` (the changes up to revision ``upto``) to every synced watch: the
         replies are made once per distinct filter, and only the req_id differs."""
-        first = groups[0].revision
+        first = events[0][0]
         told = self.told
         for flt, watchers in list(self.synced.items()):
             key, end, prev_kv = flt
-            shared = self._chunks(groups, key, end, prev_kv)
+            shared = self._chunks(select(events, key, end, 0, prev_kv)[0], prev_kv)
             for watcher in list(watchers):
                 if watcher.next <= first:
                     chunks = shared
                 else:  # started ahead of this node (it resumed here from a faster one)
-                    chunks = self._chunks([g for g in groups if g.revision >= watcher.next],
-                                          key, end, prev_kv)
+                    chunks = self._chunks(select(events, key, end, watcher.next, prev_kv)[0],
+                                          prev_kv)
                 if chunks and not watcher.conn.closed:
                     watcher.next = max(watcher.next, told + 1)
                     self._send(watcher, chunks, upto, leader)
@@ -160,7 +160,7 @@ class Watches:
                 self._end(watcher, COMPACTED, exc.revision, leader)
                 continue
             upto = history.revision if complete else groups[-1].revision
-            chunks = self._chunks(groups, watcher.key, watcher.end, watcher.prev_kv, matched=True)
+            chunks = self._chunks(groups, watcher.prev_kv)
             if not self._send(watcher, chunks, upto, leader):
                 continue
             watcher.next = upto + 1
@@ -168,27 +168,21 @@ class Watches:
                 del self.unsynced[watcher]
                 self.synced.setdefault(watcher.filter, {})[watcher] = None
 
-    def _chunks(self, groups: list[Group], key: bytes, end: bytes | None, prev_kv: bool,
-                matched: bool = False) -> list:
-        """The "events" results for ``groups``' changes of the keys of ``(key, end)``: ``(events,
-        size, last revision)`` each, whole revisions, none over ``max_reply`` unless a revision
-        alone is (then its size says so). ``matched``: the groups hold only such changes."""
+    def _chunks(self, groups: list[Group], prev_kv: bool) -> list:
+        """The "events" results for ``groups`` (select's): ``(events, size, last revision)``
+        each, whole revisions, none over ``max_reply`` unless a revision alone is (then its
+        size says so)."""
         chunks: list = []
         current: list = []
         size = 0
         last = 0
         max_reply = self.max_reply
         for group in groups:
-            found = group.events if matched else [e for e in group.events
-                                                  if matches(e[1], key, end)]
-            if not found:
-                continue
-            grown = sum(event_size(e, prev_kv) for e in found)
-            if current and size + grown > max_reply:
+            if current and size + group.size > max_reply:
                 chunks.append((current, size, last))
                 current, size = [], 0
-            current.extend(encode_events((Group(group.revision, found, grown),), prev_kv))
-            size += grown
+            current.extend(encode_events((group,), prev_kv))
+            size += group.size
             last = group.revision
         if current:
             chunks.append((current, size, last))
