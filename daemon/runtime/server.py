@@ -323,6 +323,8 @@ class Server:
         status["peers"] = self.transport.reachable()
         status["cluster"] = self.config.cluster
         status["yaml_members"] = list(self.members)
+        status["watches"] = self.watches.count()
+        status["watch_events_sent"] = self.watches.delivered
         fresh = self.node.fresh
         if fresh is not None:  # deciding: not incarnation 0, not yet its new one either
             status["incarnation"] = None

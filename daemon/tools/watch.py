@@ -198,7 +198,7 @@ class Watch:
         if reply is not None and len(self._replies) >= MAX_QUEUED_REPLIES:
             self._fail(WatchCancelled(f"the application did not keep up: "
                                       f"{MAX_QUEUED_REPLIES} replies not yet taken",
-                                      self._resume_from()))
+                                      self._resume_from()), unwatch=True)
             return
         self._replies.append(reply)
         if self._arrived is not None:
@@ -232,8 +232,9 @@ class Watch:
         else:
             self._fail(OperationFailed(f"watch: {self.address}: {status}: {result}"))
 
-    def _fail(self, error: BaseException) -> None:
-        self._close_stream(unwatch=False)
+    def _fail(self, error: BaseException, unwatch: bool = False) -> None:
+        """End the iterator with ``error`` (after the events already queued)."""
+        self._close_stream(unwatch)
         self._closed = True
         self._failure = error
         self._events.append(None)
