@@ -158,3 +158,16 @@ def test_the_events_encoding_round_trips_and_bad_events_are_named():
         wire.decode_request([1, "watch", 4, 0, b"a", None, None])
     assert wire.decode_request(wire.encode_watch_request(3, 9, b"a", b"", True)) == \
         wire.Request(3, "watch", wire.WATCH_PREV_KV, 9, b"a", b"", None)
+
+
+def test_the_bench_counts_a_replys_changes_from_its_cbor_heads():
+    from fastpath import dumps
+
+    from daemon.tools.bench_watch import events_in
+
+    for req_id in (5, 500_000, 2**40):
+        for n in (0, 3, 23, 24, 300, 70_000):
+            payload = dumps([[req_id, "events", [[1, b"k", None, None]] * n, "h:1", 9]])
+            assert events_in(payload) == n
+    assert events_in(dumps([[5, "ok", 3, None, 3]])) is None
+    assert events_in(dumps([[5, "events", [], None, 3], [6, "ok", 3, None, 3]])) is None

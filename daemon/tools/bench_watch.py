@@ -3,8 +3,9 @@
 N watches of the prefix the benchmark's writers write under (every key they write), spread
 over the nodes in turn, one connection each, all read by one process with a selector (the
 watch protocol of daemon.codec.wire, spoken by hand as the writers speak theirs). It counts the
-changes delivered inside the measured interval, and the watches the servers cut off (a reader
-too slow for ``watch.max_pending_bytes``) with their reasons. The writers' commits/s, measured
+changes delivered inside the measured interval (from each reply's CBOR heads: see
+``events_in``), and the watches the servers cut off (a reader too slow for
+``watch.max_pending_bytes``) with their reasons. The writers' commits/s, measured
 as without watchers, show what the fan-out costs them.
 """
 
@@ -67,12 +68,45 @@ def watcher_process(endpoints: list[str], watchers: int, ready_by: float, measur
                 continue
             in_interval = measure_from <= time.monotonic() < stop_at
             for payload in readers[sock.fileno()].feed(data):
+                n = events_in(payload)
+                if n is not None:
+                    out["events_total"] += n
+                    if in_interval:
+                        out["events"] += n
+                    continue
                 for reply in loads(payload):
                     _count(reply, in_interval, out)
     out["cpu_seconds"] = time.process_time() - cpu_from if cpu_from is not None else 0.0
     for sock in socks:
         sock.close()
     results.put(out)
+
+
+_EVENTS_TEXT = b"\x66events"  # CBOR: a text string of 6 bytes, "events"
+_UINT_BYTES = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}  # CBOR: an integer in the next n bytes
+_COUNT_BYTES = {0x98: 1, 0x99: 2, 0x9A: 4}  # CBOR: an array of a length in the next n bytes
+
+
+def events_in(payload: bytes) -> int | None:
+    """How many changes the frame ``payload`` carries if it is one "events" reply (as the
+    server frames each: ``[[req_id, "events", [...], leader, revision]]``), read from the
+    CBOR heads without decoding the changes; None for any other frame.
+
+    Why not decode: one process reading for N watchers would measure its own decoding (a
+    watcher's client decodes its changes itself, on its own CPU)."""
+    if payload[:2] != b"\x81\x85":
+        return None
+    head = payload[2]
+    at = 3 + (0 if head < 0x18 else _UINT_BYTES.get(head, 99))
+    if payload[at:at + 7] != _EVENTS_TEXT:
+        return None
+    head = payload[at + 7]
+    if 0x80 <= head <= 0x97:
+        return head - 0x80
+    width = _COUNT_BYTES.get(head)
+    if width is None:
+        return None
+    return int.from_bytes(payload[at + 8:at + 8 + width], "big")
 
 
 def _count(reply: list, in_interval: bool, out: dict) -> None:
