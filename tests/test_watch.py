@@ -171,3 +171,20 @@ def test_the_bench_counts_a_replys_changes_from_its_cbor_heads():
             assert events_in(payload) == n
     assert events_in(dumps([[5, "ok", 3, None, 3]])) is None
     assert events_in(dumps([[5, "events", [], None, 3], [6, "ok", 3, None, 3]])) is None
+
+
+def test_a_frame_encoded_once_goes_out_as_the_reply_it_encodes_in_its_order():
+    from fastpath import FrameReader, loads
+
+    from daemon.runtime.clients import _encode_apart, _frames_apart
+
+    events = [[3, b"k", [b"v", 3, 3, 1, 0], None]]
+    for req_id in (0, 23, 24, 300, 70_000, 2**33, 2**64 - 1):
+        frame = wire.events_frame(req_id, wire.events_reply_tail(events, "h:1", 9))
+        replies = [[1, "ok", None, "h:1", 2], frame, (2, "ok", [b"big"], None, 2),
+                   [4, "ok", None, None, 3], frame]
+        payloads = FrameReader().feed(_encode_apart(_frames_apart(replies)))
+        assert [loads(p) for p in payloads] == [
+            [[1, "ok", None, "h:1", 2]], [[req_id, "events", events, "h:1", 9]],
+            [[2, "ok", [b"big"], None, 2]], [[4, "ok", None, None, 3]],
+            [[req_id, "events", events, "h:1", 9]]]

@@ -825,12 +825,17 @@ def decode_reply(obj) -> ClientReply:
 # ---------------------------------------------------------------------------------------------
 # Watches (see the module docstring).
 
+# Imported here, not at the top, so that this section stands alone.
+from fastpath import dumps  # noqa: E402
+from daemon.core.messages import EVENTS  # noqa: E402
+
 WATCH_OPS = ("watch", "unwatch")
 WATCH_PREV_KV = 1  # a "watch" request's flags: each change carries the previous record
-# The watch ops are client ops too (kept apart, so that this section stands alone).
+# The watch ops are client ops too.
 CLIENT_OPS = CLIENT_OPS + WATCH_OPS
 __all__ += ["WATCH_OPS", "WATCH_PREV_KV", "decode_events", "encode_events",
-            "encode_unwatch_request", "encode_watch_request"]
+            "encode_unwatch_request", "encode_watch_request", "events_frame",
+            "events_reply_tail"]
 
 
 def encode_watch_request(req_id: int, start_revision: int, key: bytes, range_end: bytes | None,
@@ -904,3 +909,26 @@ def decode_events(obj) -> list[tuple]:
                     _record_fields(event[3], f"{where}.prev")))
         last = revision
     return out
+
+
+def events_reply_tail(events: list, leader: str | None, revision: int) -> bytes:
+    """The CBOR of the reply ``[req_id, "events", events, leader, revision]`` after its
+    req_id: encoded once, however many watches it goes to (``events_frame`` completes it)."""
+    return dumps([EVENTS, events, leader, revision])[1:]  # [1:]: not the 4-item array head
+
+
+def events_frame(req_id: int, tail: bytes) -> bytes:
+    """The whole frame (length and payload) of a server frame holding one reply: the
+    "events" reply of ``tail`` (``events_reply_tail``) under ``req_id``."""
+    payload = b"\x81\x85" + _cbor_uint(req_id) + tail  # an array of 1 reply of 5 items
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _cbor_uint(n: int) -> bytes:
+    """An unsigned integer (at most U64_MAX) as CBOR encodes it, in the shortest form."""
+    if n < 24:
+        return bytes((n,))
+    for head, width in ((0x18, 1), (0x19, 2), (0x1A, 4), (0x1B, 8)):
+        if n < 1 << (8 * width):
+            return bytes((head,)) + n.to_bytes(width, "big")
+    raise ValueError(f"{n} is above U64_MAX")

@@ -10,7 +10,8 @@ answered (the reader waits), and the port at most ``limits.max_clients`` connect
 are refused and the refusal logged, once per reason and host per REFUSAL_LOG_INTERVAL). The
 writer sends every reply queued since its last write in one ``send_all``, in frames of at most
 MAX_REPLIES_PER_FRAME replies; a range reply (up to ``max_frame_bytes / 2``, queued with
-``push_alone``) goes in a frame of its own, so no frame outgrows the limit.
+``push_alone``) goes in a frame of its own, so no frame outgrows the limit; a watch's changes
+come encoded as a frame already (``push_frame``).
 
 With ``client_tls`` the TLS handshake comes first, within CLIENT_HANDSHAKE_TIMEOUT. A client
 that breaks the protocol is logged and disconnected; one that half-closes gets its pending
@@ -67,6 +68,13 @@ class ClientConnection:
 
     def push_alone(self, reply: list) -> None:
         self.replies.append(tuple(reply))
+        self.alone += 1
+        self.has_replies.set()
+
+    def push_frame(self, frame: bytes) -> None:
+        """Queue one reply already encoded as a whole frame (a watch's changes, encoded once
+        for every watch they go to: daemon.runtime.watches)."""
+        self.replies.append(frame)
         self.alone += 1
         self.has_replies.set()
 
@@ -235,7 +243,7 @@ class ClientPort:
                     continue
                 if conn.alone:
                     conn.alone = 0
-                    data = encode_frames(_frames_apart(replies))
+                    data = _encode_apart(_frames_apart(replies))
                 elif len(replies) <= MAX_REPLIES_PER_FRAME:
                     data = encode_frames((replies,))
                 else:
@@ -251,15 +259,15 @@ class ClientPort:
 
 def _frames_apart(replies: list) -> list:
     """``replies`` in frames of at most MAX_REPLIES_PER_FRAME, each ``push_alone`` reply (a
-    tuple) in a frame of its own."""
+    tuple) in a frame of its own; a ``push_frame`` reply (bytes) is a frame already."""
     frames: list = []
     run: list = []
     for reply in replies:
-        if type(reply) is tuple:
+        if type(reply) is tuple or type(reply) is bytes:
             if run:
                 frames.append(run)
                 run = []
-            frames.append([reply])
+            frames.append([reply] if type(reply) is tuple else reply)
         else:
             run.append(reply)
             if len(run) == MAX_REPLIES_PER_FRAME:
@@ -268,3 +276,21 @@ def _frames_apart(replies: list) -> list:
     if run:
         frames.append(run)
     return frames
+
+
+def _encode_apart(frames: list) -> bytes:
+    """The bytes of ``frames`` (``_frames_apart``'s): the encoded ones as they are, the others
+    encoded, as few calls as the order allows."""
+    parts: list = []
+    run: list = []
+    for frame in frames:
+        if type(frame) is bytes:
+            if run:
+                parts.append(encode_frames(run))
+                run = []
+            parts.append(frame)
+        else:
+            run.append(frame)
+    if run:
+        parts.append(encode_frames(run))
+    return parts[0] if len(parts) == 1 else b"".join(parts)

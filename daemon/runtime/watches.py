@@ -26,8 +26,8 @@ so each one adds to ``conn.outstanding`` (the reader's request accounting stays 
 
 from __future__ import annotations
 
-from daemon.codec.wire import WATCH_PREV_KV, encode_events
-from daemon.core.messages import CANCELLED, COMPACTED, ERROR, EVENTS, OK
+from daemon.codec.wire import WATCH_PREV_KV, encode_events, events_frame, events_reply_tail
+from daemon.core.messages import CANCELLED, COMPACTED, ERROR, OK
 from daemon.core.watch import Compacted, Group, WatchHistory, select
 
 __all__ = ["Watcher", "Watches"]
@@ -130,16 +130,17 @@ class Watches:
         told = self.told
         for flt, watchers in list(self.synced.items()):
             key, end, prev_kv = flt
-            shared = self._chunks(select(events, key, end, 0, prev_kv)[0], prev_kv)
+            shared = self._chunks(select(events, key, end, 0, prev_kv)[0], prev_kv, upto,
+                                  leader)
             for watcher in list(watchers):
                 if watcher.next <= first:
                     chunks = shared
                 else:  # started ahead of this node (it resumed here from a faster one)
                     chunks = self._chunks(select(events, key, end, watcher.next, prev_kv)[0],
-                                          prev_kv)
+                                          prev_kv, upto, leader)
                 if chunks and not watcher.conn.closed:
                     watcher.next = max(watcher.next, told + 1)
-                    self._send(watcher, chunks, upto, leader)
+                    self._send(watcher, chunks, leader)
 
     def _catch_up(self, leader: str | None) -> None:
         """Send each lagging watch the next part of what the history holds for it, while its
@@ -160,39 +161,42 @@ class Watches:
                 self._end(watcher, COMPACTED, exc.revision, leader)
                 continue
             upto = history.revision if complete else groups[-1].revision
-            chunks = self._chunks(groups, watcher.prev_kv)
-            if not self._send(watcher, chunks, upto, leader):
+            chunks = self._chunks(groups, watcher.prev_kv, upto, leader)
+            if not self._send(watcher, chunks, leader):
                 continue
             watcher.next = upto + 1
             if complete:
                 del self.unsynced[watcher]
                 self.synced.setdefault(watcher.filter, {})[watcher] = None
 
-    def _chunks(self, groups: list[Group], prev_kv: bool) -> list:
-        """The "events" results for ``groups`` (select's): ``(events, size, last revision)``
-        each, whole revisions, none over ``max_reply`` unless a revision alone is (then its
-        size says so)."""
-        chunks: list = []
+    def _chunks(self, groups: list[Group], prev_kv: bool, upto: int,
+                leader: str | None) -> list:
+        """The "events" replies of ``groups`` (select's), the last naming revision ``upto``:
+        ``(tail, size, revision, count)`` each (tail: wire.events_reply_tail's, encoded once for
+        every watch that gets it), whole revisions, none over ``max_reply`` unless a revision
+        alone is (then its size says so)."""
+        replies: list = []
         current: list = []
         size = 0
         last = 0
         max_reply = self.max_reply
         for group in groups:
             if current and size + group.size > max_reply:
-                chunks.append((current, size, last))
+                replies.append((events_reply_tail(current, leader, last), size, last,
+                                len(current)))
                 current, size = [], 0
             current.extend(encode_events((group,), prev_kv))
             size += group.size
             last = group.revision
         if current:
-            chunks.append((current, size, last))
-        return chunks
+            replies.append((events_reply_tail(current, leader, upto), size, last, len(current)))
+        return replies
 
-    def _send(self, watcher: Watcher, chunks: list, upto: int, leader: str | None) -> bool:
-        """Queue ``chunks`` for ``watcher`` (the last reply names ``upto``); False if the
-        watch was cut off instead (too slow, or a revision too large for a reply)."""
+    def _send(self, watcher: Watcher, replies: list, leader: str | None) -> bool:
+        """Queue ``replies`` (``_chunks``') for ``watcher``; False if the watch was cut off
+        instead (too slow, or a revision too large for a reply)."""
         conn = watcher.conn
-        for i, (events, size, last) in enumerate(chunks):
+        for i, (tail, size, last, count) in enumerate(replies):
             if size > self.max_reply:
                 self._end(watcher, CANCELLED, f"the changes of revision {last} take {size} "
                           f"bytes, more than a reply may ({self.max_reply}); resume from "
@@ -203,12 +207,12 @@ class Watches:
                           f"not yet read by the client, and watch.max_pending_bytes is "
                           f"{self.max_pending}; resume from revision {watcher.next}", leader)
                 return False
-            revision = upto if i == len(chunks) - 1 else last
-            conn.push_alone([watcher.req_id, EVENTS, events, leader, revision])
+            conn.push_frame(events_frame(watcher.req_id, tail))
             conn.outstanding += 1
             conn.watch_bytes += size
-            self.delivered += len(events)
-            watcher.next = revision + 1
+            self.delivered += count
+            if i < len(replies) - 1:
+                watcher.next = last + 1
         return True
 
     # -- ending watches ----------------------------------------------------------------------
