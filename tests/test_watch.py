@@ -188,3 +188,69 @@ def test_a_frame_encoded_once_goes_out_as_the_reply_it_encodes_in_its_order():
             [[1, "ok", None, "h:1", 2]], [[req_id, "events", events, "h:1", 9]],
             [[2, "ok", [b"big"], None, 2]], [[4, "ok", None, None, 3]],
             [[req_id, "events", events, "h:1", 9]]]
+
+
+class FakeConn:
+    """What daemon.runtime.watches uses of a client connection; ``taken()`` plays its writer."""
+
+    def __init__(self) -> None:
+        self.replies: list = []
+        self.closed = False
+        self.outstanding = 0
+        self.watch_bytes = 0
+
+    def push(self, reply: list) -> None:
+        self.replies.append(reply)
+
+    def push_frame(self, frame: bytes) -> None:
+        from fastpath import FrameReader, loads
+
+        [payload] = FrameReader().feed(frame)
+        self.replies.append(loads(payload)[0])
+
+    def taken(self) -> list:
+        replies, self.replies, self.watch_bytes = self.replies, [], 0
+        return replies
+
+
+def test_a_watch_behind_a_replaced_store_ends_compacted_at_its_revision():
+    from daemon.runtime.config import WatchSettings
+    from daemon.runtime.watches import Watches
+
+    kv = KVStore()
+    watches = Watches(kv, WatchSettings(), 1 << 20)
+    conn = FakeConn()
+    watches.request(conn, wire.Request(1, "watch", 0, 0, b"a", None, None), None)
+    kv.apply_batch((put(b"a", b"1"),))
+    watches.deliver(kv, None)
+    assert conn.taken() == [[1, "ok", 0, None, 0],
+                            [1, "events", [[1, b"a", [b"1", 1, 1, 1, 0], None]], None, 1]]
+    newer = KVStore.from_image(kv.image())
+    newer.apply_batch((put(b"a", b"2"), put(b"b", b"3")))  # the leader's, as a snapshot
+    watches.deliver(KVStore.from_image(newer.image()), None)
+    assert conn.taken() == [[1, "compacted", 3, None, 1]] and watches.count() == 0
+
+
+def test_a_watch_from_the_history_catches_up_a_part_at_a_time_then_follows():
+    from daemon.runtime.config import WatchSettings
+    from daemon.runtime.watches import Watches
+
+    kv = KVStore()
+    watches = Watches(kv, WatchSettings(max_pending_bytes=1000), 1 << 20)
+    kv.apply_batch(tuple(put(b"k%d" % i, bytes(100)) for i in range(20)))
+    watches.deliver(kv, None)
+    conn = FakeConn()
+    watches.request(conn, wire.Request(1, "watch", 0, 5, b"k", b"l", None), None)
+    assert conn.taken() == [[1, "ok", 4, None, 4]]
+    seen = []
+    for _ in range(20):  # each round: what half the pending bound lets through
+        watches.deliver(kv, None)
+        replies = conn.taken()
+        assert all(r[1] == "events" for r in replies) and len(replies) <= 1
+        seen += [e[0] for r in replies for e in r[2]]
+        if seen and seen[-1] == 20:
+            break
+    assert seen == list(range(5, 21))
+    kv.apply_batch((put(b"k1", b"x"), put(b"z", b"not watched")))
+    watches.deliver(kv, None)
+    assert [(r[1], [e[0] for e in r[2]], r[4]) for r in conn.taken()] == [("events", [21], 22)]
