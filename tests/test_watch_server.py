@@ -15,7 +15,7 @@ from daemon.runtime.server import serve
 from daemon.tools import txn
 from daemon.tools.client import Client, KeyValue
 from daemon.tools.watch import WatchCancelled, WatchCompacted
-from tests.test_server import TEST_TIMEOUT, Cluster, RawClient, write_config
+from tests.test_server import TEST_TIMEOUT, Cluster, write_config
 
 BIG_VALUE = 200 * 1024
 

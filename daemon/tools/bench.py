@@ -16,6 +16,10 @@ latency percentiles count the commands whose reply arrives inside the measured i
 ``--warmup``, for ``--duration`` seconds). Percentiles are nearest-rank: p99 is the smallest
 latency that at least 99% of the commands did not exceed. CPU time is counted over the measured
 interval only, for every process: the nodes (local cluster) and the clients.
+
+``--watchers N`` adds N watches of every key the writers write, spread over the nodes and read
+by a process of their own (daemon.tools.bench_watch): the report adds the changes delivered
+per second, and the watches the servers cut off as too slow, if any.
 """
 
 from __future__ import annotations
