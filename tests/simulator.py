@@ -67,6 +67,7 @@ from tests.sim_bugs import BUGS
 from tests.sim_disk import DiskFailure, NodeStorage
 from tests.sim_leases import LeaseLoad, LeaseWatch
 from tests.sim_reads import ReadCheck, ReadSeen
+from tests.sim_watch import WatchCheck
 from tests.sim_invariants import OPTIONAL_CHECKS, Checker, Violation
 
 ELECTION = (0.150, 0.300)
@@ -408,6 +409,7 @@ class ClientLoad(LeaseLoad):
         if result.ok is False:
             raise Violation(f"history is not linearizable: {result.info}")
         self.read_check.check(self.checker.chosen)
+        self.watch_check.check(self.checker.chosen)
 
     def _session_expired(self, cid: int, op: ClientOp, horizon: int) -> None:
         """The write's session was evicted, and the write refused: as the client library does,
@@ -450,6 +452,7 @@ class Simulation(ClientLoad):
         self.checker = Checker(skip_checks)
         self.read_check = ReadCheck()
         self.lease_watch = LeaseWatch()
+        self.watch_check = WatchCheck()
         self.node_class = self.checker.node_class(BUGS[bug] if bug else Node)
         self.verbose = verbose
         self.now = 0.0
@@ -497,6 +500,7 @@ class Simulation(ClientLoad):
                                    sim.member_incarnation)
         sim.checked_commit = min(sim.checked_commit, sim.node.commit_index)
         self.checker.booted(sim)
+        self.watch_check.booted(sim, self.configs[sim.id].max_sessions)
         # What recovery found is durable, if a crash happened to keep more than was synced.
         sim.storage.durable_promise = max(sim.storage.durable_promise, durable.promised)
         self._schedule(TICK * self.rng.random(), "tick", (sim.id, sim.incarnation))
@@ -552,6 +556,7 @@ class Simulation(ClientLoad):
                 self._start_write(sim)
             for reply in handoff.replies:
                 self._reply(sim.id, reply)
+        self.watch_check.drain(sim)
         if node.commit_index != sim.checked_commit or node.promised != sim.promised:
             self.checker.node_state(sim)
 

@@ -19,7 +19,7 @@ ALLOWED = {layer: set(LAYERS[: i + 1]) for i, layer in enumerate(LAYERS)}
 # What the IO-free core may import from outside the project: no sockets, files, threads,
 # processes, clocks or event loops.
 CORE_STDLIB = {"__future__", "collections", "dataclasses", "typing", "bisect", "heapq",
-               "itertools", "enum", "math", "functools", "hashlib",
+               "itertools", "enum", "math", "functools", "hashlib", "operator",
                "sortedcontainers"}  # pure in-memory sorted containers: the store's key index
 
 

@@ -56,6 +56,18 @@ when unknown) and revision the store revision the answer reflects (a write: the 
 was applied at; a read: the one it was read at; otherwise the node's applied revision when it
 answered; see daemon.core.kv). A server before revisions sent 4 items: ``decode_reply`` takes
 both (revision None), and such a server refuses "range" as an unknown op.
+
+Watches (daemon.runtime.watches): ``[req_id, "watch", flags, start_revision, key, range_end,
+null]`` follows the keys a range of ``key`` and ``range_end`` names (flags WATCH_PREV_KV (1):
+each change carries the key's previous record; start_revision 0: from the next revision). Its
+replies, all under its req_id: "ok" (result: the revision it starts after), then "events"
+(result: the changes of one or more whole revisions, in revision order, each
+``[revision, key, record or null (deleted), previous record or null]``, a record
+``[value, create_revision, mod_revision, version, lease]``; the reply's revision: the one up to
+which the watch has seen every change), until "compacted" (result: the revision the history is
+compacted at) or "cancelled" (result: why; the reply's revision: the last one the watch saw).
+``[req_id, "unwatch", watch_req_id, 0, b"", null, null]`` ends the watch ``watch_req_id`` of the
+same connection ("ok"; the watch itself ends with "cancelled").
 """
 
 from __future__ import annotations
@@ -664,6 +676,8 @@ def _decode_request_slowly(obj) -> Request:
             return _decode_txn_request(req_id, client_id, seq, key, arg1, arg2)
         if op in LEASE_WRITES or op in LEASE_READS:
             return _decode_lease_request(req_id, op, client_id, seq, key, arg1, arg2)
+        if op in WATCH_OPS:
+            return _decode_watch_request(req_id, op, client_id, seq, key, arg1, arg2)
         if op == "member_add":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
@@ -853,3 +867,115 @@ def decode_reply(obj) -> ClientReply:
     if leader is not None and type(leader) is not str:
         raise _fail("reply.leader", "a client address or null", leader)
     return ClientReply(req_id, status, result, leader, revision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Watches (see the module docstring).
+
+# Imported here, not at the top, so that this section stands alone.
+from fastpath import dumps  # noqa: E402
+from daemon.core.messages import EVENTS  # noqa: E402
+
+WATCH_OPS = ("watch", "unwatch")
+WATCH_PREV_KV = 1  # a "watch" request's flags: each change carries the previous record
+# The watch ops are client ops too.
+CLIENT_OPS = CLIENT_OPS + WATCH_OPS
+__all__ += ["WATCH_OPS", "WATCH_PREV_KV", "decode_events", "encode_events",
+            "encode_unwatch_request", "encode_watch_request", "events_frame",
+            "events_reply_tail"]
+
+
+def encode_watch_request(req_id: int, start_revision: int, key: bytes, range_end: bytes | None,
+                         prev_kv: bool) -> list:
+    """A "watch" request: the keys of ``key`` and ``range_end`` (as a range's) from revision
+    ``start_revision`` on (0: from the next one)."""
+    return [req_id, "watch", WATCH_PREV_KV if prev_kv else 0, start_revision, key, range_end,
+            None]
+
+
+def encode_unwatch_request(req_id: int, watch_req_id: int) -> list:
+    return [req_id, "unwatch", watch_req_id, 0, b"", None, None]
+
+
+def _decode_watch_request(req_id, op, arg, start, key, end, arg2) -> Request:
+    if op == "unwatch":
+        _uint(arg, 0, U64_MAX, "request.client_id (the req_id of the watch to end)")
+        if start != 0 or key != b"" or end is not None or arg2 is not None:
+            raise _fail("request", "[req_id, 'unwatch', watch_req_id, 0, b'', null, null]",
+                        [start, key, end, arg2])
+        return Request(req_id, op, arg, 0, b"", None, None)
+    _uint(arg, 0, WATCH_PREV_KV, "request.client_id (a watch's flags: 1 previous records)")
+    _uint(start, 0, U64_MAX, "request.seq (the revision a watch starts at, 0: the next one)")
+    if type(key) is not bytes:
+        raise _fail("request.key (the watch's first key)", "bytes", key)
+    if end is not None and type(end) is not bytes:
+        raise _fail("request.arg1 (the watch's range end)", "bytes or null", end)
+    if arg2 is not None:
+        raise _fail("request.arg2", "null for watch", arg2)
+    return Request(req_id, op, arg, start, key, end, None)
+
+
+def encode_events(groups, prev_kv: bool) -> list:
+    """The "events" result of ``groups`` (daemon.core.watch.Group, in revision order)."""
+    out = []
+    for group in groups:
+        for revision, key, record, prev in group.events:
+            out.append([revision, key, None if record is None else record.astuple(),
+                        prev.astuple() if prev_kv and prev is not None else None])
+    return out
+
+
+def _record_fields(value, where: str) -> tuple | None:
+    if value is None:
+        return None
+    if not _is_array(value) or len(value) != 5 or type(value[0]) is not bytes:
+        raise _fail(where, "null or [value, create_revision, mod_revision, version, lease]",
+                    value)
+    for name, n in zip(("create_revision", "mod_revision", "version", "lease"), value[1:]):
+        _uint(n, 0, U64_MAX, f"{where}.{name}")
+    return tuple(value)
+
+
+def decode_events(obj) -> list[tuple]:
+    """An "events" reply's result, checked: a list of ``(revision, key, record or None,
+    previous record or None)``, records as 5-tuples, revisions not decreasing."""
+    if not _is_array(obj):
+        raise _fail("events", "an array of [revision, key, record, prev]", obj)
+    out = []
+    last = 0
+    for i, event in enumerate(obj):
+        where = f"events[{i}]"
+        if not _is_array(event) or len(event) != 4:
+            raise _fail(where, "[revision, key, record or null, prev or null]", event)
+        revision = _uint(event[0], 1, U64_MAX, f"{where}.revision")
+        if revision < last:
+            raise WireError(f"{where}.revision: {revision} after {last} (out of order)")
+        if type(event[1]) is not bytes:
+            raise _fail(f"{where}.key", "bytes", event[1])
+        out.append((revision, event[1], _record_fields(event[2], f"{where}.record"),
+                    _record_fields(event[3], f"{where}.prev")))
+        last = revision
+    return out
+
+
+def events_reply_tail(events: list, leader: str | None, revision: int) -> bytes:
+    """The CBOR of the reply ``[req_id, "events", events, leader, revision]`` after its
+    req_id: encoded once, however many watches it goes to (``events_frame`` completes it)."""
+    return dumps([EVENTS, events, leader, revision])[1:]  # [1:]: not the 4-item array head
+
+
+def events_frame(req_id: int, tail: bytes) -> bytes:
+    """The whole frame (length and payload) of a server frame holding one reply: the
+    "events" reply of ``tail`` (``events_reply_tail``) under ``req_id``."""
+    payload = b"\x81\x85" + _cbor_uint(req_id) + tail  # an array of 1 reply of 5 items
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _cbor_uint(n: int) -> bytes:
+    """An unsigned integer (at most U64_MAX) as CBOR encodes it, in the shortest form."""
+    if n < 24:
+        return bytes((n,))
+    for head, width in ((0x18, 1), (0x19, 2), (0x1A, 4), (0x1B, 8)):
+        if n < 1 << (8 * width):
+            return bytes((head,)) + n.to_bytes(width, "big")
+    raise ValueError(f"{n} is above U64_MAX")

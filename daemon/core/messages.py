@@ -67,7 +67,14 @@ ERROR = "error"  # the command cannot be carried out as given; ``result`` says w
 # The command's session was evicted (or the seq is from before the last eviction): it was not
 # applied; ``result`` is the eviction horizon, above which a session may start again.
 SESSION_EXPIRED = "session_expired"
-REPLY_STATUSES = (OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR)
+# A watch's stream (daemon.runtime.watches): a watch's changes of one or more whole revisions;
+# the changes asked for are no longer all held (``result``: the revision it is compacted at);
+# the watch ended (``result``: why).
+EVENTS = "events"
+COMPACTED = "compacted"
+CANCELLED = "cancelled"
+REPLY_STATUSES = (OK, NOT_LEADER, STALE, SESSION_EXPIRED, BUSY, ERROR, EVENTS, COMPACTED,
+                  CANCELLED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ answered (the reader waits), and the port at most ``limits.max_clients`` connect
 are refused and the refusal logged, once per reason and host per REFUSAL_LOG_INTERVAL). The
 writer sends every reply queued since its last write in one ``send_all``, in frames of at most
 MAX_REPLIES_PER_FRAME replies; a range reply (up to ``max_frame_bytes / 2``, queued with
-``push_alone``) goes in a frame of its own, so no frame outgrows the limit.
+``push_alone``) goes in a frame of its own, so no frame outgrows the limit; a watch's changes
+come encoded as a frame already (``push_frame``).
 
 With ``client_tls`` the TLS handshake comes first, within CLIENT_HANDSHAKE_TIMEOUT. A client
 that breaks the protocol is logged and disconnected; one that half-closes gets its pending
@@ -51,7 +52,7 @@ class ClientConnection:
     that must have a frame of its own (a tuple, so the writer tells it apart)."""
 
     __slots__ = ("stream", "replies", "outstanding", "closed", "has_replies", "progress",
-                 "alone")
+                 "alone", "watch_bytes")
 
     def __init__(self, stream) -> None:
         self.stream = stream
@@ -61,6 +62,7 @@ class ClientConnection:
         self.has_replies = trio.Event()
         self.progress = trio.Event()
         self.alone = 0  # replies queued with push_alone
+        self.watch_bytes = 0  # bytes of watch changes queued since the writer last took them
 
     def push(self, reply: list) -> None:
         self.replies.append(reply)
@@ -71,13 +73,21 @@ class ClientConnection:
         self.alone += 1
         self.has_replies.set()
 
+    def push_frame(self, frame: bytes) -> None:
+        """Queue one reply already encoded as a whole frame (a watch's changes, encoded once
+        for every watch they go to: daemon.runtime.watches)."""
+        self.replies.append(frame)
+        self.alone += 1
+        self.has_replies.set()
+
 
 class ClientPort:
     """The client listener of node ``node_id`` and its connections.
 
     ``submit(work)`` is awaited with each list of ``(is_read, tag, command tuple | key)``;
     ``transfer(tag, node_id)`` and ``change_members(tag, ("add", id, peer, client) |
-    ("remove", id))`` with those requests; ``status()`` gives the map a "status" request
+    ("remove", id))`` with those requests; ``watch(conn, request)`` with "watch" and "unwatch";
+    ``status()`` gives the map a "status" request
     answers; ``leader()`` the leader's client address (or None). Run with
     ``nursery.start(run)``: started once the listener is bound.
     """
@@ -86,7 +96,8 @@ class ClientPort:
                  submit: Callable[[list], Awaitable[None]],
                  transfer: Callable[[tuple, int], Awaitable[None]],
                  change_members: Callable[[tuple, tuple], Awaitable[None]],
-                 status: Callable[[], dict], leader: Callable[[], str | None]) -> None:
+                 status: Callable[[], dict], leader: Callable[[], str | None],
+                 watch: Callable[[tuple, wire.Request], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.id = node_id
         self.log = log
@@ -98,6 +109,7 @@ class ClientPort:
         self._change_members = change_members
         self._status = status
         self._leader = leader
+        self._watch = watch  # "watch" and "unwatch" requests (daemon.runtime.watches)
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
         # A shorter TTL is raised to this: a lease must outlive a failover (daemon.core.leases).
         self.min_ttl = min_ttl(config.timing.election_timeout_s)
@@ -211,6 +223,11 @@ class ClientPort:
                                              req.arg1.decode()))
         elif op == "member_remove":
             await self._change_members(tag, ("remove", req.client_id))
+        elif op in wire.WATCH_OPS:
+            if self._watch is None:
+                conn.push([req.req_id, ERROR, "this port serves no watches", self._leader(), None])
+            else:
+                await self._watch(conn, req)
         elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
             work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
         elif op in wire.LEASE_READS:  # the leader's clock answers, after a read-index round
@@ -231,11 +248,12 @@ class ClientPort:
                     await conn.has_replies.wait()
                 conn.has_replies = trio.Event()
                 replies, conn.replies = conn.replies, []
+                conn.watch_bytes = 0
                 if not replies:
                     continue
                 if conn.alone:
                     conn.alone = 0
-                    data = encode_frames(_frames_apart(replies))
+                    data = _encode_apart(_frames_apart(replies))
                 elif len(replies) <= MAX_REPLIES_PER_FRAME:
                     data = encode_frames((replies,))
                 else:
@@ -251,15 +269,15 @@ class ClientPort:
 
 def _frames_apart(replies: list) -> list:
     """``replies`` in frames of at most MAX_REPLIES_PER_FRAME, each ``push_alone`` reply (a
-    tuple) in a frame of its own."""
+    tuple) in a frame of its own; a ``push_frame`` reply (bytes) is a frame already."""
     frames: list = []
     run: list = []
     for reply in replies:
-        if type(reply) is tuple:
+        if type(reply) is tuple or type(reply) is bytes:
             if run:
                 frames.append(run)
                 run = []
-            frames.append([reply])
+            frames.append([reply] if type(reply) is tuple else reply)
         else:
             run.append(reply)
             if len(run) == MAX_REPLIES_PER_FRAME:
@@ -268,3 +286,21 @@ def _frames_apart(replies: list) -> list:
     if run:
         frames.append(run)
     return frames
+
+
+def _encode_apart(frames: list) -> bytes:
+    """The bytes of ``frames`` (``_frames_apart``'s): the encoded ones as they are, the others
+    encoded, as few calls as the order allows."""
+    parts: list = []
+    run: list = []
+    for frame in frames:
+        if type(frame) is bytes:
+            if run:
+                parts.append(encode_frames(run))
+                run = []
+            parts.append(frame)
+        else:
+            run.append(frame)
+    if run:
+        parts.append(encode_frames(run))
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -41,6 +41,7 @@ __all__ = [
     "StorageSettings",
     "TLSFiles",
     "Timing",
+    "WatchSettings",
     "describe",
     "load_config",
     "parse_address",
@@ -154,6 +155,17 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """Watches (daemon.runtime.watches): the history kept for watches that resume, bounded in
+    revisions and in bytes of changes, and the bytes of changes queued for one client
+    connection and not yet written before its watch is cut off as too slow."""
+
+    history_revisions: int = 100_000
+    history_bytes: int = 64 * 1024 * 1024
+    max_pending_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Metrics:
     """The Prometheus endpoint of every member that names none of its own; None: no metrics
     (unless the member sets ``members.N.metrics``)."""
@@ -196,6 +208,7 @@ class Config:
     batching: Batching = Batching()
     storage: StorageSettings = StorageSettings()
     limits: Limits = Limits()
+    watch: WatchSettings = WatchSettings()
     metrics: Metrics = Metrics()
     auth: Auth = Auth()
     tls: TLSFiles | None = None
@@ -367,11 +380,12 @@ def _sections(p: _Parser, doc: dict, base: Path, members: tuple[Member, ...]) ->
             f"must be at most half of limits.max_frame_bytes ({limits.max_frame_bytes // 2}) "
             f"so that a batch fits in one frame with room to spare, got {batching.max_batch_bytes}",
         )
+    watch = p.section(doc, "watch", WatchSettings, _WATCH_CHECKS)
     metrics = p.section(doc, "metrics", Metrics, _METRICS_CHECKS)
     if metrics.address is not None:
         p.check_unused("metrics.address", metrics.address, members)
     auth = p.section(doc, "auth", Auth, {"secret_file": _optional_path(base)})
-    return dict(timing=timing, batching=batching, storage=storage, limits=limits,
+    return dict(timing=timing, batching=batching, storage=storage, limits=limits, watch=watch,
                 metrics=metrics, auth=auth, tls=p.tls(doc, "tls", base, ca_required=True),
                 client_tls=p.tls(doc, "client_tls", base, ca_required=False))
 
@@ -465,6 +479,11 @@ _LIMITS_CHECKS = {
     "max_frame_bytes": _int_in(MIN_FRAME_BYTES, MAX_FRAME_BYTES, "bytes"),
     "max_pending_commands": _int_in(1, None, "commands"),
     "max_clients": _int_in(1, None, "connections"),
+}
+_WATCH_CHECKS = {
+    "history_revisions": _int_in(1, None, "revisions"),
+    "history_bytes": _int_in(1, None, "bytes"),
+    "max_pending_bytes": _int_in(1, None, "bytes"),
 }
 _METRICS_CHECKS = {"address": _optional_address}
 
@@ -724,7 +743,7 @@ def describe(config: Config) -> str:
             lines.append("    join: true  # not an initial member")
     node_dir = f"  # this node: {config.node_dir()}" if config.node_id is not None else ""
     lines.append(f"data_dir: {_scalar(str(config.data_dir))}{node_dir}")
-    for section in ("timing", "batching", "storage", "limits", "metrics", "auth", "tls",
+    for section in ("timing", "batching", "storage", "limits", "watch", "metrics", "auth", "tls",
                     "client_tls"):
         settings = getattr(config, section)
         if settings is None:

@@ -54,6 +54,8 @@ from daemon.core.kv import RangeResult, decode_image, encode_image
 from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
 from daemon.runtime.transport import Transport
+from daemon.runtime.watches import Watches
+from daemon.core.reads import RANGE_REPLY_MARGIN
 
 __all__ = ["Server", "core_config", "main", "run", "sd_notify", "serve", "watchdog_interval"]
 
@@ -70,6 +72,7 @@ EV_TICK = 2
 EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
 EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
 EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
+EV_WATCH = 6  # payload: (connection, a "watch" or "unwatch" wire.Request)
 JOIN_HELP = ("join a running cluster: with an empty data directory, start under a new "
              "incarnation (a new member, or a member whose data was lost); ignored when the "
              "data directory holds state")
@@ -167,7 +170,9 @@ class Server:
             config, self.id, self.log, submit=lambda work: send((EV_CLIENT, work)),
             transfer=lambda tag, target: send((EV_TRANSFER, (tag, target))),
             change_members=lambda tag, change: send((EV_MEMBER, (tag, change))),
-            status=self.status, leader=lambda: self.client_address.get(self.node.leader_id))
+            status=self.status, leader=lambda: self.client_address.get(self.node.leader_id),
+            watch=lambda conn, req: send((EV_WATCH, (conn, req))))
+        self.watches: Watches | None = None  # once the node exists
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
         self._role = None
@@ -222,6 +227,8 @@ class Server:
             # at once decides in one round trip.
             self._deciding_logged = trio.current_time() - DECIDING_LOG_INTERVAL + 2.0
             self._membership_changed()
+            self.watches = Watches(self.node.kv, config.watch,
+                                   core_config(config).max_message_bytes - RANGE_REPLY_MARGIN)
             self._role, self._leader = self.node.role, self.node.leader_id
             self._counted_commit = self.node.commit_index
             self._counted_kv, self._counted_applied = self.node.kv, self.node.kv.applied_commands
@@ -316,6 +323,8 @@ class Server:
         status["peers"] = self.transport.reachable()
         status["cluster"] = self.config.cluster
         status["yaml_members"] = list(self.members)
+        status["watches"] = self.watches.count()
+        status["watch_events_sent"] = self.watches.delivered
         fresh = self.node.fresh
         if fresh is not None:  # deciding: not incarnation 0, not yet its new one either
             status["incarnation"] = None
@@ -373,9 +382,12 @@ class Server:
                     node.transfer_leadership(payload[0], payload[1], now)
                 elif kind == EV_MEMBER:
                     node.change_members(payload[0], payload[1], now)
+                elif kind == EV_WATCH:
+                    self.watches.request(payload[0], payload[1], self._leader_address())
                 elif kind == EV_TICK:
                     self._tick_pending = False
                     node.tick(now)
+                    self.watches.forget_closed()
                     if node.fresh is not None:
                         self._log_deciding(now)
                     if self._watchdog is not None and now >= self._next_watchdog:
@@ -389,10 +401,14 @@ class Server:
             if node.membership.version != self._config_version:
                 self._membership_changed()  # before anything is sent to a new member
             self._carry_out(node.ready())
+            self.watches.deliver(node.kv, self._leader_address())
             if node.role != self._role or node.leader_id != self._leader:
                 self._leadership_changed()
             if node.commit_index != self._counted_commit:
                 self._count_progress()
+
+    def _leader_address(self) -> str | None:
+        return self.client_address.get(self.node.leader_id)
 
     def _carry_out(self, ready) -> None:
         """Carry out one ``Ready`` in the contract's order, through the durability gate."""

@@ -16,6 +16,10 @@ latency percentiles count the commands whose reply arrives inside the measured i
 ``--warmup``, for ``--duration`` seconds). Percentiles are nearest-rank: p99 is the smallest
 latency that at least 99% of the commands did not exceed. CPU time is counted over the measured
 interval only, for every process: the nodes (local cluster) and the clients.
+
+``--watchers N`` adds N watches of every key the writers write, spread over the nodes and read
+by a process of their own (daemon.tools.bench_watch): the report adds the changes delivered
+per second, and the watches the servers cut off as too slow, if any.
 """
 
 from __future__ import annotations
@@ -463,8 +467,10 @@ def run(args) -> int:
     settings = {
         "clients": args.clients, "in_flight": args.in_flight, "value_size": args.value_size,
         "duration_s": args.duration, "warmup_s": args.warmup, "read_ratio": args.read_ratio,
+        "watchers": args.watchers,
     }
     watch = None
+    watchers = None
     try:
         if args.config:
             from daemon.runtime.config import load_config
@@ -498,24 +504,48 @@ def run(args) -> int:
             i, [leader] + [e for e in endpoints if e != leader], args.in_flight, args.value_size,
             args.read_ratio, args.warmup, args.duration, start_at, results, progress))
             for i in range(args.clients)]
+        if args.watchers:  # before the writers: the watches are open when the load begins
+            watchers = _start_watchers(ctx, endpoints, args, start_at)
         for w in workers:
             w.start()
         marks = _watch(progress, watch, cluster, start_at, args.warmup, args.duration, args.quiet)
         outputs = [results.get(timeout=args.duration + args.warmup + 120) for _ in workers]
         for w in workers:
             w.join(timeout=30)
+        if watchers is not None:
+            watchers = _watchers_result(*watchers, args)
     finally:
         if watch is not None:
             watch.close()
         if cluster is not None:
             cluster.stop()
     report = _report(outputs, settings, marks, watch.samples, args)
+    if watchers is not None:
+        report["watch"] = watchers
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         _plot(report, outputs, args.plot)
     return 0 if report["commits"] else 1
+
+
+def _start_watchers(ctx, endpoints: list[str], args, start_at: float) -> tuple:
+    """The process of ``--watchers`` (daemon.tools.bench_watch), started; and its queue."""
+    from daemon.tools.bench_watch import watcher_process
+
+    results = ctx.Queue()
+    measure_from = start_at + args.warmup
+    process = ctx.Process(target=watcher_process, args=(
+        endpoints, args.watchers, start_at, measure_from, measure_from + args.duration, results))
+    process.start()
+    return process, results
+
+
+def _watchers_result(process, results, args) -> dict:
+    out = results.get(timeout=args.duration + args.warmup + 120)
+    process.join(timeout=30)
+    return out
 
 
 def _watch(progress, watch: _LeaderWatch, cluster, start_at: float, warmup: float,
@@ -678,6 +708,10 @@ def print_report(r: dict) -> None:
     rows.append(("cpu seconds", ", ".join(parts) + f"; total {cpu['total']:.2f}"))
     if r["cpu_us_per_commit"] is not None:
         rows.append(("cpu per command", f"{r['cpu_us_per_commit']:.1f} us (all processes)"))
+    if "watch" in r:
+        from daemon.tools.bench_watch import report_rows
+
+        rows += report_rows(r["watch"], s["duration_s"])
     if r["errors"] or r["redirects"]:
         rows.append(("errors", f"{r['errors']:,} errors, {r['redirects']} redirects"))
         for kind, n in sorted(r["error_kinds"].items(), key=lambda kv: -kv[1])[:3]:
@@ -778,6 +812,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=None,
                         help="fsync the local cluster's WAL (default: as the config file says, on)")
     parser.add_argument("--window", type=int, help="slot window of the local cluster")
+    parser.add_argument("--watchers", type=int, default=0, metavar="N",
+                        help="N watches of every key the writers write, spread over the nodes, "
+                             "read by a process of their own: reports the changes delivered "
+                             "per second (default 0: none)")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--plot", help="draw throughput and latency to this PNG (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")

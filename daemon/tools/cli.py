@@ -7,6 +7,7 @@
     paxosd lease grant TTL | keepalive ID | revoke ID | ttl ID      leases (keys that expire)
     paxosd lock NAME [-- COMMAND ...]          hold a lock (while COMMAND runs)
     paxosd txn [--json] < FILE                 compares, then and else ops, as etcdctl's txn
+    paxosd watch KEY [--prefix] [--rev R] [--prev-kv] [--json]   changes, one a line, until ^C
     paxosd status                              one row per member, like etcdctl endpoint status
     paxosd member add ID PEER CLIENT | member remove ID | member list   membership, via the log
     paxosd transfer-leader ID                  hand leadership over (for maintenance)
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     client = _client_options()
     _add_key_commands(commands, client)
     cli_leases.add_commands(commands, client)
+    _add_watch_command(commands, client)
     _add_cluster_commands(commands, client)
     _add_load_commands(commands, client)
     return parser
@@ -668,6 +670,68 @@ def _get_range(args: argparse.Namespace) -> int:
     out.writelines(line + b"\n" for line in kv_lines(found["kvs"]))
     out.flush()
     return EXIT_OK
+
+
+def _add_watch_command(commands, client: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "watch", parents=[client], help="print each change of KEY (or of the keys with the "
+        "prefix KEY) as it happens, one a line, until Ctrl-C",
+        description="Follows the changes of KEY as etcdctl watch does, from the node it is "
+                    "connected to, going on at another node from the last revision seen if "
+                    "that one goes away. Each change is a line: PUT KEY VALUE or DELETE KEY "
+                    "(with --prev-kv, the previous value follows); --json prints one JSON "
+                    "object a line: {type, revision, kv: {key, value, create_revision, "
+                    "mod_revision, version, lease}, prev_kv}. Exits 0 on Ctrl-C, 1 when the "
+                    "watch cannot go on (compacted: list again, then watch from that "
+                    "revision + 1).")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.add_argument("--rev", type=_non_negative_int, default=0, metavar="R",
+                   help="the changes from revision R on (default 0: from the next one)")
+    p.add_argument("--prev-kv", action="store_true", help="with each change, the key's "
+                   "previous value")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    show = _event_json if args.json else _event_text
+
+    async def follow(client) -> None:
+        async with client.watch(_arg_bytes(args.key), prefix=args.prefix,
+                                start_revision=args.rev, prev_kv=args.prev_kv) as events:
+            async for event in events:
+                out.write(show(event) + b"\n")
+                out.flush()
+
+    try:
+        _run_client(args, follow)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _event_text(event) -> bytes:
+    """PUT KEY VALUE or DELETE KEY, the previous value after them when the event has it."""
+    words = [event.type.upper().encode(), event.key]
+    if event.value is not None:
+        words.append(event.value)
+    if event.prev is not None:
+        words.append(event.prev.value)
+    return b" ".join(words)
+
+
+def _event_json(event) -> bytes:
+    from daemon.tools.client import KeyValue
+    from daemon.tools.txn_text import kv_json
+
+    kv = KeyValue(event.key, event.value, event.create_revision, event.mod_revision,
+                  event.version, event.lease)
+    doc = {"type": event.type.upper(), "revision": event.revision,
+           "kv": kv_json(kv) if event.type == "put" else {"key": event.key},
+           "prev_kv": None if event.prev is None else kv_json(event.prev)}
+    return json.dumps(doc, default=_json_default).encode()
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

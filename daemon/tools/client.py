@@ -275,6 +275,18 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.closed = False
         self.reason = ""
+        # req_id -> the callback of a request answered by a stream of replies (a watch,
+        # daemon.tools.watch): called with each reply, and with None when the connection is lost.
+        self.streams: dict[int, Any] = {}
+
+    def open_stream(self, req: list, on_reply) -> None:
+        """Send ``req`` and hand each reply to its req_id to ``on_reply`` (None: the connection
+        is lost), until ``streams.pop(req_id)``."""
+        if self.closed:
+            raise _ConnectionLost(f"{self.address}: {self.reason}")
+        self.streams[req[0]] = on_reply
+        self.outbox.append((req, _Waiter()))
+        self.has_work.set()
 
     async def request(self, req: list, waiter: _Waiter) -> ClientReply:
         """Send ``req`` and wait for its reply; _ConnectionLost if the connection dies first.
@@ -330,6 +342,9 @@ class _Connection:
                 waiter.error = error
                 waiter.event.set()
         self.outbox.clear()
+        streams, self.streams = self.streams, {}
+        for on_reply in streams.values():
+            on_reply(None)
 
     async def _send_loop(self) -> None:
         try:
@@ -377,6 +392,10 @@ class _Connection:
             raise _ProtocolViolation(f"expected an array of replies, got {type(replies).__name__}")
         for obj in replies:
             reply = decode_reply(obj)  # WireError naming the field for a malformed one
+            stream = self.streams.get(reply.req_id)
+            if stream is not None:
+                stream(reply)
+                continue
             waiter = self.waiting.pop(reply.req_id, None)
             if waiter is not None:  # else: a request its caller gave up on
                 waiter.reply = reply
@@ -772,6 +791,14 @@ class Client(_ClusterOps):
         from daemon.tools.txn import run_txn  # it builds on this module
         return await run_txn(self, compares, success, failure, timeout)
 
+    def watch(self, key: str | bytes, range_end: str | bytes | None = None, *,
+              prefix: bool = False, start_revision: int = 0, prev_kv: bool = False):
+        """The changes of the keys ``range`` would read for the same arguments, from revision
+        ``start_revision`` on (0: the next one), as an async iterator of daemon.tools.watch's
+        WatchEvent (use ``async with client.watch(...) as events``); see that module."""
+        from daemon.tools.watch import Watch  # it builds on this module
+        return Watch(self, _as_bytes(key, "key"), range_end, prefix, start_revision, prev_kv)
+
     async def submit(
         self,
         op: str,
@@ -1129,9 +1156,12 @@ class SyncClient:
             self._started.set()
 
     def _run(self, method: str, *args, **kwargs) -> Any:
+        return self._run_fn(functools.partial(getattr(self._client, method), *args, **kwargs))
+
+    def _run_fn(self, fn) -> Any:
+        """``await fn()`` in the client's loop."""
         if self._token is None or not self._thread.is_alive():
             raise PaxosdError("the client is closed")
-        fn = functools.partial(getattr(self._client, method), *args, **kwargs)
         try:
             return trio.from_thread.run(fn, trio_token=self._token)
         except trio.RunFinishedError:
@@ -1172,6 +1202,11 @@ class SyncClient:
 
     def status(self, endpoint=None, *, timeout=None) -> dict:
         return self._run("status", endpoint, timeout=timeout)
+
+    def watch(self, key, range_end=None, **kwargs):
+        """``Client.watch`` as a blocking iterator (daemon.tools.watch.SyncWatch)."""
+        from daemon.tools.watch import SyncWatch  # it builds on this module
+        return SyncWatch(self, self._client.watch(key, range_end, **kwargs))
 
     def cluster_status(self, *, timeout=None) -> list[dict]:
         return self._run("cluster_status", timeout=timeout)
