@@ -434,6 +434,23 @@ def test_lease_commands_and_put_with_a_lease_and_del_prefix(cluster):
     assert result.returncode == 2 and "TTL" in result.stderr
 
 
+def test_lock_runs_its_command_holding_the_lock_and_fences_writes(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    script = ("import os, sys; print(os.environ['PAXOSD_LOCK_KEY'], "
+              "os.environ['PAXOSD_LOCK_REVISION']); sys.exit(3)")
+    result = paxosd("lock", "cli/lock", *cfg, "--", sys.executable, "-c", script)
+    assert result.returncode == 3, result.stderr + out_path.read_text()
+    printed, seen = result.stdout.splitlines()
+    key, revision = seen.split()
+    assert printed == key and key.startswith("cli/lock/")
+    # The lock was released when the command ended: its token no longer fences anything.
+    result = paxosd("put", "cli/x", "1", "--fence-key", key, "--fence-revision", revision, *cfg)
+    assert result.returncode == 1 and "fenced write refused" in result.stderr
+    result = paxosd("put", "cli/x", "1", "--fence-key", key, *cfg)
+    assert result.returncode == 2 and "go together" in result.stderr
+
+
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     config, process, out_path = cluster
     result = paxosd("load", "--config", str(config), "--count", "2000", "--clients", "32",

@@ -296,7 +296,14 @@ _positive_float = _number(float, lambda v: v > 0 and not math.isinf(v),
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if argv[:1] == ["lock"] and "--" in argv:  # `lock NAME [options] -- COMMAND ...`
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1:]
     args, extra = parser.parse_known_args(argv)
+    if command is not None:
+        args.run = command
     if args.command == "bench":
         args.bench_argv = extra
     elif extra:

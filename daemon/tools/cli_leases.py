@@ -63,7 +63,8 @@ def add_commands(commands, client: argparse.ArgumentParser) -> None:
     p.add_argument("--ttl", type=_positive_int, default=10, metavar="SECONDS",
                    help="the lock's lease: how long a holder that died keeps it (default 10)")
     p.add_argument("--json", action="store_true", help="print {key, revision} as JSON")
-    p.add_argument("run", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p.add_argument("run", nargs="*", metavar="-- COMMAND ...", help="the command to run "
+                   "holding the lock (everything after --)")
     p.set_defaults(func=cmd_lock)
 
 
@@ -130,7 +131,7 @@ def cmd_lease_keepalive(args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client
-    command = args.run[1:] if args.run[:1] == ["--"] else args.run
+    command = args.run
 
     async def locked(client) -> int:
         import signal

@@ -27,9 +27,13 @@ WORK = ("import os, sys, time\n"
 
 
 def paxosd(cluster: ProcessCluster, *args: str, **kwargs) -> subprocess.Popen:
+    """``paxosd ARGS`` with the cluster's endpoints (before a ``--``: what follows is a
+    command's)."""
+    args = list(args)
+    at = args.index("--") if "--" in args else len(args)
+    args[at:at] = ["--endpoints", ",".join(cluster.endpoints), "--timeout", "30"]
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon.tools.cli", *args, "--endpoints",
-         ",".join(cluster.endpoints), "--timeout", "30"],
+        [sys.executable, "-m", "daemon.tools.cli", *args],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, **kwargs)
 
