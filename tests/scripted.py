@@ -131,3 +131,12 @@ class ScriptedCluster:
             if missing:
                 lost[i] = missing
         return lost
+
+
+def led_by_1(config: CoreConfig, ids=(1, 2, 3)) -> ScriptedCluster:
+    """A cluster of ``ids`` that node 1 leads (it stood first, every message delivered)."""
+    c = ScriptedCluster(list(ids), config)
+    c.fire(1)
+    c.settle()
+    assert c.leader().id == 1
+    return c

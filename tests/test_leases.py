@@ -21,7 +21,7 @@ from daemon.core.leases import (
 from daemon.core.messages import ERROR, OK, OP_CAS, OP_DELETE, OP_LEASE, OP_PUT
 from daemon.core.node import CoreConfig
 from daemon.core.txn import LEASE_NOT_FOUND, OP_TXN, check_txn, encode_txn
-from tests.scripted import ScriptedCluster
+from tests.scripted import led_by_1
 
 CFG = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.30), window=8)
 
@@ -138,14 +138,6 @@ def test_the_minimum_ttl_outlives_a_failover():
 # ------------------------------------------------------------------------ the leader's clock
 
 
-def led_by_1():
-    c = ScriptedCluster([1, 2, 3], CFG)
-    c.fire(1)
-    c.settle()
-    assert c.leader().id == 1
-    return c
-
-
 def grant(c, ttl, seq=1):
     c.nodes[1].submit(("grant", seq), lease(11, seq, grant_op(ttl)), c.now)
     c.settle()
@@ -167,7 +159,7 @@ def ask(c, node_id, op, lease_id):
 
 
 def test_a_lease_without_keepalives_expires_after_its_ttl_on_every_replica():
-    c = led_by_1()
+    c = led_by_1(CFG)
     lease_id = grant(c, 1)
     attach(c, lease_id, b"held", 2)
     c.advance(0.9)
@@ -178,7 +170,7 @@ def test_a_lease_without_keepalives_expires_after_its_ttl_on_every_replica():
 
 
 def test_keepalives_keep_a_lease_and_ttl_says_what_is_left():
-    c = led_by_1()
+    c = led_by_1(CFG)
     lease_id = grant(c, 1)
     attach(c, lease_id, b"held", 2)
     for _ in range(5):
@@ -197,7 +189,7 @@ def expiries(node):
 
 
 def test_a_leader_cut_off_from_the_quorum_expires_nothing():
-    c = led_by_1()
+    c = led_by_1(CFG)
     start = c.now
     lease_id = grant(c, 1)
     c.advance(0.55)
@@ -216,7 +208,7 @@ def test_a_leader_cut_off_from_the_quorum_expires_nothing():
 
 
 def test_a_new_leader_gives_every_lease_a_full_ttl_before_expiring_any():
-    c = led_by_1()
+    c = led_by_1(CFG)
     lease_id = grant(c, 2)
     c.advance(1.5)  # three quarters of the TTL gone at the old leader
     c.cut |= {(1, 2), (1, 3), (2, 1), (3, 1)}  # the leader is cut off; 2 takes over
@@ -239,7 +231,7 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_before_expiring_any():
 
 
 def test_clients_may_not_use_the_expiry_client_id():
-    c = led_by_1()
+    c = led_by_1(CFG)
     c.nodes[1].submit("forged", lease(LEASE_CLIENTS + 5, EXPIRY_SEQ, expire_op([1])), c.now)
     c.collect()
     assert [r.status for _i, r in c.replies if r.req == "forged"] == [ERROR]

@@ -7,21 +7,13 @@ import pytest
 from daemon.core.messages import OK, OP_PUT, Accept, Accepted, batch_cost, command_cost
 from daemon.core.node import CoreConfig, ProtocolError
 from daemon.core.pipeline import runs
-from tests.scripted import ScriptedCluster
+from tests.scripted import led_by_1
 
 CFG = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.30), window=4)
 
 
 def cmd(n, size=1):
     return (7, n, OP_PUT, b"k%d" % n, b"v" * size, None)
-
-
-def led_by_1(cfg=CFG, ids=(1, 2, 3)):
-    c = ScriptedCluster(list(ids), cfg)
-    c.fire(1)
-    c.settle()
-    assert c.leader().id == 1
-    return c
 
 
 def test_runs_fit_the_limit_and_a_batch_too_large_goes_alone():
@@ -33,7 +25,7 @@ def test_runs_fit_the_limit_and_a_batch_too_large_goes_alone():
 
 
 def test_a_batch_takes_every_pending_command_when_they_fit():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     leader.role = "follower"  # (keep ready() from batching while the test fills the queue)
     for n in range(1, 4):
@@ -61,7 +53,7 @@ def submitted_one_by_one(count: int):
     """A cluster led by node 1 whose leader was given ``count`` commands one at a time, its
     outputs collected after each (one batch per command: each ready() opens a slot): the
     cluster, the leader and the first slot they went to."""
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     first = leader.window.next_slot
     for n in range(1, count + 1):
@@ -80,7 +72,7 @@ def test_the_window_bounds_the_slots_in_flight():
 
 
 def test_accepts_go_to_every_member_and_heartbeats_to_the_peers_only():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     leader.submit(("put", 1), cmd(1), c.now)
     out = leader.ready()
@@ -96,7 +88,7 @@ def test_accepts_go_to_every_member_and_heartbeats_to_the_peers_only():
 def one_command_in_flight():
     """A cluster led by node 1 with one client command proposed (its Accepts collected, no
     vote counted yet): the cluster, the leader, the leader's commit index and the slot."""
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     commit = leader.commit_index
     leader.submit(("put", 1), cmd(1), c.now)
@@ -122,7 +114,7 @@ def test_votes_for_another_ballot_or_from_another_incarnation_do_not_count():
 
 
 def test_commit_never_passes_what_was_proposed():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     with pytest.raises(ProtocolError, match="proposed"):
         leader.pipeline.on_chosen(leader.window.next_slot)
@@ -139,7 +131,7 @@ def test_retransmit_resends_to_each_peer_from_its_first_unacknowledged_slot():
 
 
 def test_no_slot_is_opened_at_or_beyond_the_fence():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     membership = leader.membership
     membership.fence, membership.fence_slot = leader.window.next_slot + 1, leader.window.next_slot - 1
@@ -151,7 +143,7 @@ def test_no_slot_is_opened_at_or_beyond_the_fence():
 
 
 def test_a_caught_up_learner_is_proposed_as_a_voter():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     c.cut.add((1, 4))  # node 4 is not running in this script
     leader.change_members("add", ("add", 4, "127.0.0.1:1", "127.0.0.1:2"), c.now)

@@ -4,17 +4,9 @@ applied the read's index; reads are answered in arrival order, and refused on st
 
 from daemon.core.messages import NOT_LEADER, OK, OP_PUT, Accept, Accepted
 from daemon.core.node import CoreConfig
-from tests.scripted import ScriptedCluster
+from tests.scripted import led_by_1
 
 CFG = CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.30), window=8)
-
-
-def led_by_1():
-    c = ScriptedCluster([1, 2, 3], CFG)
-    c.fire(1)
-    c.settle()
-    assert c.leader().id == 1
-    return c
 
 
 def replies_of(c, node_id):
@@ -22,7 +14,7 @@ def replies_of(c, node_id):
 
 
 def test_a_read_opens_a_round_that_the_next_accept_carries():
-    c = led_by_1()
+    c = led_by_1(CFG)
     reads = c.nodes[1].reads
     before = reads.round
     c.nodes[1].read("r1", b"k", c.now)
@@ -37,7 +29,7 @@ def test_a_read_opens_a_round_that_the_next_accept_carries():
 
 
 def test_a_read_is_answered_only_once_a_quorum_echoes_its_round():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     leader.read("r", b"k", c.now)
     c.collect()
@@ -52,7 +44,7 @@ def test_a_read_is_answered_only_once_a_quorum_echoes_its_round():
 
 
 def test_an_echo_of_an_older_round_does_not_answer_a_newer_read():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     round_ = leader.reads.round
     leader.read("r", b"k", c.now)
@@ -67,7 +59,7 @@ def test_an_echo_of_an_older_round_does_not_answer_a_newer_read():
 
 
 def test_a_read_waits_until_its_read_index_is_applied():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     leader.read_floor = leader.commit_index + 1  # as a new leader with a slot re-proposed
     leader.read("r", b"k1", c.now)
@@ -83,7 +75,7 @@ def test_a_read_waits_until_its_read_index_is_applied():
 
 
 def test_reads_are_answered_in_arrival_order():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     for n in range(5):  # one round: none answered before the next arrives
         leader.read(("r", n), b"k", c.now)
@@ -94,7 +86,7 @@ def test_reads_are_answered_in_arrival_order():
 
 
 def test_a_follower_refuses_a_read_naming_the_leader():
-    c = led_by_1()
+    c = led_by_1(CFG)
     c.nodes[2].read("r", b"k", c.now)
     c.collect()
     assert [(r.req, r.status, r.leader) for i, r in c.replies if i == 2] == [("r", NOT_LEADER, 1)]
@@ -102,7 +94,7 @@ def test_a_follower_refuses_a_read_naming_the_leader():
 
 
 def test_stepping_down_refuses_every_waiting_read_and_keeps_none():
-    c = led_by_1()
+    c = led_by_1(CFG)
     leader = c.nodes[1]
     leader.read("a", b"k", c.now)
     leader.read("b", b"k", c.now)
@@ -114,7 +106,7 @@ def test_stepping_down_refuses_every_waiting_read_and_keeps_none():
 
 
 def test_serving_does_nothing_at_a_follower():
-    c = led_by_1()
+    c = led_by_1(CFG)
     follower = c.nodes[2]
     follower.reads.queue.append(("x", b"k", 0, 0))  # as if left from its leadership
     follower.reads.serve()

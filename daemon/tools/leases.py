@@ -127,16 +127,23 @@ def lease_refused(result) -> None:
 
 
 @asynccontextmanager
+async def running(fn, *args):
+    """Run ``await fn(*args)`` in the background while the block runs; cancel it at the end."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fn, *args)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def keep(client, ttl: int, timeout: float | None):
     """Grant a lease, keep it alive while the block runs, revoke it on the way out."""
     lease = await grant(client, ttl, timeout)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_keep_alive, client, lease)
-            try:
-                yield lease
-            finally:
-                nursery.cancel_scope.cancel()
+        async with running(_keep_alive, client, lease):
+            yield lease
     finally:
         if not lease.lost.is_set():
             with trio.CancelScope(shield=True):

@@ -34,6 +34,7 @@ import trio
 
 from daemon.core.kv import prefix_end
 from daemon.tools.client import OperationFailed, PaxosdError, _as_bytes
+from daemon.tools.leases import running
 
 __all__ = ["FencedOut", "HeldLock", "fenced_write", "hold"]
 
@@ -134,19 +135,13 @@ async def hold(client, name, ttl: int, timeout: float | None):
                 if before is None:
                     break
                 with trio.CancelScope() as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_cancel_when, lease.lost, scope)
+                    async with running(_cancel_when, lease.lost, scope):
                         await _wait_deleted(client, before, read_at)
-                        nursery.cancel_scope.cancel()
                 if lease.lost.is_set():
                     raise PaxosdError(f"lock {name!r}: the lease was lost while waiting")
             held = HeldLock(name, key, revision, lease)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_mark_lost, lease, held)
-                try:
-                    yield held
-                finally:
-                    nursery.cancel_scope.cancel()
+            async with running(_mark_lost, lease, held):
+                yield held
         finally:
             with trio.CancelScope(shield=True):
                 try:
