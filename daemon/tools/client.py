@@ -558,7 +558,63 @@ class _ClusterOps:
         return results
 
 
-class Client(_ClusterOps):
+class _CoordinationOps:
+    """The coordination calls of ``Client`` (range deletes, leases, locks, watch), each a thin
+    door to the module that does the work (daemon.tools.txn, leases, lock, watch): a class of
+    their own, as _ClusterOps, so that each class stays one screenful of concerns."""
+
+    async def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
+                           prefix: bool = False, timeout: float | None = None) -> int:
+        """Remove the keys in ``[key, range_end)`` (or that start with ``key``, ``prefix``) as
+        one write; the count removed."""
+        from daemon.tools.txn import delete, run_txn  # it builds on this module
+        response = await run_txn(self, [], [delete(key, range_end, prefix=prefix)], [], timeout)
+        return response.results[0]
+
+    async def lease_grant(self, ttl: int, *, timeout: float | None = None):
+        """Grant a lease of ``ttl`` seconds; its Lease (id, ttl as granted)."""
+        from daemon.tools import leases  # it builds on this module
+        return await leases.grant(self, ttl, timeout)
+
+    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> bool:
+        """End the lease and delete its keys; False if it was already gone."""
+        from daemon.tools import leases
+        return await leases.revoke(self, lease_id, timeout)
+
+    async def lease_keepalive(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew the lease for its TTL (returned); LeaseNotFound if it is gone."""
+        from daemon.tools import leases
+        return await leases.keepalive(self, lease_id, timeout)
+
+    async def lease_ttl(self, lease_id: int, *, timeout: float | None = None):
+        """The lease's LeaseStatus (TTL, seconds left, keys); LeaseNotFound if it is gone."""
+        from daemon.tools import leases
+        return await leases.time_to_live(self, lease_id, timeout)
+
+    def lock(self, name: str | bytes, *, ttl: int = 10, timeout: float | None = None):
+        """An async context manager: the lock ``name`` acquired (waiting in line as long as
+        it takes), held while the block runs, released after; yields a HeldLock whose
+        ``fence`` guards writes (see daemon.tools.lock). ``ttl``: its lease's, the time a
+        holder that died keeps the lock."""
+        from daemon.tools.lock import hold
+        return hold(self, name, ttl, timeout)
+
+    def lease(self, ttl: int, *, timeout: float | None = None):
+        """An async context manager: a lease granted, kept alive while the block runs and
+        revoked at its end (see daemon.tools.leases)."""
+        from daemon.tools import leases
+        return leases.keep(self, ttl, timeout)
+
+    def watch(self, key: str | bytes, range_end: str | bytes | None = None, *,
+              prefix: bool = False, start_revision: int = 0, prev_kv: bool = False):
+        """The changes of the keys ``range`` would read for the same arguments, from revision
+        ``start_revision`` on (0: the next one), as an async iterator of daemon.tools.watch's
+        WatchEvent (use ``async with client.watch(...) as events``); see that module."""
+        from daemon.tools.watch import Watch  # it builds on this module
+        return Watch(self, _as_bytes(key, "key"), range_end, prefix, start_revision, prev_kv)
+
+
+class Client(_ClusterOps, _CoordinationOps):
     """A trio client of a paxosd cluster.
 
     Use ``async with Client.connect(endpoints) as client`` (its background tasks live in a
@@ -696,48 +752,6 @@ class Client(_ClusterOps):
             return bool((await fenced_write(self, fence, [delete(key)], timeout)).results[0])
         return bool((await self._write("delete", key, None, None, timeout)).result)
 
-    async def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
-                           prefix: bool = False, timeout: float | None = None) -> int:
-        """Remove the keys in ``[key, range_end)`` (or that start with ``key``, ``prefix``) as
-        one write; the count removed."""
-        from daemon.tools.txn import delete, run_txn  # it builds on this module
-        response = await run_txn(self, [], [delete(key, range_end, prefix=prefix)], [], timeout)
-        return response.results[0]
-
-    async def lease_grant(self, ttl: int, *, timeout: float | None = None):
-        """Grant a lease of ``ttl`` seconds; its Lease (id, ttl as granted)."""
-        from daemon.tools import leases  # it builds on this module
-        return await leases.grant(self, ttl, timeout)
-
-    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> bool:
-        """End the lease and delete its keys; False if it was already gone."""
-        from daemon.tools import leases
-        return await leases.revoke(self, lease_id, timeout)
-
-    async def lease_keepalive(self, lease_id: int, *, timeout: float | None = None) -> int:
-        """Renew the lease for its TTL (returned); LeaseNotFound if it is gone."""
-        from daemon.tools import leases
-        return await leases.keepalive(self, lease_id, timeout)
-
-    async def lease_ttl(self, lease_id: int, *, timeout: float | None = None):
-        """The lease's LeaseStatus (TTL, seconds left, keys); LeaseNotFound if it is gone."""
-        from daemon.tools import leases
-        return await leases.time_to_live(self, lease_id, timeout)
-
-    def lock(self, name: str | bytes, *, ttl: int = 10, timeout: float | None = None):
-        """An async context manager: the lock ``name`` acquired (waiting in line as long as
-        it takes), held while the block runs, released after; yields a HeldLock whose
-        ``fence`` guards writes (see daemon.tools.lock). ``ttl``: its lease's, the time a
-        holder that died keeps the lock."""
-        from daemon.tools.lock import hold
-        return hold(self, name, ttl, timeout)
-
-    def lease(self, ttl: int, *, timeout: float | None = None):
-        """An async context manager: a lease granted, kept alive while the block runs and
-        revoked at its end (see daemon.tools.leases)."""
-        from daemon.tools import leases
-        return leases.keep(self, ttl, timeout)
-
     async def cas(
         self,
         key: str | bytes,
@@ -790,14 +804,6 @@ class Client(_ClusterOps):
         with daemon.tools.txn's helpers; returns its TxnResponse."""
         from daemon.tools.txn import run_txn  # it builds on this module
         return await run_txn(self, compares, success, failure, timeout)
-
-    def watch(self, key: str | bytes, range_end: str | bytes | None = None, *,
-              prefix: bool = False, start_revision: int = 0, prev_kv: bool = False):
-        """The changes of the keys ``range`` would read for the same arguments, from revision
-        ``start_revision`` on (0: the next one), as an async iterator of daemon.tools.watch's
-        WatchEvent (use ``async with client.watch(...) as events``); see that module."""
-        from daemon.tools.watch import Watch  # it builds on this module
-        return Watch(self, _as_bytes(key, "key"), range_end, prefix, start_revision, prev_kv)
 
     async def submit(
         self,
