@@ -28,11 +28,11 @@ expiry in flight are not proposed again until they are gone; a new ballot starts
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
 from daemon.core.leases import EXPIRY_SEQ, LEASE_CLIENTS, MAX_EXPIRE_IDS, expire_op
 from daemon.core.messages import OP_LEASE, command_cost
+
 
 class LeaseQuery(NamedTuple):
     """A read (daemon.core.reads) that asks the leader's clock: ``op`` "keepalive" or "ttl"."""
