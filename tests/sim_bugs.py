@@ -6,8 +6,9 @@ one: ``promise-gap`` (an equal-ballot Prepare answered after compacting past its
 chosen slots left out), ``fills-chosen`` (a new leader that does not look at its promises'
 commit indexes and no-op-fills the slots they leave out) and ``acks-skipped`` (an acceptor that
 acknowledges slots it skipped as already chosen, holding them or not). ``local-range`` answers
-range reads from local state (tests/sim_reads.py's check sees it). ``keepalive-unconfirmed``
-and ``lease-clock-kept`` break the leader's lease clock (tests/sim_leases.py's check sees them).
+range reads from local state (tests/sim_reads.py's check sees it). ``keepalive-unconfirmed``,
+``lease-clock-kept`` and ``no-lease-epoch`` break the leader's lease clock (tests/sim_leases.py's
+and tests/sim_reads.py's checks see them).
 """
 
 from __future__ import annotations
@@ -230,3 +231,21 @@ class _LeaseClockKept(Node):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lease_clock = self._KeptClock(self)
+
+
+@bug("no-lease-epoch")
+class _NoLeaseEpoch(Node):
+    """Broken on purpose: a leader renews and expires leases without its epoch command first,
+    so an expiry a deposed leader left behind can be chosen after another leader renewed the
+    lease (the bug seed 319208 found)."""
+
+    class _NoEpochClock(LeaseClock):
+        __slots__ = ()
+
+        def ready(self):
+            self._own()
+            return True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lease_clock = self._NoEpochClock(self)

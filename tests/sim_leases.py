@@ -10,17 +10,18 @@ cannot model; tests.sim_reads replays them with the rest of the chosen log (the 
 the same expiry commands), and checks every acknowledged grant, revoke and put result.
 
 The check of the leader's clock (``LeaseWatch``): a keepalive acknowledged to a client that
-first sent it at time c, with TTL t, promises the lease lives until c + t. So the expiry that
-ends a lease (the first chosen expiry command naming it) must have been proposed no earlier
-than c + t, for every keepalive of it acknowledged (before or after: one acknowledged after
-the lease ended breaks the promise too). Proposals are seen as they are made (in
-``node.lease_clock``); ones never chosen (a leader deposed with them) promise nothing. Grants
-count as keepalives from the moment they were first sent. The check runs at the end of a run.
+first sent it at time c, with TTL t, promises the lease lives until c + t. So the expiry command
+that ends a lease (found by replaying the chosen log: a stale expiry ends nothing) must have
+been proposed no earlier than c + t, for every keepalive of it acknowledged (before or after:
+one acknowledged after the lease ended breaks the promise too). Proposals are seen as they are
+made (in ``node.lease_clock``). Grants count as keepalives from the moment they were first
+sent. The check runs at the end of a run.
 """
 
 from __future__ import annotations
 
 from daemon.core.expiry import LeaseQuery
+from daemon.core.kv import KVStore
 from daemon.core.leases import LEASE_CLIENTS, decode_lease_op, grant_op, min_ttl, revoke_op
 from daemon.core.messages import OP_LEASE
 from daemon.core.txn import OP_TXN, encode_txn
@@ -46,18 +47,20 @@ class LeaseWatch:
         if clock.expiring:
             self.proposals.setdefault(clock.proposed_client, (clock.proposed_at, node_id))
 
-    def check(self, chosen: dict) -> None:
-        """``chosen``: slot -> batch, the chosen log as the checker learned it."""
-        ended: set[int] = set()
-        for slot in sorted(chosen):
+    def check(self, chosen: dict, max_sessions: int) -> None:
+        """``chosen``: slot -> batch, the chosen log as the checker learned it, replayed (with
+        the nodes' ``max_sessions``) to see which leases each expiry command ended."""
+        kv = KVStore(max_sessions)
+        slot = 0
+        while slot + 1 in chosen:
+            slot += 1
             for cmd in chosen[slot]:
-                if cmd[0] < LEASE_CLIENTS or cmd[2] != OP_LEASE:
-                    continue
-                when, node_id = self.proposals[cmd[0]]
-                for lease_id in decode_lease_op(cmd[4])[1]:
-                    if lease_id in ended:
-                        continue
-                    ended.add(lease_id)
+                expiry = (cmd[0] >= LEASE_CLIENTS and cmd[2] == OP_LEASE
+                          and decode_lease_op(cmd[4])[0] == "expire")
+                before = set(kv.leases) if expiry else set()
+                kv.apply(cmd)
+                for lease_id in sorted(before - set(kv.leases)):
+                    when, node_id = self.proposals[cmd[0]]
                     until = self.promised.get(lease_id)
                     if until is not None and when < until - 1e-9:
                         raise Violation(

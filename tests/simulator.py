@@ -644,7 +644,7 @@ class Simulation(ClientLoad, FaultInjection):
         if pending:
             raise Violation(f"clients {pending} still waiting {self.now - self.heal_time:.2f}s after healing")
         self._check_client_history()
-        self.lease_watch.check(self.checker.chosen)
+        self.lease_watch.check(self.checker.chosen, self.configs[self.ids[0]].max_sessions)
 
     # -------------------------------------------------------------------------- main loop
 

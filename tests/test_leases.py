@@ -13,6 +13,7 @@ from daemon.core.leases import (
     LEASE_CLIENTS,
     LeaseError,
     decode_lease_op,
+    epoch_op,
     expire_op,
     grant_op,
     min_ttl,
@@ -60,7 +61,7 @@ def test_grant_puts_revoke_and_expire():
     kv.apply(leased_put(1, 10, b"w", b"", 8))
     kv.events.clear()
     # Expiry: idempotent (an id that is gone is skipped), keys deleted in key order at once.
-    assert kv.apply(lease(LEASE_CLIENTS, EXPIRY_SEQ, expire_op([8, 1])))[1] == 1
+    assert kv.apply(lease(LEASE_CLIENTS, EXPIRY_SEQ, expire_op(1, [8, 1])))[1] == 1
     assert [(rev, key) for rev, key, _r, _p in kv.events] == [(11, b"w"), (11, b"x")]
     assert kv.leases == {}
 
@@ -91,7 +92,7 @@ def test_writes_to_leased_keys_match_between_the_c_loop_and_the_python_path():
             elif choice == 5:
                 cmd = (rng.randrange(1, 5), seq, OP_CAS, key, rng.choice([None, b"L", b"p"]), b"c")
             else:
-                cmd = lease(LEASE_CLIENTS | seq, EXPIRY_SEQ, expire_op([rng.choice(ids)]))
+                cmd = lease(LEASE_CLIENTS | seq, EXPIRY_SEQ, expire_op(1, [rng.choice(ids)]))
             batch.append(cmd)
         a, b = [], []
         fast.apply_batch(tuple(batch), a)
@@ -104,13 +105,25 @@ def test_writes_to_leased_keys_match_between_the_c_loop_and_the_python_path():
     assert attached > 100  # the run did write to leased keys
 
 
+def test_an_expiry_decided_before_the_latest_epoch_ends_nothing():
+    kv = KVStore()
+    kv.apply(lease(1, 1, grant_op(7)))
+    kv.apply(leased_put(1, 2, b"a", b"1", 1))
+    assert kv.apply(lease(LEASE_CLIENTS | 1, EXPIRY_SEQ, epoch_op(5)))[1] == 5
+    assert kv.apply(lease(LEASE_CLIENTS | 2, EXPIRY_SEQ, epoch_op(3)))[1] == 5  # never down
+    stale = kv.apply(lease(LEASE_CLIENTS | 3, EXPIRY_SEQ, expire_op(4, [1])))
+    assert stale[1] == 0 and kv.get(b"a") == b"1" and 1 in kv.leases
+    assert kv.apply(lease(LEASE_CLIENTS | 4, EXPIRY_SEQ, expire_op(5, [1])))[1] == 1
+    assert kv.get(b"a") is None and kv.leases == {}
+
+
 def test_images_carry_the_leases_and_their_keys():
     kv = KVStore()
     kv.apply(lease(1, 1, grant_op(7)))
     kv.apply(leased_put(1, 2, b"a", b"1", 1))
     again = KVStore.from_image(decode_image(encode_image(kv.image())))
     assert again.state() == kv.state() and again.leases == {1: (7, {b"a": None})}
-    old = encode_image(kv.image()[:5])  # format 2: no leases item
+    old = encode_image(kv.image()[:5])  # format 3 cut short
     with pytest.raises(ValueError, match="format 3 with 5 items"):
         decode_image(old)
     broken = kv.image()
@@ -120,10 +133,12 @@ def test_images_carry_the_leases_and_their_keys():
 
 
 @pytest.mark.parametrize("blob,words", [
-    (b"\x01", "expected [grant|revoke|expire"),
+    (b"\x01", "expected [grant|revoke|epoch"),
     (grant_op(1)[:-1] + b"\x00", "ttl"),
     (b"\x82\x66revoke\x00", "lease revoke.id"),
-    (b"\x82\x66expire\x80", "1 to 1024 ids"),
+    (b"\x83\x66expire\x01\x80", "1 to 1024 ids"),
+    (b"\x83\x66expire\x00\x81\x01", "lease expire.ballot"),
+    (b"\x82\x66expire\x80", "or [expire, ballot, ids]"),
 ])
 def test_malformed_lease_ops_are_named(blob, words):
     with pytest.raises(LeaseError, match=words.replace("[", r"\[").replace("|", r"\|")):
@@ -185,7 +200,8 @@ def test_keepalives_keep_a_lease_and_ttl_says_what_is_left():
 def expiries(node):
     """The expiry commands ``node`` holds in its log or its queue."""
     cmds = [cmd for _b, batch in node.log.values() for cmd in batch] + list(node.pending)
-    return [cmd for cmd in cmds if cmd[0] >= LEASE_CLIENTS]
+    return [cmd for cmd in cmds
+            if cmd[0] >= LEASE_CLIENTS and decode_lease_op(cmd[4])[0] == "expire"]
 
 
 def test_a_leader_cut_off_from_the_quorum_expires_nothing():
@@ -232,6 +248,6 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_before_expiring_any():
 
 def test_clients_may_not_use_the_expiry_client_id():
     c = led_by_1(CFG)
-    c.nodes[1].submit("forged", lease(LEASE_CLIENTS + 5, EXPIRY_SEQ, expire_op([1])), c.now)
+    c.nodes[1].submit("forged", lease(LEASE_CLIENTS + 5, EXPIRY_SEQ, expire_op(1, [1])), c.now)
     c.collect()
     assert [r.status for _i, r in c.replies if r.req == "forged"] == [ERROR]

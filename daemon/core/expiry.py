@@ -10,15 +10,17 @@ driver passes in): the state machine holds TTLs, never times, and clients never 
   a quorum confirmed this leader's ballot since the request arrived, and after the state
   machine applied the read index. So a deposed leader acknowledges no keepalive (the new leader,
   elected after that confirmation, starts the lease at its own ``now + ttl``, later than the
-  holder counts from), and a keepalive is not acknowledged for a lease whose expiry a previous
-  leader already had in the log (the read index covers it: the lease is gone by then).
+  holder counts from).
+- The epoch. Before a leader answers any keepalive or proposes any expiry under its ballot, it
+  proposes an epoch command (daemon.core.leases) and waits until its store has applied it. The
+  store skips an expiry decided under a ballot below its epoch. Without this, an expiry a
+  deposed leader proposed and only a minority accepted could still be chosen later (a leader
+  after the next one may find it in its Phase 1 and propose it again) and end a lease that the
+  leader in between had renewed. With it, an expiry that takes effect was decided by the leader
+  of the latest epoch, and every earlier expiry either took effect before that epoch (and the
+  lease was gone before any keepalive of that leader) or takes none.
 - A keepalive sets the deadline to ``now + ttl``; one for a lease that is gone, or whose expiry
   is on its way, is answered "not found" (None).
-- Each tick, a leader that heard from a quorum of voters within the longest election timeout
-  proposes one expiry command (daemon.core.leases) for the leases past their
-  deadline; one without that contact expires nothing and starts its clock again (its leases
-  get a full TTL once it hears from a quorum). One expiry command is in flight at a time.
-
 Every expiry command has a client id of its own (daemon.core.leases.LEASE_CLIENTS) and the
 highest seq, so the store applies it whenever it is chosen. A leader never loses a proposal
 while it keeps its ballot (the pipeline retransmits until it is chosen), so the ids of the
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from daemon.core.leases import EXPIRY_SEQ, LEASE_CLIENTS, MAX_EXPIRE_IDS, expire_op
+from daemon.core.leases import EXPIRY_SEQ, LEASE_CLIENTS, MAX_EXPIRE_IDS, epoch_op, expire_op
 from daemon.core.messages import OP_LEASE, command_cost
 
 
@@ -44,7 +46,8 @@ class LeaseQuery(NamedTuple):
 class LeaseClock:
     """The deadlines of the leases, at a leader; ``node`` is the daemon.core.node.Node."""
 
-    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at", "proposed_client")
+    __slots__ = ("node", "ballot", "deadlines", "expiring", "proposed_at", "proposed_client",
+                 "epoch_proposed")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -53,6 +56,7 @@ class LeaseClock:
         self.expiring: set[int] = set()  # ids of the expiry command in flight
         self.proposed_at = 0.0
         self.proposed_client = 0  # the client id of the expiry command in flight
+        self.epoch_proposed = False  # this ballot's epoch command is on its way
 
     def _own(self) -> None:
         """Start the clock again if this node leads under another ballot than it was kept for."""
@@ -60,6 +64,19 @@ class LeaseClock:
             self.ballot = self.node.ballot
             self.deadlines.clear()
             self.expiring.clear()
+            self.epoch_proposed = False
+
+    def ready(self) -> bool:
+        """Whether this leader's epoch is in effect (its store applied the epoch command of its
+        ballot); if not, the command is proposed (once per ballot)."""
+        self._own()
+        node = self.node
+        if node.kv.lease_epoch == node.ballot:
+            return True
+        if not self.epoch_proposed:
+            self.epoch_proposed = True
+            self._submit(epoch_op(node.ballot))
+        return False
 
     def answer(self, query: LeaseQuery, now: float):
         """The result of a confirmed LeaseQuery."""
@@ -100,8 +117,8 @@ class LeaseClock:
         if not self._quorum_heard(now):
             self.deadlines.clear()  # full TTLs again once a quorum is heard from
             return
-        if node.applied_index < node.read_floor:
-            return  # a new leader's re-proposals first: an expiry among them is not ours
+        if not leases or not self.ready():
+            return
         deadlines = self.deadlines
         due = []
         for lease_id, (ttl, _keys) in leases.items():
@@ -126,11 +143,15 @@ class LeaseClock:
         return fresh >= node.quorum
 
     def _propose(self, ids: list, now: float) -> None:
-        node = self.node
-        client_id = LEASE_CLIENTS | node.rng.getrandbits(62)
-        cmd = (client_id, EXPIRY_SEQ, OP_LEASE, b"", expire_op(ids), None)
-        node.pending.append(cmd)  # nobody waits for its reply
-        node.pending_bytes += command_cost(cmd)
+        self.proposed_client = self._submit(expire_op(self.node.ballot, ids))
         self.expiring = set(ids)
         self.proposed_at = now
-        self.proposed_client = client_id
+
+    def _submit(self, blob: bytes) -> int:
+        """Queue the lease command ``blob`` under a client id of its own; that id."""
+        node = self.node
+        client_id = LEASE_CLIENTS | node.rng.getrandbits(62)
+        cmd = (client_id, EXPIRY_SEQ, OP_LEASE, b"", blob, None)
+        node.pending.append(cmd)  # nobody waits for its reply
+        node.pending_bytes += command_cost(cmd)
+        return client_id

@@ -77,8 +77,8 @@ from daemon.core.messages import (
     STALE,
 )
 
-# The 5th item of an image: 3 = records, revisions and leases (a 6th item, {id: ttl}); 2 = no
-# leases; 1 (no 5th item) = values only.
+# The 5th item of an image: 3 = records, revisions and leases (a 6th item, {id: ttl}, and a 7th,
+# the lease epoch); 2 = no leases; 1 (no 5th item) = values only.
 IMAGE_FORMAT = 3
 TOUCHED_SLACK = 4096  # created or deleted keys kept for the index beyond the store's size
 # An upper bound on the CBOR bytes of one range entry besides its key and value: the array
@@ -129,15 +129,17 @@ def decode_image(blob: bytes) -> list:
     sessions as tuples); an image of the first format (values only, 3 or 4 items) is read as
     the module docstring says. Raises ValueError, naming what is wrong, if it is not one."""
     image = loads(blob)
-    if (type(image) is not list or len(image) not in (3, 4, 5, 6) or type(image[0]) is not dict
+    if (type(image) is not list or len(image) not in (3, 4, 5, 6, 7) or type(image[0]) is not dict
             or type(image[1]) is not dict or any(type(n) is not int for n in image[2:5])):
         raise ValueError("not a key-value state machine image")
     fmt = image[4] if len(image) >= 5 else 1
-    if fmt not in (1, 2, IMAGE_FORMAT) or len(image) != (6 if fmt == IMAGE_FORMAT else len(image)):
+    if fmt not in (1, 2, IMAGE_FORMAT) or len(image) != (7 if fmt == IMAGE_FORMAT else len(image)):
         raise ValueError(f"key-value image format {fmt} with {len(image)} items: this version "
                          f"reads formats 1 to {IMAGE_FORMAT}")
     data, sessions, applied = image[:3]
-    leases = image[5] if fmt == IMAGE_FORMAT else {}
+    leases, epoch = (image[5], image[6]) if fmt == IMAGE_FORMAT else ({}, 0)
+    if type(epoch) is not int or epoch < 0:
+        raise ValueError(f"key-value image: the lease epoch must be a ballot, got {epoch!r:.60}")
     if type(leases) is not dict or any(type(i) is not int or type(t) is not int
                                        for i, t in leases.items()):
         raise ValueError(f"key-value image: leases must map ids to TTLs, got {leases!r:.60}")
@@ -154,7 +156,7 @@ def decode_image(blob: bytes) -> list:
         if record.lease and record.lease not in leases:
             raise ValueError(f"key-value image: key {key!r:.40} is attached to lease "
                              f"{record.lease}, which the image does not hold")
-    return [data, sessions, applied, evicted_at, IMAGE_FORMAT, leases]
+    return [data, sessions, applied, evicted_at, IMAGE_FORMAT, leases, epoch]
 
 
 def _record(value, fmt: int) -> KeyRecord:
@@ -173,7 +175,7 @@ class KVStore:
     """Keys and values are bytes. ``apply(cmd)`` returns ``(status, result, revision)``."""
 
     __slots__ = ("data", "sessions", "max_sessions", "applied_commands", "evicted_at",
-                 "touched", "touched_slack", "index", "leases", "events")
+                 "touched", "touched_slack", "index", "leases", "lease_epoch", "events")
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         if max_sessions < 1:
@@ -189,6 +191,7 @@ class KVStore:
         self.touched_slack = TOUCHED_SLACK
         self.index: SortedList | None = None  # the keys in order, but for ``touched``
         self.leases: dict[int, tuple[int, dict]] = {}  # id -> (ttl, keys attached)
+        self.lease_epoch = 0  # the ballot of the latest leader's epoch command (leases)
         self.events: list | None = None  # changes of keys, when someone drains them
 
     @property
@@ -352,7 +355,8 @@ class KVStore:
         bytes, which can happen elsewhere while this store goes on applying commands: records
         are immutable."""
         return [dict(self.data), dict(self.sessions), self.applied_commands, self.evicted_at,
-                IMAGE_FORMAT, {i: ttl for i, (ttl, _keys) in self.leases.items()}]
+                IMAGE_FORMAT, {i: ttl for i, (ttl, _keys) in self.leases.items()},
+                self.lease_epoch]
 
     @classmethod
     def from_image(cls, image, max_sessions: int = 100_000) -> "KVStore":
@@ -362,6 +366,7 @@ class KVStore:
         kv.data = dict(data)
         kv.sessions = dict(sessions)
         leases = image[5] if len(image) > 5 else {}
+        kv.lease_epoch = image[6] if len(image) > 6 else 0
         kv.leases = {i: (ttl, {}) for i, ttl in sorted(leases.items())}
         for key in sorted(k for k, r in kv.data.items() if r.lease):
             kv.leases[kv.data[key].lease][1][key] = None
@@ -371,7 +376,7 @@ class KVStore:
         """A comparable image of the replica's state (for the simulator's checks)."""
         return (tuple(sorted((k, r.astuple()) for k, r in self.data.items())),
                 tuple((c, (*s[:2], _hashable(s[2]), s[3])) for c, s in self.sessions.items()),
-                self.evicted_at, self.applied_commands,
+                self.evicted_at, self.applied_commands, self.lease_epoch,
                 tuple(sorted((i, ttl, tuple(sorted(keys))) for i, (ttl, keys) in self.leases.items())))
 
 

@@ -12,9 +12,17 @@ canonical CBOR of the op:
   increasing. ``ttl`` is in whole seconds, from ``MIN_TTL`` (the server raises a shorter one to
   the minimum for its election timeout, ``min_ttl``, as etcd does) to ``MAX_TTL``.
 - ``["revoke", id]``  -> True if the lease was there (its keys are deleted), else False.
-- ``["expire", [id, ...]]``  -> the count of leases that were there. Proposed only by the leader
-  under a reserved client id (``LEASE_CLIENTS``, daemon.core.expiry); an id that is gone (revoked,
-  or already expired by an earlier copy) is skipped, so expiry is idempotent.
+- ``["epoch", ballot]``  -> the store's lease epoch, raised to ``ballot``: a leader's first
+  lease command under its ballot (daemon.core.expiry). It answers no keepalive and proposes no
+  expiry before its epoch command is applied.
+- ``["expire", ballot, [id, ...]]``  -> the count of leases it ended. Proposed only by the
+  leader of ``ballot``, under a reserved client id (``LEASE_CLIENTS``); an id that is gone
+  (revoked, or already expired by an earlier copy) is skipped, so expiry is idempotent. An
+  expiry decided under a ballot below the store's lease epoch is stale and ends nothing: a
+  later leader has started its clock since (giving every lease a full TTL, and perhaps renewing
+  it), and Paxos may still choose a proposal a deposed leader left behind, after the new
+  leader's epoch. So every expiry that takes effect was decided by the leader whose epoch was
+  the latest, and no other leader answered a keepalive in between.
 
 Keepalives and time-to-live questions are not commands: the leader answers them from its clock
 after a read-index round (daemon.core.expiry), since a lease's deadline is the leader's, not the
@@ -27,8 +35,8 @@ import math
 
 from fastpath import U64_MAX, dumps, loads
 
-__all__ = ["EXPIRY_SEQ", "LEASE_CLIENTS", "LeaseError", "apply_lease", "decode_lease_op", "expire_op",
-           "grant_op", "min_ttl", "revoke_op"]
+__all__ = ["EXPIRY_SEQ", "LEASE_CLIENTS", "LeaseError", "apply_lease", "decode_lease_op",
+           "epoch_op", "expire_op", "grant_op", "min_ttl", "revoke_op"]
 
 # Client ids from LEASE_CLIENTS on are the leader's expiry commands' (no client may use them):
 # each expiry command has a client id of its own, drawn at random from that range, and seq
@@ -39,7 +47,7 @@ EXPIRY_SEQ = U64_MAX
 MIN_TTL = 1  # seconds
 MAX_TTL = 9_000_000_000  # seconds (etcd's bound)
 MAX_EXPIRE_IDS = 1024  # lease ids in one expiry command
-LEASE_OPS = ("grant", "revoke", "expire")
+LEASE_OPS = ("grant", "revoke", "epoch", "expire")
 
 
 class LeaseError(ValueError):
@@ -75,37 +83,59 @@ def revoke_op(lease_id: int) -> bytes:
     return dumps(["revoke", _id(lease_id, "lease id")])
 
 
-def expire_op(ids) -> bytes:
-    return dumps(["expire", [_id(i, "lease id") for i in ids]])
+def epoch_op(ballot: int) -> bytes:
+    return dumps(["epoch", ballot])
+
+
+def expire_op(ballot: int, ids) -> bytes:
+    return dumps(["expire", ballot, [_id(i, "lease id") for i in ids]])
 
 
 def decode_lease_op(blob) -> tuple:
-    """The checked op ``(name, argument)`` a command's blob holds; LeaseError if none."""
+    """The checked op ``(name, argument, ballot)`` a command's blob holds (``ballot`` 0 but for
+    epoch and expire); LeaseError if none."""
     try:
         op = loads(blob) if type(blob) is bytes else None
     except ValueError as exc:
         raise LeaseError(f"lease op: not CBOR: {exc}") from None
-    if type(op) is not list or len(op) != 2 or op[0] not in LEASE_OPS or type(op[0]) is not str:
-        raise LeaseError(f"lease op: expected [grant|revoke|expire, argument], got {op!r:.60}")
-    name, arg = op
+    if (type(op) is not list or len(op) not in (2, 3) or op[0] not in LEASE_OPS
+            or type(op[0]) is not str or len(op) != (3 if op[0] == "expire" else 2)):
+        raise LeaseError(f"lease op: expected [grant|revoke|epoch, argument] or [expire, "
+                         f"ballot, ids], got {op!r:.60}")
+    name = op[0]
     if name == "grant":
-        return name, check_ttl(arg, "lease grant.ttl")
+        return name, check_ttl(op[1], "lease grant.ttl"), 0
     if name == "revoke":
-        return name, _id(arg, "lease revoke.id")
-    if type(arg) is not list or not 1 <= len(arg) <= MAX_EXPIRE_IDS:
-        raise LeaseError(f"lease expire: expected 1 to {MAX_EXPIRE_IDS} ids, got {arg!r:.60}")
-    return name, [_id(i, f"lease expire[{n}]") for n, i in enumerate(arg)]
+        return name, _id(op[1], "lease revoke.id"), 0
+    ballot = _ballot(op[1], f"lease {name}.ballot")
+    if name == "epoch":
+        return name, None, ballot
+    ids = op[2]
+    if type(ids) is not list or not 1 <= len(ids) <= MAX_EXPIRE_IDS:
+        raise LeaseError(f"lease expire: expected 1 to {MAX_EXPIRE_IDS} ids, got {ids!r:.60}")
+    return name, [_id(i, f"lease expire[{n}]") for n, i in enumerate(ids)], ballot
+
+
+def _ballot(value, where: str) -> int:
+    if type(value) is not int or not 1 <= value <= U64_MAX:
+        raise LeaseError(f"{where}: expected a ballot in [1, {U64_MAX}], got {value!r:.60}")
+    return value
 
 
 def apply_lease(kv, blob: bytes, revision: int):
     """Apply the lease op ``blob`` holds to the store ``kv`` (daemon.core.kv.KVStore) as the
     command of ``revision``; its result as the module docstring says. Deterministic."""
-    name, arg = decode_lease_op(blob)
+    name, arg, ballot = decode_lease_op(blob)
     if name == "grant":
         kv.leases[revision] = (arg, {})
         return [revision, arg]
     if name == "revoke":
         return end_lease(kv, arg, revision)
+    if name == "epoch":
+        kv.lease_epoch = max(kv.lease_epoch, ballot)
+        return kv.lease_epoch
+    if ballot < kv.lease_epoch:
+        return 0  # decided before a later leader started its clock: stale
     return sum(end_lease(kv, lease_id, revision) for lease_id in arg)
 
 

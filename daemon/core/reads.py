@@ -15,8 +15,8 @@ node whenever it starts leading in a configuration).
 
 A read is a key (the value, or None), a ``RangeQuery`` (a ``RangeResult``, cut to fit in
 ``max_message_bytes`` less RANGE_REPLY_MARGIN) or a ``LeaseQuery`` (a keepalive or a
-time-to-live question, answered by the leader's lease clock: daemon.core.expiry); every reply
-names the revision it was read at.
+time-to-live question, answered by the leader's lease clock once its lease epoch is applied:
+daemon.core.expiry); every reply names the revision it was read at.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class ReadIndex:
             req, key, read_index, round_ = reads[0]
             if round_ > confirmed or read_index > applied:
                 break
+            if type(key) is LeaseQuery and not node.lease_clock.ready():
+                break  # until this leader's lease epoch is applied (daemon.core.expiry)
             reads.popleft()
             if type(key) is bytes:
                 replies.append(Reply(req, OK, kv.get(key), None, revision))
