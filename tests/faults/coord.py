@@ -32,14 +32,17 @@ of a cas among the revisions, values the workload never wrote being absent from 
 
 The lease keeper grants a lease (``LEASE_TTL`` s: longer than the nemesis holds a fault, 3 s at
 most, so a lease normally survives a round), puts ``l/<id>`` on it, renews it by hand every
-third of the TTL and reads the key (linearizable gets) all along. A grant (sent at ``c``) and
+third of the TTL and reads the key (linearizable gets) all along; after ``LEASE_HELD`` it
+revokes the lease (its key must then be gone) and grants the next. ``LAPSE_SHARE`` of the
+leases it stops renewing after a second or three and reads on until the key goes (an expiry
+due at the last promise's end, under whatever fault is running). A grant (sent at ``c``) and
 each acknowledged keepalive (sent at ``c``) promise the lease lives until at least ``c + TTL``:
 the leader sets its deadline from its own clock on arrival or later, and a new leader gives a
 full TTL again. Checked: no get that began after the put was acknowledged returns the key
 absent, and no keepalive answers "not found", by a return time ``t`` before some promise's
 ``c + TTL``; a get never returns another value. Absence after the promises ran out is allowed
-(an expiry): counted, and a new lease is granted. At the end the lease is revoked and its key
-must be gone. Not covered: that an expired lease's key goes promptly, the TTL the server keeps.
+(an expiry): counted, and a new lease is granted. After a revoke is acknowledged the key must
+be gone (read once). Not covered: that an expired lease's key goes promptly, the TTL the server keeps.
 
 Transactions, on ``t/``:
 
@@ -100,6 +103,8 @@ ACCOUNT_START = 100
 TOTAL = ACCOUNT_COUNT * ACCOUNT_START
 LEASE_TTL = 5  # seconds: more than the nemesis holds a fault (3 s at most)
 LEASE_READ_EVERY = 0.2  # seconds between two reads of the leased key
+LEASE_HELD = (6.0, 12.0)  # seconds the keeper holds one lease before it revokes it
+LAPSE_SHARE = 0.3  # the leases the keeper stops renewing (after 1 to 3 s), to see them expire
 NOT_APPLIED = (Unavailable, NoLeader)  # the client says the write never reached a node
 
 
@@ -169,6 +174,7 @@ class LeaseEpoch:
     reads: list = field(default_factory=list)
     not_found: list = field(default_factory=list)
     revoked_at: float | None = None
+    lapse_after: float | None = None  # seconds after the put when keepalives stop, if they do
     ended: str = ""
     over: trio.Event = field(default_factory=trio.Event)
 
@@ -353,8 +359,8 @@ class Coordination:
                 await self._lease_epoch(client, stop, rng)
 
     async def _lease_epoch(self, client: Client, stop: trio.Event, rng) -> None:
-        """Grant a lease, put its key, keep it and read it until it is lost or ``stop``; then
-        revoke it (if still held) and read the key once more."""
+        """Grant a lease, put its key, keep it and read it until it is lost, ``stop`` or
+        LEASE_HELD runs out; then revoke it (if still held) and read the key once more."""
         call = _now()
         try:
             lease = await client.lease_grant(LEASE_TTL)
@@ -376,9 +382,17 @@ class Coordination:
         else:
             epoch.put_ret = _now()
             self.revops.append(RevOp(call, epoch.put_ret, revision, True, "leased put"))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keepalives, client, epoch, stop)
-                nursery.start_soon(self._lease_reads, client, epoch, stop, rng)
+            held = rng.uniform(*LEASE_HELD)
+            if rng.random() < LAPSE_SHARE:
+                epoch.lapse_after = rng.uniform(1.0, 3.0)
+                # Its expiry is due a TTL after the last keepalive, later if the leader changes
+                # meanwhile (a new leader gives every lease a full TTL).
+                held = epoch.lapse_after + epoch.ttl + 8.0
+                self.counts["leases let lapse"] += 1
+            with trio.move_on_after(held):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keepalives, client, epoch, stop)
+                    nursery.start_soon(self._lease_reads, client, epoch, stop, rng)
         if not epoch.ended:
             await self._revoke(client, epoch)
 
@@ -386,6 +400,8 @@ class Coordination:
         interval = epoch.ttl / 3
         while not stop.is_set() and not epoch.over.is_set():
             call = _now()
+            if epoch.lapse_after is not None and call - epoch.put_ret >= epoch.lapse_after:
+                return  # let it lapse: the reads go on until the key is gone
             try:
                 ttl = await client.lease_keepalive(epoch.id, timeout=interval)
             except LeaseNotFound:

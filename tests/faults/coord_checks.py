@@ -317,13 +317,20 @@ def summarize(coord) -> list[str]:
     lines = []
     for log in coord.logs:
         extra = ", ".join(f"{k} {v}" for k, v in sorted(log.counts.items())) or "no resumes"
+        skipped = sum(upto - after for after, upto in log.gaps)
         lines.append(f"coordination: {log.name}: {len(log.events)} events, revisions "
-                     f"({log.start}, {log.seen}], {len(log.gaps)} gaps ({extra})")
-    expired = sum(1 for e in coord.epochs if e.ended not in ("", "revoked"))
+                     f"({log.start}, {log.seen}], {len(log.gaps)} gaps of {skipped} revisions "
+                     f"in all ({extra})")
+    revoked = sum(1 for e in coord.epochs if e.ended == "revoked")
+    late = [e.reads[-1].ret - max(p.sent + p.ttl for p in e.promises)
+            for e in coord.epochs if e.reads and e.reads[-1].value is None]
     lines.append(f"coordination: leases: {len(coord.epochs)} granted, "
                  f"{c['keepalives acknowledged']} keepalives acknowledged, "
                  f"{sum(len(e.reads) for e in coord.epochs)} reads of leased keys, "
-                 f"expiries seen {c['lease expiries seen']} (epochs not revoked {expired})")
+                 f"{revoked} revoked, {c['leases let lapse']} let lapse, expiries seen "
+                 f"{c['lease expiries seen']}"
+                 + (f" (the key read gone at most {max(late):.1f} s after the last promise "
+                    f"ended)" if late else ""))
     lines.append(f"coordination: counter: {len(coord.increments)} increments acknowledged, "
                  f"{len(coord.increments_unknown)} unknown, "
                  f"{c['increments that lost the race']} lost the race, final "
