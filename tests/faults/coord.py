@@ -42,7 +42,8 @@ full TTL again. Checked: no get that began after the put was acknowledged return
 absent, and no keepalive answers "not found", by a return time ``t`` before some promise's
 ``c + TTL``; a get never returns another value. Absence after the promises ran out is allowed
 (an expiry): counted, and a new lease is granted. After a revoke is acknowledged the key must
-be gone (read once). Not covered: that an expired lease's key goes promptly, the TTL the server keeps.
+be gone (read once). Not covered: that an expired lease's key goes promptly (the summary says
+how late the latest came), the TTL the server keeps.
 
 Transactions, on ``t/``:
 
@@ -83,6 +84,7 @@ from typing import NamedTuple
 
 import trio
 
+from daemon.core.kv import prefix_end
 from daemon.tools.client import (Client, NoLeader, OperationFailed, OutcomeUnknown, PaxosdError,
                                  Unavailable)
 from daemon.tools.leases import LeaseNotFound
@@ -294,7 +296,7 @@ class Coordination:
             if counter is not None:
                 self.final_counter = int(counter.kvs[0].value) if counter.kvs else 0
             for _ in range(3):  # final listings, checked as the others are
-                await self._list(client, RANGE_PREFIX, RANGE_PREFIX + b"\xff", 0, False, False)
+                await self._list(client, RANGE_PREFIX, prefix_end(RANGE_PREFIX), 0, False, False)
         if self.final_watch is None or self.final_counter is None:
             self.problems.append("coordination: the final state could not be read in 30 s")
         target = max((kv.mod_revision for kv in getattr(self.final_watch, "kvs", [])), default=0)
@@ -483,7 +485,7 @@ class Coordination:
         async with self._client() as client:
             while not stop.is_set():
                 await self._think(rng)
-                listing = await self._list(client, ACCOUNTS, ACCOUNTS + b"\xff", 0, False,
+                listing = await self._list(client, ACCOUNTS, prefix_end(ACCOUNTS), 0, False,
                                            False)
                 if listing is None:
                     continue
@@ -578,7 +580,7 @@ class Coordination:
         async with self._client() as client:
             while not stop.is_set():
                 await self._think(rng)
-                start, end = RANGE_PREFIX, RANGE_PREFIX + b"\xff"
+                start, end = RANGE_PREFIX, prefix_end(RANGE_PREFIX)
                 if rng.random() < 0.3:  # a sub-range
                     lo = rng.randrange(1, 200)
                     start, end = RANGE_PREFIX + b"%06d" % lo, RANGE_PREFIX + b"%06d" % (lo + 20)
