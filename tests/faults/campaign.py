@@ -198,6 +198,8 @@ def run_campaign(nodes: int, seconds: float, seed: int, directory: Path, *,
                     "ret": op.ret,
                     "result": op.result.decode() if isinstance(op.result, bytes) else op.result,
                 }) + "\n")
+        if coord is not None:
+            coord.dump(Path(directory))
     return report
 
 

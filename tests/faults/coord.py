@@ -80,6 +80,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import trio
@@ -90,6 +91,7 @@ from daemon.tools.client import (Client, NoLeader, OperationFailed, OutcomeUnkno
 from daemon.tools.leases import LeaseNotFound
 from daemon.tools.txn import compare_create, compare_mod, get_range, put
 from daemon.tools.watch import WatchCancelled, WatchCompacted
+from tests.faults import coord_checks as checks
 from tests.linearizability import Operation
 
 __all__ = ["Change", "Coordination", "LEASE_TTL", "LeaseEpoch", "LeaseRead", "Promise",
@@ -612,7 +614,6 @@ class Coordination:
     def check(self, history: list[Operation]) -> list[str]:
         """Every violation the records show (see the module docstring), also kept in
         ``violations``."""
-        from tests.faults import coord_checks as checks
         found = list(self.violations)
         for log in self.logs:
             found += checks.check_watch(log, history, self.final_watch)
@@ -631,8 +632,25 @@ class Coordination:
 
     def summary(self) -> list[str]:
         """The lines the campaign's summary prints."""
-        from tests.faults import coord_checks as checks
         return checks.summarize(self)
+
+    def dump(self, directory: Path) -> None:
+        """Write the records to ``directory`` (after a violation): ``watch-<n>.txt`` (each
+        watcher's events, gaps and re-listings) and ``coord.txt`` (the violations, the lease
+        epochs, the counter's increments)."""
+        for n, log in enumerate(self.logs):
+            lines = [f"# {log.name}: watched ({log.start}, {log.seen}], gaps {log.gaps}, "
+                     f"re-listed at {[r[0] for r in log.relists]}, {dict(log.counts)}"]
+            lines += [f"{e.revision} {e.type} {e.key!r} {e.value!r}" for e in log.events]
+            (directory / f"watch-{n}.txt").write_text("\n".join(lines) + "\n")
+        lines = [f"VIOLATION {v}" for v in self.violations]
+        for e in self.epochs:
+            lines.append(f"lease {e.id} ttl {e.ttl} put acknowledged at {e.put_ret} ended "
+                         f"{e.ended!r}; promises {[tuple(p) for p in e.promises]}; not found "
+                         f"{e.not_found}; reads {[tuple(r) for r in e.reads]}")
+        lines.append(f"counter: final {self.final_counter}; acknowledged (value, revision) "
+                     f"{sorted(self.increments)}; unknown {sorted(self.increments_unknown)}")
+        (directory / "coord.txt").write_text("\n".join(lines) + "\n")
 
 
 def _taken(log: WatchLog, watch) -> None:

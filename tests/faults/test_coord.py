@@ -201,3 +201,7 @@ def test_a_compacted_watch_lists_again_goes_on_and_its_gap_excuses_only_what_it_
         assert log.counts["compacted"] >= 1 and log.gaps and log.relists
         assert [e.value for e in log.events][-30:] == [b"c0-%d" % n for n in range(60, 90)]
     assert not cluster.unexpected_exits()
+    assert "coordination violations: 0" in coord.summary()
+    coord.dump(tmp_path)  # what a campaign writes after a violation
+    assert (tmp_path / "watch-0.txt").read_text().count("\n") == len(coord.logs[0].events) + 1
+    assert (tmp_path / "coord.txt").exists()
