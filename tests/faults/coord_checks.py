@@ -324,13 +324,20 @@ def summarize(coord) -> list[str]:
     revoked = sum(1 for e in coord.epochs if e.ended == "revoked")
     late = [e.reads[-1].ret - max(p.sent + p.ttl for p in e.promises)
             for e in coord.epochs if e.reads and e.reads[-1].value is None]
+    # Liveness, not checked: a lease let lapse that was still there when revoked (each new
+    # leader gives every lease a full TTL again, so faults can put an expiry off).
+    overdue = [e.revoked_at - max(p.sent + p.ttl for p in e.promises) for e in coord.epochs
+               if e.lapse_after is not None and e.ended.startswith("revoked")
+               and e.revoked_at is not None]
     lines.append(f"coordination: leases: {len(coord.epochs)} granted, "
                  f"{c['keepalives acknowledged']} keepalives acknowledged, "
                  f"{sum(len(e.reads) for e in coord.epochs)} reads of leased keys, "
                  f"{revoked} revoked, {c['leases let lapse']} let lapse, expiries seen "
                  f"{c['lease expiries seen']}"
                  + (f" (the key read gone at most {max(late):.1f} s after the last promise "
-                    f"ended)" if late else ""))
+                    f"ended)" if late else "")
+                 + (f"; {len(overdue)} let lapse were revoked before they expired (up to "
+                    f"{max(overdue):.1f} s after the last promise ended)" if overdue else ""))
     lines.append(f"coordination: counter: {len(coord.increments)} increments acknowledged, "
                  f"{len(coord.increments_unknown)} unknown, "
                  f"{c['increments that lost the race']} lost the race, final "
