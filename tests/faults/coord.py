@@ -217,7 +217,9 @@ class Coordination:
     watchers: int = 2
     timeout: float = 1.5
     attempt_timeout: float = 0.4
-    think: float = 0.03  # seconds between two operations of one task, at most
+    # Seconds between two operations of one task, at most: the workload keeps the larger
+    # share of the machine (its history is what the linearizability check has).
+    think: float = 0.05
     counts: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     logs: list[WatchLog] = field(default_factory=list)
