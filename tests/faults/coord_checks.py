@@ -336,7 +336,7 @@ def summarize(coord) -> list[str]:
                  f"{c['lease expiries seen']}"
                  + (f" (the key read gone at most {max(late):.1f} s after the last promise "
                     f"ended)" if late else "")
-                 + (f"; {len(overdue)} let lapse were revoked before they expired (up to "
+                 + (f"; let lapse but revoked before they expired: {len(overdue)} (up to "
                     f"{max(overdue):.1f} s after the last promise ended)" if overdue else ""))
     lines.append(f"coordination: counter: {len(coord.increments)} increments acknowledged, "
                  f"{len(coord.increments_unknown)} unknown, "
