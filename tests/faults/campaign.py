@@ -11,6 +11,10 @@ faults injected by kind, whether the history is linearizable, acknowledged write
 anything else that went wrong (a node that exited by itself, a traceback in a node's log, no
 recovery after healing). Exit status 0 when all is well, 1 on any violation.
 
+Beside that workload runs the coordination load of tests.faults.coord (watchers, a kept-alive
+lease, transactions, ranges, each with its own exact checks: see there); ``--no-coord`` runs
+the single-key workload alone.
+
 The working directory (``--dir``, default a new temporary one) keeps each node's log, the
 nemesis's event log and, after a violation, the history as JSON lines; it is removed after a
 clean run unless ``--keep``.
@@ -32,6 +36,7 @@ from pathlib import Path
 import trio
 
 from tests.faults.cluster import ProcessCluster
+from tests.faults.coord import Coordination
 from tests.faults.nemesis import KINDS, Nemesis, schedule
 from tests.faults.workload import Workload, lost_writes, summarize_counts
 from tests.linearizability import check
@@ -59,12 +64,15 @@ class Report:
     check_info: str = ""
     lost: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    coordination: list[str] = field(default_factory=list)  # its summary lines
+    coord_violations: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     directory: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.linearizable is True and not self.lost and not self.problems
+        return (self.linearizable is True and not self.lost and not self.problems
+                and not self.coord_violations)
 
     def summary(self) -> str:
         verdict = {True: "yes", False: "NO", None: "unknown (the check timed out)"}
@@ -85,6 +93,7 @@ class Report:
             lines.append(self.check_info)
         lines += [f"LOST: {line}" for line in self.lost]
         lines += [f"PROBLEM: {p}" for p in self.problems]
+        lines += self.coordination
         lines.append("result: " + ("ok" if self.ok else f"VIOLATION (see {self.directory})"))
         return "\n".join(lines)
 
@@ -100,7 +109,7 @@ async def _interrupt_on_sigterm() -> None:
 
 
 async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
-                    nemesis: Nemesis, rounds, verbose: bool) -> None:
+                    nemesis: Nemesis, rounds, coord: Coordination | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_interrupt_on_sigterm)
         await nursery.start(cluster.proxy.run)
@@ -111,6 +120,8 @@ async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
             nursery.cancel_scope.cancel()
             return
         stop = trio.Event()
+        if coord is not None and await coord.prepare():
+            nursery.start_soon(coord.run, stop, trio.current_time() + report.seconds + 180)
         deadline = trio.current_time() + report.seconds
         async with trio.open_nursery() as clients:
             clients.start_soon(workload.run, stop, deadline + 120)
@@ -130,23 +141,28 @@ async def _campaign(report: Report, cluster: ProcessCluster, workload: Workload,
         if missing:
             report.problems.append(f"keys not readable after healing: {missing}")
         report.lost = lost_writes(workload.history, final)
+        if coord is not None:
+            await coord.finish(timeout=30)
         nemesis.check_processes()
         nursery.cancel_scope.cancel()
 
 
 def run_campaign(nodes: int, seconds: float, seed: int, directory: Path, *,
                  clients: int = 4, keys: int = 6, kinds: tuple[str, ...] = KINDS,
-                 snapshot_every_slots: int = SNAPSHOT_EVERY, verbose: bool = False) -> Report:
-    """Run one campaign in ``directory``; the Report (``report.ok`` says whether all is well)."""
+                 snapshot_every_slots: int = SNAPSHOT_EVERY, verbose: bool = False,
+                 coordination: bool = True) -> Report:
+    """Run one campaign in ``directory``; the Report (``report.ok`` says whether all is well).
+    ``coordination``: run tests.faults.coord's load beside the workload, and check it."""
     started = time.monotonic()
     report = Report(nodes, seed, seconds, directory=str(directory))
     cluster = ProcessCluster(directory, nodes, power_loss=True,
                              snapshot_every_slots=snapshot_every_slots)
     workload = Workload(cluster.endpoints, seed=seed, clients=clients, keys=keys)
     nemesis = Nemesis(cluster, seed=seed, verbose=verbose)
+    coord = Coordination(cluster.endpoints, seed=seed) if coordination else None
     rounds = schedule(seed, cluster.ids, seconds, kinds)
     try:
-        trio.run(_campaign, report, cluster, workload, nemesis, rounds, verbose)
+        trio.run(_campaign, report, cluster, workload, nemesis, rounds, coord)
     finally:
         cluster.close()
         (Path(directory) / "nemesis.log").write_text("\n".join(nemesis.events) + "\n")
@@ -167,6 +183,10 @@ def run_campaign(nodes: int, seconds: float, seed: int, directory: Path, *,
     result = check(history, timeout=CHECK_TIMEOUT)
     report.linearizable = result.ok
     report.check_info = result.info
+    if coord is not None:
+        report.coord_violations = coord.check(history)
+        report.problems += coord.problems
+        report.coordination = coord.summary()
     report.elapsed = time.monotonic() - started
     if not report.ok:
         with open(Path(directory) / "history.jsonl", "w") as f:
@@ -178,6 +198,8 @@ def run_campaign(nodes: int, seconds: float, seed: int, directory: Path, *,
                     "ret": op.ret,
                     "result": op.result.decode() if isinstance(op.result, bytes) else op.result,
                 }) + "\n")
+        if coord is not None:
+            coord.dump(Path(directory))
     return report
 
 
@@ -195,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"storage.snapshot_every_slots (default {SNAPSHOT_EVERY})")
     parser.add_argument("--faults", default=",".join(KINDS),
                         help=f"comma-separated fault kinds (default all: {','.join(KINDS)})")
+    parser.add_argument("--no-coord", action="store_true",
+                        help="run the single-key workload alone (no watches, lease, "
+                             "transactions or ranges)")
     parser.add_argument("--dir", help="working directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each fault")
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_campaign(args.nodes, seconds, args.seed, directory, clients=args.clients,
                           keys=args.keys, kinds=kinds, snapshot_every_slots=args.snapshot_every,
-                          verbose=args.verbose)
+                          verbose=args.verbose, coordination=not args.no_coord)
     print(report.summary(), flush=True)
     if report.ok and not args.keep and not args.dir:
         shutil.rmtree(directory, ignore_errors=True)

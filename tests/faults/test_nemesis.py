@@ -1,6 +1,7 @@
 """Faults on real processes: the proxy itself, stale reads from a paused or cut-off leader, and
 short seeded campaigns (every fault kind, power cuts alone) whose histories must be
-linearizable with no acknowledged write lost.
+linearizable with no acknowledged write lost, and whose coordination load (watches, a lease,
+transactions, ranges: tests.faults.coord) must pass its checks.
 
 The campaigns here are short (the suite's budget); ``python -m tests.faults.campaign`` runs
 long ones. ``PAXOSD_FAULT_SEED`` changes the seed of the campaigns in this file.
@@ -224,6 +225,8 @@ def _assert_clean(report) -> None:
     assert report.linearizable is True, report.summary()
     assert report.lost == [], report.summary()
     assert report.problems == [], report.summary()
+    assert report.coord_violations == [], report.summary()
+    assert report.coordination, "the coordination load (tests.faults.coord) did not run"
     assert report.acknowledged_writes > 0
 
 
