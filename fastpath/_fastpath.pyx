@@ -85,6 +85,10 @@ MAX_BALLOT = C_MAX_BALLOT
 SLOT_LIMIT = C_SLOT_LIMIT
 MAX_DEPTH = C_MAX_DEPTH
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+# The bytes a recorded change of a key counts for in a watch history besides its key and value
+# (the tuple, the record and its integers): the apply loop sums the sizes as it records.
+cdef Py_ssize_t C_EVENT_OVERHEAD = 64
+EVENT_OVERHEAD = C_EVENT_OVERHEAD
 MAX_FRAME_LENGTH = C_MAX_FRAME_LENGTH
 # The command operations (declared in _fastpath.pxd; daemon.core.messages names them for the
 # protocol). OP_READ is no command: it stands for a read in the client op table split_requests
@@ -1223,7 +1227,8 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
     ``kv.evicted_at``: see daemon.core.kv.KVStore, whose ``apply`` this follows step for step).
     If ``results`` is a list, each command's ``(status, result, revision)`` is appended to it;
     if ``kv.events`` is a list, each change of a key ``(revision, key, record or None (deleted),
-    previous record or None)``. A command on a key attached to a lease, and any op but put,
+    previous record or None)``, adding its size (key, value, EVENT_OVERHEAD) to
+    ``kv.event_bytes``. A command on a key attached to a lease, and any op but put,
     delete and cas, goes to ``kv.apply_other`` (the store's Python path, which keeps the leases).
     ``op_put``, ``op_delete`` and ``op_cas`` are the OP_* codes; ``ok``, ``stale`` and
     ``expired`` the reply statuses to record (daemon.core.messages).
@@ -1243,6 +1248,7 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
     cdef bint record_events = events is not None
     cdef KeyRecord record
     cdef object prev
+    cdef Py_ssize_t event_bytes = 0
     cdef PyObject *found
     cdef PyObject *first_key
     cdef PyObject *first_value
@@ -1277,6 +1283,7 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                 record = _write(data, touched, key, arg1, found, base + applied + 1)
                 if record_events:
                     events.append((base + applied + 1, key, record, prev))
+                    event_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(arg1) + C_EVENT_OVERHEAD
                 result = None
             elif op == op_cas:
                 current = (<KeyRecord>found).value if found != NULL else None
@@ -1286,11 +1293,14 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                     record = _write(data, touched, key, arg2, found, base + applied + 1)
                     if record_events:
                         events.append((base + applied + 1, key, record, prev))
+                        event_bytes += (PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(arg2)
+                                        + C_EVENT_OVERHEAD)
             elif op == op_delete:
                 result = found != NULL
                 if result:
                     if record_events:
                         events.append((base + applied + 1, key, None, <object>found))
+                        event_bytes += PyBytes_GET_SIZE(key) + C_EVENT_OVERHEAD
                     PyDict_DelItem(data, key)
                     touched.append(key)
             else:  # a transaction, a leased key (or an unknown op): the store's Python path
@@ -1315,5 +1325,7 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
     finally:
         kv.applied_commands = base + applied
         kv.evicted_at = evicted_at
+        if event_bytes:
+            kv.event_bytes += event_bytes
         if drop_index:
             kv.index = None

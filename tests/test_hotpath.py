@@ -175,6 +175,7 @@ def test_apply_commands_matches_kv_apply(data):
         assert a == b
         assert kv_state(fast) == kv_state(slow)
         assert fast.events == slow.events
+        assert fast.event_bytes == slow.event_bytes
 
 
 def test_apply_commands_unknown_op_fails_as_kv_apply_does():

@@ -101,6 +101,7 @@ def test_writes_to_leased_keys_match_between_the_c_loop_and_the_python_path():
         assert a == b
         assert fast.state() == slow.state()
         assert fast.events == slow.events
+        assert fast.event_bytes == slow.event_bytes
         attached += sum(1 for r in fast.data.values() if r.lease)
     assert attached > 100  # the run did write to leased keys
 

@@ -47,7 +47,8 @@ the key, as etcd's does. The lease ops (grant, revoke, expire) are log commands 
 
 Events. When ``events`` is a list (a node that serves watches sets it), every change of a key
 appends ``(revision, key, record or None (deleted), previous record or None)`` to it, in apply
-order; whoever set it drains it (daemon.core.watch).
+order, and adds its size (key, value and EVENT_OVERHEAD) to ``event_bytes``; whoever set it
+drains both (daemon.core.watch).
 
 Ranges. The keys are kept sorted (``sortedcontainers.SortedList``) for ranges, lazily: the
 apply loop only appends each created or deleted key to ``touched`` (a C list append, and only
@@ -63,7 +64,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from fastpath import KeyRecord, apply_commands, dumps, loads
+from fastpath import EVENT_OVERHEAD, KeyRecord, apply_commands, dumps, loads
 from sortedcontainers import SortedList
 
 from daemon.core.messages import (
@@ -175,7 +176,8 @@ class KVStore:
     """Keys and values are bytes. ``apply(cmd)`` returns ``(status, result, revision)``."""
 
     __slots__ = ("data", "sessions", "max_sessions", "applied_commands", "evicted_at",
-                 "touched", "touched_slack", "index", "leases", "lease_epoch", "events")
+                 "touched", "touched_slack", "index", "leases", "lease_epoch", "events",
+                 "event_bytes")
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         if max_sessions < 1:
@@ -193,6 +195,7 @@ class KVStore:
         self.leases: dict[int, tuple[int, dict]] = {}  # id -> (ttl, keys attached)
         self.lease_epoch = 0  # the ballot of the latest leader's epoch command (leases)
         self.events: list | None = None  # changes of keys, when someone drains them
+        self.event_bytes = 0  # the size of ``events``
 
     @property
     def revision(self) -> int:
@@ -247,6 +250,7 @@ class KVStore:
         self.data[key] = record
         if self.events is not None:
             self.events.append((revision, key, record, found))
+            self.event_bytes += len(key) + len(value) + EVENT_OVERHEAD
 
     def remove(self, key: bytes, revision: int) -> None:
         """Delete ``key`` (it exists) as of ``revision``, detaching it from its lease."""
@@ -256,6 +260,7 @@ class KVStore:
             del self.leases[found.lease][1][key]
         if self.events is not None:
             self.events.append((revision, key, None, found))
+            self.event_bytes += len(key) + EVENT_OVERHEAD
 
     def apply_other(self, cmd: tuple, revision: int):
         """The result of ``cmd`` applied as the command of ``revision``; its session is the

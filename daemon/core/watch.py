@@ -10,12 +10,13 @@ from a revision at or below ``compacted`` cannot be told everything it missed: `
 silent gap.
 
 Bounds. The history holds at most ``max_revisions`` revisions (``revision - compacted``) and
-at most ``max_bytes`` of events (each counted as its key, its value and EVENT_OVERHEAD: see
-``events_size``): beyond either, the oldest revisions go and ``compacted`` rises.
+at most ``max_bytes`` of events (each counted as its key, its value and EVENT_OVERHEAD, summed
+by the store as it records: ``KVStore.event_bytes``): beyond either, the oldest revisions go
+and ``compacted`` rises.
 
 Cost. Every change applied passes through here whether anyone watches or not, so ``take``
-does no Python step per change: it takes the store's list over as one ``Chunk`` and sizes it
-at C speed. Grouping by revision and matching keys happen when a watch is served (``select``).
+does no Python step per change: it takes the store's list over as one ``Chunk``, with the size
+the store summed (in the C apply loop). Grouping by revision and matching keys happen when a watch is served (``select``).
 
 A replaced store. A node that installs a snapshot from the leader replaces its store
 (daemon.core.catchup), and a node's store is built and the committed log applied before anyone
@@ -32,11 +33,10 @@ None)``, records being ``fastpath.KeyRecord``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
-# The bytes an event costs besides its key and values: the tuple, the record and its integers.
-EVENT_OVERHEAD = 64
+from fastpath import EVENT_OVERHEAD
+
 # Dropped chunks are cut off the front of the list in one go once they are this many.
 TRIM_EVERY = 1024
 
@@ -78,19 +78,6 @@ def event_size(event: tuple, prev_kv: bool = True) -> int:
     if prev_kv and prev is not None:
         size += len(prev.value)
     return size
-
-
-def events_size(events: list) -> int:
-    """The bytes the history counts ``events`` for: keys, values and EVENT_OVERHEAD each,
-    summed at C speed (map, itemgetter, len), as the history sizes every change applied,
-    watched or not. Previous values are not counted: a previous record is the record of an
-    earlier change (held too, or let go of, one per key at most) or of the store."""
-    keys = sum(map(len, map(_KEY, events)))
-    values = sum(map(len, map(_VALUE, filter(None, map(_RECORD, events)))))
-    return keys + values + EVENT_OVERHEAD * len(events)
-
-
-_KEY, _RECORD, _VALUE = itemgetter(1), itemgetter(2), attrgetter("value")
 
 
 def matches(key: bytes, start: bytes, end: bytes | None) -> bool:
@@ -149,6 +136,7 @@ class WatchHistory:
         """Follow ``kv`` from its present revision on: nothing before it is held."""
         self.kv = kv
         kv.events = []
+        kv.event_bytes = 0
         self.chunks: list[Chunk] = []
         self.lasts: list[int] = []  # each chunk's last revision, for bisect
         self.head = 0  # chunks before it are dropped
@@ -165,7 +153,8 @@ class WatchHistory:
         new = []
         if events:
             old.events = []
-            new.append(Chunk(events[0][0], events[-1][0], events, events_size(events)))
+            new.append(Chunk(events[0][0], events[-1][0], events, old.event_bytes))
+            old.event_bytes = 0
         if kv is not old:
             old.events = None
             self._attach(kv)
