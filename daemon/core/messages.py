@@ -16,6 +16,7 @@ Representation choices made for the hot path:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from fastpath import OP_CAS, OP_DELETE, OP_PUT
 
@@ -293,8 +294,7 @@ class Snapshot:
 # Client replies.
 
 
-@_value
-class Reply:
+class Reply(NamedTuple):
     """The answer to the request the driver tagged ``req``.
 
     ``status`` is one of REPLY_STATUSES; ``result`` is the operation's output when OK;
@@ -302,6 +302,9 @@ class Reply:
     ``revision`` the store revision the answer reflects (a write: the one it was applied at,
     or remembered from; a read: the state it was read from), or None when it reflects no
     state (the driver then says the node's current revision).
+
+    A NamedTuple, not a frozen dataclass like the messages: a leader makes one per command,
+    and a NamedTuple is made in well under half the time.
     """
 
     req: object
