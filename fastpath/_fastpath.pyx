@@ -1274,6 +1274,7 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                 if want:
                     out.append((expired, evicted_at, base + applied))
                 continue
+            revision = base + applied + 1  # this command's (one int object for all its uses)
             found = PyDict_GetItem(data, key)
             if found != NULL and (<KeyRecord>found).lease != 0:
                 op = None  # a leased key: the Python path below detaches it from its lease
@@ -1282,7 +1283,7 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                 prev = (<object>found if found != NULL else None) if record_events else None
                 record = _write(data, touched, key, arg1, found, base + applied + 1)
                 if record_events:
-                    events.append((base + applied + 1, key, record, prev))
+                    events.append((revision, key, record, prev))
                     event_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(arg1) + C_EVENT_OVERHEAD
                 result = None
             elif op == op_cas:
@@ -1292,14 +1293,14 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                     prev = (<object>found if found != NULL else None) if record_events else None
                     record = _write(data, touched, key, arg2, found, base + applied + 1)
                     if record_events:
-                        events.append((base + applied + 1, key, record, prev))
+                        events.append((revision, key, record, prev))
                         event_bytes += (PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(arg2)
                                         + C_EVENT_OVERHEAD)
             elif op == op_delete:
                 result = found != NULL
                 if result:
                     if record_events:
-                        events.append((base + applied + 1, key, None, <object>found))
+                        events.append((revision, key, None, <object>found))
                         event_bytes += PyBytes_GET_SIZE(key) + C_EVENT_OVERHEAD
                     PyDict_DelItem(data, key)
                     touched.append(key)
@@ -1308,9 +1309,8 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
                     kv.index = None
                     drop_index = False
                 kv.applied_commands = base + applied
-                result = kv.apply_other(cmd, base + applied + 1)
+                result = kv.apply_other(cmd, revision)
             applied += 1
-            revision = base + applied
             sessions[client_id] = (seq, ok, result, revision)
             if PyDict_Size(sessions) > max_sessions:
                 pos = 0
