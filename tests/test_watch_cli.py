@@ -51,7 +51,7 @@ def interrupt(process: subprocess.Popen) -> int:
     """Ctrl-C, then its exit code (killed by pid if it does not stop)."""
     try:
         process.send_signal(signal.SIGINT)
-        return process.wait(timeout=30)  # beyond the client timeout (15 s) its close may take
+        return process.wait(timeout=15)
     finally:
         if process.poll() is None:
             process.kill()
