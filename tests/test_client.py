@@ -1,4 +1,4 @@
-"""daemon.tools.client: leader discovery, at-most-once retries, pipelining, and honest errors.
+"""daemon.client.client: leader discovery, at-most-once retries, pipelining, and honest errors.
 
 The first part runs the client against ``FakeNode``, a small trio server in this file that
 speaks the client protocol over real loopback TCP with a real ``KVStore`` behind it, and can be
@@ -16,7 +16,7 @@ import threading
 import pytest
 import trio
 
-from daemon.tools.client import (
+from daemon.client.client import (
     Client,
     NoLeader,
     OperationFailed,

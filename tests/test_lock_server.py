@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from daemon.tools.client import Client
-from daemon.tools.lock import FencedOut
+from daemon.client.client import Client
+from daemon.client.lock import FencedOut
 from tests.test_range_server import endpoints
 from tests.test_server import TEST_TIMEOUT, running_cluster
 

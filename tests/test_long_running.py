@@ -68,7 +68,7 @@ async def test_nodes_snapshot_compact_their_log_and_restart_from_the_snapshot(tm
 
 
 async def test_leadership_can_be_handed_to_a_named_node_and_writes_go_on(tmp_path):
-    from daemon.tools.client import Client
+    from daemon.client.client import Client
 
     cluster = compacting_config(tmp_path, every=1000)
 

@@ -25,7 +25,7 @@ from fastpath import FrameReader, dumps, encode_frame, encode_frames, loads
 
 from daemon.codec import wire
 from daemon.tools.cli import main as cli_main
-from daemon.tools.client import Client, Unavailable
+from daemon.client.client import Client, Unavailable
 from daemon.runtime.config import load_config
 from daemon.core.messages import Prepare
 from daemon.runtime.security import ROLE_DIALER, client_context, prove

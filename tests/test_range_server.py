@@ -8,7 +8,7 @@ import trio
 from fastpath import FrameReader
 
 from daemon.core.kv import prefix_end
-from daemon.tools.client import Client, KeyValue
+from daemon.client.client import Client, KeyValue
 from tests.test_server import TEST_TIMEOUT, running_cluster
 
 MAX_FRAME = 4 * 1024 * 1024  # write_config's limits.max_frame_bytes

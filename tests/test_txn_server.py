@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from daemon.tools.client import Client, KeyValue, OperationFailed
-from daemon.tools.txn import (
+from daemon.client.client import Client, KeyValue, OperationFailed
+from daemon.client.txn import (
     cas_txn,
     compare_mod,
     compare_value,

@@ -120,7 +120,7 @@ def small_history_node(tmp_path):
 
 
 def test_watch_from_before_the_history_exits_1_saying_compacted(small_history_node):
-    from daemon.tools.client import SyncClient
+    from daemon.client.client import SyncClient
 
     with SyncClient([small_history_node], timeout=15) as client:
         for i in range(10):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import trio
 
-from daemon.tools.client import Client, OutcomeUnknown
+from daemon.client.client import Client, OutcomeUnknown
 from tests.faults.cluster import ProcessCluster
 
 WRITES = 150

@@ -12,9 +12,9 @@ import trio
 
 from daemon.codec import wire
 from daemon.runtime.server import serve
-from daemon.tools import txn
-from daemon.tools.client import Client, KeyValue
-from daemon.tools.watch import WatchCancelled, WatchCompacted
+from daemon.client import txn
+from daemon.client.client import Client, KeyValue
+from daemon.client.watch import WatchCancelled, WatchCompacted
 from tests.test_server import TEST_TIMEOUT, Cluster, write_config
 
 BIG_VALUE = 200 * 1024
@@ -150,7 +150,7 @@ async def test_unwatch_ends_a_watch_and_a_closed_connection_frees_its_watches(tm
 
 
 async def test_the_sync_client_watches_and_is_cut_off_like_the_async_one(tmp_path):
-    from daemon.tools.client import SyncClient
+    from daemon.client.client import SyncClient
 
     with trio.fail_after(TEST_TIMEOUT):
         async with watch_cluster(tmp_path) as cluster:

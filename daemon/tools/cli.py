@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bench_argv = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from daemon.tools.client import PaxosdError
+    from daemon.client.client import PaxosdError
 
     try:
         return args.func(args)
@@ -353,7 +353,7 @@ def _load(args: argparse.Namespace, node_id: int | None = None) -> Config:
 
 def _endpoints(args: argparse.Namespace) -> tuple[list[str], Config | None]:
     """The client addresses to use, and the configuration they came from (if any)."""
-    from daemon.tools.client import format_address, parse_endpoint
+    from daemon.client.client import format_address, parse_endpoint
 
     if args.endpoints:
         endpoints = []
@@ -571,7 +571,7 @@ def _run_client(args: argparse.Namespace, work, endpoints: list[str] | None = No
     """Run ``await work(client)`` with a client of the cluster the arguments name."""
     import trio
 
-    from daemon.tools.client import Client
+    from daemon.client.client import Client
 
     if endpoints is None:
         endpoints, config = _endpoints(args)
@@ -730,7 +730,7 @@ def _event_text(event) -> bytes:
 
 
 def _event_json(event) -> bytes:
-    from daemon.tools.client import KeyValue
+    from daemon.client.client import KeyValue
     from daemon.tools.txn_text import kv_json
 
     kv = KeyValue(event.key, event.value, event.create_revision, event.mod_revision,
@@ -795,7 +795,7 @@ def cmd_transfer_leader(args: argparse.Namespace) -> int:
 def cmd_member_add(args: argparse.Namespace) -> int:
     for what, text in (("PEER", args.peer), ("CLIENT", args.client_address)):
         parse_address(text, f"member add {what}")  # ConfigError (exit 2) naming the bad one
-    from daemon.tools.client import OperationFailed
+    from daemon.client.client import OperationFailed
 
     async def add(c):
         known = {m["id"]: m for m in (await c.members())["members"]}
@@ -813,7 +813,7 @@ def cmd_member_add(args: argparse.Namespace) -> int:
 
 
 def cmd_member_remove(args: argparse.Namespace) -> int:
-    from daemon.tools.client import OperationFailed
+    from daemon.client.client import OperationFailed
 
     async def remove(c):
         known = [m["id"] for m in (await c.members())["members"]]
@@ -960,7 +960,7 @@ async def run_load(client, count: int, clients: int, value_size: int) -> dict:
     """
     import trio
 
-    from daemon.tools.client import PaxosdError
+    from daemon.client.client import PaxosdError
 
     run_id = os.urandom(4).hex()
     await client.get(f"load/{run_id}/warm-up")  # leader discovery, outside the measurement

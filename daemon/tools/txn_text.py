@@ -25,7 +25,7 @@ import re
 import shlex
 
 from daemon.codec.wire import RANGE_COUNT_ONLY
-from daemon.tools import txn
+from daemon.client import txn
 
 __all__ = ["TxnTextError", "kv_json", "kv_lines", "parse_txn_text", "result_json", "result_lines"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.tools.client import Client
+from daemon.client.client import Client
 from daemon.runtime.storage import SNAPSHOT_FILE, read_snapshot
 from tests.faults.cluster import ProcessCluster
 

@@ -86,11 +86,11 @@ from typing import NamedTuple
 import trio
 
 from daemon.core.kv import prefix_end
-from daemon.tools.client import (Client, NoLeader, OperationFailed, OutcomeUnknown, PaxosdError,
+from daemon.client.client import (Client, NoLeader, OperationFailed, OutcomeUnknown, PaxosdError,
                                  Unavailable)
-from daemon.tools.leases import LeaseNotFound
-from daemon.tools.txn import compare_create, compare_mod, get_range, put
-from daemon.tools.watch import WatchCancelled, WatchCompacted
+from daemon.client.leases import LeaseNotFound
+from daemon.client.txn import compare_create, compare_mod, get_range, put
+from daemon.client.watch import WatchCancelled, WatchCompacted
 from tests.faults import coord_checks as checks
 from tests.linearizability import Operation
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.tools.client import Client, OutcomeUnknown, PaxosdError
+from daemon.client.client import Client, OutcomeUnknown, PaxosdError
 from tests.faults.cluster import ProcessCluster
 
 __all__ = ["ReplaceReport", "run_replace"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.tools.client import Client, PaxosdError
+from daemon.client.client import Client, PaxosdError
 from tests.faults.cluster import REPO, ProcessCluster
 
 UNIT = REPO / "systemd" / "paxosd.service"

@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from daemon.tools.client import Client, KeyValue, RangeResponse
+from daemon.client.client import Client, KeyValue, RangeResponse
 from tests.faults.cluster import ProcessCluster
 from tests.faults.coord import (Change, Coordination, LeaseEpoch, Promise, RangeRead,
                                RangeWrite, RevOp, WatchLog)

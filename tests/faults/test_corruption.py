@@ -23,7 +23,7 @@ import trio
 
 from daemon.codec import records as wal_codec
 from daemon.runtime import storage
-from daemon.tools.client import Client
+from daemon.client.client import Client
 from daemon.core.messages import CommitRecord
 from daemon.codec.records import GROUP_HEAD, GROUP_HEADER_BYTES, HEADER_BYTES
 from daemon.runtime.storage import WAL, CorruptLog

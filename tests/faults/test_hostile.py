@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fastpath import dumps, encode_frame
 
 from daemon.codec import wire
-from daemon.tools.client import Client
+from daemon.client.client import Client
 from tests.faults.cluster import ProcessCluster
 from tests.faults.hostile import DOCUMENTED, SEEDS, feed_stream, seed_frames
 

@@ -18,7 +18,7 @@ import time
 
 import trio
 
-from daemon.tools.client import Client, PaxosdError
+from daemon.client.client import Client, PaxosdError
 from tests.faults.cluster import REPO, ProcessCluster
 
 TTL = 2  # seconds

@@ -17,7 +17,7 @@ import trio
 from fastpath import FrameReader, dumps, encode_frame, loads
 
 from daemon.codec import wire
-from daemon.tools.client import Client
+from daemon.client.client import Client
 from tests.faults.campaign import run_campaign
 from tests.faults.cluster import ProcessCluster
 from tests.faults.proxy import FaultProxy

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.tools.client import Client
+from daemon.client.client import Client
 from tests.faults.workload import Workload, lost_writes
 from tests.linearizability import Operation
 

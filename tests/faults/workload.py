@@ -1,6 +1,6 @@
 """Concurrent clients on a small key set, recording a history for tests.linearizability.
 
-Each client is a ``daemon.tools.client.Client`` of its own (its own connections and sessions) with
+Each client is a ``daemon.client.client.Client`` of its own (its own connections and sessions) with
 short timeouts, doing put, get and cas on a few keys. Every value written is unique
 (``c<client>-<n>``), so a value read names the write that made it. Every operation is recorded
 with its call and return times (``time.monotonic``, one clock for all) and its outcome:
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from daemon.tools.client import (
+from daemon.client.client import (
     Client,
     NoLeader,
     OperationFailed,

@@ -1,6 +1,6 @@
 """Transactions for the client library: helper constructors and the call behind ``Client.txn``.
 
-    from daemon.tools.txn import compare_value, compare_version, put, delete, get_range
+    from daemon.client.txn import compare_value, compare_version, put, delete, get_range
     response = await client.txn([compare_version("k", "=", 0)],   # "k" is absent
                                 [put("k", "v1")], [get_range("k")])
     response.succeeded, response.results, response.revision
@@ -19,8 +19,8 @@ from fastpath import dumps
 
 from daemon.codec.wire import WireError, decode_txn_result
 from daemon.core.txn import TxnError, check_txn
-from daemon.tools.client import OperationFailed, _as_bytes, _range_end, _range_flags, _range_response
-from daemon.tools.leases import lease_refused
+from daemon.client.client import OperationFailed, _as_bytes, _range_end, _range_flags, _range_response
+from daemon.client.leases import lease_refused
 
 __all__ = ["TxnResponse", "cas_txn", "compare_create", "compare_lease", "compare_mod",
            "compare_value", "compare_version", "delete", "get_range", "put", "run_txn"]

@@ -23,7 +23,7 @@ import trio
 from daemon.codec.wire import WireError, decode_lease_result
 from daemon.core.leases import MAX_TTL, MIN_TTL
 from daemon.core.txn import LEASE_NOT_FOUND
-from daemon.tools.client import OperationFailed, PaxosdError, _as_bytes
+from daemon.client.client import OperationFailed, PaxosdError, _as_bytes
 
 __all__ = ["Lease", "LeaseNotFound", "LeaseStatus", "grant", "keep", "keepalive", "put_leased",
            "revoke", "time_to_live"]
@@ -114,7 +114,7 @@ async def time_to_live(client, lease_id: int, timeout: float | None) -> LeaseSta
 
 async def put_leased(client, key, value, lease_id: int, timeout: float | None) -> int | None:
     """Put ``key`` attached to lease ``lease_id`` (one transaction); its revision."""
-    from daemon.tools.txn import run_txn  # txn imports the client, as this module does
+    from daemon.client.txn import run_txn  # txn imports the client, as this module does
     op = ["put", _as_bytes(key, "key"), _as_bytes(value, "value"), _check_id(lease_id)]
     response = await run_txn(client, [], [op], [], timeout)
     return response.revision

@@ -276,7 +276,7 @@ class _Connection:
         self.closed = False
         self.reason = ""
         # req_id -> the callback of a request answered by a stream of replies (a watch,
-        # daemon.tools.watch): called with each reply, and with None when the connection is lost.
+        # daemon.client.watch): called with each reply, and with None when the connection is lost.
         self.streams: dict[int, Any] = {}
 
     def open_stream(self, req: list, on_reply) -> None:
@@ -560,57 +560,57 @@ class _ClusterOps:
 
 class _CoordinationOps:
     """The coordination calls of ``Client`` (range deletes, leases, locks, watch), each a thin
-    door to the module that does the work (daemon.tools.txn, leases, lock, watch): a class of
+    door to the module that does the work (daemon.client.txn, leases, lock, watch): a class of
     their own, as _ClusterOps, so that each class stays one screenful of concerns."""
 
     async def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
                            prefix: bool = False, timeout: float | None = None) -> int:
         """Remove the keys in ``[key, range_end)`` (or that start with ``key``, ``prefix``) as
         one write; the count removed."""
-        from daemon.tools.txn import delete, run_txn  # it builds on this module
+        from daemon.client.txn import delete, run_txn  # it builds on this module
         response = await run_txn(self, [], [delete(key, range_end, prefix=prefix)], [], timeout)
         return response.results[0]
 
     async def lease_grant(self, ttl: int, *, timeout: float | None = None):
         """Grant a lease of ``ttl`` seconds; its Lease (id, ttl as granted)."""
-        from daemon.tools import leases  # it builds on this module
+        from daemon.client import leases  # it builds on this module
         return await leases.grant(self, ttl, timeout)
 
     async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> bool:
         """End the lease and delete its keys; False if it was already gone."""
-        from daemon.tools import leases
+        from daemon.client import leases
         return await leases.revoke(self, lease_id, timeout)
 
     async def lease_keepalive(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Renew the lease for its TTL (returned); LeaseNotFound if it is gone."""
-        from daemon.tools import leases
+        from daemon.client import leases
         return await leases.keepalive(self, lease_id, timeout)
 
     async def lease_ttl(self, lease_id: int, *, timeout: float | None = None):
         """The lease's LeaseStatus (TTL, seconds left, keys); LeaseNotFound if it is gone."""
-        from daemon.tools import leases
+        from daemon.client import leases
         return await leases.time_to_live(self, lease_id, timeout)
 
     def lock(self, name: str | bytes, *, ttl: int = 10, timeout: float | None = None):
         """An async context manager: the lock ``name`` acquired (waiting in line as long as
         it takes), held while the block runs, released after; yields a HeldLock whose
-        ``fence`` guards writes (see daemon.tools.lock). ``ttl``: its lease's, the time a
+        ``fence`` guards writes (see daemon.client.lock). ``ttl``: its lease's, the time a
         holder that died keeps the lock."""
-        from daemon.tools.lock import hold
+        from daemon.client.lock import hold
         return hold(self, name, ttl, timeout)
 
     def lease(self, ttl: int, *, timeout: float | None = None):
         """An async context manager: a lease granted, kept alive while the block runs and
-        revoked at its end (see daemon.tools.leases)."""
-        from daemon.tools import leases
+        revoked at its end (see daemon.client.leases)."""
+        from daemon.client import leases
         return leases.keep(self, ttl, timeout)
 
     def watch(self, key: str | bytes, range_end: str | bytes | None = None, *,
               prefix: bool = False, start_revision: int = 0, prev_kv: bool = False):
         """The changes of the keys ``range`` would read for the same arguments, from revision
-        ``start_revision`` on (0: the next one), as an async iterator of daemon.tools.watch's
+        ``start_revision`` on (0: the next one), as an async iterator of daemon.client.watch's
         WatchEvent (use ``async with client.watch(...) as events``); see that module."""
-        from daemon.tools.watch import Watch  # it builds on this module
+        from daemon.client.watch import Watch  # it builds on this module
         return Watch(self, _as_bytes(key, "key"), range_end, prefix, start_revision, prev_kv)
 
 
@@ -719,17 +719,17 @@ class Client(_ClusterOps, _CoordinationOps):
 
     async def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0,
                   fence: tuple | None = None, timeout: float | None = None) -> int | None:
-        """Set ``key`` to ``value`` (attached to ``lease``, if not 0: see daemon.tools.leases;
+        """Set ``key`` to ``value`` (attached to ``lease``, if not 0: see daemon.client.leases;
         LeaseNotFound if it is gone); returns the revision of the write (None from a server
         before revisions). With ``fence`` (a held lock's ``(key, revision)``: see
-        daemon.tools.lock), only while that lock has not moved on (else FencedOut)."""
+        daemon.client.lock), only while that lock has not moved on (else FencedOut)."""
         if fence is not None:
-            from daemon.tools.lock import fenced_write
-            from daemon.tools.txn import put
+            from daemon.client.lock import fenced_write
+            from daemon.client.txn import put
             op = put(key, value, lease)
             return (await fenced_write(self, fence, [op], timeout)).revision
         if lease:
-            from daemon.tools.leases import put_leased  # it builds on this module
+            from daemon.client.leases import put_leased  # it builds on this module
             return await put_leased(self, key, value, lease, timeout)
         return (await self._write("put", key, _as_bytes(value, "value"), None, timeout)).revision
 
@@ -747,8 +747,8 @@ class Client(_ClusterOps, _CoordinationOps):
                      timeout: float | None = None) -> bool:
         """Remove ``key``; True if it existed. ``fence``: as for ``put``."""
         if fence is not None:
-            from daemon.tools.lock import fenced_write
-            from daemon.tools.txn import delete
+            from daemon.client.lock import fenced_write
+            from daemon.client.txn import delete
             return bool((await fenced_write(self, fence, [delete(key)], timeout)).results[0])
         return bool((await self._write("delete", key, None, None, timeout)).result)
 
@@ -801,8 +801,8 @@ class Client(_ClusterOps, _CoordinationOps):
                   timeout: float | None = None):
         """Apply the transaction: if every compare holds, the ``success`` ops, else the
         ``failure`` ops, as one write (one revision, at most once). Build the compares and ops
-        with daemon.tools.txn's helpers; returns its TxnResponse."""
-        from daemon.tools.txn import run_txn  # it builds on this module
+        with daemon.client.txn's helpers; returns its TxnResponse."""
+        from daemon.client.txn import run_txn  # it builds on this module
         return await run_txn(self, compares, success, failure, timeout)
 
     async def submit(
@@ -1210,8 +1210,8 @@ class SyncClient:
         return self._run("status", endpoint, timeout=timeout)
 
     def watch(self, key, range_end=None, **kwargs):
-        """``Client.watch`` as a blocking iterator (daemon.tools.watch.SyncWatch)."""
-        from daemon.tools.watch import SyncWatch  # it builds on this module
+        """``Client.watch`` as a blocking iterator (daemon.client.watch.SyncWatch)."""
+        from daemon.client.watch import SyncWatch  # it builds on this module
         return SyncWatch(self, self._client.watch(key, range_end, **kwargs))
 
     def cluster_status(self, *, timeout=None) -> list[dict]:

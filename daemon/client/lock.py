@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import trio
 
 from daemon.core.kv import prefix_end
-from daemon.tools.client import OperationFailed, PaxosdError, _as_bytes
-from daemon.tools.leases import running
+from daemon.client.client import OperationFailed, PaxosdError, _as_bytes
+from daemon.client.leases import running
 
 __all__ = ["FencedOut", "HeldLock", "fenced_write", "hold"]
 
@@ -76,9 +76,9 @@ def _fence(fence) -> tuple[bytes, int]:
 
 
 async def fenced_write(client, fence, ops: list, timeout: float | None):
-    """Run ``ops`` (daemon.tools.txn ops) as one transaction if the lock key of ``fence`` still
+    """Run ``ops`` (daemon.client.txn ops) as one transaction if the lock key of ``fence`` still
     has its create revision; FencedOut if not. Returns the TxnResponse."""
-    from daemon.tools.txn import compare_create
+    from daemon.client.txn import compare_create
     key, revision = _fence(fence)
     response = await client.txn([compare_create(key, "=", revision)], ops, [], timeout=timeout)
     if not response.succeeded:
@@ -88,7 +88,7 @@ async def fenced_write(client, fence, ops: list, timeout: float | None):
 
 async def _enqueue(client, name: bytes, lease_id: int) -> tuple[bytes, int]:
     """Create this contender's key (or find it, on a retry); its key and create revision."""
-    from daemon.tools.txn import compare_create, get_range, put
+    from daemon.client.txn import compare_create, get_range, put
     key = name + b"/" + b"%016x" % lease_id
     response = await client.txn([compare_create(key, "=", 0)], [put(key, b"", lease_id)],
                                 [get_range(key)])

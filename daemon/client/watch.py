@@ -35,7 +35,7 @@ import trio
 from daemon.codec.wire import (WireError, decode_events, encode_unwatch_request,
                                encode_watch_request)
 from daemon.core.messages import CANCELLED, COMPACTED, EVENTS, OK
-from daemon.tools.client import (KeyValue, OperationFailed, PaxosdError, Unavailable,
+from daemon.client.client import (KeyValue, OperationFailed, PaxosdError, Unavailable,
                                  _backoff, _ConnectionLost, _range_end)
 
 __all__ = ["MAX_QUEUED_REPLIES", "SyncWatch", "Watch", "WatchCancelled", "WatchCompacted",
