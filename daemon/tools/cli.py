@@ -712,11 +712,26 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 out.write(show(event) + b"\n")
                 out.flush()
 
-    try:
-        _run_client(args, follow)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    _run_client(args, lambda client: _until_signal(follow(client)))
     return EXIT_OK
+
+
+async def _until_signal(work) -> None:
+    """Await ``work`` until it returns or SIGINT/SIGTERM arrives; a signal cancels it, so the
+    client's connections close at once (a KeyboardInterrupt raised wherever the loop happened
+    to be could leave a close waiting on the client's timeout)."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        await work
+        nursery.cancel_scope.cancel()
 
 
 def _event_text(event) -> bytes:
