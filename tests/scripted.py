@@ -86,12 +86,14 @@ class ScriptedCluster:
         node.tick(self.now)
         self.collect()
 
-    def advance(self, seconds: float, step: float = 0.01) -> None:
-        """Every node's clock runs; everything sent is delivered (but for cut links)."""
+    def advance(self, seconds: float, step: float = 0.01, only=None) -> None:
+        """Every node's clock runs (or only those of the ids in ``only``); everything sent is
+        delivered (but for cut links)."""
         end = self.now + seconds
+        ticking = [n for i, n in self.nodes.items() if only is None or i in only]
         while self.now < end:
             self.now += step
-            for node in self.nodes.values():
+            for node in ticking:
                 node.tick(self.now)
             self.settle()
 

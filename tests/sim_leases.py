@@ -82,6 +82,10 @@ class LeaseLoad:
                                  "n": 0, "keeper": True, "leases": []}
             self._wake(cid, self.rng.uniform(0, 0.05))
 
+    def _lease_ttl(self) -> int:
+        """The TTL the simulated clients ask for: the shortest the daemon grants."""
+        return min_ttl(self.configs[self.ids[0]].election_timeout)
+
     def _keeper_op(self, client: dict, cid: int):
         """A keeper's next ``(action, argument)``."""
         rng = self.rng
@@ -89,7 +93,7 @@ class LeaseLoad:
         if held and rng.random() < 0.05:
             held.clear()  # given up: left to expire
         if not held:
-            return "grant", min_ttl(self.configs[self.ids[0]].election_timeout)
+            return "grant", self._lease_ttl()
         if rng.random() < 0.2:
             return "put", (rng.choice(LEASE_KEYS), b"%d-%d" % (cid % 1000, client["n"]), held[0])
         return "keepalive", held[0]
@@ -97,7 +101,7 @@ class LeaseLoad:
     def _pause_after(self, client: dict) -> float:
         """How long a client waits before its next operation: a keeper a third of a TTL."""
         if client.get("keeper"):
-            return min_ttl(self.configs[self.ids[0]].election_timeout) / 3
+            return self._lease_ttl() / 3
         return self.rng.uniform(0, 0.01)
 
     def _draw_lease(self, client: dict, cid: int, value: bytes):
@@ -108,7 +112,7 @@ class LeaseLoad:
         held = client.setdefault("leases", [])
         action = rng.choices(*LEASE_ACTIONS)[0] if held else "grant"
         if action == "grant":
-            return "grant", min_ttl(self.configs[self.ids[0]].election_timeout)
+            return "grant", self._lease_ttl()
         lease_id = rng.choice(held[-3:])
         if action == "put":
             return "put", (rng.choice(LEASE_KEYS), value, lease_id)

@@ -233,17 +233,9 @@ def test_a_new_leader_gives_every_lease_a_full_ttl_before_expiring_any():
     c.settle()
     assert c.nodes[2].role == "leader"
     start = c.now
-    while c.now < start + 1.9:
-        c.now += 0.01
-        for i in (2, 3):
-            c.nodes[i].tick(c.now)
-        c.settle()
+    c.advance(1.9, only=(2, 3))
     assert lease_id in c.nodes[2].kv.leases  # the TTL counts again from the takeover
-    while c.now < start + 2.3:
-        c.now += 0.01
-        for i in (2, 3):
-            c.nodes[i].tick(c.now)
-        c.settle()
+    c.advance(start + 2.3 - c.now, only=(2, 3))
     assert lease_id not in c.nodes[2].kv.leases and lease_id not in c.nodes[3].kv.leases
 
 

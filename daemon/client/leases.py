@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import trio
 
 from daemon.codec.wire import WireError, decode_lease_result
-from daemon.core.leases import MAX_TTL, MIN_TTL
+from daemon.core.leases import check_ttl
 from daemon.core.txn import LEASE_NOT_FOUND
 from daemon.client.client import OperationFailed, PaxosdError, _as_bytes
 
@@ -71,12 +71,6 @@ def _result(op: str, reply):
         raise OperationFailed(f"{op}: {exc}") from None
 
 
-def _check_ttl(ttl) -> int:
-    if type(ttl) is not int or not MIN_TTL <= ttl <= MAX_TTL:
-        raise ValueError(f"lease TTL must be whole seconds in [{MIN_TTL}, {MAX_TTL}], got {ttl!r}")
-    return ttl
-
-
 def _check_id(lease_id) -> int:
     if type(lease_id) is not int or lease_id < 1:
         raise ValueError(f"a lease id is a positive integer, got {lease_id!r}")
@@ -84,7 +78,7 @@ def _check_id(lease_id) -> int:
 
 
 async def grant(client, ttl: int, timeout: float | None) -> Lease:
-    reply = await client._write("lease_grant", b"", _check_ttl(ttl), None, timeout)
+    reply = await client._write("lease_grant", b"", check_ttl(ttl, "lease TTL"), None, timeout)
     lease_id, granted = _result("lease_grant", reply)
     return Lease(lease_id, granted)
 

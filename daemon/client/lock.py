@@ -99,17 +99,19 @@ async def _enqueue(client, name: bytes, lease_id: int) -> tuple[bytes, int]:
 
 async def _predecessor(client, name: bytes, revision: int):
     """The key queued just before ``revision`` (None: this contender holds the lock), and the
-    revision of the read."""
+    revision to watch after: the first reply's (a long queue takes several replies, and a key
+    of the first may be deleted before the last is read)."""
     prefix = name + b"/"
-    found = await client.range(prefix, prefix_end(prefix), keys_only=True)
+    end = prefix_end(prefix)
+    found = await client.range(prefix, end, keys_only=True)
+    read_at = found.revision
     before = [kv for kv in found.kvs if kv.create_revision < revision]
     while found.more:  # a long queue: read on
-        found = await client.range(found.kvs[-1].key + b"\x00", prefix_end(prefix),
-                                   keys_only=True)
+        found = await client.range(found.kvs[-1].key + b"\x00", end, keys_only=True)
         before += [kv for kv in found.kvs if kv.create_revision < revision]
     if not before:
-        return None, found.revision
-    return max(before, key=lambda kv: kv.create_revision).key, found.revision
+        return None, read_at
+    return max(before, key=lambda kv: kv.create_revision).key, read_at
 
 
 async def _wait_deleted(client, key: bytes, after: int) -> None:

@@ -231,7 +231,7 @@ class ClientPort:
         elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
             work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
         elif op in wire.LEASE_READS:  # the leader's clock answers, after a read-index round
-            work.append((True, tag, LeaseQuery(op[6:], req.arg1)))
+            work.append((True, tag, LeaseQuery(op.removeprefix("lease_"), req.arg1)))
         elif op in wire.LEASE_WRITES:
             blob = (grant_op(max(req.arg1, self.min_ttl)) if op == "lease_grant"
                     else revoke_op(req.arg1))
