@@ -109,7 +109,4 @@ def _replay(chosen: dict, max_sessions: int, upto: int) -> dict:
                             f"{kv.revision})")
         for cmd in batch:
             kv.apply(cmd)
-    out: dict = {}
-    for event in kv.events:
-        out.setdefault(event[0], []).append(event)
-    return {rev: _plain(events) for rev, events in out.items()}
+    return {g.revision: _plain(g.events) for g in select(kv.events, b"", b"")[0]}

@@ -370,7 +370,7 @@ class ClientLoad(LeaseLoad):
                 self.read_check.read_answered(ReadSeen(
                     query, result, reply.revision, op.call, self.now, cfg.max_sessions,
                     cfg.max_message_bytes - RANGE_REPLY_MARGIN, node_id))
-            elif op.op != "keepalive":
+            else:
                 self.read_check.write_acked(cid, op.seq, reply.revision, self.now,
                                             self.configs[node_id].max_sessions, result)
                 if reply.revision is not None:

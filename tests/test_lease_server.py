@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from daemon.client.client import Client
+from daemon.client.client import Client, OperationFailed
 from daemon.client.leases import LeaseNotFound
 from tests.test_range_server import endpoints
 from tests.test_server import TEST_TIMEOUT, running_cluster
@@ -66,6 +66,5 @@ async def test_bad_lease_arguments_get_clear_errors(tmp_path):
                 with pytest.raises(ValueError, match="positive integer"):
                     await client.lease_keepalive(-1)
                 # The server checks too: a raw request with a TTL of the wrong type.
-                from daemon.client.client import OperationFailed
                 with pytest.raises(OperationFailed, match="TTL in seconds"):
                     await client.submit("lease_grant", b"", None, client_id=5, seq=1)

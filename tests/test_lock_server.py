@@ -77,7 +77,9 @@ async def test_a_holder_whose_lease_is_revoked_loses_the_lock_to_the_next(tmp_pa
                     order.append(("first", first.revision))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(second)
-                        await trio.sleep(0.3)
+                        with trio.fail_after(5):  # until the second is in line
+                            while (await client.range("locks/x/", prefix=True)).count < 2:
+                                await trio.sleep(0.02)
                         assert not got.is_set()  # it waits in line
                         await client.lease_revoke(first.lease.id)  # as if it expired
                         await got.wait()

@@ -32,16 +32,15 @@ async def test_a_watcher_sees_every_change_once_in_order_across_a_leader_failove
                 async with watcher.watch("f/", prefix=True, start_revision=base + 1) as watch:
                     assert watch.address == there  # on the leader, to begin with
 
-                    async def follow(until: trio.Event) -> None:
+                    async def follow() -> None:
                         async for event in watch:
                             events.append(event)
-                            if until.is_set() and watch.revision >= final_revision[0]:
+                            if watch.revision >= final_revision[0]:
                                 return
 
-                    final_revision = [1 << 62]
-                    done = trio.Event()
+                    final_revision = [1 << 62]  # until the listing below says
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(follow, done)
+                        nursery.start_soon(follow)
                         for i in range(WRITES):
                             if len(acked) == KILL_AFTER:
                                 cluster.kill(leader)
@@ -52,7 +51,6 @@ async def test_a_watcher_sees_every_change_once_in_order_across_a_leader_failove
                                 pass  # applied or not: the read below says
                         listing = await writer.range("f/", prefix=True)
                         final_revision[0] = listing.revision
-                        done.set()
                         await writer.put("f/last", "x")  # so the watch gets past the read
                     assert watch.address != there  # it went on at another node
     finally:

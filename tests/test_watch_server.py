@@ -14,7 +14,7 @@ from daemon.codec import wire
 from daemon.runtime.server import serve
 from daemon.client import txn
 from daemon.client.client import Client, KeyValue
-from daemon.client.watch import WatchCancelled, WatchCompacted
+from daemon.client.watch import WatchCompacted
 from tests.test_server import TEST_TIMEOUT, Cluster, write_config
 
 BIG_VALUE = 200 * 1024
@@ -165,7 +165,3 @@ async def test_the_sync_client_watches_and_is_cut_off_like_the_async_one(tmp_pat
 
             assert await trio.to_thread.run_sync(follow) == [b"1", b"2"]
 
-
-def test_a_cancelled_watch_says_where_to_resume():
-    err = WatchCancelled("too slow", 17)
-    assert err.resume_from == 17 and "too slow" in str(err)

@@ -170,7 +170,7 @@ class Server:
             config, self.id, self.log, submit=lambda work: send((EV_CLIENT, work)),
             transfer=lambda tag, target: send((EV_TRANSFER, (tag, target))),
             change_members=lambda tag, change: send((EV_MEMBER, (tag, change))),
-            status=self.status, leader=lambda: self.client_address.get(self.node.leader_id),
+            status=self.status, leader=self._leader_address,
             watch=lambda conn, req: send((EV_WATCH, (conn, req))))
         self.watches: Watches | None = None  # once the node exists
         self._watchdog = watchdog_interval()
@@ -445,7 +445,7 @@ class Server:
         """Queue each reply on its connection; one that reflects no state says the node's
         applied revision, and a range's result goes in a frame of its own."""
         address = self.client_address
-        current = address.get(self.node.leader_id)
+        current = self._leader_address()
         applied_revision = self.node.kv.revision
         for reply in replies:
             conn, req_id = reply.req

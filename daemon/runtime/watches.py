@@ -78,7 +78,7 @@ class Watches:
             self._unwatch(conn, req.req_id, req.client_id, leader)
             return
         history = self.history
-        mine = self.by_conn.setdefault(conn, {})
+        mine = self.by_conn.get(conn, {})
         if req.req_id in mine or len(mine) >= MAX_WATCHES_PER_CONNECTION:
             why = (f"req_id {req.req_id} already names a watch of this connection"
                    if req.req_id in mine else
@@ -91,7 +91,7 @@ class Watches:
             return
         watcher = Watcher(conn, req.req_id, req.key, req.arg1, bool(req.client_id & WATCH_PREV_KV),
                           start)
-        mine[req.req_id] = watcher
+        self.by_conn.setdefault(conn, {})[req.req_id] = watcher  # only an accepted watch
         conn.push([req.req_id, OK, start - 1, leader, start - 1])
         if start <= history.revision:
             self.unsynced[watcher] = None
@@ -246,6 +246,7 @@ class Watches:
         for conn in [c for c in self.by_conn if c.closed]:
             for watcher in list(self.by_conn[conn].values()):
                 self._drop(watcher)
+            self.by_conn.pop(conn, None)
 
     def count(self) -> int:
         return sum(map(len, self.by_conn.values()))

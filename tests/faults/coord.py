@@ -276,9 +276,9 @@ class Coordination:
                 try:
                     async with trio.open_nursery() as load:
                         load.start_soon(self._lease_keeper, stop, _fork(rng))
-                        for n in range(2):
+                        for _ in range(2):
                             load.start_soon(self._counter, stop, _fork(rng))
-                        for n in range(2):
+                        for _ in range(2):
                             load.start_soon(self._transfers, stop, _fork(rng))
                         load.start_soon(self._range_writer, stop, _fork(rng))
                         load.start_soon(self._range_reader, stop, _fork(rng))
@@ -303,7 +303,7 @@ class Coordination:
                 await self._list(client, RANGE_PREFIX, prefix_end(RANGE_PREFIX), 0, False, False)
         if self.final_watch is None or self.final_counter is None:
             self.problems.append("coordination: the final state could not be read in 30 s")
-        target = max((kv.mod_revision for kv in getattr(self.final_watch, "kvs", [])), default=0)
+        target = checks.last_change(self.final_watch) if self.final_watch is not None else 0
         with trio.move_on_at(deadline):
             while any(log.seen < target for log in self.logs):
                 await trio.sleep(0.05)
@@ -419,7 +419,7 @@ class Coordination:
             else:
                 epoch.promises.append(Promise(call, ttl))
                 self.counts["keepalives acknowledged"] += 1
-            with trio.move_on_at(call + interval - _now() + trio.current_time()):
+            with trio.move_on_after(call + interval - _now()):
                 await epoch.over.wait()
 
     async def _lease_reads(self, client: Client, epoch: LeaseEpoch, stop: trio.Event,

@@ -76,7 +76,7 @@ def check_watch(log, history: list[Operation], final) -> list[str]:
         if op.ret is not None and op.op == "cas" and op.result is not True:
             found.add("a cas acknowledged as not swapped was applied",
                       f"{name}: {op} at revision {revision}")
-    target = None if final is None else max((kv.mod_revision for kv in final.kvs), default=0)
+    target = None if final is None else last_change(final)
     _check_acknowledged(log, writes.values(), seen_values,
                         target is not None and log.seen >= target, found)
     if final is not None:
@@ -103,18 +103,25 @@ def _check_acknowledged(log, ops, seen_values: Counter, caught_up: bool,
             found.add("an acknowledged cas never came", f"{log.name}: {op}")
 
 
+def last_change(listing) -> int:
+    """The revision a listing's keys last changed at (0: none listed)."""
+    return max((kv.mod_revision for kv in listing.kvs), default=0)
+
+
+def _latest(events, upto: int) -> dict:
+    """key -> (revision, value) of its last event at or below ``upto`` (events in order)."""
+    return {key: (rev, value) for rev, key, value, _ in events if rev <= upto}
+
+
 def _check_final(log, final, found: _Found) -> None:
     """Each listed key's last event at or below the listing's revision is its listed value."""
-    target = max((kv.mod_revision for kv in final.kvs), default=0)
+    target = last_change(final)
     if log.seen < target:
         found.add("did not catch up after healing",
                   f"{log.name}: it reached revision {log.seen}; the prefix last changed at "
                   f"{target}")
         return
-    latest: dict = {}
-    for revision, key, value, _ in log.events:
-        if revision <= final.revision:
-            latest[key] = (revision, value)
+    latest = _latest(log.events, final.revision)
     for kv in final.kvs:
         if kv.mod_revision <= log.start or _in_gap(log.gaps, kv.mod_revision):
             continue  # written before the watch began, or in a gap: not seen by design
@@ -126,10 +133,7 @@ def _check_final(log, final, found: _Found) -> None:
 
 def _check_relists(log, found: _Found) -> None:
     for revision, kvs, before in log.relists:
-        latest: dict = {}
-        for rev, key, value, _ in log.events:
-            if rev <= before:
-                latest[key] = (rev, value)
+        latest = _latest(log.events, before)
         for kv in kvs:
             if log.start < kv.mod_revision <= before and not _in_gap(log.gaps, kv.mod_revision) \
                     and latest.get(kv.key) != (kv.mod_revision, kv.value):

@@ -34,29 +34,32 @@ def start_holder(cluster: ProcessCluster, lease_id: int, out) -> subprocess.Pope
         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+async def absent(client: Client, key: bytes) -> bool:
+    """Whether a linearizable read finds ``key`` absent (False when no answer came: no leader
+    for a moment makes no claim)."""
+    try:
+        return await client.get(key, timeout=5) is None
+    except PaxosdError:
+        return False
+
+
 async def watch_key(client: Client, key: bytes, seconds: float) -> list[float]:
     """Read ``key`` every POLL for ``seconds``; the times (monotonic) it was seen absent."""
-    absent = []
+    seen = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        try:
-            if await client.get(key, timeout=5) is None:
-                absent.append(time.monotonic())
-        except PaxosdError:
-            pass  # no leader for a moment: no answer, no claim
+        if await absent(client, key):
+            seen.append(time.monotonic())
         await trio.sleep(POLL)
-    return absent
+    return seen
 
 
 async def vanishes_within(client: Client, key: bytes, limit: float) -> float:
     """Seconds until ``key`` is read absent (at most ``limit`` + 5 waited)."""
     start = time.monotonic()
     while time.monotonic() - start < limit + 5:
-        try:
-            if await client.get(key, timeout=5) is None:
-                return time.monotonic() - start
-        except PaxosdError:
-            pass
+        if await absent(client, key):
+            return time.monotonic() - start
         await trio.sleep(POLL)
     return float("inf")
 
