@@ -419,7 +419,7 @@ class Coordination:
             else:
                 epoch.promises.append(Promise(call, ttl))
                 self.counts["keepalives acknowledged"] += 1
-            with trio.move_on_after(call + interval - _now()):
+            with trio.move_on_after(max(0.0, call + interval - _now())):
                 await epoch.over.wait()
 
     async def _lease_reads(self, client: Client, epoch: LeaseEpoch, stop: trio.Event,
