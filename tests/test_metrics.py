@@ -3,15 +3,20 @@ node serves /metrics over HTTP whose values move as the cluster works."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.runtime.metrics import CONTENT_TYPE, FSYNC_BUCKETS, Registry, exponential_buckets
+from daemon.core.node import CoreConfig, Node
+from daemon.runtime.config import load_config
+from daemon.runtime.metrics import (CONTENT_TYPE, FSYNC_BUCKETS, NodeMetrics, Registry,
+                                    exponential_buckets)
 from daemon.runtime.server import serve
-from tests.test_server import TEST_TIMEOUT, Cluster, free_ports
+from daemon.runtime.transport import Transport
+from tests.test_server import TEST_TIMEOUT, Cluster, free_ports, write_config
 
 
 def families(text: str) -> dict:
@@ -83,6 +88,102 @@ def test_the_fsync_buckets_are_etcds():
 
 
 # ---------------------------------------------------------------------------------------------
+# The names operators scrape: every family (its HELP/TYPE name and type) and every series (its
+# name and label names) a node renders, as they were before the registry moved onto
+# prometheus-client. Dashboards and alerts use them: a change here breaks them.
+
+GOLDEN_FAMILIES = {
+    "paxosd_server_has_leader": "gauge",
+    "paxosd_server_is_leader": "gauge",
+    "paxosd_server_leader_changes_seen_total": "counter",
+    "paxosd_server_ballot_round": "gauge",
+    "paxosd_proposals_committed_total": "counter",
+    "paxosd_proposals_applied_total": "counter",
+    "paxosd_proposals_pending": "gauge",
+    "paxosd_commit_index": "gauge",
+    "paxosd_applied_index": "gauge",
+    "paxosd_disk_wal_fsync_duration_seconds": "histogram",
+    "paxosd_disk_wal_write_bytes_total": "counter",
+    "paxosd_batch_commands": "histogram",
+    "paxosd_window_slots_in_flight": "gauge",
+    "paxosd_peer_reachable": "gauge",
+    "paxosd_peer_sent_messages_total": "counter",
+    "paxosd_peer_received_messages_total": "counter",
+    "paxosd_peer_dropped_messages_total": "counter",
+    "paxosd_peer_auth_failures_total": "counter",
+    "paxosd_client_connections": "gauge",
+}
+
+GOLDEN_SERIES = {
+    "paxosd_server_has_leader": (),
+    "paxosd_server_is_leader": (),
+    "paxosd_server_leader_changes_seen_total": (),
+    "paxosd_server_ballot_round": (),
+    "paxosd_proposals_committed_total": (),
+    "paxosd_proposals_applied_total": (),
+    "paxosd_proposals_pending": (),
+    "paxosd_commit_index": (),
+    "paxosd_applied_index": (),
+    "paxosd_disk_wal_fsync_duration_seconds_bucket": ("le",),
+    "paxosd_disk_wal_fsync_duration_seconds_sum": (),
+    "paxosd_disk_wal_fsync_duration_seconds_count": (),
+    "paxosd_disk_wal_write_bytes_total": (),
+    "paxosd_batch_commands_bucket": ("le",),
+    "paxosd_batch_commands_sum": (),
+    "paxosd_batch_commands_count": (),
+    "paxosd_window_slots_in_flight": (),
+    "paxosd_peer_reachable": ("peer",),
+    "paxosd_peer_sent_messages_total": ("peer",),
+    "paxosd_peer_received_messages_total": ("peer",),
+    "paxosd_peer_dropped_messages_total": ("peer",),
+    "paxosd_peer_auth_failures_total": (),
+    "paxosd_client_connections": (),
+}
+
+
+def names_in(text: str) -> tuple[dict, dict]:
+    """({family name on its TYPE line: type}, {series name: its label names}) of a text-format
+    page, read from the lines themselves (the parser renames counters' families)."""
+    families, helped = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            families[name] = kind
+        elif line.startswith("# HELP "):
+            helped.add(line.split(" ", 3)[2])
+    assert helped == set(families), "every family has its HELP line"
+    series: dict = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            assert series.setdefault(s.name, tuple(sorted(s.labels))) == tuple(sorted(s.labels))
+    return families, series
+
+
+def node_page(tmp_path: Path) -> str:
+    """The page of node 1 of a three-node cluster (a real core and transport, not running), its
+    histograms observed once, after its collect callback ran."""
+    config = load_config(write_config(tmp_path), node_id=1)
+
+    async def deliver(msgs) -> None:
+        pass
+
+    transport = Transport(config, deliver)
+    node = Node(1, [1, 2, 3], CoreConfig(heartbeat_interval=0.05, election_timeout=(0.15, 0.30)),
+                random.Random(0), 0.0)
+    metrics = NodeMetrics()
+    metrics.registry.on_collect(lambda: metrics.collect(node, transport, 0))
+    metrics.fsync.observe(0.003)
+    metrics.batch.observe(5)
+    return metrics.registry.render()
+
+
+def test_a_node_renders_exactly_the_golden_names(tmp_path):
+    families, series = names_in(node_page(tmp_path))
+    assert families == GOLDEN_FAMILIES
+    assert series == GOLDEN_SERIES
+
+
+# ---------------------------------------------------------------------------------------------
 # A running node.
 
 
@@ -122,6 +223,7 @@ async def scrape(cluster: Cluster, node_id: int) -> dict:
     status, headers, body = await http_get(cluster.configs[node_id].metrics_address())
     assert status == "HTTP/1.1 200 OK"
     assert headers["Content-Type"] == CONTENT_TYPE
+    assert names_in(body) == (GOLDEN_FAMILIES, GOLDEN_SERIES)
     return families(body)
 
 
@@ -197,8 +299,6 @@ async def test_a_running_node_serves_metrics_that_move_with_the_cluster(tmp_path
 
 
 async def test_a_node_without_a_metrics_address_serves_none(tmp_path):
-    from tests.test_server import write_config
-
     with trio.fail_after(TEST_TIMEOUT):
         cluster = Cluster(write_config(tmp_path))
         assert cluster.configs[1].metrics_address() is None
