@@ -1,46 +1,45 @@
-"""Metrics: counters, gauges and histograms, rendered in the Prometheus text format 0.0.4, and
-the trio HTTP endpoint that serves them at /metrics.
+"""Metrics: what a paxosd node measures, on prometheus-client, and their exposition (the text
+format 0.0.4, or OpenMetrics when the scraper asks for it).
 
-Instruments are plain objects updated by the server where it already does the work (once per
-core loop iteration, per WAL write, per batch), never per command; gauges that merely mirror
-state (the commit index, whether a leader is known) are set by a collect callback just before
-each scrape, so they cost nothing between scrapes::
+Each NodeMetrics has a CollectorRegistry of its own: several nodes run in one process in the
+tests, so the process-wide ``prometheus_client.REGISTRY`` is never used. The server updates the
+instruments where it already does the work (once per core loop iteration, per WAL write, per
+slot it opens), never per command; the gauges that merely mirror state (the commit index,
+whether a leader is known) and the counts the transport keeps are copied in by a callback just
+before each scrape, so they cost nothing between scrapes::
 
-    registry = Registry()
-    writes = registry.counter("paxosd_disk_wal_write_bytes_total", "Bytes appended to the WAL.")
-    writes.inc(4096)
-    reachable = registry.gauge("paxosd_peer_reachable", "...", labels=("peer",))
-    reachable.labels("2").set(1)
-    registry.on_collect(lambda: ...)
-    text = registry.render()
+    metrics = NodeMetrics()
+    metrics.registry.on_collect(lambda: metrics.collect(node, transport, client_connections))
+    metrics.wal_bytes.inc(4096)
+    body, content_type = exposition(metrics.registry, accept_header)
 
 Names follow etcd's, which operators already alert on (``etcd_server_has_leader`` ->
-``paxosd_server_has_leader``). No third-party dependency: the format is a few lines of text.
+``paxosd_server_has_leader``). The page shows no ``_created`` series: the node's collector
+leaves out the ones prometheus-client adds to counters and histograms, so the page keeps the
+series it always had (``prometheus_client.disable_created_metrics()`` would do it for the whole
+process instead).
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
 from typing import Callable, Iterable
 
 import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from daemon.runtime.net import listen
 
 __all__ = [
-    "CONTENT_TYPE",
-    "Counter",
-    "Gauge",
     "FSYNC_BUCKETS",
-    "Histogram",
+    "CopiedCounter",
     "NodeMetrics",
-    "Registry",
+    "NodeRegistry",
     "exponential_buckets",
+    "exposition",
     "serve_metrics",
 ]
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The HTTP endpoint's bounds: a scraper gets this long to send its request, of at most this
 # many bytes, and at most this many scrapes are served at once.
@@ -54,207 +53,77 @@ def exponential_buckets(start: float, factor: float, count: int) -> tuple[float,
     return tuple(start * factor**i for i in range(count))
 
 
-def _format_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The page of ``registry`` and its Content-Type, in the format the scraper's ``Accept``
+    header asks for: OpenMetrics for ``application/openmetrics-text``, else the text format
+    0.0.4 (None: no header). prometheus-client's own negotiation decides."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class CopiedCounter:
+    """A counter counted elsewhere (the transport counts per peer link), its values copied in
+    before each scrape. prometheus-client's Counter only moves by ``inc``; a count kept by
+    another object is yielded as a counter family of its current values instead."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = ()) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        # An unlabelled counter reads 0 until its first copy, as an instrument would.
+        self._values: dict[tuple[str, ...], float] = {} if self._labelnames else {(): 0}
+
+    def set(self, value: float, *labelvalues) -> None:
+        """The count now is ``value`` (for these label values)."""
+        if len(labelvalues) != len(self._labelnames):
+            raise ValueError(f"{self._name}: expected labels {self._labelnames}, "
+                             f"got {labelvalues}")
+        self._values[tuple(str(v) for v in labelvalues)] = value
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labelvalues, value in self._values.items():
+            family.add_metric(labelvalues, value)
+        return [family]
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_text(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    pairs = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values)]
-    if extra:
-        pairs.append(extra)
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
-        self.name = name
-        self.help = help
-        self.label_names = tuple(labels)
-        self._children: dict[tuple[str, ...], object] = {}
-        if not self.label_names:
-            self._children[()] = self._new_child()
-
-    def _new_child(self):
-        raise NotImplementedError
-
-    def labels(self, *values) -> object:
-        """The child for these label values (created on first use)."""
-        if len(values) != len(self.label_names):
-            raise ValueError(f"{self.name}: expected labels {self.label_names}, got {values}")
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._new_child()
-        return child
-
-    def remove(self, *values) -> None:
-        self._children.pop(tuple(str(v) for v in values), None)
-
-    def render(self, out: list[str]) -> None:
-        out.append(f"# HELP {self.name} {_escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} {self.kind}")
-        for key in sorted(self._children):
-            self._render_child(out, key, self._children[key])
-
-    def _render_child(self, out: list[str], key: tuple[str, ...], child) -> None:
-        out.append(f"{self.name}{_label_text(self.label_names, key)} {_format_value(child.value)}")
-
-
-class _Value:
-    __slots__ = ("value",)
+class _NodeCollector:
+    """A node's metrics, yielded in the order they were made, after the callbacks that copy in
+    the mirrored state have run; without ``_created`` series."""
 
     def __init__(self) -> None:
-        self.value = 0
+        self.metrics: list = []  # prometheus-client metrics (made with registry=None), copies
+        self.callbacks: list[Callable[[], None]] = []
 
-    def inc(self, amount: float = 1) -> None:
-        self.value += amount
+    def describe(self) -> Iterable[Metric]:
+        for metric in self.metrics:
+            yield from metric.describe()
 
-    def set(self, value: float) -> None:
-        self.value = value
-
-
-class Counter(_Metric):
-    """A value that only goes up (name it ``..._total``)."""
-
-    kind = "counter"
-
-    def _new_child(self) -> _Value:
-        return _Value()
-
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot go down (inc by {amount})")
-        self._children[()].value += amount
-
-    @property
-    def value(self) -> float:
-        return self._children[()].value
+    def collect(self) -> Iterable[Metric]:
+        for callback in self.callbacks:
+            callback()
+        for metric in self.metrics:
+            for family in metric.collect():
+                created = family.name + "_created"
+                family.samples = [s for s in family.samples if s.name != created]
+                yield family
 
 
-class Gauge(_Metric):
-    """A value that goes up and down."""
+class NodeRegistry(CollectorRegistry):
+    """The CollectorRegistry of one node, holding that node's collector; ``on_collect`` adds a
+    callback it runs before each scrape."""
 
-    kind = "gauge"
-
-    def _new_child(self) -> _Value:
-        return _Value()
-
-    def set(self, value: float) -> None:
-        self._children[()].value = value
-
-    def inc(self, amount: float = 1) -> None:
-        self._children[()].value += amount
-
-    @property
-    def value(self) -> float:
-        return self._children[()].value
-
-
-class _HistogramValue:
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-
-_LE_INF = 'le="+Inf"'
-
-
-class Histogram(_Metric):
-    """Observations counted into buckets by upper bound (``le``), with their sum and count."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, buckets: Iterable[float],
-                 labels: Iterable[str] = ()) -> None:
-        self.buckets = tuple(sorted(float(b) for b in buckets))
-        if not self.buckets or math.isinf(self.buckets[-1]):
-            raise ValueError(f"{name}: give finite bucket bounds (+Inf is implied)")
-        super().__init__(name, help, labels)
-
-    def _new_child(self) -> _HistogramValue:
-        return _HistogramValue(self.buckets)
-
-    def observe(self, value: float) -> None:
-        self._children[()].observe(value)
-
-    @property
-    def count(self) -> int:
-        return self._children[()].count
-
-    def _render_child(self, out: list[str], key: tuple[str, ...], child) -> None:
-        names = self.label_names
-        cumulative = 0
-        for bound, n in zip(self.buckets, child.counts):
-            cumulative += n
-            le = f'le="{_format_value(bound)}"'
-            out.append(f"{self.name}_bucket{_label_text(names, key, le)} {cumulative}")
-        out.append(f"{self.name}_bucket{_label_text(names, key, _LE_INF)} {child.count}")
-        out.append(f"{self.name}_sum{_label_text(names, key)} {_format_value(child.sum)}")
-        out.append(f"{self.name}_count{_label_text(names, key)} {child.count}")
-
-
-class Registry:
-    """The metrics of one node, in the order they were made."""
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._collectors: list[Callable[[], None]] = []
-
-    def _add(self, metric: _Metric) -> _Metric:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is already registered")
-        self._metrics[metric.name] = metric
-        return metric
-
-    def counter(self, name: str, help: str, labels: Iterable[str] = ()) -> Counter:
-        return self._add(Counter(name, help, labels))  # type: ignore[return-value]
-
-    def gauge(self, name: str, help: str, labels: Iterable[str] = ()) -> Gauge:
-        return self._add(Gauge(name, help, labels))  # type: ignore[return-value]
-
-    def histogram(self, name: str, help: str, buckets: Iterable[float],
-                  labels: Iterable[str] = ()) -> Histogram:
-        return self._add(Histogram(name, help, buckets, labels))  # type: ignore[return-value]
+    def __init__(self, collector: _NodeCollector) -> None:
+        super().__init__()
+        self._node = collector
+        self.register(collector)  # raises DuplicateTimeseries if two metrics share a name
 
     def on_collect(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` before each render (to set gauges that mirror state)."""
-        self._collectors.append(callback)
-
-    def render(self) -> str:
-        """Every metric in the text format, version 0.0.4."""
-        for callback in self._collectors:
-            callback()
-        out: list[str] = []
-        for metric in self._metrics.values():
-            metric.render(out)
-        return "\n".join(out) + "\n"
+        """Call ``callback`` before each scrape (to set the gauges that mirror state)."""
+        self._node.callbacks.append(callback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,10 +149,11 @@ async def _read_request_head(stream) -> bytes | None:
     return data
 
 
-async def serve_metrics(address, registry: Registry, log, *,
+async def serve_metrics(address, registry: CollectorRegistry, log, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry
-    rendered, one response per connection. ``task_status.started(listeners)`` once bound."""
+    """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry's
+    page in the text format 0.0.4, one response per connection. ``task_status.started(listeners)``
+    once bound."""
     listeners = await listen(address, "metrics", " (several members on one host need "
                                                 "members.N.metrics addresses of their own)")
     busy = trio.CapacityLimiter(MAX_CONNECTIONS)
@@ -307,7 +177,7 @@ async def serve_metrics(address, registry: Registry, log, *,
     await trio.serve_listeners(handle, listeners, task_status=task_status)
 
 
-def _answer(head: bytes, registry: Registry) -> bytes:
+def _answer(head: bytes, registry: CollectorRegistry) -> bytes:
     line = head.split(b"\n", 1)[0].decode("latin-1").strip()
     parts = line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -318,7 +188,8 @@ def _answer(head: bytes, registry: Registry) -> bytes:
                          "text/plain", head=method == "HEAD")
     if method not in ("GET", "HEAD"):
         return _response("405 Method Not Allowed", b"use GET\n", "text/plain")
-    return _response("200 OK", registry.render().encode(), CONTENT_TYPE, head=method == "HEAD")
+    body, content_type = exposition(registry, None)
+    return _response("200 OK", body, content_type, head=method == "HEAD")
 
 
 async def _send(stream, data: bytes) -> None:
@@ -336,86 +207,101 @@ FSYNC_BUCKETS = exponential_buckets(0.001, 2, 14)
 
 
 class NodeMetrics:
-    """The metrics of one node. The server updates the counters and histograms where it does
-    the work (per core loop iteration, WAL write, opened batch); ``collect`` (run before every
-    scrape) copies the gauges from the node's state and the transport's per-peer counts."""
+    """The metrics of one node, in its own ``registry``. The server updates the counters and
+    histograms where it does the work (per core loop iteration, WAL write, opened batch);
+    ``collect`` (run before every scrape) copies the gauges from the node's state and the
+    transport's per-peer counts."""
 
     def __init__(self, max_batch_commands: int = 4096) -> None:
-        r = self.registry = Registry()
+        self._made = _NodeCollector()
         # /metrics lists them in this order: by subsystem, as etcd's names group them.
-        self._leadership(r)
-        self._progress(r)
-        self._disk(r)
-        self._window(r, max_batch_commands)
-        self._connections(r)
+        self._leadership()
+        self._progress()
+        self._disk()
+        self._window(max_batch_commands)
+        self._connections()
+        self.registry = NodeRegistry(self._made)
 
-    def _leadership(self, r: Registry) -> None:
+    def _add(self, metric):
+        self._made.metrics.append(metric)
+        return metric
+
+    def _counter(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Counter:
+        return self._add(Counter(name, documentation, labels, registry=None))
+
+    def _gauge(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
+        return self._add(Gauge(name, documentation, labels, registry=None))
+
+    def _histogram(self, name: str, documentation: str, buckets: Iterable[float]) -> Histogram:
+        return self._add(Histogram(name, documentation, buckets=buckets, registry=None))
+
+    def _leadership(self) -> None:
         """paxosd_server_*: who leads, as this node sees it."""
-        self.has_leader = r.gauge(
+        self.has_leader = self._gauge(
             "paxosd_server_has_leader", "Whether this node knows a leader (1) or not (0).")
-        self.is_leader = r.gauge(
+        self.is_leader = self._gauge(
             "paxosd_server_is_leader", "Whether this node is the leader (1) or not (0).")
-        self.leader_changes = r.counter(
+        self.leader_changes = self._counter(
             "paxosd_server_leader_changes_seen_total",
             "Times this node saw a new leader (itself included).")
-        self.ballot_round = r.gauge(
+        self.ballot_round = self._gauge(
             "paxosd_server_ballot_round",
             "Round of the ballot this node leads or stands for, else of the highest it promised.")
 
-    def _progress(self, r: Registry) -> None:
+    def _progress(self) -> None:
         """paxosd_proposals_* and the indexes: client commands chosen, applied and waiting."""
-        self.committed = r.counter(
+        self.committed = self._counter(
             "paxosd_proposals_committed_total",
             "Client commands in slots this node learned chosen.")
-        self.applied = r.counter(
+        self.applied = self._counter(
             "paxosd_proposals_applied_total",
             "Client commands applied to the state machine (a retry answered from its client "
             "session is not applied again and not counted).")
-        self.pending = r.gauge(
+        self.pending = self._gauge(
             "paxosd_proposals_pending",
             "Client commands the leader holds that are not chosen yet (queued or in flight).")
-        self.commit_index = r.gauge(
+        self.commit_index = self._gauge(
             "paxosd_commit_index", "Highest slot of the contiguous chosen prefix known here.")
-        self.applied_index = r.gauge(
+        self.applied_index = self._gauge(
             "paxosd_applied_index", "Highest slot applied to the state machine.")
 
-    def _disk(self, r: Registry) -> None:
+    def _disk(self) -> None:
         """paxosd_disk_*: the write-ahead log's writes and fsyncs."""
-        self.fsync = r.histogram(
+        self.fsync = self._histogram(
             "paxosd_disk_wal_fsync_duration_seconds",
             "Latency of the WAL fsyncs (one per group commit).", FSYNC_BUCKETS)
-        self.wal_bytes = r.counter(
+        self.wal_bytes = self._counter(
             "paxosd_disk_wal_write_bytes_total", "Bytes appended to the write-ahead log.")
 
-    def _window(self, r: Registry, max_batch_commands: int) -> None:
+    def _window(self, max_batch_commands: int) -> None:
         """The leader's batches and the slots it has in flight."""
         top = max(4096, max_batch_commands)
-        self.batch = r.histogram(
+        self.batch = self._histogram(
             "paxosd_batch_commands", "Client commands per slot this node opened as leader.",
             exponential_buckets(1, 2, top.bit_length() + (top & (top - 1) != 0)))
-        self.in_flight = r.gauge(
+        self.in_flight = self._gauge(
             "paxosd_window_slots_in_flight",
             "Slots the leader proposed that are not chosen yet (0 on a follower).")
 
-    def _connections(self, r: Registry) -> None:
+    def _connections(self) -> None:
         """paxosd_peer_* (per peer, but for the count of refused connections), and the client
-        connections."""
+        connections. The transport keeps the peer counts; they are copied in by ``collect``."""
         peer = ("peer",)
-        self.peer_reachable = r.gauge(
+        self.peer_reachable = self._gauge(
             "paxosd_peer_reachable",
             "Whether a connection to the peer is up, its hello done (1) or not (0).", peer)
-        self.peer_sent = r.counter(
-            "paxosd_peer_sent_messages_total", "Protocol messages written to the peer.", peer)
-        self.peer_received = r.counter(
+        self.peer_sent = self._add(CopiedCounter(
+            "paxosd_peer_sent_messages_total", "Protocol messages written to the peer.", peer))
+        self.peer_received = self._add(CopiedCounter(
             "paxosd_peer_received_messages_total",
-            "Protocol messages received from the peer and accepted as valid.", peer)
-        self.peer_dropped = r.counter(
+            "Protocol messages received from the peer and accepted as valid.", peer))
+        self.peer_dropped = self._add(CopiedCounter(
             "paxosd_peer_dropped_messages_total",
-            "Messages dropped because the peer's send queue was full.", peer)
-        self.auth_failures = r.counter(
+            "Messages dropped because the peer's send queue was full.", peer))
+        self.auth_failures = self._add(CopiedCounter(
             "paxosd_peer_auth_failures_total",
-            "Peer connections refused for failing TLS or the cluster secret check.")
-        self.client_connections = r.gauge(
+            "Peer connections refused for failing TLS or the cluster secret check."))
+        self.client_connections = self._gauge(
             "paxosd_client_connections", "Open client connections.")
 
     def collect(self, node, transport, client_connections: int) -> None:
@@ -424,10 +310,10 @@ class NodeMetrics:
         self.client_connections.set(client_connections)
         for peer_id, link in transport.links.items():
             self.peer_reachable.labels(peer_id).set(1 if link.connected else 0)
-            self.peer_sent.labels(peer_id).set(link.sent)
-            self.peer_received.labels(peer_id).set(link.received)
-            self.peer_dropped.labels(peer_id).set(link.dropped)
-        self.auth_failures._children[()].set(transport.auth_failures)
+            self.peer_sent.set(link.sent, peer_id)
+            self.peer_received.set(link.received, peer_id)
+            self.peer_dropped.set(link.dropped, peer_id)
+        self.auth_failures.set(transport.auth_failures)
         if node is None:
             return
         status = node.status()
