@@ -331,7 +331,12 @@ async def test_a_running_node_serves_metrics_that_move_with_the_cluster(tmp_path
 
             assert grew("paxosd_proposals_committed", 300)
             assert grew("paxosd_proposals_applied", 300)
-            assert grew("paxosd_disk_wal_write_bytes", 1)
+            # A write commits once a quorum has it durable: the leader's own WAL write may
+            # finish (and be counted) after the replies, so wait for it (bounded by the test's
+            # fail_after).
+            while not grew("paxosd_disk_wal_write_bytes", 1):
+                await trio.sleep(0.05)
+                after = await scrape(cluster, leader)
             assert sample(after, "paxosd_commit_index") == sample(after, "paxosd_applied_index")
             assert sample(after, "paxosd_commit_index") > sample(before[leader],
                                                                  "paxosd_commit_index")
