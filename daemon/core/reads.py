@@ -58,6 +58,10 @@ class ReadIndex:
             self.round_sent = False
         read_index = max(node.commit_index, node.read_floor)
         self.queue.append((req, key, read_index, self.round))
+        if node.quorum == 1:
+            # The only voter's own ballot is the quorum's confirmation, and no voter's
+            # Accepted will come back to serve the read (heartbeats go to peers only).
+            self.serve()
 
     def serve(self) -> None:
         """Answer, in arrival order, every read whose round a quorum of voters confirmed and
