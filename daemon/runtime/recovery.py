@@ -15,9 +15,14 @@ incarnation 0 or a random one, has its votes counted). The state, revisions and 
 the saved ones; the snapshot sits at the saved applied slot, so slots, revisions and the
 membership's own command numbers only go up. What must not carry over:
 
-- client sessions: dropped, and the eviction horizon (daemon.core.kv) set to the revision, so
-  a retry of any command the old cluster applied (its seq is at most the revision it was
-  applied at) is refused with SESSION_EXPIRED instead of being applied again;
+- client sessions: each one kept in the image now remembers its last command's outcome as
+  SESSION_EXPIRED (with the revision as the horizon), so a retry of any command the old
+  cluster applied is refused instead of answered as if this cluster had applied it: the last
+  one per session gets SESSION_EXPIRED, older ones STALE, and those of sessions evicted
+  before the backup SESSION_EXPIRED by the eviction horizon (daemon.core.kv), which stays.
+  The horizon is not raised to the revision: a new client's first seq (1) would then be
+  refused too, and the client library, having perhaps sent it to a follower first, could
+  only call it "outcome unknown";
 - the lease epoch: 0, so the new cluster's first leader proposes its own and starts every
   lease's deadline afresh (daemon.core.expiry);
 - the membership's session (client 0, whose seq is the slot of its command) says the slot of
@@ -48,7 +53,7 @@ from daemon.core.acceptor import Acceptor
 from daemon.core.kv import KVStore, decode_image, encode_image
 from daemon.core.membership import (CONFIG_CLIENT, MEMBERS_KEY, Configuration, Member,
                                     config_of_batch, decode_configuration, encode_configuration)
-from daemon.core.messages import NOOP, OK, Snapshot
+from daemon.core.messages import NOOP, OK, SESSION_EXPIRED, Snapshot
 from daemon.core.node import DurableState
 from daemon.runtime.storage import (MAX_INCARNATION, SNAPSHOT_FILE, WAL, WAL_FILE,
                                     StorageError, new_incarnation, read_snapshot,
@@ -101,7 +106,9 @@ def restore_data_dir(backup: Backup, digest: str, config, directory: os.PathLike
                       _restored_incarnation(digest, config.cluster, m.id)) for m in initial]
     image = list(backup.image)
     revision = image[2]
-    image[1], image[3], image[6] = {}, revision, 0  # sessions, eviction horizon, lease epoch
+    image[1] = {client: (session[0], SESSION_EXPIRED, revision, revision)
+                for client, session in image[1].items()}
+    image[6] = 0  # the lease epoch
     image = _with_members(image, members, backup.index)
     wal, _records = WAL.open(directory, fsync=fsync)
     try:
