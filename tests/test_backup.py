@@ -54,21 +54,37 @@ async def test_a_snapshot_streams_from_the_leader_in_chunks_that_fit_a_frame(tmp
             await raw.aclose()
 
 
-async def test_the_service_cuts_chunks_and_forgets_the_oldest():
-    images = iter(range(1, 10))
+class _Conn:
+    closed = False
 
+    def __init__(self):
+        self.replies = []
+
+    def push(self, reply):
+        self.replies.append(reply)
+
+    push_alone = push
+
+
+async def test_the_service_encodes_off_the_loop_cuts_chunks_and_forgets_the_oldest():
     def take():
-        return next(images), [{b"k": _record(b"v" * 5000)}, {}, 7, 0, 3, {}, 0], [[1, None,
-                                                                                  None, True, 0]]
+        return 3, [{b"k": _record(b"v" * 5000)}, {}, 7, 0, 3, {}, 0], [[1, None, None, True, 0]]
 
     service = SnapshotService("c", take, max_frame_bytes=8192)
-    first = service.start(1, None)
-    snapshot_id, total, offset, data = first[2]
-    assert first[1] == OK and offset == 0 and len(data) == 2048 < total
-    second = service.chunk(2, snapshot_id, 2048, None)
-    assert second[2][2] == 2048 and second[4] == 7
-    service.start(3, None)
-    service.start(4, None)  # at most two are kept
+    conn = _Conn()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        service.taken(conn, 1, None)
+        with trio.fail_after(5):
+            while not conn.replies:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    req_id, status, (snapshot_id, total, offset, data), _leader, revision = conn.replies[0]
+    assert (req_id, status, offset, revision, len(data)) == (1, OK, 0, 7, 2048) and total > 2048
+    assert decode_payload(b"".join(service.chunk(2, snapshot_id, at, None)[2][3]
+                                   for at in range(0, total, 2048))).image[0][b"k"].version == 1
+    service.keep(3, b"x", 7, None)
+    service.keep(4, b"y", 7, None)  # at most two are kept
     assert service.chunk(5, snapshot_id, 0, None)[1] == "error"
 
 

@@ -20,12 +20,19 @@ MAX_STARTS = 3
 async def fetch_snapshot(client, *, timeout: float | None = None) -> tuple[bytes, int]:
     """``(payload, revision)``: the snapshot the leader took (daemon.codec.backup's payload)
     and the revision it is at. Each request has ``timeout`` (default the client's)."""
-    for start in range(MAX_STARTS):
-        try:
-            return await _fetch(client, timeout)
-        except OperationFailed as exc:
-            if "is not kept" not in str(exc) or start == MAX_STARTS - 1:
-                raise
+    # Taking and encoding a big store may take longer than one attempt usually waits: let
+    # each request wait its whole timeout rather than ask another node for a new snapshot.
+    saved = client.attempt_timeout
+    client.attempt_timeout = max(saved, client.timeout if timeout is None else timeout)
+    try:
+        for start in range(MAX_STARTS):
+            try:
+                return await _fetch(client, timeout)
+            except OperationFailed as exc:
+                if "is not kept" not in str(exc) or start == MAX_STARTS - 1:
+                    raise
+    finally:
+        client.attempt_timeout = saved
     raise AssertionError("unreachable")  # pragma: no cover
 
 

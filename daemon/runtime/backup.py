@@ -8,9 +8,10 @@ its ballot in a round begun after the request arrived, once the state machine ap
 read index), and the server pushes that reply into the sink, in the core loop. The sink then
 takes the state machine as it is at that moment: every slot applied is chosen, and every
 write acknowledged before the request arrived is applied, so the image is a linearizable
-point. It is encoded once (daemon.codec.backup's payload) and kept under a random id for
-the chunks that follow, which any request on this node may fetch by offset. The core is
-unchanged: nothing here is new to it.
+point. It is encoded once (daemon.codec.backup's payload), in a worker thread so that a big
+store does not hold up the core loop, and kept under a random id for the chunks that follow,
+which any request on this node may fetch by offset. The core is unchanged: nothing here is
+new to it.
 
 At most ``MAX_KEPT`` snapshots are kept, each for at most ``KEEP_SECONDS`` after it was
 taken; a chunk is at most ``chunk_bytes`` (a quarter of the frame limit, at most
@@ -28,12 +29,13 @@ import trio
 from daemon.codec.backup import encode_payload
 from daemon.codec.wire import SNAPSHOT_ID_BYTES
 from daemon.core.kv import encode_image
-from daemon.core.messages import ERROR, OK
+from daemon.core.messages import BUSY, ERROR, OK
 
 __all__ = ["SnapshotService", "SnapshotSink"]
 
 CHUNK_BYTES = 1 << 20
 MAX_KEPT = 2
+MAX_PENDING = 2  # snapshots taken and waiting to be encoded; more are answered "busy"
 KEEP_SECONDS = 300.0
 
 
@@ -51,13 +53,13 @@ class SnapshotSink:
         return self.conn.closed
 
     def push(self, reply: list) -> None:
-        """The read was answered: on "ok", take the snapshot now and send its first chunk;
-        anything else (not_leader) goes to the client as it is."""
+        """The read was answered: on "ok", take the snapshot now (its first chunk follows once
+        it is encoded); anything else (not_leader) goes to the client as it is."""
         req_id, status, _result, leader, _revision = reply
         if status != OK:
             self.conn.push(reply)
             return
-        self.conn.push_alone(self.service.start(req_id, leader))
+        self.service.taken(self.conn, req_id, leader)
 
 
 class SnapshotService:
@@ -71,14 +73,34 @@ class SnapshotService:
         self._take = take
         self.chunk_bytes = max(1, min(CHUNK_BYTES, max_frame_bytes // 4))
         self._kept: OrderedDict[bytes, tuple[bytes, int, float]] = OrderedDict()
+        self._pending_send, self._pending_recv = trio.open_memory_channel(MAX_PENDING)
 
     def sink(self, conn) -> SnapshotSink:
         return SnapshotSink(conn, self)
 
-    def start(self, req_id: int, leader: str | None) -> list:
-        """Take a snapshot now, keep it, and return the reply carrying its first chunk."""
+    def taken(self, conn, req_id: int, leader: str | None) -> None:
+        """The read of a new snapshot was answered at this leader: copy the state machine now
+        (dict copies, at C speed, in the core loop) and hand it to ``run`` to encode; "busy"
+        if MAX_PENDING are being encoded already."""
         index, image, members = self._take()
-        blob = encode_payload(self.cluster, index, encode_image(image), members)
+        try:
+            self._pending_send.send_nowait((conn, req_id, leader, index, image, members))
+        except trio.WouldBlock:
+            conn.push([req_id, BUSY, None, leader, None])
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Encode each snapshot taken (in a worker thread, off the core loop: a big store
+        takes a while), keep it, and send its first chunk."""
+        task_status.started()
+        async for conn, req_id, leader, index, image, members in self._pending_recv:
+            blob = await trio.to_thread.run_sync(
+                lambda: encode_payload(self.cluster, index, encode_image(image), members))
+            if not conn.closed:
+                conn.push_alone(self.keep(req_id, blob, image[2], leader))
+
+    def keep(self, req_id: int, blob: bytes, revision: int, leader: str | None) -> list:
+        """Keep the encoded snapshot ``blob`` (at ``revision``) under a new id, forgetting
+        the oldest and those too old, and return the reply carrying its first chunk."""
         now = trio.current_time()
         for old, (_blob, _rev, taken) in list(self._kept.items()):
             if now - taken > KEEP_SECONDS:
@@ -86,7 +108,7 @@ class SnapshotService:
         while len(self._kept) >= MAX_KEPT:
             self._kept.popitem(last=False)
         snapshot_id = os.urandom(SNAPSHOT_ID_BYTES)
-        self._kept[snapshot_id] = (blob, image[2], now)
+        self._kept[snapshot_id] = (blob, revision, now)
         return self.chunk(req_id, snapshot_id, 0, leader)
 
     def chunk(self, req_id: int, snapshot_id: bytes, offset: int, leader: str | None) -> list:

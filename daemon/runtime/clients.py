@@ -112,7 +112,7 @@ class ClientPort:
         self._status = status
         self._leader = leader
         self._watch = watch  # "watch" and "unwatch" requests (daemon.runtime.watches)
-        self._snapshots = snapshots  # "snapshot" requests (daemon.runtime.backup)
+        self.snapshots = snapshots  # "snapshot" requests (daemon.runtime.backup)
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
         # A shorter TTL is raised to this: a lease must outlive a failover (daemon.core.leases).
         self.min_ttl = min_ttl(config.timing.election_timeout_s)
@@ -248,12 +248,12 @@ class ClientPort:
     def _snapshot(self, conn: ClientConnection, req: wire.Request, work: list) -> None:
         """A "snapshot" request: a new one starts as a linearizable read (of the membership
         key) whose reply the SnapshotSink takes; a chunk of a kept one is answered at once."""
-        if self._snapshots is None:
+        if self.snapshots is None:
             conn.push([req.req_id, ERROR, "this port serves no snapshots", self._leader(), None])
         elif req.arg1 is None:
-            work.append((True, (self._snapshots.sink(conn), req.req_id), MEMBERS_KEY))
+            work.append((True, (self.snapshots.sink(conn), req.req_id), MEMBERS_KEY))
         else:
-            conn.push_alone(self._snapshots.chunk(req.req_id, req.arg1, req.seq, self._leader()))
+            conn.push_alone(self.snapshots.chunk(req.req_id, req.arg1, req.seq, self._leader()))
 
     async def _writer(self, conn: ClientConnection, scope: trio.CancelScope) -> None:
         stream = conn.stream

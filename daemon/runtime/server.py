@@ -242,6 +242,7 @@ class Server:
                     nursery.start_soon(self._core_loop)
                     nursery.start_soon(self._wal_writer)
                     nursery.start_soon(self._ticker)
+                    await nursery.start(self.clients.snapshots.run)
                     me = config.member(self.id)
                     metrics_address = config.metrics_address()
                     if metrics_address is not None:

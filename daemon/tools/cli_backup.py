@@ -24,6 +24,9 @@ from pathlib import Path
 __all__ = ["add_commands"]
 
 
+SAVE_TIMEOUT = 60.0  # seconds per request of a save (--timeout): a big store takes a while
+
+
 class _Refused(Exception):
     """The operation cannot be done as asked; the text says why (exit 1)."""
 
@@ -35,10 +38,11 @@ def add_commands(commands, client: argparse.ArgumentParser) -> None:
     p = commands.add_parser("snapshot", help="save, inspect or restore a backup of the cluster")
     sub = p.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
     q = sub.add_parser("save", parents=[client], help="save a consistent snapshot from the "
-                       "leader (state, revisions, leases, membership) to FILE")
+                       "leader (state, revisions, leases, membership) to FILE (--timeout: "
+                       f"per request, default {SAVE_TIMEOUT:g} s here)")
     q.add_argument("file", metavar="FILE")
     q.add_argument("--json", action="store_true", help="print what was saved as JSON")
-    q.set_defaults(func=_guarded(cmd_snapshot_save))
+    q.set_defaults(func=_guarded(cmd_snapshot_save), timeout=SAVE_TIMEOUT)
     q = sub.add_parser("status", help="check FILE (its SHA-256) and print its revision, keys, "
                        "size and hash")
     q.add_argument("file", metavar="FILE")
