@@ -219,9 +219,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
           f"paxosd member add ID PEER CLIENT and start each on an EMPTY data directory with "
           f"paxosd serve --node-id ID --join. The lost members must never start again with "
           f"their old data: wipe their data directories first.")
-    others = [m.id for m in config.members if m.id != node_id] if config is not None else []
+    others = ([m.id for m in config.initial_members if m.id != node_id]
+              if config is not None else [])
     if others:
-        print(f"note: {config.path} still lists members {', '.join(map(str, others))}: "
-              f"remove them from the file, so that this node refuses them if they come back "
-              f"with their old data (it accepts connections from every member its file lists)")
+        print(f"note: {config.path} still lists members {', '.join(map(str, others))} (not "
+              f"marked join): remove the lost ones from the file, so that this node refuses "
+              f"them if they come back with their old data (it accepts connections from every "
+              f"member its file lists)")
     return EXIT_OK
