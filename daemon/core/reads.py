@@ -11,7 +11,9 @@ A read is answered from the leader's state machine once both hold:
 Rounds are numbered by the leader. The first read after an Accept went out opens a new round;
 the next Accept (a heartbeat, if nothing else is due: see Node.ready) carries its number, and
 every voter's Accepted echoes the highest round it saw (``node.peer_read_round``, reset by the
-node whenever it starts leading in a configuration).
+node whenever it starts leading in a configuration). The only voter of a configuration is its
+own quorum: it serves a read as soon as the read index is applied (no Accepted would come back
+to carry the round: heartbeats go to the peers only).
 
 A read is a key (the value, or None), a ``RangeQuery`` (a ``RangeResult``, cut to fit in
 ``max_message_bytes`` less RANGE_REPLY_MARGIN) or a ``LeaseQuery`` (a keepalive or a
