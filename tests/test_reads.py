@@ -112,3 +112,15 @@ def test_serving_does_nothing_at_a_follower():
     follower.reads.serve()
     c.collect()
     assert [r for i, r in c.replies if i == 2] == []
+
+
+def test_the_only_voter_answers_a_read_with_no_write_to_carry_it():
+    # A one-member cluster (what paxosd recover makes) sends no Accept a voter could echo:
+    # its own ballot is the quorum's confirmation, so an idle leader still answers reads.
+    c = led_by_1(CFG, ids=(1,))
+    c.settle()
+    leader = c.nodes[1]
+    leader.read("r", b"k", c.now)
+    c.settle()
+    assert replies_of(c, 1) == [("r", OK, None)]
+    assert not leader.reads.queue

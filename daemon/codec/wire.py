@@ -68,6 +68,18 @@ which the watch has seen every change), until "compacted" (result: the revision 
 compacted at) or "cancelled" (result: why; the reply's revision: the last one the watch saw).
 ``[req_id, "unwatch", watch_req_id, 0, b"", null, null]`` ends the watch ``watch_req_id`` of the
 same connection ("ok"; the watch itself ends with "cancelled").
+
+Snapshots (``paxosd snapshot save``; daemon.runtime.backup): ``[req_id, "snapshot", 0, offset,
+b"", snapshot_id or null, null]``, one request per chunk, each answered by one reply whose
+result is ``[snapshot_id, total, offset, data]`` (the reply's revision: the snapshot's). The
+first (offset 0, snapshot_id null) goes to the leader: it takes the state machine at a
+linearizable point (after a read-index round, as a "get"; a follower answers "not_leader"),
+encodes it once (daemon.codec.backup's payload: state, revisions, leases, membership) and
+keeps it for a while under a new ``snapshot_id`` (16 bytes). The next requests name that id
+and the offset to go on from, on the same node: ``data`` is at most a chunk (well under the
+frame limit), and ``offset + len(data) == total`` ends it. An id the node no longer keeps
+(it restarted, or the snapshot aged out) is answered "error", naming it: start again. Nothing
+in this changes what peers exchange.
 """
 
 from __future__ import annotations
@@ -149,6 +161,8 @@ __all__ = [
     "decode_txn_result",
     "decode_reply",
     "decode_request",
+    "decode_snapshot_chunk",
+    "encode_snapshot_request",
     "encode_hello",
     "encode_peer",
     "encode_proof",
@@ -174,7 +188,8 @@ HELLO_MAGIC = "paxosd"
 
 CLIENT_OPS = ("put", "get", "delete", "cas", "range", "status", "transfer", "member_add",
               "member_remove", "txn", "lease_grant", "lease_revoke", "lease_keepalive",
-              "lease_ttl")
+              "lease_ttl", "snapshot")
+SNAPSHOT_ID_BYTES = 16  # a "snapshot" request's id of the snapshot a leader keeps
 # Lease requests ``[req_id, op, client_id, seq, b"", ttl or lease id, null]``: grant and revoke
 # are writes (a session: client_id, seq), keepalive and ttl reads of the leader's clock (0, 0).
 LEASE_WRITES = ("lease_grant", "lease_revoke")
@@ -678,6 +693,8 @@ def _decode_request_slowly(obj) -> Request:
             return _decode_lease_request(req_id, op, client_id, seq, key, arg1, arg2)
         if op in WATCH_OPS:
             return _decode_watch_request(req_id, op, client_id, seq, key, arg1, arg2)
+        if op == "snapshot":
+            return _decode_snapshot_request(req_id, client_id, seq, key, arg1, arg2)
         if op == "member_add":
             _uint(client_id, 1, MAX_NODE, "request.client_id (the new member's id)")
             _address_bytes(key, "request.key (the new member's peer address)")
@@ -708,6 +725,42 @@ def _decode_range_request(req_id, limit, flags, key, end, arg2) -> Request:
     if arg2 is not None:
         raise _fail("request.arg2", "null for range", arg2)
     return Request(req_id, "range", limit, flags, key, end, None)
+
+
+def _decode_snapshot_request(req_id, zero, offset, key, snapshot_id, arg2) -> Request:
+    """A "snapshot" request (see the module docstring): Request.seq is the offset, arg1 the
+    snapshot id (None: take a new snapshot, at offset 0)."""
+    _uint(zero, 0, 0, "request.client_id (0 for snapshot)")
+    _uint(offset, 0, MAX_SNAPSHOT_BYTES, "request.seq (the snapshot offset)")
+    if key != b"" or arg2 is not None:
+        raise _fail("request", "key b'' and arg2 null for snapshot", [key, arg2])
+    if snapshot_id is None:
+        if offset:
+            raise _fail("request.seq", "offset 0 for a new snapshot (no snapshot id)", offset)
+    elif type(snapshot_id) is not bytes or len(snapshot_id) != SNAPSHOT_ID_BYTES:
+        raise _fail("request.arg1 (the snapshot id)", f"{SNAPSHOT_ID_BYTES} bytes or null",
+                    snapshot_id)
+    return Request(req_id, "snapshot", 0, offset, b"", snapshot_id, None)
+
+
+def encode_snapshot_request(req_id: int, offset: int, snapshot_id: bytes | None) -> list:
+    return [req_id, "snapshot", 0, offset, b"", snapshot_id, None]
+
+
+def decode_snapshot_chunk(obj, offset: int) -> tuple[bytes, int, bytes]:
+    """A "snapshot" reply's result, checked against the ``offset`` asked for: ``(snapshot_id,
+    total, data)``, data non-empty and within total."""
+    if not _is_array(obj) or len(obj) != 4:
+        raise _fail("snapshot result", "an array [snapshot_id, total, offset, data]", obj)
+    snapshot_id, total, at, data = obj
+    if type(snapshot_id) is not bytes or len(snapshot_id) != SNAPSHOT_ID_BYTES:
+        raise _fail("snapshot result.snapshot_id", f"{SNAPSHOT_ID_BYTES} bytes", snapshot_id)
+    _uint(total, 1, MAX_SNAPSHOT_BYTES, "snapshot result.total")
+    if at != offset or type(at) is not int:
+        raise _fail("snapshot result.offset", f"{offset}, the offset asked for", at)
+    if type(data) is not bytes or not data or offset + len(data) > total:
+        raise _fail("snapshot result.data", f"1 to {total - offset} bytes", data)
+    return snapshot_id, total, data
 
 
 def _decode_txn_request(req_id, client_id, seq, key, compares, branches) -> Request:

@@ -11,7 +11,9 @@ A read is answered from the leader's state machine once both hold:
 Rounds are numbered by the leader. The first read after an Accept went out opens a new round;
 the next Accept (a heartbeat, if nothing else is due: see Node.ready) carries its number, and
 every voter's Accepted echoes the highest round it saw (``node.peer_read_round``, reset by the
-node whenever it starts leading in a configuration).
+node whenever it starts leading in a configuration). The only voter of a configuration is its
+own quorum: it serves a read as soon as the read index is applied (no Accepted would come back
+to carry the round: heartbeats go to the peers only).
 
 A read is a key (the value, or None), a ``RangeQuery`` (a ``RangeResult``, cut to fit in
 ``max_message_bytes`` less RANGE_REPLY_MARGIN) or a ``LeaseQuery`` (a keepalive or a
@@ -58,6 +60,10 @@ class ReadIndex:
             self.round_sent = False
         read_index = max(node.commit_index, node.read_floor)
         self.queue.append((req, key, read_index, self.round))
+        if node.quorum == 1:
+            # The only voter's own ballot is the quorum's confirmation, and no voter's
+            # Accepted will come back to serve the read (heartbeats go to peers only).
+            self.serve()
 
     def serve(self) -> None:
         """Answer, in arrival order, every read whose round a quorum of voters confirmed and

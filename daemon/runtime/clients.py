@@ -29,6 +29,7 @@ from fastpath import FrameError, FrameReader, encode_frames, loads, split_reques
 from daemon.codec import wire
 from daemon.core.expiry import LeaseQuery
 from daemon.core.leases import grant_op, min_ttl, revoke_op
+from daemon.core.membership import MEMBERS_KEY
 from daemon.core.messages import ERROR, OK, OP_LEASE, OP_TXN
 from daemon.runtime.log import Throttle
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
@@ -97,7 +98,8 @@ class ClientPort:
                  transfer: Callable[[tuple, int], Awaitable[None]],
                  change_members: Callable[[tuple, tuple], Awaitable[None]],
                  status: Callable[[], dict], leader: Callable[[], str | None],
-                 watch: Callable[[tuple, wire.Request], Awaitable[None]] | None = None) -> None:
+                 watch: Callable[[tuple, wire.Request], Awaitable[None]] | None = None,
+                 snapshots=None) -> None:
         self.config = config
         self.id = node_id
         self.log = log
@@ -110,6 +112,7 @@ class ClientPort:
         self._status = status
         self._leader = leader
         self._watch = watch  # "watch" and "unwatch" requests (daemon.runtime.watches)
+        self.snapshots = snapshots  # "snapshot" requests (daemon.runtime.backup)
         self._refusals = Throttle(REFUSAL_LOG_INTERVAL)
         # A shorter TTL is raised to this: a lease must outlive a failover (daemon.core.leases).
         self.min_ttl = min_ttl(config.timing.election_timeout_s)
@@ -230,6 +233,8 @@ class ClientPort:
                 await self._watch(conn, req)
         elif op == "txn":  # arg1: the transaction's CBOR (wire.decode_request made it)
             work.append((False, tag, (req.client_id, req.seq, OP_TXN, b"", req.arg1, None)))
+        elif op == "snapshot":
+            self._snapshot(conn, req, work)
         elif op in wire.LEASE_READS:  # the leader's clock answers, after a read-index round
             work.append((True, tag, LeaseQuery(op.removeprefix("lease_"), req.arg1)))
         elif op in wire.LEASE_WRITES:
@@ -239,6 +244,16 @@ class ClientPort:
         else:
             work.append((False, tag, (req.client_id, req.seq, wire.CLIENT_OPCODES[op], req.key,
                                       req.arg1, req.arg2)))
+
+    def _snapshot(self, conn: ClientConnection, req: wire.Request, work: list) -> None:
+        """A "snapshot" request: a new one starts as a linearizable read (of the membership
+        key) whose reply the SnapshotSink takes; a chunk of a kept one is answered at once."""
+        if self.snapshots is None:
+            conn.push([req.req_id, ERROR, "this port serves no snapshots", self._leader(), None])
+        elif req.arg1 is None:
+            work.append((True, (self.snapshots.sink(conn), req.req_id), MEMBERS_KEY))
+        else:
+            conn.push_alone(self.snapshots.chunk(req.req_id, req.arg1, req.seq, self._leader()))
 
     async def _writer(self, conn: ClientConnection, scope: trio.CancelScope) -> None:
         stream = conn.stream

@@ -44,6 +44,7 @@ import trio
 from daemon.codec import wire
 from daemon.runtime.config import ConfigError, load_config
 from daemon.core.node import LEADER, CoreConfig, DurableState, Node
+from daemon.runtime.backup import SnapshotService
 from daemon.runtime.clients import ClientPort
 from daemon.runtime.durability import DurabilityGate
 from daemon.runtime.log import node_logger, setup as setup_logging
@@ -171,7 +172,9 @@ class Server:
             transfer=lambda tag, target: send((EV_TRANSFER, (tag, target))),
             change_members=lambda tag, change: send((EV_MEMBER, (tag, change))),
             status=self.status, leader=self._leader_address,
-            watch=lambda conn, req: send((EV_WATCH, (conn, req))))
+            watch=lambda conn, req: send((EV_WATCH, (conn, req))),
+            snapshots=SnapshotService(config.cluster, self._snapshot_state,
+                                      config.limits.max_frame_bytes))
         self.watches: Watches | None = None  # once the node exists
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
@@ -239,6 +242,7 @@ class Server:
                     nursery.start_soon(self._core_loop)
                     nursery.start_soon(self._wal_writer)
                     nursery.start_soon(self._ticker)
+                    await nursery.start(self.clients.snapshots.run)
                     me = config.member(self.id)
                     metrics_address = config.metrics_address()
                     if metrics_address is not None:
@@ -253,6 +257,13 @@ class Server:
             with trio.CancelScope(shield=True):
                 sd_notify("STOPPING=1", self.log)
                 self._close_wal()
+
+    def _snapshot_state(self) -> tuple:
+        """(applied index, state machine image, members) now, for ``paxosd snapshot save``
+        (daemon.runtime.backup); called in the core loop."""
+        node = self.node
+        return (node.applied_index, node.kv.image(),
+                [m.as_list() for m in node.configuration.members])
 
     def stop(self) -> None:
         """Stop serving (as SIGTERM does): the WAL is flushed and closed on the way out."""

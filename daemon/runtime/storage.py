@@ -83,6 +83,7 @@ __all__ = [
     "new_incarnation",
     "read_snapshot",
     "save_incarnation",
+    "write_file_whole",
     "write_snapshot",
 ]
 
@@ -759,6 +760,16 @@ def read_snapshot(directory: os.PathLike | str) -> tuple[int, bytes] | None:
         return decode_snapshot(data)
     except DamagedSnapshot as exc:
         raise CorruptLog(f"{path}: {exc}", path=path, offset=exc.offset) from None
+
+
+def write_file_whole(path: os.PathLike | str, data: bytes, *, fsync: bool = True) -> None:
+    """Make ``path`` hold ``data``, whole or not at all across a crash (``path.tmp``, fsync,
+    rename, fsync of the directory); StorageError naming the path if that fails."""
+    path = Path(path)
+    try:
+        _replace_file(path.parent, path.name, data, fsync)
+    except OSError as exc:
+        raise _os_error("cannot write the file", path, exc) from exc
 
 
 def _replace_file(directory: Path, name: str, data: bytes, fsync: bool) -> None:

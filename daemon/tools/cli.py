@@ -11,6 +11,8 @@
     paxosd status                              one row per member, like etcdctl endpoint status
     paxosd member add ID PEER CLIENT | member remove ID | member list   membership, via the log
     paxosd transfer-leader ID                  hand leadership over (for maintenance)
+    paxosd snapshot save FILE | status FILE | restore FILE --config F --node-id N   backups
+    paxosd recover --data-dir D [--config F]   a survivor of a lost majority: a one-member cluster
     paxosd load [--count N] [--clients C] [--value-size B]   measured commits/s and latency
     paxosd demo --config F [load options]      cluster + load + stop, in one command
     paxosd bench [options]                     the benchmark of daemon.tools.bench
@@ -41,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.runtime.config import Config, ConfigError, describe, load_config, parse_address
-from daemon.tools import cli_leases
+from daemon.tools import cli_backup, cli_leases
 from daemon.tools.stats import percentile
 
 DEFAULT_CONFIG = "/etc/paxosd/paxosd.yaml"
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_leases.add_commands(commands, client)
     _add_watch_command(commands, client)
     _add_cluster_commands(commands, client)
+    cli_backup.add_commands(commands, client)
     _add_load_commands(commands, client)
     return parser
 
