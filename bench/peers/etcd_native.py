@@ -6,6 +6,11 @@ in a temporary directory (the file system paxosd's bench uses), 64-byte values o
 by default. The Go client is one separate process; its CPU and the members' CPU are read over
 the measured interval, which the program announces on its standard output.
 
+With ``--read-ratio`` a fraction of the operations are reads (``--range-limit L``: ranges of up
+to L keys); with ``--watchers N`` the client process also holds N watches of every key written
+(their connections spread over the members, as paxosd bench spreads its watches over the
+nodes) and reports the changes they receive per second (the report's "reads" and "watch").
+
 The program is built offline, in GOPATH mode, against the clientv3 sources that Debian's
 golang-etcd-server-dev puts under /usr/share/gocode/src (no module download, GOPROXY=off):
 
@@ -83,7 +88,10 @@ def _drive(binary: Path, cluster, args) -> tuple[dict, dict, dict]:
     cmd = [str(binary), "-endpoints", cluster.url(cluster.leader_port),
            "-conns", str(args.clients), "-clients", str(args.in_flight),
            "-value-size", str(args.value_size), "-keys", str(args.keys),
-           "-duration", f"{args.duration}s", "-warmup", f"{args.warmup}s"]
+           "-duration", f"{args.duration}s", "-warmup", f"{args.warmup}s",
+           "-read-ratio", str(args.read_ratio), "-range-limit", str(args.range_limit),
+           "-watchers", str(args.watchers), "-watch-conns", str(args.watch_conns),
+           "-watch-endpoints", ",".join(cluster.url(port) for port in cluster.client_ports)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     before = after = result = None
     try:
@@ -106,6 +114,19 @@ def _drive(binary: Path, cluster, args) -> tuple[dict, dict, dict]:
     return before, after, result
 
 
+def _print_extras(r: dict) -> None:
+    reads, watch = r.get("reads"), r.get("watch")
+    if reads:
+        lat = reads["latency_ms"] or {}
+        print(f"  reads/s          {reads['reads_per_s']:,.0f} ({reads['keys_per_s']:,.0f} keys/s, "
+              f"range limit {reads['range_limit']}); p50 {lat.get('p50', float('nan')):.2f}  "
+              f"p99 {lat.get('p99', float('nan')):.2f} ms")
+    if watch:
+        print(f"  watch            {watch['started']}/{watch['watchers']} watches on "
+              f"{watch['conns']} connections: {watch['events_per_s']:,.0f} changes/s delivered, "
+              f"{watch['canceled']} cancelled")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=3)
@@ -116,6 +137,14 @@ def main() -> int:
     p.add_argument("--keys", type=int, default=100_000, help="key space")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--read-ratio", type=float, default=0.0,
+                   help="fraction of the operations that are linearizable reads")
+    p.add_argument("--range-limit", type=int, default=0,
+                   help="reads are ranges of up to this many keys from a random key (0: one key)")
+    p.add_argument("--watchers", type=int, default=0,
+                   help="watches of every key the writers write, in the client process")
+    p.add_argument("--watch-conns", type=int, default=0,
+                   help="connections the watches share (default: one per 10 watches)")
     p.add_argument("--build-only", action="store_true", help="build the Go program and stop")
     p.add_argument("--json")
     args = p.parse_args()
@@ -135,6 +164,8 @@ def main() -> int:
     settings = {"nodes": args.nodes, "clients": args.clients, "in_flight": args.in_flight,
                 "value_size": args.value_size, "duration_s": args.duration,
                 "warmup_s": args.warmup, "fsync": True, "keys": args.keys,
+                "read_ratio": args.read_ratio, "range_limit": args.range_limit,
+                "watchers": args.watchers,
                 "notes": "native gRPC client (Go clientv3, Debian's golang-etcd-server-dev), "
                          "closed loop, all to the leader; clients = gRPC connections in one "
                          "Go process, in_flight = goroutines per connection"}
@@ -144,7 +175,11 @@ def main() -> int:
                       common.cpu_used(before, after), [round(out["cpu_seconds"], 3)],
                       out["errors"], "bench/peers/etcd_native.py " + " ".join(sys.argv[1:]),
                       variant="etcd-native", measured=(out["commits"], out["latency_ms"]))
+    for extra in ("reads", "watch"):  # the watch and range-read comparisons (issue 19, item 5)
+        if out.get(extra):
+            r[extra] = out[extra]
     common.print_report(r)
+    _print_extras(r)
     common.write_json(r, args.json)
     return 0
 

@@ -3,6 +3,12 @@
 // goroutine putting one value after another to a random key of -keys. Latency is per put, from
 // the call to its reply.
 //
+// For the watch and range-read comparisons (issue 19, item 5): -read-ratio R makes that
+// fraction of the operations reads (linearizable Gets, etcd's default) of one random key, or
+// with -range-limit L of up to L keys from a random key on; -watchers N opens N watches of every
+// key the writers write (prefix "k") over -watch-conns connections of their own, spread over
+// -watch-endpoints, and counts the changes they deliver.
+//
 // It prints one line `{"event": "measure"}` when the warmup ends and the measured interval
 // starts, and at the end one JSON object with the fields the peer scripts report (commits,
 // commits_per_s, latency_ms with p50/p90/p99/p999/max/mean as nearest ranks, errors,
@@ -24,6 +30,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,6 +59,26 @@ type result struct {
 	DurationS   float64  `json:"duration_s"`
 	WarmupS     float64  `json:"warmup_s"`
 	FirstError  string   `json:"first_error,omitempty"`
+	Reads       *reads   `json:"reads,omitempty"`
+	Watch       *watch   `json:"watch,omitempty"`
+}
+
+type reads struct {
+	Reads      int      `json:"reads"`
+	ReadsPerS  float64  `json:"reads_per_s"`
+	KeysPerS   float64  `json:"keys_per_s"`
+	LatencyMs  *summary `json:"latency_ms"`
+	ReadRatio  float64  `json:"read_ratio"`
+	RangeLimit int      `json:"range_limit"`
+}
+
+type watch struct {
+	Watchers   int     `json:"watchers"`
+	Conns      int     `json:"conns"`
+	Started    int     `json:"started"`
+	Events     int64   `json:"events"`
+	EventsPerS float64 `json:"events_per_s"`
+	Canceled   int     `json:"canceled"`
 }
 
 // percentile is the nearest rank, as daemon/tools/stats.py computes it.
@@ -92,22 +119,51 @@ func cpuSeconds() float64 {
 
 type worker struct {
 	lat    []float64
+	rlat   []float64
+	keys   int64
 	errors int
 	first  error
 }
 
-// run puts until stopAt on cli, recording the latencies of the puts answered inside
-// [measureFrom, stopAt).
-func (w *worker) run(cli *clientv3.Client, seed int64, keys []string, value string,
-	measureFrom, stopAt time.Time, timeout time.Duration) {
+type load struct {
+	keys        []string
+	value       string
+	readRatio   float64
+	rangeLimit  int
+	measureFrom time.Time
+	stopAt      time.Time
+	timeout     time.Duration
+}
+
+// run puts (or reads, a readRatio of the time) until stopAt on cli, recording the latencies
+// of the operations answered inside [measureFrom, stopAt).
+func (w *worker) run(cli *clientv3.Client, seed int64, l *load) {
 	rng := rand.New(rand.NewSource(seed))
 	for {
 		t0 := time.Now()
-		if !t0.Before(stopAt) {
+		if !t0.Before(l.stopAt) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		_, err := cli.Put(ctx, keys[rng.Intn(len(keys))], value)
+		key := l.keys[rng.Intn(len(l.keys))]
+		read := l.readRatio > 0 && rng.Float64() < l.readRatio
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		var err error
+		var got int64
+		if read && l.rangeLimit > 0 {
+			var resp *clientv3.GetResponse
+			resp, err = cli.Get(ctx, key, clientv3.WithFromKey(), clientv3.WithLimit(int64(l.rangeLimit)))
+			if err == nil {
+				got = int64(len(resp.Kvs))
+			}
+		} else if read {
+			var resp *clientv3.GetResponse
+			resp, err = cli.Get(ctx, key)
+			if err == nil {
+				got = int64(len(resp.Kvs))
+			}
+		} else {
+			_, err = cli.Put(ctx, key, l.value)
+		}
 		cancel()
 		t1 := time.Now()
 		if err != nil {
@@ -117,8 +173,78 @@ func (w *worker) run(cli *clientv3.Client, seed int64, keys []string, value stri
 			}
 			continue
 		}
-		if !t1.Before(measureFrom) && t1.Before(stopAt) {
-			w.lat = append(w.lat, t1.Sub(t0).Seconds())
+		if !t1.Before(l.measureFrom) && t1.Before(l.stopAt) {
+			if read {
+				w.rlat = append(w.rlat, t1.Sub(t0).Seconds())
+				w.keys += got
+			} else {
+				w.lat = append(w.lat, t1.Sub(t0).Seconds())
+			}
+		}
+	}
+}
+
+// watchAll opens n watches of prefix "k" over conns new connections, to the urls in turn, and
+// counts into
+// out the changes delivered inside the interval that window holds when they arrive; it
+// returns once every watch is open (or failed to open), with a function that stops them and
+// closes the connections.
+func watchAll(urls []string, n, conns int, window *atomic.Value, out *watch) func() {
+	out.Watchers, out.Conns = n, conns
+	ctx, cancel := context.WithCancel(context.Background())
+	cs := make([]*clientv3.Client, conns)
+	for i := range cs {
+		url := urls[i%len(urls)]
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 10 * time.Second})
+		if err != nil {
+			fail("watch connection to %s: %v", url, err)
+		}
+		cs[i] = cli
+	}
+	var opened, done sync.WaitGroup
+	var mu sync.Mutex
+	for i := 0; i < n; i++ {
+		opened.Add(1)
+		done.Add(1)
+		go func(cli *clientv3.Client) {
+			defer done.Done()
+			// WithCreatedNotify: the first response says the watch is open.
+			ch := cli.Watch(clientv3.WithRequireLeader(ctx), "k", clientv3.WithPrefix(),
+				clientv3.WithCreatedNotify())
+			first, created, counted, canceled := true, false, int64(0), false
+			for resp := range ch {
+				if first {
+					first, created = false, resp.Created
+					opened.Done()
+				}
+				if resp.Canceled {
+					canceled = true
+				}
+				now, in := time.Now(), window.Load().([2]time.Time)
+				if !in[0].IsZero() && !now.Before(in[0]) && now.Before(in[1]) {
+					counted += int64(len(resp.Events))
+				}
+			}
+			if first {
+				opened.Done()
+			}
+			mu.Lock()
+			out.Events += counted
+			if created {
+				out.Started++
+			}
+			if canceled {
+				out.Canceled++
+			}
+			mu.Unlock()
+		}(cs[i%conns])
+	}
+	opened.Wait()
+	return func() {
+		cancel()
+		done.Wait()
+		for _, cli := range cs {
+			cli.Close()
 		}
 	}
 }
@@ -136,13 +262,24 @@ func main() {
 	nkeys := flag.Int("keys", 100000, "key space: keys k0..k<keys-1>")
 	duration := flag.Duration("duration", 10*time.Second, "measured interval")
 	warmup := flag.Duration("warmup", 2*time.Second, "load before the measured interval")
-	timeout := flag.Duration("timeout", 10*time.Second, "deadline of one put")
+	timeout := flag.Duration("timeout", 10*time.Second, "deadline of one operation")
+	readRatio := flag.Float64("read-ratio", 0, "fraction of the operations that are reads")
+	rangeLimit := flag.Int("range-limit", 0, "reads are ranges of up to this many keys (0: one key)")
+	watchers := flag.Int("watchers", 0, "watches of every key written (prefix \"k\")")
+	watchConns := flag.Int("watch-conns", 0, "connections the watches share (default: one per 10)")
+	watchEndpoints := flag.String("watch-endpoints", "", "client URLs the watch connections go to, in turn (default: -endpoints)")
 	flag.Parse()
 	if *endpoints == "" {
 		fail("-endpoints is required")
 	}
 	if *conns < 1 || *clients < 1 || *valueSize < 0 || *nkeys < 1 || *duration <= 0 || *warmup < 0 {
 		fail("need -conns >= 1, -clients >= 1, -value-size >= 0, -keys >= 1, -duration > 0, -warmup >= 0")
+	}
+	if *readRatio < 0 || *readRatio > 1 || *rangeLimit < 0 || *watchers < 0 || *watchConns < 0 {
+		fail("need 0 <= -read-ratio <= 1, -range-limit >= 0, -watchers >= 0, -watch-conns >= 0")
+	}
+	if *watchers > 0 && *watchConns == 0 {
+		*watchConns = (*watchers + 9) / 10
 	}
 	urls := strings.Split(*endpoints, ",")
 	keys := make([]string, *nkeys)
@@ -163,9 +300,24 @@ func main() {
 		cs[i] = cli
 	}
 
+	l := &load{keys: keys, value: value, readRatio: *readRatio, rangeLimit: *rangeLimit,
+		timeout: *timeout}
+	var w *watch
+	var window atomic.Value // [2]time.Time: the measured interval, set once the watches are open
+	window.Store([2]time.Time{})
+	stopWatching := func() {}
+	if *watchers > 0 { // open before the load: every change of the measured interval is seen
+		w = &watch{}
+		wurls := urls
+		if *watchEndpoints != "" {
+			wurls = strings.Split(*watchEndpoints, ",")
+		}
+		stopWatching = watchAll(wurls, *watchers, *watchConns, &window, w)
+	}
 	start := time.Now()
-	measureFrom := start.Add(*warmup)
-	stopAt := measureFrom.Add(*duration)
+	l.measureFrom = start.Add(*warmup)
+	l.stopAt = l.measureFrom.Add(*duration)
+	window.Store([2]time.Time{l.measureFrom, l.stopAt})
 	workers := make([]*worker, *conns**clients)
 	var wg sync.WaitGroup
 	for i := range workers {
@@ -173,27 +325,38 @@ func main() {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			workers[i].run(cs[i%*conns], start.UnixNano()+int64(i), keys, value, measureFrom,
-				stopAt, *timeout)
+			workers[i].run(cs[i%*conns], start.UnixNano()+int64(i), l)
 		}(i)
 	}
-	time.Sleep(time.Until(measureFrom))
+	time.Sleep(time.Until(l.measureFrom))
 	cpuFrom := cpuSeconds()
 	fmt.Println(`{"event": "measure"}`)
-	time.Sleep(time.Until(stopAt))
+	time.Sleep(time.Until(l.stopAt))
 	cpu := cpuSeconds() - cpuFrom
 	fmt.Println(`{"event": "stop"}`)
 	wg.Wait()
+	stopWatching()
 
-	var all []float64
-	r := result{Conns: *conns, Clients: *clients, ValueSize: *valueSize, Keys: *nkeys,
+	var all, rall []float64
+	var rkeys int64
+	r := result{Watch: w, Conns: *conns, Clients: *clients, ValueSize: *valueSize, Keys: *nkeys,
 		DurationS: duration.Seconds(), WarmupS: warmup.Seconds(), CPUSeconds: cpu}
 	for _, w := range workers {
 		all = append(all, w.lat...)
+		rall = append(rall, w.rlat...)
+		rkeys += w.keys
 		r.Errors += w.errors
 		if w.first != nil && r.FirstError == "" {
 			r.FirstError = w.first.Error()
 		}
+	}
+	if *readRatio > 0 {
+		r.Reads = &reads{Reads: len(rall), ReadsPerS: float64(len(rall)) / duration.Seconds(),
+			KeysPerS: float64(rkeys) / duration.Seconds(), LatencyMs: summarize(rall),
+			ReadRatio: *readRatio, RangeLimit: *rangeLimit}
+	}
+	if r.Watch != nil {
+		r.Watch.EventsPerS = float64(r.Watch.Events) / duration.Seconds()
 	}
 	r.Commits = len(all)
 	r.CommitsPerS = float64(len(all)) / duration.Seconds()
