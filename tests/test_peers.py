@@ -1,7 +1,7 @@
 """The peer benchmarks (bench/peers/) and their comparison (bench/compare.py), briefly.
 
 The etcd smoke test builds the Go client on Debian's clientv3 sources and drives a real
-3-member etcd for about a second; it is skipped, with the reason, where go, etcd or those
+3-member etcd for about a second, with a few reads and watches; it is skipped, with the reason, where go, etcd or those
 sources are not installed (CI machines need not have them). No speed is asserted.
 """
 
@@ -52,7 +52,8 @@ def test_the_native_etcd_client_builds_and_drives_a_real_cluster(tmp_path):
     out = tmp_path / "etcd.json"
     result = subprocess.run(
         [sys.executable, str(PEERS / "etcd_native.py"), "--clients", "2", "--in-flight", "2",
-         "--duration", "1", "--warmup", "0.3", "--keys", "100", "--json", str(out)],
+         "--duration", "1", "--warmup", "0.3", "--keys", "100", "--read-ratio", "0.2",
+         "--range-limit", "5", "--watchers", "4", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -65,6 +66,12 @@ def test_the_native_etcd_client_builds_and_drives_a_real_cluster(tmp_path):
         (3, 2, 2, 64, True)
     assert set(report["cpu_seconds"]["nodes"]) == {"1", "2", "3"}
     assert len(report["cpu_seconds"]["clients"]) == 1
+    # The hooks of the watch and range-read comparisons: reads answered, every watch open and
+    # delivering the writers' changes.
+    reads, watch = report["reads"], report["watch"]
+    assert reads["reads"] > 0 and reads["range_limit"] == 5 and reads["latency_ms"]["p50"] > 0
+    assert (watch["watchers"], watch["started"], watch["canceled"]) == (4, 4, 0)
+    assert watch["events"] > 0
 
 
 def test_the_build_names_what_is_missing(tmp_path):
@@ -104,5 +111,6 @@ def test_compare_rates_paxosd_against_the_strongest_variant_of_each_peer(tmp_pat
     assert peak[-1] == "4.00x /s, 0.12x p50 (tcp)"      # PySyncObj's TCP front end was ahead
     assert "20,000/s, p50 5.00 / p99 40.00 ms" in peak[1]
     lines = compare.targets(found)
-    assert any("peak >= 10x etcd native peak: 2.00x, missed" in line for line in lines)
+    assert any("peak >= 10x etcd's (etcd-native): 2.00x, missed" in line for line in lines)
+    assert any("peak >= 7x PySyncObj's (pysyncobj-tcp): 4.00x, missed" in line for line in lines)
     assert any("peak p99 <= 50 ms: 40.00, met" in line for line in lines)
