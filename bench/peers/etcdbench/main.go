@@ -254,7 +254,74 @@ func fail(format string, args ...interface{}) {
 	os.Exit(2)
 }
 
-func main() {
+// connect opens n clients (gRPC connections) to urls.
+func connect(urls []string, n int) []*clientv3.Client {
+	cs := make([]*clientv3.Client, n)
+	for i := range cs {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 10 * time.Second})
+		if err != nil {
+			fail("connect to %v: %v", urls, err)
+		}
+		cs[i] = cli
+	}
+	return cs
+}
+
+// newLoad is the workload's key space k0..k<nkeys-1> and one random value of valueSize bytes.
+func newLoad(nkeys, valueSize int) *load {
+	keys := make([]string, nkeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	raw := make([]byte, valueSize)
+	rand.New(rand.NewSource(time.Now().UnixNano())).Read(raw)
+	return &load{keys: keys, value: string(raw)}
+}
+
+// collect merges the workers' measurements: commits, latencies, errors and reads.
+func collect(workers []*worker, duration time.Duration, readRatio float64, rangeLimit int) result {
+	var all, rall []float64
+	var rkeys int64
+	r := result{DurationS: duration.Seconds()}
+	for _, w := range workers {
+		all = append(all, w.lat...)
+		rall = append(rall, w.rlat...)
+		rkeys += w.keys
+		r.Errors += w.errors
+		if w.first != nil && r.FirstError == "" {
+			r.FirstError = w.first.Error()
+		}
+	}
+	r.Commits = len(all)
+	r.CommitsPerS = float64(len(all)) / duration.Seconds()
+	r.LatencyMs = summarize(all)
+	if readRatio > 0 {
+		r.Reads = &reads{Reads: len(rall), ReadsPerS: float64(len(rall)) / duration.Seconds(),
+			KeysPerS: float64(rkeys) / duration.Seconds(), LatencyMs: summarize(rall),
+			ReadRatio: readRatio, RangeLimit: rangeLimit}
+	}
+	return r
+}
+
+// config is what the command line asks for.
+type config struct {
+	endpoints      string
+	conns          int
+	clients        int
+	valueSize      int
+	nkeys          int
+	duration       time.Duration
+	warmup         time.Duration
+	timeout        time.Duration
+	readRatio      float64
+	rangeLimit     int
+	watchers       int
+	watchConns     int
+	watchEndpoints string
+}
+
+// parseFlags reads and checks the command line (exit 2 naming what is wrong).
+func parseFlags() config {
 	endpoints := flag.String("endpoints", "", "comma-separated client URLs (required)")
 	conns := flag.Int("conns", 1, "gRPC connections")
 	clients := flag.Int("clients", 1, "goroutines per connection, each one put at a time")
@@ -267,65 +334,63 @@ func main() {
 	rangeLimit := flag.Int("range-limit", 0, "reads are ranges of up to this many keys (0: one key)")
 	watchers := flag.Int("watchers", 0, "watches of every key written (prefix \"k\")")
 	watchConns := flag.Int("watch-conns", 0, "connections the watches share (default: one per 10)")
-	watchEndpoints := flag.String("watch-endpoints", "", "client URLs the watch connections go to, in turn (default: -endpoints)")
+	watchEndpoints := flag.String("watch-endpoints", "",
+		"client URLs the watch connections go to, in turn (default: -endpoints)")
 	flag.Parse()
-	if *endpoints == "" {
+	c := config{endpoints: *endpoints, conns: *conns, clients: *clients, valueSize: *valueSize,
+		nkeys: *nkeys, duration: *duration, warmup: *warmup, timeout: *timeout,
+		readRatio: *readRatio, rangeLimit: *rangeLimit, watchers: *watchers,
+		watchConns: *watchConns, watchEndpoints: *watchEndpoints}
+	if c.endpoints == "" {
 		fail("-endpoints is required")
 	}
-	if *conns < 1 || *clients < 1 || *valueSize < 0 || *nkeys < 1 || *duration <= 0 || *warmup < 0 {
+	if c.conns < 1 || c.clients < 1 || c.valueSize < 0 || c.nkeys < 1 || c.duration <= 0 || c.warmup < 0 {
 		fail("need -conns >= 1, -clients >= 1, -value-size >= 0, -keys >= 1, -duration > 0, -warmup >= 0")
 	}
-	if *readRatio < 0 || *readRatio > 1 || *rangeLimit < 0 || *watchers < 0 || *watchConns < 0 {
+	if c.readRatio < 0 || c.readRatio > 1 || c.rangeLimit < 0 || c.watchers < 0 || c.watchConns < 0 {
 		fail("need 0 <= -read-ratio <= 1, -range-limit >= 0, -watchers >= 0, -watch-conns >= 0")
 	}
-	if *watchers > 0 && *watchConns == 0 {
-		*watchConns = (*watchers + 9) / 10
+	if c.watchers > 0 && c.watchConns == 0 {
+		c.watchConns = (c.watchers + 9) / 10
 	}
-	urls := strings.Split(*endpoints, ",")
-	keys := make([]string, *nkeys)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("k%d", i)
-	}
-	raw := make([]byte, *valueSize)
-	rand.New(rand.NewSource(time.Now().UnixNano())).Read(raw)
-	value := string(raw)
+	return c
+}
 
-	cs := make([]*clientv3.Client, *conns)
-	for i := range cs {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 10 * time.Second})
-		if err != nil {
-			fail("connect to %s: %v", *endpoints, err)
+func main() {
+	c := parseFlags()
+	urls := strings.Split(c.endpoints, ",")
+	cs := connect(urls, c.conns)
+	defer func() {
+		for _, cli := range cs {
+			cli.Close()
 		}
-		defer cli.Close()
-		cs[i] = cli
-	}
-
-	l := &load{keys: keys, value: value, readRatio: *readRatio, rangeLimit: *rangeLimit,
-		timeout: *timeout}
+	}()
+	l := newLoad(c.nkeys, c.valueSize)
+	l.readRatio, l.rangeLimit, l.timeout = c.readRatio, c.rangeLimit, c.timeout
 	var w *watch
 	var window atomic.Value // [2]time.Time: the measured interval, set once the watches are open
 	window.Store([2]time.Time{})
 	stopWatching := func() {}
-	if *watchers > 0 { // open before the load: every change of the measured interval is seen
+	if c.watchers > 0 { // open before the load: every change of the measured interval is seen
 		w = &watch{}
 		wurls := urls
-		if *watchEndpoints != "" {
-			wurls = strings.Split(*watchEndpoints, ",")
+		if c.watchEndpoints != "" {
+			wurls = strings.Split(c.watchEndpoints, ",")
 		}
-		stopWatching = watchAll(wurls, *watchers, *watchConns, &window, w)
+		stopWatching = watchAll(wurls, c.watchers, c.watchConns, &window, w)
 	}
 	start := time.Now()
-	l.measureFrom = start.Add(*warmup)
-	l.stopAt = l.measureFrom.Add(*duration)
+	l.measureFrom = start.Add(c.warmup)
+	l.stopAt = l.measureFrom.Add(c.duration)
 	window.Store([2]time.Time{l.measureFrom, l.stopAt})
-	workers := make([]*worker, *conns**clients)
+	workers := make([]*worker, c.conns*c.clients)
 	var wg sync.WaitGroup
 	for i := range workers {
 		workers[i] = &worker{}
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			workers[i].run(cs[i%*conns], start.UnixNano()+int64(i), l)
+			workers[i].run(cs[i%c.conns], start.UnixNano()+int64(i), l)
 		}(i)
 	}
 	time.Sleep(time.Until(l.measureFrom))
@@ -337,30 +402,12 @@ func main() {
 	wg.Wait()
 	stopWatching()
 
-	var all, rall []float64
-	var rkeys int64
-	r := result{Watch: w, Conns: *conns, Clients: *clients, ValueSize: *valueSize, Keys: *nkeys,
-		DurationS: duration.Seconds(), WarmupS: warmup.Seconds(), CPUSeconds: cpu}
-	for _, w := range workers {
-		all = append(all, w.lat...)
-		rall = append(rall, w.rlat...)
-		rkeys += w.keys
-		r.Errors += w.errors
-		if w.first != nil && r.FirstError == "" {
-			r.FirstError = w.first.Error()
-		}
-	}
-	if *readRatio > 0 {
-		r.Reads = &reads{Reads: len(rall), ReadsPerS: float64(len(rall)) / duration.Seconds(),
-			KeysPerS: float64(rkeys) / duration.Seconds(), LatencyMs: summarize(rall),
-			ReadRatio: *readRatio, RangeLimit: *rangeLimit}
-	}
+	r := collect(workers, c.duration, c.readRatio, c.rangeLimit)
+	r.Watch, r.Conns, r.Clients, r.ValueSize, r.Keys = w, c.conns, c.clients, c.valueSize, c.nkeys
+	r.WarmupS, r.CPUSeconds = c.warmup.Seconds(), cpu
 	if r.Watch != nil {
-		r.Watch.EventsPerS = float64(r.Watch.Events) / duration.Seconds()
+		r.Watch.EventsPerS = float64(r.Watch.Events) / c.duration.Seconds()
 	}
-	r.Commits = len(all)
-	r.CommitsPerS = float64(len(all)) / duration.Seconds()
-	r.LatencyMs = summarize(all)
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
 }
