@@ -1,9 +1,11 @@
 """Run the benchmark scenarios and record them: `python bench/run.py [--peers] [SCENARIO ...]`.
 
-Each scenario is one `paxosd bench` run (and, with --peers, the same workload against PySyncObj
-and etcd, see bench/peers/); each writes bench/results/<date>-<system>-<scenario>.json, the
-inflight100 and peak ones a plot beside it. At the end bench/compare.py prints the side-by-side
-table of what this run recorded.
+Each scenario is one `paxosd bench` run (and, with --peers, the same workload against every
+variant of PySyncObj and etcd, see bench/peers/ and PEER_VARIANTS below); each writes
+bench/results/<date>-<system or variant>-<scenario>.json, the paxosd inflight100 and peak ones
+a plot beside it. At the end bench/compare.py prints the side-by-side table of what this run
+recorded. The peers need Debian's etcd-server, golang-go and golang-etcd-server-dev
+(bench/peers/etcd_native.sh installs them) and pysyncobj in the Python of --peers-python.
 
 Scenarios (all 64-byte values, 3 nodes, fsync on, clients in separate processes, unless named):
 
@@ -37,16 +39,33 @@ SCENARIOS = {
     "value1k": ["--value-size", "1024", "--clients", "2", "--in-flight", "100"],
     "nofsync": ["--no-fsync", "--clients", "2", "--in-flight", "100"],
 }
-# The same workloads for the peers (etcd's clients are threads, one request per connection).
+# The same workloads for every variant of the peers (see bench/peers/): the script, whether it
+# needs the Python that has pysyncobj, and its arguments per scenario. etcd native: gRPC
+# connections x goroutines each; etcd gateway: processes x threads, one request per connection;
+# PySyncObj in-node: calls outstanding on the leader (the peak one with appendEntriesUseBatch,
+# its best here); PySyncObj TCP: client processes x in flight on one connection each.
+PEER_VARIANTS = {
+    "etcd-native": ("etcd_native.py", False),
+    "etcd-gateway": ("etcd_bench.py", False),
+    "pysyncobj-innode": ("pysyncobj_innode.py", True),
+    "pysyncobj-tcp": ("pysyncobj_bench.py", True),
+}
 PEER_SCENARIOS = {
-    "one": {"pysyncobj": ["--clients", "1", "--in-flight", "1"],
-            "etcd": ["--clients", "1", "--in-flight", "1"]},
-    "inflight100": {"pysyncobj": ["--clients", "2", "--in-flight", "50"],
-                    "etcd": ["--clients", "4", "--in-flight", "25"]},
-    # Each system's peak at the concurrency where it was highest here (PySyncObj falls off
-    # beyond a few hundred commands in flight; etcd's clients are 400 threads).
-    "peak": {"pysyncobj": ["--clients", "4", "--in-flight", "200"],
-             "etcd": ["--clients", "4", "--in-flight", "100"]},
+    "one": {"etcd-native": ["--clients", "1", "--in-flight", "1"],
+            "etcd-gateway": ["--clients", "1", "--in-flight", "1"],
+            "pysyncobj-innode": ["--in-flight", "1"],
+            "pysyncobj-tcp": ["--clients", "1", "--in-flight", "1"]},
+    "inflight100": {"etcd-native": ["--clients", "10", "--in-flight", "10"],
+                    "etcd-gateway": ["--clients", "4", "--in-flight", "25"],
+                    "pysyncobj-innode": ["--in-flight", "100"],
+                    "pysyncobj-tcp": ["--clients", "2", "--in-flight", "50"]},
+    # Each variant at the concurrency where it was highest here: etcd native at 1,000 clients on
+    # 100 connections (etcd's own benchmark's figure); the gateway at 400 threads; PySyncObj
+    # falls off beyond a few hundred commands in flight through its front end.
+    "peak": {"etcd-native": ["--clients", "100", "--in-flight", "10"],
+             "etcd-gateway": ["--clients", "4", "--in-flight", "100"],
+             "pysyncobj-innode": ["--in-flight", "1000", "--batch"],
+             "pysyncobj-tcp": ["--clients", "4", "--in-flight", "200"]},
 }
 
 
@@ -70,14 +89,21 @@ def main() -> int:
     p.add_argument("--duration", default="10")
     p.add_argument("--warmup", default="2")
     p.add_argument("--peers", action="store_true", help="also run PySyncObj and etcd")
-    p.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", "/tmp/peers-venv/bin/python"),
-                   help="a Python with pysyncobj installed (default $PEERS_PYTHON or "
-                        "/tmp/peers-venv/bin/python)")
+    p.add_argument("--variants", default=",".join(PEER_VARIANTS),
+                   help="with --peers, which peer variants (default: all of "
+                        f"{','.join(PEER_VARIANTS)})")
+    p.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", sys.executable),
+                   help="a Python with pysyncobj installed (default $PEERS_PYTHON or this "
+                        "Python: pip install pysyncobj into .venv)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in PEER_VARIANTS]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r}: one of {', '.join(PEER_VARIANTS)}")
     written = []
     for scenario in args.scenarios:
         if scenario not in SCENARIOS:
@@ -90,15 +116,13 @@ def main() -> int:
         if _run(cmd, out, "paxosd", scenario):
             written.append(out)
         if args.peers and scenario in PEER_SCENARIOS:
-            for system, extra in PEER_SCENARIOS[scenario].items():
-                out = out_dir / f"{stamp}-{system}-{scenario}.json"
-                if system == "pysyncobj":
-                    cmd = [args.peers_python, str(PEERS / "pysyncobj_bench.py")]
-                else:
-                    cmd = [sys.executable, str(PEERS / "etcd_bench.py")]
-                cmd += [*extra, "--duration", args.duration, "--warmup", args.warmup,
-                        "--json", str(out)]
-                if _run(cmd, out, system, scenario):
+            for variant in variants:
+                out = out_dir / f"{stamp}-{variant}-{scenario}.json"
+                script, needs_pysyncobj = PEER_VARIANTS[variant]
+                cmd = [args.peers_python if needs_pysyncobj else sys.executable,
+                       str(PEERS / script), *PEER_SCENARIOS[scenario][variant],
+                       "--duration", args.duration, "--warmup", args.warmup, "--json", str(out)]
+                if _run(cmd, out, variant, scenario):
                     written.append(out)
     if written:
         subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), *map(str, written)])

@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO))
 from daemon.tools.ports import free_ports  # noqa: E402
 from daemon.tools.stats import latency_summary, percentile  # noqa: E402
 
-__all__ = ["cpu_seconds", "free_ports", "git_commit", "latency_summary", "machine", "measure",
-           "percentile", "print_report", "report", "write_json"]
+__all__ = ["cpu_seconds", "cpu_used", "free_ports", "git_commit", "latency_summary", "machine",
+           "measure", "percentile", "print_report", "report", "sample_cpu", "write_json"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -39,14 +39,30 @@ def measure(workers, pids: list[int], start_at: float, warmup: float, duration: 
     when it ends, and collect the results: ``(cpu before, cpu after, results)``."""
     for w in workers:
         w.start()
-    time.sleep(max(0.0, start_at + warmup - time.monotonic()))
-    before = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
-    time.sleep(max(0.0, start_at + warmup + duration - time.monotonic()))
-    after = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    before, after = sample_cpu(pids, start_at, warmup, duration)
     outputs = [results.get(timeout=60) for _ in workers]
     for w in workers:
         w.join(timeout=10)
     return before, after, outputs
+
+
+def sample_cpu(pids: list[int], start_at: float, warmup: float,
+               duration: float) -> tuple[dict, dict]:
+    """Sleep until the measured interval starts (``start_at + warmup`` on time.monotonic()) and
+    until it ends, noting the CPU seconds of the processes ``pids`` at both moments, keyed
+    "1", "2", ... in the order given: ``(before, after)``."""
+    time.sleep(max(0.0, start_at + warmup - time.monotonic()))
+    before = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    time.sleep(max(0.0, start_at + warmup + duration - time.monotonic()))
+    after = {str(i + 1): cpu_seconds(pid) for i, pid in enumerate(pids)}
+    return before, after
+
+
+def cpu_used(before: dict, after: dict) -> dict:
+    """CPU seconds each process used between the two samples (processes not read are left
+    out)."""
+    return {k: round(after[k] - before[k], 3) for k in after
+            if after[k] is not None and before.get(k) is not None}
 
 
 def machine() -> dict:
@@ -71,15 +87,21 @@ def git_commit() -> str | None:
         return None
 
 
-def report(system: str, writes: list, duration: float, settings: dict, nodes_cpu: dict,
-           clients_cpu: list, errors: int, command: str) -> dict:
+def report(system: str, writes: list | None, duration: float, settings: dict, nodes_cpu: dict,
+           clients_cpu: list, errors: int, command: str, variant: str | None = None,
+           measured: tuple[int, dict | None] | None = None) -> dict:
+    """The report's JSON shape. ``writes`` are the latencies (seconds) of the commits in the
+    measured interval; a client that summarises them itself (the Go one) passes ``writes=None``
+    and ``measured=(commits, latency_ms summary)`` instead. ``variant`` names how the peer was
+    driven (etcd-native, pysyncobj-innode, ...): bench/compare.py shows each variant."""
     total = sum(nodes_cpu.values()) + sum(clients_cpu)
-    commits = len(writes)
+    commits, latency = measured if writes is None else (len(writes), latency_summary(writes))
     return {
         "system": system,
+        "variant": variant,
         "commits": commits,
         "commits_per_s": commits / duration,
-        "latency_ms": latency_summary(writes),
+        "latency_ms": latency,
         "errors": errors,
         "cpu_seconds": {"nodes": nodes_cpu, "clients": clients_cpu, "total": round(total, 3)},
         "cpu_us_per_commit": total / commits * 1e6 if commits else None,
@@ -94,7 +116,8 @@ def report(system: str, writes: list, duration: float, settings: dict, nodes_cpu
 def print_report(r: dict) -> None:
     s = r["settings"]
     lat = r["latency_ms"] or {}
-    print(f"{r['system']}: {s['nodes']} nodes, fsync {'on' if s.get('fsync') else 'off'}, "
+    name = f"{r['system']} ({r['variant']})" if r.get("variant") else r["system"]
+    print(f"{name}: {s['nodes']} nodes, fsync {'on' if s.get('fsync') else 'off'}, "
           f"{s['clients']} clients x {s['in_flight']} in flight, {s['value_size']} B values, "
           f"{s['duration_s']:g} s")
     print(f"  commits/s        {r['commits_per_s']:,.0f}  ({r['commits']:,} commits, "

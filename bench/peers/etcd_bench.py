@@ -2,14 +2,14 @@
 bench`: a 3-member cluster on loopback with its data in a temporary directory, clients in
 separate processes writing 64-byte values to 100,000 keys.
 
-There is no `benchmark` tool in Debian's packages, so the clients speak etcd's HTTP/JSON gateway
-(POST /v3/kv/put, base64 key and value) over keep-alive connections: ``--clients`` processes
-with ``--in-flight`` threads each, one request at a time per thread and connection (HTTP/1.1 has
-no pipelining), all to the leader. Latency is per request, from send to response.
+The clients speak etcd's HTTP/JSON gateway (POST /v3/kv/put, base64 key and value) over
+keep-alive connections: ``--clients`` processes with ``--in-flight`` threads each, one request at a time per thread and connection (HTTP/1.1 has
+no pipelining), all to the leader. Latency is per request, from send to response. This is the
+variant "etcd-gateway"; etcd_native.py drives etcd with its native gRPC client instead.
 
-    apt-get install etcd-server etcd-client
+    apt-get install etcd-server
     python3 bench/peers/etcd_bench.py --clients 4 --in-flight 25 --duration 10 \
-        --json bench/results/DATE-etcd-inflight100.json
+        --json bench/results/DATE-etcd-gateway-inflight100.json
 """
 
 from __future__ import annotations
@@ -17,43 +17,16 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import json
 import multiprocessing
 import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
-
-def _post(conn, path: str, body: dict) -> dict:
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
-    return json.loads(data)
-
-
-def _leader(client_ports: list[int], deadline: float) -> int:
-    while time.monotonic() < deadline:
-        for port in client_ports:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                status = _post(conn, "/v3/maintenance/status", {})
-                conn.close()
-                if status.get("leader") == status.get("header", {}).get("member_id"):
-                    return port
-            except (OSError, RuntimeError, ValueError):
-                pass
-        time.sleep(0.2)
-    raise TimeoutError("no etcd leader")
+import etcd_cluster  # noqa: E402
 
 
 def _worker(index, port, threads, value_size, warmup, duration, start_at, results) -> None:
@@ -65,7 +38,7 @@ def _worker(index, port, threads, value_size, warmup, duration, start_at, result
     def loop(seed):
         rng = random.Random(seed)
         value = base64.b64encode(rng.randbytes(value_size)).decode()
-        keys = [base64.b64encode(b"k%d" % i).decode() for i in range(0, 100_000, 7)]
+        keys = [base64.b64encode(b"k%d" % i).decode() for i in range(100_000)]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         mine = []
         while time.monotonic() < start_at:
@@ -75,7 +48,7 @@ def _worker(index, port, threads, value_size, warmup, duration, start_at, result
             if t0 >= stop_at:
                 break
             try:
-                _post(conn, "/v3/kv/put", {"key": keys[rng.randrange(len(keys))], "value": value})
+                etcd_cluster.post(conn, "/v3/kv/put", {"key": keys[rng.randrange(len(keys))], "value": value})
             except (OSError, RuntimeError, http.client.HTTPException):
                 with lock:
                     errors[0] += 1
@@ -109,56 +82,30 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--json")
     args = p.parse_args()
-    etcd = shutil.which("etcd")
-    if etcd is None:
-        print("etcd not found: apt-get install etcd-server etcd-client", file=sys.stderr)
+    if etcd_cluster.etcd_binary() is None:
+        print("etcd not found: apt-get install etcd-server", file=sys.stderr)
         return 2
-    version = subprocess.run([etcd, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    directory = tempfile.mkdtemp(prefix="etcd-bench-")
-    ports = common.free_ports(2 * args.nodes)
-    peer_ports, client_ports = ports[:args.nodes], ports[args.nodes:]
-    cluster = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i]}" for i in range(args.nodes))
-    procs = []
-    try:
-        for i in range(args.nodes):
-            log = open(os.path.join(directory, f"m{i}.log"), "wb")
-            procs.append(subprocess.Popen([
-                etcd, "--name", f"m{i}", "--data-dir", os.path.join(directory, f"m{i}"),
-                "--listen-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
-                "--listen-client-urls", f"http://127.0.0.1:{client_ports[i]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{client_ports[i]}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "bench", "--log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT))
-        leader = _leader(client_ports, time.monotonic() + 30)
+    with etcd_cluster.running(args.nodes) as cluster:
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         start_at = time.monotonic() + 1.5
-        workers = [ctx.Process(target=_worker, args=(i, leader, args.in_flight, args.value_size,
-                                                      args.warmup, args.duration, start_at, results))
+        workers = [ctx.Process(target=_worker, args=(i, cluster.leader_port, args.in_flight,
+                                                      args.value_size, args.warmup,
+                                                      args.duration, start_at, results))
                    for i in range(args.clients)]
-        before, after, outputs = common.measure(workers, [pr.pid for pr in procs], start_at,
-                                                args.warmup, args.duration, results)
-    finally:
-        for pr in procs:
-            pr.terminate()
-        for pr in procs:
-            try:
-                pr.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pr.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        before, after, outputs = common.measure(workers, cluster.pids, start_at, args.warmup,
+                                                args.duration, results)
     writes = [x for o in outputs for x in o[1]]
     settings = {"nodes": args.nodes, "clients": args.clients, "in_flight": args.in_flight,
                 "value_size": args.value_size, "duration_s": args.duration,
                 "warmup_s": args.warmup, "fsync": True,
                 "notes": "HTTP/JSON gateway, one request at a time per keep-alive connection; "
                          "in_flight = connections per client process"}
-    r = common.report(version.replace("etcd Version: ", "etcd "), writes, args.duration, settings,
-                      {k: round(after[k] - before[k], 3) for k in after if after[k] is not None},
-                      [round(o[3], 3) for o in outputs], sum(o[2] for o in outputs),
-                      "bench/peers/etcd_bench.py " + " ".join(sys.argv[1:]))
+    r = common.report(cluster.version, writes, args.duration, settings,
+                      common.cpu_used(before, after), [round(o[3], 3) for o in outputs],
+                      sum(o[2] for o in outputs),
+                      "bench/peers/etcd_bench.py " + " ".join(sys.argv[1:]),
+                      variant="etcd-gateway")
     common.print_report(r)
     common.write_json(r, args.json)
     return 0

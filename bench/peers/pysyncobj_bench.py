@@ -1,6 +1,7 @@
 """PySyncObj under the workload of `paxosd bench`: 3 nodes as processes on loopback, clients in
 separate processes, each keeping ``--in-flight`` writes of ``--value-size``-byte values
-outstanding on one TCP connection to the leader.
+outstanding on one TCP connection to the leader (variant "pysyncobj-tcp"; with the load inside
+the nodes instead, upstream's method, see pysyncobj_innode.py).
 
 PySyncObj is a library, not a server: each node process here runs a SyncObj holding a replicated
 dict plus a small front end on a client port (4-byte length + marshal frames; replies to the
@@ -8,9 +9,9 @@ writes that arrive together are answered in one frame, as paxosd's server does).
 answered when PySyncObj's commit callback fires on the leader. PySyncObj keeps its log in
 memory (no journal file): no fsync, as the results say.
 
-    /tmp/peers-venv/bin/pip install pysyncobj==0.3.17
-    /tmp/peers-venv/bin/python bench/peers/pysyncobj_bench.py --clients 2 --in-flight 50 \
-        --duration 10 --json bench/results/DATE-pysyncobj-inflight100.json
+    .venv/bin/pip install pysyncobj==0.3.17
+    .venv/bin/python bench/peers/pysyncobj_bench.py --clients 2 --in-flight 50 \
+        --duration 10 --json bench/results/DATE-pysyncobj-tcp-inflight100.json
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class _Frames:
             self.buf += data
 
 
-def _node(index: int, peer_ports: list[int], client_port: int, batch: bool, ready) -> None:
+def _make_kv(index: int, peer_ports: list[int], batch: bool):
+    """Node ``index`` of the cluster on ``peer_ports``: a SyncObj holding a replicated dict."""
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class KV(SyncObj):
@@ -76,7 +78,11 @@ def _node(index: int, peer_ports: list[int], client_port: int, batch: bool, read
     others = [f"127.0.0.1:{p}" for i, p in enumerate(peer_ports) if i != index]
     # appendEntriesUseBatch=False: a command wakes the node at once (a pipe) instead of waiting
     # for its next tick (50 ms); that is PySyncObj at its fastest for latency.
-    kv = KV(me, others, SyncObjConf(dynamicMembershipChange=False, appendEntriesUseBatch=batch))
+    return KV(me, others, SyncObjConf(dynamicMembershipChange=False, appendEntriesUseBatch=batch))
+
+
+def _node(index: int, peer_ports: list[int], client_port: int, batch: bool, ready) -> None:
+    kv = _make_kv(index, peer_ports, batch)
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -243,7 +249,8 @@ def main() -> int:
                       writes, args.duration, settings,
                       {k: round(after[k] - before[k], 3) for k in after if after[k] is not None},
                       [round(o[3], 3) for o in outputs], sum(o[2] for o in outputs),
-                      "bench/peers/pysyncobj_bench.py " + " ".join(sys.argv[1:]))
+                      "bench/peers/pysyncobj_bench.py " + " ".join(sys.argv[1:]),
+                      variant="pysyncobj-tcp")
     common.print_report(r)
     common.write_json(r, args.json)
     return 0
