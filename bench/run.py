@@ -5,7 +5,7 @@ variant of PySyncObj and etcd, see bench/peers/ and PEER_VARIANTS below); each w
 bench/results/<date>-<system or variant>-<scenario>.json, the paxosd inflight100 and peak ones
 a plot beside it. At the end bench/compare.py prints the side-by-side table of what this run
 recorded. The peers need Debian's etcd-server, golang-go and golang-etcd-server-dev
-(bench/peers/etcd_native.sh installs them) and pysyncobj in the Python of --peers-python.
+(bench/peers/etcd_native.sh installs them) and pysyncobj in the Python of --peers-python (`pip install -e '.[peers]'`).
 
 Scenarios (all 64-byte values, 3 nodes, fsync on, clients in separate processes, unless named):
 
