@@ -64,7 +64,8 @@ def test_loopback_three_node_file_loads():
     assert config.cluster == "demo"
     assert config.node_id is None
     assert config.member_ids == (1, 2, 3)
-    assert config.member(2) == Member(2, Address("127.0.0.1", 7102), Address("127.0.0.1", 7002))
+    assert config.member(2) == Member(2, Address("127.0.0.1", 7102), Address("127.0.0.1", 7002),
+                                      http=Address("127.0.0.1", 7202))
     assert config.quorum == 2
     assert config.data_dir == (ETC.parent / "data" / "paxosd").resolve()
     assert config.data_dir.is_absolute()

@@ -1,5 +1,5 @@
-"""Metrics: counters, gauges and histograms, rendered in the Prometheus text format 0.0.4, and
-the trio HTTP endpoint that serves them at /metrics.
+"""Metrics: counters, gauges and histograms, rendered in the Prometheus text format 0.0.4
+(``exposition``; daemon.gateway serves it at /metrics).
 
 Instruments are plain objects updated by the server where it already does the work (once per
 core loop iteration, per WAL write, per batch), never per command; gauges that merely mirror
@@ -24,10 +24,6 @@ import math
 from bisect import bisect_left
 from typing import Callable, Iterable
 
-import trio
-
-from daemon.runtime.net import listen
-
 __all__ = [
     "CONTENT_TYPE",
     "Counter",
@@ -37,16 +33,10 @@ __all__ = [
     "NodeMetrics",
     "Registry",
     "exponential_buckets",
-    "serve_metrics",
+    "exposition",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# The HTTP endpoint's bounds: a scraper gets this long to send its request, of at most this
-# many bytes, and at most this many scrapes are served at once.
-REQUEST_TIMEOUT = 5.0
-MAX_REQUEST_BYTES = 8192
-MAX_CONNECTIONS = 16
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -257,75 +247,10 @@ class Registry:
         return "\n".join(out) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------
-# The HTTP endpoint.
-
-
-def _response(status: str, body: bytes, content_type: str, head: bool = False) -> bytes:
-    header = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return header.encode() + (b"" if head else body)
-
-
-async def _read_request_head(stream) -> bytes | None:
-    """The request line and headers, or None if the scraper sent none or too much."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > MAX_REQUEST_BYTES:
-            return None
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-async def serve_metrics(address, registry: Registry, log, *,
-                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry
-    rendered, one response per connection. ``task_status.started(listeners)`` once bound."""
-    listeners = await listen(address, "metrics", " (several members on one host need "
-                                                "members.N.metrics addresses of their own)")
-    busy = trio.CapacityLimiter(MAX_CONNECTIONS)
-
-    async def handle(stream) -> None:
-        async with stream:
-            if busy.borrowed_tokens >= MAX_CONNECTIONS:
-                await _send(stream, _response("503 Service Unavailable", b"busy\n",
-                                              "text/plain"))
-                return
-            async with busy:
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    try:
-                        head = await _read_request_head(stream)
-                    except (trio.BrokenResourceError, OSError):
-                        return
-                    if head is None:
-                        return
-                    await _send(stream, _answer(head, registry))
-
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
-
-
-def _answer(head: bytes, registry: Registry) -> bytes:
-    line = head.split(b"\n", 1)[0].decode("latin-1").strip()
-    parts = line.split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return _response("400 Bad Request", b"bad request\n", "text/plain")
-    method, target = parts[0], parts[1].split("?", 1)[0]
-    if target != "/metrics":
-        return _response("404 Not Found", b"not found: the metrics are at /metrics\n",
-                         "text/plain", head=method == "HEAD")
-    if method not in ("GET", "HEAD"):
-        return _response("405 Method Not Allowed", b"use GET\n", "text/plain")
-    return _response("200 OK", registry.render().encode(), CONTENT_TYPE, head=method == "HEAD")
-
-
-async def _send(stream, data: bytes) -> None:
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+def exposition(registry: Registry, accept: str | None = None) -> tuple[bytes, str]:
+    """``(body, content type)`` of a scrape of ``registry`` for a scraper that sent ``accept``
+    (the text format 0.0.4, whatever it asked for)."""
+    return registry.render().encode(), CONTENT_TYPE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -380,9 +380,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.node_id is None:
         raise ConfigError(str(config.path), "node_id",
                           "not set: give node_id in the file or --node-id N")
-    from daemon.runtime.server import run  # the server's imports are not needed by client commands
+    # The server's imports are not needed by client commands.
+    from daemon.gateway.serve import serve_gateway
+    from daemon.runtime.server import run
 
-    code = run(config, join=args.join, new_cluster=args.new_cluster)
+    code = run(config, join=args.join, new_cluster=args.new_cluster, services=[serve_gateway])
     return EXIT_OK if code is None else int(code)
 
 
