@@ -57,8 +57,9 @@ MAX_WINDOW = 65536
 # A frame must fit in one WAL record (daemon.codec.records limits records to 256 MiB).
 MIN_FRAME_BYTES = 4096
 MAX_FRAME_BYTES = 256 * 1024 * 1024
-# The HTTP API's default body limit, when a quarter of the frame limit is more.
-DEFAULT_HTTP_BODY_BYTES = 1024 * 1024
+# Room the HTTP API's default body limit leaves in a batch for the key (a request head is at
+# most 16 KiB) and the command around the value.
+HTTP_BODY_MARGIN = 16 * 1024
 # Where state lives when the file says nothing: the systemd StateDirectory.
 DEFAULT_DATA_DIR = "/var/lib/paxosd"
 
@@ -182,9 +183,9 @@ class Metrics:
 class HTTPSettings:
     """The HTTP/JSON API (daemon.gateway): the address of every member that names none of its
     own (None: no API unless the member sets ``members.N.http``; every port a node listens on
-    is one the file names); the largest request body taken (None: a quarter of
-    ``limits.max_frame_bytes``, at most 1 MiB; a larger one is refused with 413 before it is
-    read); and the deadline of one request's call into the cluster, retries included (past it,
+    is one the file names); the largest request body taken (None: ``batching.max_batch_bytes``
+    less 16 KiB for the key and the command, or half of it if that is more: a command must fit
+    in one batch; a larger body is refused with 413 before it is read); and the deadline of one request's call into the cluster, retries included (past it,
     503, or 504 for a write whose outcome is unknown)."""
 
     address: Address | None = None
@@ -284,12 +285,13 @@ class Config:
 
     @property
     def http_max_body_bytes(self) -> int:
-        """The largest HTTP request body taken: ``http.max_body_bytes``, or by default a
-        quarter of ``limits.max_frame_bytes`` (room for the request around the value), at
-        most 1 MiB."""
+        """The largest HTTP request body taken: ``http.max_body_bytes``, or by default
+        ``batching.max_batch_bytes`` less HTTP_BODY_MARGIN (room for the key and the command
+        around a value: a command must fit in one batch), or half of it if that is more."""
         if self.http.max_body_bytes is not None:
             return self.http.max_body_bytes
-        return min(DEFAULT_HTTP_BODY_BYTES, self.limits.max_frame_bytes // 4)
+        batch = self.batching.max_batch_bytes
+        return max(batch - HTTP_BODY_MARGIN, batch // 2)
 
     def with_node_id(self, node_id: int) -> Config:
         """This configuration as seen by member ``node_id``; ConfigError if it is no member."""
@@ -427,11 +429,11 @@ def _sections(p: _Parser, doc: dict, base: Path, members: tuple[Member, ...]) ->
         if metrics.address is not None and _same(http.address, metrics.address):
             raise ConfigError(name, "http.address",
                               f"address {http.address} is already used by metrics.address")
-    if http.max_body_bytes is not None and http.max_body_bytes > limits.max_frame_bytes // 2:
+    if http.max_body_bytes is not None and http.max_body_bytes > batching.max_batch_bytes:
         raise ConfigError(name, "http.max_body_bytes",
-                          f"must be at most half of limits.max_frame_bytes "
-                          f"({limits.max_frame_bytes // 2}) so that a value fits in one "
-                          f"message, got {http.max_body_bytes}")
+                          f"must be at most batching.max_batch_bytes "
+                          f"({batching.max_batch_bytes}): a larger value fits in no batch, "
+                          f"got {http.max_body_bytes}")
     auth = p.section(doc, "auth", Auth, {"secret_file": _optional_path(base)})
     return dict(timing=timing, batching=batching, storage=storage, limits=limits, watch=watch,
                 metrics=metrics, http=http, auth=auth, tls=p.tls(doc, "tls", base, ca_required=True),
