@@ -3,7 +3,8 @@
 ``serve_gateway(server)`` is a service of daemon.runtime.server (``paxosd serve`` passes it):
 once the node listens it binds the node's ``http`` address (TLS with the ``client_tls``
 files, like the client port: a certificate chaining to ``client_tls.ca`` is required when that
-is set) and its ``metrics`` address (plain HTTP, as scrapers expect; only /metrics, /livez
+is set; the gateway's own Client dials the client ports with that certificate: see
+``_client``) and its ``metrics`` address (plain HTTP, as scrapers expect; only /metrics, /livez
 and /readyz answer there), and serves daemon.gateway.app on both from one hypercorn server.
 With neither address configured it serves nothing.
 
@@ -108,15 +109,20 @@ def hypercorn_config(gateway: Gateway, log) -> _Config:
 
 
 def _client(server) -> Client:
-    """The Client into the cluster: every member's client port, this node's first; through
-    TLS with this node's certificate when the client port asks for TLS."""
+    """The Client into the cluster: every member's client port, this node's first. With
+    ``client_tls`` it dials them through TLS, presenting this node's own client_tls
+    certificate (so with client_tls.ca set, that certificate must chain to it too), and checks
+    theirs against client_tls.ca and the peers' tls.ca (the system's CAs when neither is set)."""
     config = server.config
     own = str(config.member(server.id).client)
     endpoints = [own] + [str(m.client) for m in config.members if m.id != server.id]
     tls = config.client_tls
     context = None
     if tls is not None:
-        context = client_context(tls.ca, tls.cert, tls.key)
+        context = client_context(tls.ca or (config.tls.ca if config.tls else None), tls.cert,
+                                 tls.key)
+        if tls.ca is not None and config.tls is not None:
+            context.load_verify_locations(cafile=str(config.tls.ca))
     return Client(endpoints, timeout=config.http.timeout_ms / 1000.0,
                   max_frame=config.limits.max_frame_bytes, ssl_context=context)
 
