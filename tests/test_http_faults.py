@@ -57,3 +57,7 @@ def test_a_cut_off_node_is_not_ready_and_refuses_writes_with_503(tmp_path):
         read = httpx.get(url + "/v1/kv/lost", timeout=10)  # bounded by http.timeout_ms
         assert read.status_code == 503 and read.json()["code"] in ("no-leader", "unavailable")
         assert ready(url) == 503
+
+        # SIGTERM: the API drains, then the node stops cleanly.
+        assert cluster.nodes.terminate(alone) == 0
+        assert "Traceback" not in cluster.nodes.log_text(alone)

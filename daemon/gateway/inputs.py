@@ -116,18 +116,18 @@ async def read_body(request, limit: int) -> bytes:
             raise Problem(400, "bad-header", f"header Content-Length: expected a byte count, "
                           f"got {length[:40]!r}")
         if int(length) > limit:
-            raise _too_large(f"{length} bytes", limit)
+            raise _too_large(f"Content-Length {length}", limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large("more", limit)
+            raise _too_large(f"{size} bytes so far, chunked", limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _too_large(size: str, limit: int) -> Problem:
-    return Problem(413, "body-too-large", f"the request body is {size} than the limit of "
-                   f"{limit} bytes (http.max_body_bytes)" if size == "more" else
-                   f"the request body of {size} is over the limit of {limit} bytes "
-                   f"(http.max_body_bytes)", limit=limit, headers={"Connection": "close"})
+    """413, closing the connection (the rest of the body is never read)."""
+    return Problem(413, "body-too-large", f"the request body ({size}) is over the limit of "
+                   f"{limit} bytes (http.max_body_bytes)", limit=limit,
+                   headers={"Connection": "close"})
