@@ -34,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.tools.bench import stop_processes  # noqa: E402
+from daemon.tools.bench import LocalCluster, stop_processes  # noqa: E402
 from daemon.tools.ports import free_ports  # noqa: E402
 from daemon.tools.stats import latency_summary  # noqa: E402
 
@@ -161,17 +161,25 @@ def leader_port(http_ports: dict[int, int]) -> int:
 def run_http(args) -> int:
     directory = Path(tempfile.mkdtemp(prefix="paxosd-httpbench-"))
     procs, _, http_ports = start_cluster(directory, http=True)
+    # CPU seconds per node (LocalCluster reads them from /proc): a figure less noisy than
+    # throughput on a shared machine.
+    nodes = LocalCluster(nodes=3, directory=directory, processes=procs)
     try:
         ports = [leader_port(http_ports)] if args.target == "leader" else list(http_ports.values())
+        before = nodes.cpu_seconds()
         result = trio.run(put_load, ports, args.connections, args.duration, args.warmup,
                           args.value_size)
+        after = nodes.cpu_seconds()
     finally:
         stop_processes(procs.values(), grace=10)
     lat = result["latency_ms"] or {}
+    total = args.warmup + args.duration
+    cpu = {i: (after[i] - before.get(i, 0)) / total for i in after}
     print(f"HTTP PUT, {args.connections} keep-alive connections to {args.target}, "
           f"{args.value_size}-byte values, fsync on: {result['commits_per_s']:,.0f} commits/s "
           f"({result['commits']:,} in {args.duration:g} s, {result['failed']} failed); "
-          f"latency p50 {lat.get('p50', 0):.1f} ms, p99 {lat.get('p99', 0):.1f} ms")
+          f"latency p50 {lat.get('p50', 0):.1f} ms, p99 {lat.get('p99', 0):.1f} ms; node CPU "
+          + ", ".join(f"{i}: {c:.0%}" for i, c in sorted(cpu.items())))
     return 0 if result["commits"] else 1
 
 
