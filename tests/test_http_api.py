@@ -129,6 +129,9 @@ def test_a_value_written_through_any_node_reads_back_from_every_node(http_cluste
             assert got.headers["etag"] == f'"{revision}"'
             assert int(got.headers["x-paxosd-revision"]) >= revision
             assert got.headers["x-paxosd-version"] == "1"
+            head = web.head("/v1/kv/greeting")  # the headers alone
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["etag"] == f'"{revision}"'
 
 
 def test_json_gives_utf8_values_as_text_and_other_bytes_as_base64(http_cluster):

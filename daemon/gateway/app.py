@@ -18,8 +18,8 @@ from starlette.exceptions import HTTPException
 from daemon.client.client import PaxosdError
 from daemon.gateway import kv, leases, openapi, probes, status, txn, watch
 from daemon.gateway.gateway import Gateway
-from daemon.gateway.problems import (Problem, error_response, http_error_response, problem,
-                                     problem_response)
+from daemon.gateway.problems import (Problem, error_response, http_error_response,
+                                     internal_error_response, problem, problem_response)
 
 __all__ = ["METRICS_PATHS", "ROUTE_MODULES", "build_app"]
 
@@ -54,6 +54,7 @@ def build_app(gateway: Gateway) -> Starlette:
         PaxosdError: error_response,
         ValueError: error_response,
         HTTPException: http_error_response,
+        Exception: internal_error_response,
     })
     app.add_middleware(MetricsPortOnly, gateway=gateway)
     return app

@@ -16,6 +16,7 @@ Routes raise ``Problem`` (caught by the app) or let the client library's excepti
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
@@ -27,7 +28,7 @@ from daemon.client.leases import LeaseNotFound
 from daemon.client.lock import FencedOut
 
 __all__ = ["ERRORS", "PROBLEM_TYPE", "Problem", "RETRY_AFTER", "error_response",
-           "http_error_response", "problem", "problem_response"]
+           "http_error_response", "internal_error_response", "problem", "problem_response"]
 
 PROBLEM_TYPE = "application/problem+json"
 RETRY_AFTER = "1"  # seconds: an election takes a few hundred milliseconds
@@ -94,3 +95,12 @@ def http_error_response(request, exc: HTTPException) -> Response:
     else:
         detail = str(exc.detail)
     return problem(exc.status_code, code, detail, headers=exc.headers)
+
+
+def internal_error_response(request, exc: Exception) -> Response:
+    """A bug below a route: logged with its traceback, answered 500 ``internal-error``."""
+    logging.getLogger("paxosd.http").error("%s %s failed: %s: %s", request.method,
+                                           request.url.path, type(exc).__name__, exc,
+                                           exc_info=exc)
+    return problem(500, "internal-error", f"the server failed on this request "
+                   f"({type(exc).__name__}); it is logged")
