@@ -50,6 +50,26 @@ class _Config(HypercornConfig):
         return self._context
 
 
+class _Node(logging.Filter):
+    """Puts the node id on hypercorn's records (it takes a Logger, not an adapter)."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node_id
+        return True
+
+
+def _logger(node_id: int) -> logging.Logger:
+    """``paxosd.http.<id>``, whose lines name the node as the daemon's others do."""
+    log = logging.getLogger(f"paxosd.http.{node_id}")
+    if not log.filters:
+        log.addFilter(_Node(node_id))
+    return log
+
+
 def _bind(address, what: str) -> socket.socket:
     """A listening-ready TCP socket bound to ``address`` (a config.Address); OSError naming
     what could not listen where."""
@@ -134,7 +154,7 @@ async def serve_gateway(server, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     if config.http_address() is None and config.metrics_address() is None:
         task_status.started([])
         return
-    log = logging.getLogger("paxosd.http")  # hypercorn takes a Logger (lines show node=-)
+    log = _logger(server.id)
     async with _client(server) as client:
         gateway = Gateway(server, client)
         hc = hypercorn_config(gateway, log)
