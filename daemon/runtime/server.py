@@ -25,7 +25,8 @@ counts only once its own write is durable).
 ``serve(config)`` runs a node until cancelled; ``run(config)`` is the process entry: it handles
 SIGTERM/SIGINT (let the services drain, stop serving, flush and close the WAL) and returns the
 exit code. The runtime knows nothing of what a service is: the tools compose them.
-``python -m daemon.runtime.server --config FILE --node-id N`` runs one node.
+``python -m daemon.runtime.server --config FILE --node-id N`` runs one node, without services
+(no HTTP API, no /metrics: ``paxosd serve`` is the node with them).
 """
 
 from __future__ import annotations
