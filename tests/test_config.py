@@ -64,7 +64,8 @@ def test_loopback_three_node_file_loads():
     assert config.cluster == "demo"
     assert config.node_id is None
     assert config.member_ids == (1, 2, 3)
-    assert config.member(2) == Member(2, Address("127.0.0.1", 7102), Address("127.0.0.1", 7002))
+    assert config.member(2) == Member(2, Address("127.0.0.1", 7102), Address("127.0.0.1", 7002),
+                                      http=Address("127.0.0.1", 7202))
     assert config.quorum == 2
     assert config.data_dir == (ETC.parent / "data" / "paxosd").resolve()
     assert config.data_dir.is_absolute()
@@ -448,6 +449,45 @@ def test_a_metrics_address_is_used_once_too(tmp_path, old, new, key):
 def test_the_file_wide_metrics_address_is_no_members_address(tmp_path):
     message = str(error_for(tmp_path, with_extra("metrics: {address: 127.0.0.1:7002}\n")))
     assert "metrics.address: address 127.0.0.1:7002 is already used by members.2.client" in message
+
+
+def test_a_members_own_http_address_wins_and_the_api_is_off_without_one(tmp_path):
+    text = MINIMAL.replace("client: 127.0.0.1:7001}", "client: 127.0.0.1:7001, http: 127.0.0.1:7201}")
+    config = load_config(write(tmp_path, text, "h.yaml"), node_id=1)
+    assert config.http_address() == Address("127.0.0.1", 7201)
+    assert config.http_address(2) is None  # off unless configured
+    config = load_config(write(tmp_path, text + "http: {address: 127.0.0.1:7200, "
+                               "timeout_ms: 1500, max_body_bytes: 4096}\n", "h.yaml"), node_id=2)
+    assert config.http_address() == Address("127.0.0.1", 7200)
+    assert config.http_address(1) == Address("127.0.0.1", 7201)
+    assert (config.http.timeout_ms, config.http_max_body_bytes) == (1500, 4096)
+    assert parse_config(describe(config), config.path) == config
+    assert "this node serves the HTTP API: http://127.0.0.1:7200/v1/" in describe(config)
+
+
+def test_the_default_body_limit_leaves_room_in_a_batch(tmp_path):
+    config = load_config(write(tmp_path, with_extra("batching: {max_batch_bytes: 65536}\n"),
+                               "h.yaml"))
+    assert config.http_max_body_bytes == 65536 - 16384
+
+
+@pytest.mark.parametrize("extra, key, says", [
+    ("http: {address: 127.0.0.1:7002}\n", "http.address", "already used by members.2.client"),
+    ("metrics: {address: 127.0.0.1:9100}\nhttp: {address: 127.0.0.1:9100}\n", "http.address",
+     "already used by metrics.address"),
+    ("http: {max_body_bytes: 2000000}\n", "http.max_body_bytes", "at most batching.max_batch"),
+    ("http: {timeout_ms: 0}\n", "http.timeout_ms", "a positive integer"),
+    ("http: {adress: 127.0.0.1:1}\n", "http.adress", "did you mean 'address'"),
+])
+def test_a_bad_http_section_is_named(tmp_path, extra, key, says):
+    message = str(error_for(tmp_path, with_extra(extra)))
+    assert f"{key}: " in message and says in message
+
+
+def test_an_http_address_is_used_once_too(tmp_path):
+    text = MINIMAL.replace("client: 127.0.0.1:7003}", "client: 127.0.0.1:7003, http: 127.0.0.1:7001}")
+    assert "members.3.http: address 127.0.0.1:7001 is already used by members.1.client" in str(
+        error_for(tmp_path, text))
 
 
 def test_auth_and_tls_paths_resolve_against_the_file_directory(tmp_path):

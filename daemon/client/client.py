@@ -733,10 +733,13 @@ class Client(_ClusterOps, _CoordinationOps):
             return await put_leased(self, key, value, lease, timeout)
         return (await self._write("put", key, _as_bytes(value, "value"), None, timeout)).revision
 
-    async def get(self, key: str | bytes, *, timeout: float | None = None) -> bytes | None:
-        """The value of ``key`` (linearizable), or None when it is absent."""
+    async def get(self, key: str | bytes, *, timeout: float | None = None,
+                  endpoint: str | tuple[str, int] | None = None) -> bytes | None:
+        """The value of ``key`` (linearizable), or None when it is absent. ``endpoint``: read
+        through that node only (no redirects: it must lead)."""
+        address = None if endpoint is None else _canonical(endpoint)
         reply, _ = await self._call("get", _as_bytes(key, "key"), None, None, 0, 0, timeout,
-                                    False)
+                                    False, address)
         result = reply.result
         if result is not None and not isinstance(result, bytes):
             raise OperationFailed(
@@ -829,7 +832,12 @@ class Client(_ClusterOps, _CoordinationOps):
     # -------------------------------------------------------------------------- machinery
 
     async def _write(self, op: str, key: Any, arg1: bytes | None, arg2: bytes | None,
-                     timeout: float | None) -> ClientReply:
+                     timeout: float | None, session: tuple[int, int] | None = None
+                     ) -> ClientReply:
+        if session is not None:  # the caller's own (client_id, seq), as is: see submit
+            reply, _ = await self._call(op, _as_bytes(key, "key"), arg1, arg2, *session,
+                                        timeout, True)
+            return reply
         session = self._sessions.pop() if self._sessions else _Session()
         session.seq += 1
         try:

@@ -88,10 +88,12 @@ def cas_txn(key: str | bytes, expected: str | bytes | None, new: str | bytes) ->
     return [compare_value(key, "=", expected)], [put(key, new)], [get_range(key)]
 
 
-async def run_txn(client, compares, success, failure, timeout: float | None) -> TxnResponse:
+async def run_txn(client, compares, success, failure, timeout: float | None,
+                  session: tuple[int, int] | None = None) -> TxnResponse:
     """Send the transaction through ``client`` (a Client) as one write, at most once; its
     response. ValueError naming the field if it is malformed or larger than the client's
-    message limit; OperationFailed if the cluster refused it."""
+    message limit; OperationFailed if the cluster refused it. ``session``: the
+    ``(client_id, seq)`` to send it under (default: one of the client's own)."""
     try:
         compares, success, failure = check_txn(list(compares), list(success), list(failure))
     except TxnError as exc:
@@ -102,7 +104,7 @@ async def run_txn(client, compares, success, failure, timeout: float | None) -> 
     if size > client.max_frame:
         raise ValueError(f"txn: {size} bytes exceeds the message limit ({client.max_frame} "
                          f"bytes): split it")
-    reply = await client._write("txn", b"", compares, branches, timeout)
+    reply = await client._write("txn", b"", compares, branches, timeout, session)
     lease_refused(reply.result)
     try:
         succeeded, results = _decode(reply.result, success, failure, reply.revision)

@@ -35,6 +35,7 @@ __all__ = [
     "Batching",
     "Config",
     "ConfigError",
+    "HTTPSettings",
     "Limits",
     "Member",
     "Metrics",
@@ -56,6 +57,9 @@ MAX_WINDOW = 65536
 # A frame must fit in one WAL record (daemon.codec.records limits records to 256 MiB).
 MIN_FRAME_BYTES = 4096
 MAX_FRAME_BYTES = 256 * 1024 * 1024
+# Room the HTTP API's default body limit leaves in a batch for the key (a request head is at
+# most 16 KiB) and the command around the value.
+HTTP_BODY_MARGIN = 16 * 1024
 # Where state lives when the file says nothing: the systemd StateDirectory.
 DEFAULT_DATA_DIR = "/var/lib/paxosd"
 
@@ -100,15 +104,17 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One node of the cluster: its id, the address peers dial, the address clients dial, and
-    where it serves metrics (None: the file-wide ``metrics.address``). ``join``: not one of the
-    initial members; it joins the running cluster once ``paxosd member add`` adds it."""
+    """One node of the cluster: its id, the address peers dial, the address clients dial,
+    where it serves metrics (None: the file-wide ``metrics.address``) and the HTTP/JSON API
+    (None: the file-wide ``http.address``). ``join``: not one of the initial members; it joins
+    the running cluster once ``paxosd member add`` adds it."""
 
     id: int
     peer: Address
     client: Address
     metrics: Address | None = None
     join: bool = False
+    http: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,20 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    """The HTTP/JSON API (daemon.gateway): the address of every member that names none of its
+    own (None: no API unless the member sets ``members.N.http``; every port a node listens on
+    is one the file names); the largest request body taken (None: ``batching.max_batch_bytes``
+    less 16 KiB for the key and the command, or half of it if that is more: a command must fit
+    in one batch; a larger body is refused with 413 before it is read); and the deadline of one request's call into the cluster, retries included (past it,
+    503, or 504 for a write whose outcome is unknown)."""
+
+    address: Address | None = None
+    max_body_bytes: int | None = None
+    timeout_ms: int = 3000
+
+
+@dataclass(frozen=True, slots=True)
 class Auth:
     """Peer authentication: the file holding the cluster's shared secret; None: peers prove
     nothing beyond the hello (cluster name and member id)."""
@@ -210,6 +230,7 @@ class Config:
     limits: Limits = Limits()
     watch: WatchSettings = WatchSettings()
     metrics: Metrics = Metrics()
+    http: HTTPSettings = HTTPSettings()
     auth: Auth = Auth()
     tls: TLSFiles | None = None
     client_tls: TLSFiles | None = None
@@ -253,6 +274,24 @@ class Config:
             node_id = self.node_id
         own = self.member(node_id).metrics if node_id is not None else None
         return own if own is not None else self.metrics.address
+
+    def http_address(self, node_id: int | None = None) -> Address | None:
+        """Where ``node_id`` (default: this node) serves the HTTP/JSON API: its own ``http``
+        address, else the file-wide ``http.address``; None: it serves none."""
+        if node_id is None:
+            node_id = self.node_id
+        own = self.member(node_id).http if node_id is not None else None
+        return own if own is not None else self.http.address
+
+    @property
+    def http_max_body_bytes(self) -> int:
+        """The largest HTTP request body taken: ``http.max_body_bytes``, or by default
+        ``batching.max_batch_bytes`` less HTTP_BODY_MARGIN (room for the key and the command
+        around a value: a command must fit in one batch), or half of it if that is more."""
+        if self.http.max_body_bytes is not None:
+            return self.http.max_body_bytes
+        batch = self.batching.max_batch_bytes
+        return max(batch - HTTP_BODY_MARGIN, batch // 2)
 
     def with_node_id(self, node_id: int) -> Config:
         """This configuration as seen by member ``node_id``; ConfigError if it is no member."""
@@ -384,9 +423,20 @@ def _sections(p: _Parser, doc: dict, base: Path, members: tuple[Member, ...]) ->
     metrics = p.section(doc, "metrics", Metrics, _METRICS_CHECKS)
     if metrics.address is not None:
         p.check_unused("metrics.address", metrics.address, members)
+    http = p.section(doc, "http", HTTPSettings, _HTTP_CHECKS)
+    if http.address is not None:
+        p.check_unused("http.address", http.address, members)
+        if metrics.address is not None and _same(http.address, metrics.address):
+            raise ConfigError(name, "http.address",
+                              f"address {http.address} is already used by metrics.address")
+    if http.max_body_bytes is not None and http.max_body_bytes > batching.max_batch_bytes:
+        raise ConfigError(name, "http.max_body_bytes",
+                          f"must be at most batching.max_batch_bytes "
+                          f"({batching.max_batch_bytes}): a larger value fits in no batch, "
+                          f"got {http.max_body_bytes}")
     auth = p.section(doc, "auth", Auth, {"secret_file": _optional_path(base)})
     return dict(timing=timing, batching=batching, storage=storage, limits=limits, watch=watch,
-                metrics=metrics, auth=auth, tls=p.tls(doc, "tls", base, ca_required=True),
+                metrics=metrics, http=http, auth=auth, tls=p.tls(doc, "tls", base, ca_required=True),
                 client_tls=p.tls(doc, "client_tls", base, ca_required=False))
 
 
@@ -486,6 +536,17 @@ _WATCH_CHECKS = {
     "max_pending_bytes": _int_in(1, None, "bytes"),
 }
 _METRICS_CHECKS = {"address": _optional_address}
+_HTTP_CHECKS = {
+    "address": _optional_address,
+    "max_body_bytes": lambda p, key, value: None if value is None
+    else _int_in(1, None, "bytes")(p, key, value),
+    "timeout_ms": _int_in(1, None, "milliseconds"),
+}
+_ROLES = ("peer", "client", "metrics", "http")  # the addresses a member listens on
+
+
+def _same(a: Address, b: Address) -> bool:
+    return (a.host.lower().rstrip("."), a.port) == (b.host.lower().rstrip("."), b.port)
 
 
 class _Parser:
@@ -559,12 +620,11 @@ class _Parser:
         )
 
     def check_unused(self, key: str, addr: Address, members: tuple[Member, ...]) -> None:
-        """``addr`` (at ``key``) is no member's peer, client or metrics address."""
-        ident = (addr.host.lower().rstrip("."), addr.port)
+        """``addr`` (at ``key``) is no member's peer, client, metrics or http address."""
         for m in members:
-            for role in ("peer", "client", "metrics"):
+            for role in _ROLES:
                 other = getattr(m, role)
-                if other is not None and (other.host.lower().rstrip("."), other.port) == ident:
+                if other is not None and _same(other, addr):
                     raise ConfigError(self.name, key,
                                       f"address {addr} is already used by members.{m.id}.{role}")
 
@@ -588,7 +648,7 @@ class _Parser:
                 )
             if not isinstance(spec, dict):
                 self.fail(key, spec, "a mapping {peer: host:port, client: host:port}")
-            self.check_keys(spec, key, ["peer", "client", "metrics", "join"])
+            self.check_keys(spec, key, ["peer", "client", "metrics", "http", "join"])
             for required in ("peer", "client"):
                 if required not in spec:
                     raise ConfigError(self.name, f"{key}.{required}", "required key is missing")
@@ -599,6 +659,7 @@ class _Parser:
                     client=self.address(f"{key}.client", spec["client"]),
                     metrics=_optional_address(self, f"{key}.metrics", spec.get("metrics")),
                     join=_bool(self, f"{key}.join", spec.get("join", False)),
+                    http=_optional_address(self, f"{key}.http", spec.get("http")),
                 )
             )
         members.sort(key=lambda m: m.id)
@@ -621,7 +682,7 @@ class _Parser:
             )
         seen: dict[tuple[str, int], str] = {}
         for m in members:
-            for role in ("peer", "client", "metrics"):
+            for role in _ROLES:
                 addr = getattr(m, role)
                 if addr is None:
                     continue
@@ -739,12 +800,14 @@ def describe(config: Config) -> str:
         lines.append(f"    client: {_scalar(str(m.client))}")
         if m.metrics is not None:
             lines.append(f"    metrics: {_scalar(str(m.metrics))}")
+        if m.http is not None:
+            lines.append(f"    http: {_scalar(str(m.http))}")
         if m.join:
             lines.append("    join: true  # not an initial member")
     node_dir = f"  # this node: {config.node_dir()}" if config.node_id is not None else ""
     lines.append(f"data_dir: {_scalar(str(config.data_dir))}{node_dir}")
-    for section in ("timing", "batching", "storage", "limits", "watch", "metrics", "auth", "tls",
-                    "client_tls"):
+    for section in ("timing", "batching", "storage", "limits", "watch", "metrics", "http", "auth",
+                    "tls", "client_tls"):
         settings = getattr(config, section)
         if settings is None:
             lines.append(f"{section}: null")
@@ -763,6 +826,11 @@ def describe(config: Config) -> str:
         address = config.metrics_address()
         lines.append(f"# this node serves metrics: "
                      f"{'http://' + str(address) + '/metrics' if address else 'no'}")
+        address = config.http_address()
+        scheme = "https" if config.client_tls is not None else "http"
+        lines.append(f"# this node serves the HTTP API: "
+                     f"{scheme + '://' + str(address) + '/v1/' if address else 'no'}"
+                     f" (body limit {config.http_max_body_bytes} bytes)")
     return "\n".join(lines) + "\n"
 
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-from daemon.runtime.net import listen
 
 __all__ = [
     "FSYNC_BUCKETS",
@@ -38,14 +36,7 @@ __all__ = [
     "NodeRegistry",
     "exponential_buckets",
     "exposition",
-    "serve_metrics",
 ]
-
-# The HTTP endpoint's bounds: a scraper gets this long to send its request, of at most this
-# many bytes, and at most this many scrapes are served at once.
-REQUEST_TIMEOUT = 5.0
-MAX_REQUEST_BYTES = 8192
-MAX_CONNECTIONS = 16
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -124,79 +115,6 @@ class NodeRegistry(CollectorRegistry):
     def on_collect(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` before each scrape (to set the gauges that mirror state)."""
         self._node.callbacks.append(callback)
-
-
-# ---------------------------------------------------------------------------------------------
-# The HTTP endpoint.
-
-
-def _response(status: str, body: bytes, content_type: str, head: bool = False) -> bytes:
-    header = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return header.encode() + (b"" if head else body)
-
-
-async def _read_request_head(stream) -> bytes | None:
-    """The request line and headers, or None if the scraper sent none or too much."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > MAX_REQUEST_BYTES:
-            return None
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-async def serve_metrics(address, registry: CollectorRegistry, log, *,
-                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``GET /metrics`` on ``address`` (a config.Address) until cancelled: the registry's
-    page in the text format 0.0.4, one response per connection. ``task_status.started(listeners)``
-    once bound."""
-    listeners = await listen(address, "metrics", " (several members on one host need "
-                                                "members.N.metrics addresses of their own)")
-    busy = trio.CapacityLimiter(MAX_CONNECTIONS)
-
-    async def handle(stream) -> None:
-        async with stream:
-            if busy.borrowed_tokens >= MAX_CONNECTIONS:
-                await _send(stream, _response("503 Service Unavailable", b"busy\n",
-                                              "text/plain"))
-                return
-            async with busy:
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    try:
-                        head = await _read_request_head(stream)
-                    except (trio.BrokenResourceError, OSError):
-                        return
-                    if head is None:
-                        return
-                    await _send(stream, _answer(head, registry))
-
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
-
-
-def _answer(head: bytes, registry: CollectorRegistry) -> bytes:
-    line = head.split(b"\n", 1)[0].decode("latin-1").strip()
-    parts = line.split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return _response("400 Bad Request", b"bad request\n", "text/plain")
-    method, target = parts[0], parts[1].split("?", 1)[0]
-    if target != "/metrics":
-        return _response("404 Not Found", b"not found: the metrics are at /metrics\n",
-                         "text/plain", head=method == "HEAD")
-    if method not in ("GET", "HEAD"):
-        return _response("405 Method Not Allowed", b"use GET\n", "text/plain")
-    body, content_type = exposition(registry, None)
-    return _response("200 OK", body, content_type, head=method == "HEAD")
-
-
-async def _send(stream, data: bytes) -> None:
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Socket helpers shared by the node's three ports (peers: daemon.runtime.transport; clients:
-daemon.runtime.clients; metrics: daemon.runtime.metrics): binding a listener with an error that
-names the port, naming the remote end of a connection for the log, and telling why TLS refused
-a connection."""
+"""Socket helpers shared by the node's ports (peers: daemon.runtime.transport; clients:
+daemon.runtime.clients; the HTTP API and metrics bind their own in daemon.gateway.serve):
+binding a listener with an error that names the port, naming the remote end of a connection
+for the log, and telling why TLS refused a connection."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 async def listen(address, what: str, hint: str = "") -> list[trio.SocketListener]:
     """Listeners bound to ``address`` (a config.Address); OSError saying what could not listen
-    where (``what``: "peers", "clients", "metrics"), with ``hint`` after the reason."""
+    where (``what``: "peers", "clients"), with ``hint`` after the reason."""
     try:
         return await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:

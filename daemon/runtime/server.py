@@ -9,7 +9,8 @@ One nursery tree per node::
     ├── core loop        the only caller of the Node
     ├── WAL writer       group commit: one append and one fsync for whatever accumulated
     ├── ticker           a tick every 10 ms
-    └── metrics          GET /metrics, when the node has a metrics address (daemon.runtime.metrics)
+    └── services         what the caller adds once the node listens, each given the Server
+                         (``paxosd serve``: the HTTP API, health and /metrics, daemon.gateway)
 
 Everything reaches the core loop through one bounded inbox (peer messages, client requests,
 ticks, "the WAL is durable up to here"). Each iteration takes every event available without
@@ -22,8 +23,10 @@ Messages a node sends itself go back into the core on the same terms (the leader
 counts only once its own write is durable).
 
 ``serve(config)`` runs a node until cancelled; ``run(config)`` is the process entry: it handles
-SIGTERM/SIGINT (stop serving, flush and close the WAL) and returns the exit code.
-``python -m daemon.runtime.server --config FILE --node-id N`` runs one node.
+SIGTERM/SIGINT (let the services drain, stop serving, flush and close the WAL) and returns the
+exit code. The runtime knows nothing of what a service is: the tools compose them.
+``python -m daemon.runtime.server --config FILE --node-id N`` runs one node, without services
+(no HTTP API, no /metrics: ``paxosd serve`` is the node with them).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from daemon.runtime.durability import DurabilityGate
 from daemon.runtime.log import node_logger, setup as setup_logging
 from daemon.core.messages import (NOT_LEADER, Accept, CommitRecord, IncarnationChosen,
                                   Snapshot)
-from daemon.runtime.metrics import NodeMetrics, serve_metrics
+from daemon.runtime.metrics import NodeMetrics
 from daemon.core.kv import RangeResult, decode_image, encode_image
 from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
@@ -82,6 +85,7 @@ NEW_CLUSTER_HELP = ("only when creating a cluster: with an empty data directory,
                     "reports that it never promised anything; never for a member that may "
                     "have lost its data; ignored when the data directory holds state")
 DECIDING_LOG_INTERVAL = 10.0  # seconds between "still deciding the incarnation" lines
+SERVICE_GRACE = 3.0  # seconds the services get to finish what they serve on SIGTERM
 
 
 def core_config(config) -> CoreConfig:
@@ -191,10 +195,15 @@ class Server:
         self._slow_fsyncs = 0  # slow syncs not yet logged
         self._slow_fsync_logged = -SLOW_FSYNC_LOG_INTERVAL
         self.cancel_scope: trio.CancelScope | None = None
+        # Set before a clean stop: the services finish what they serve and return (drain).
+        self.stopping = trio.Event()
+        self._services_done: trio.Event | None = None  # once they run: set when they returned
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED, *, services=()) -> None:
+        """Serve until cancelled; ``services``: async callables ``service(server, *,
+        task_status)`` started (in order) once the node listens."""
         config = self.config
         node_dir = config.node_dir(self.id)
         self.log.info("config loaded from %s: cluster %s, members %s, data dir %s, fsync %s, "
@@ -244,13 +253,8 @@ class Server:
                     nursery.start_soon(self._ticker)
                     await nursery.start(self.clients.snapshots.run)
                     me = config.member(self.id)
-                    metrics_address = config.metrics_address()
-                    if metrics_address is not None:
-                        await nursery.start(serve_metrics, metrics_address,
-                                            self.metrics.registry, self.log)
-                    self.log.info("listening: peers on %s, clients on %s, metrics %s", me.peer,
-                                  me.client, f"on http://{metrics_address}/metrics"
-                                  if metrics_address is not None else "off")
+                    self.log.info("listening: peers on %s, clients on %s", me.peer, me.client)
+                    await nursery.start(self._services, services)
                     sd_notify("READY=1", self.log)
                     task_status.started(self)
         finally:
@@ -264,6 +268,24 @@ class Server:
         node = self.node
         return (node.applied_index, node.kv.image(),
                 [m.as_list() for m in node.configuration.members])
+
+    async def _services(self, services, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._services_done = done = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                for service in services:
+                    await nursery.start(service, self)
+                task_status.started()
+        finally:
+            done.set()
+
+    async def drain(self, grace: float = SERVICE_GRACE) -> None:
+        """Tell the services to stop (``stopping``) and wait, at most ``grace`` seconds, until
+        they have finished what they were serving."""
+        self.stopping.set()
+        if self._services_done is not None:
+            with trio.move_on_after(grace):
+                await self._services_done.wait()
 
     def stop(self) -> None:
         """Stop serving (as SIGTERM does): the WAL is flushed and closed on the way out."""
@@ -621,14 +643,15 @@ def _load_snapshot(directory) -> Snapshot | None:
                            path=directory / SNAPSHOT_FILE) from None
     return Snapshot(index, image)
 
-async def serve(config, *, join: bool = False, new_cluster: bool = False,
+async def serve(config, *, join: bool = False, new_cluster: bool = False, services=(),
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run node ``config.node_id`` until cancelled; ``task_status.started(server)`` once it
     listens. On the way out (cancellation or error) the WAL is flushed and closed. With an
     empty data directory: ``join`` joins a running cluster under a new incarnation;
     ``new_cluster`` takes incarnation 0 at once; neither (the default) decides by asking the
-    other initial members (daemon.core.incarnation)."""
-    await Server(config, join=join, new_cluster=new_cluster).serve(task_status)
+    other initial members (daemon.core.incarnation). ``services``: see ``Server.serve``."""
+    await Server(config, join=join, new_cluster=new_cluster).serve(task_status,
+                                                                   services=services)
 
 
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
@@ -640,8 +663,9 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def run(config, *, join: bool = False, new_cluster: bool = False) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a clean stop)."""
+def run(config, *, join: bool = False, new_cluster: bool = False, services=()) -> int:
+    """Serve (with ``services``: see ``Server.serve``) until SIGTERM or SIGINT; return the
+    process exit code (0 after a clean stop)."""
     setup_logging()
     # Commands and log entries are small tuples that never form cycles, and the default gen-0
     # threshold (700) makes the collector run every few hundred commands; with it a fifth of
@@ -654,14 +678,17 @@ def run(config, *, join: bool = False, new_cluster: bool = False) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+                server = Server(config, join=join, new_cluster=new_cluster)
+
                 async def on_signal() -> None:
                     async for signum in signals:
                         log.info("received %s: shutting down", signal.Signals(signum).name)
+                        await server.drain()
                         nursery.cancel_scope.cancel()
                         return
 
                 nursery.start_soon(on_signal)
-                await serve(config, join=join, new_cluster=new_cluster)
+                await server.serve(services=services)
 
     try:
         trio.run(main)

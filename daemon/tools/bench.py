@@ -309,8 +309,9 @@ def local_config(base: Path | None, nodes: int, ports: list[int], data_dir: Path
         doc["storage"] = dict(doc.get("storage") or {}, fsync=fsync)
     if window:
         doc["batching"] = dict(doc.get("batching") or {}, window=window)
-    if isinstance(doc.get("metrics"), dict) and doc["metrics"].get("address"):
-        doc["metrics"] = dict(doc["metrics"], address=None)  # one address, several nodes: none
+    for section in ("metrics", "http"):  # one address, several nodes: none
+        if isinstance(doc.get(section), dict) and doc[section].get("address"):
+            doc[section] = dict(doc[section], address=None)
     # The file is written elsewhere: its relative paths keep pointing where they did.
     here = base.resolve().parent if base is not None else Path.cwd()
     for section, keys in PATH_KEYS:

@@ -383,9 +383,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.node_id is None:
         raise ConfigError(str(config.path), "node_id",
                           "not set: give node_id in the file or --node-id N")
-    from daemon.runtime.server import run  # the server's imports are not needed by client commands
+    # The server's imports are not needed by client commands.
+    from daemon.gateway.serve import serve_gateway
+    from daemon.runtime.server import run
 
-    code = run(config, join=args.join, new_cluster=args.new_cluster)
+    code = run(config, join=args.join, new_cluster=args.new_cluster, services=[serve_gateway])
     return EXIT_OK if code is None else int(code)
 
 
@@ -492,8 +494,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     def serve(children: dict[int, tuple[int, subprocess.Popen]]) -> int:
         endpoints = ",".join(str(m.client) for m in config.members)
+        scheme = "https" if config.client_tls is not None else "http"
+        urls = [f"{scheme}://{config.http_address(m.id)}" for m in config.members
+                if config.http_address(m.id) is not None]
         print(f"endpoints: {endpoints}\n"
-              f"try: paxosd status --config {config.path}\n"
+              + (f"HTTP API: {' '.join(urls)} (try: curl {urls[0]}/v1/status)\n" if urls else "")
+              + f"try: paxosd status --config {config.path}\n"
               f"Ctrl-C or SIGTERM stops every node.", flush=True)
         # A node that exits (or is killed to try the cluster's fault tolerance) is reported;
         # the others keep serving, as a real cluster would.

@@ -92,7 +92,7 @@ class ProcessCluster:
                  power_loss: bool = False, heartbeat_ms: int = 30,
                  election_timeout_ms: tuple[int, int] = (200, 400),
                  snapshot_every_slots: int | None = None, max_frame_bytes: int = 4 * 1024 * 1024,
-                 log_level: str = "INFO", spares: int = 0) -> None:
+                 log_level: str = "INFO", spares: int = 0, http: bool = False) -> None:
         assert not (spares and proxy), "spare nodes are not wired through the proxy"
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -102,9 +102,12 @@ class ProcessCluster:
         self.max_frame_bytes = max_frame_bytes
         self.log_level = log_level
         total = n + spares
-        ports = free_ports(2 * total)
+        ports = free_ports(3 * total)
         self.peer_port = {i: ports[i - 1] for i in self.ids + self.spares}
         self.client_port = {i: ports[total + i - 1] for i in self.ids + self.spares}
+        # ``http``: every member serves the HTTP API (daemon.gateway), run by ``paxosd serve``.
+        self.http_port = ({i: ports[2 * total + i - 1] for i in self.ids + self.spares}
+                          if http else {})
         self.proxy = FaultProxy(self.peer_port) if proxy else None
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
@@ -130,6 +133,7 @@ class ProcessCluster:
                     peer = self.proxy.port(me, m)
                 lines.append(f"  {m}: {{peer: 127.0.0.1:{peer}, "
                              f"client: 127.0.0.1:{self.client_port[m]}"
+                             + (f", http: 127.0.0.1:{self.http_port[m]}" if http else "")
                              + (", join: true" if m in self.spares else "") + "}")
             path = self.directory / ("cluster.yaml" if me is None else f"node-{me}.yaml")
             path.write_text("\n".join(lines + settings) + "\n")
@@ -170,9 +174,11 @@ class ProcessCluster:
         with open(self.log_path(i), "ab") as log:
             log.write(f"==== start #{self.starts[i]} at {time.monotonic():.3f}\n".encode())
             log.flush()
+            command = ([sys.executable, "-m", "daemon.tools.cli", "serve"] if self.http_port
+                       else [sys.executable, "-m", "daemon.runtime.server", "--log-level",
+                             self.log_level])
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "daemon.runtime.server", "--config", str(self.config_path[i]),
-                 "--node-id", str(i), "--log-level", self.log_level]
+                command + ["--config", str(self.config_path[i]), "--node-id", str(i)]
                 + (["--join"] if join else []),
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT)
