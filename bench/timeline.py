@@ -164,8 +164,8 @@ SEGMENTS = [
      "F.F.tx_wake", "F.L.rx"),
     ("[repl] leader receiver -> core loop has the Accepted (decode, inbox)", "F.L.rx",
      "F.L.core_accepted"),
-    ("commit: the quorum's second vote reaches the core -> core done (commit, apply, reply queued)",
-     "commit_trigger", "L.commit"),
+    ("commit: the quorum's second vote reaches the core -> core done (commit, apply, "
+     "reply queued)", "commit_trigger", "L.commit"),
     ("leader core done -> client-port writer wakes", "L.commit", "L.writer_wake"),
     ("leader writer wakes -> client recv returns (encode, send_all, loopback, wake-up)",
      "L.writer_wake", "client_recv"),
@@ -272,8 +272,8 @@ def report(args, rows, disk, leader, command: str, started: str) -> str:
     found = [t for t in rows if t is not None]
     lines = [f"# One command's timeline ({started})", "",
              f"Command: `{command}`", "",
-             f"Machine: {_machine_text()}. A 2-core VM shared with other engineers' test runs at the "
-             f"time (load average at start {os.getloadavg()[0]:.2f}): absolute figures are "
+             f"Machine: {_machine_text()}. A 2-core VM shared with other engineers' test runs "
+             f"at the time (load average at start {os.getloadavg()[0]:.2f}): absolute figures are "
              f"inflated and noisy; the shares are what to read.", "",
              f"Setup: 3 nodes on loopback, separate processes, fsync "
              f"{'on' if args.fsync else 'OFF'}, one client process, 1 command in flight, "
@@ -281,8 +281,8 @@ def report(args, rows, disk, leader, command: str, started: str) -> str:
              f"{args.warmup} warm-up ones; leader node {leader}. {len(found)} of {len(rows)} "
              f"commands were traced; each segment's samples are those with both ends.",
              "", "Segments in microseconds. [leader WAL] and [repl] run in parallel; the "
-             "commit waits for the quorum's second vote (F = the follower whose Accepted reached "
-             "the leader first).", "",
+             "commit waits for the quorum's second vote (F = the follower whose Accepted "
+             "reached the leader first).", "",
              "| segment | median us | p90 us | n |", "|---|---:|---:|---:|"]
     for label, p50, p90, n in table(rows):
         lines.append(f"| {label} | {_fmt(p50)} | {_fmt(p90)} | {n} |")

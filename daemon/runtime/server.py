@@ -66,6 +66,8 @@ GC_THRESHOLD = 10_000  # allocations between young-generation collections (see r
 INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
 SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
 SLOW_FSYNC_LOG_INTERVAL = 10.0  # seconds; slow syncs in between are counted, said in one line
+# Seconds the WAL writer stays idle before it seals the synced-length marker (see _wal_writer).
+IDLE_SEAL_DELAY = 0.010
 
 # Inbox event kinds.
 EV_PEER = 0  # payload: list of validated peer messages
@@ -584,12 +586,19 @@ class Server:
             if in_thread and not self._wal_pending:
                 # Idle: make the synced-length marker cover what was just synced, so damage
                 # to the last synced group is found on restart (daemon.runtime.storage), off the
-                # path of anything waiting for durability.
-                if TIMELINE:
-                    mark("seal_start")
-                await trio.to_thread.run_sync(wal.seal)
-                if TIMELINE:
-                    mark("seal_done")
+                # path of anything waiting for durability. Only once idle for IDLE_SEAL_DELAY:
+                # sealed at once, this second fsync held the next write behind it whenever the
+                # next command came within it (one command at a time: nearly always). A
+                # writer that is never idle that long is sealed by WAL.sync, at least every
+                # storage.MARKER_SEAL_INTERVAL, as under any steady load.
+                with trio.move_on_after(IDLE_SEAL_DELAY):
+                    await self._wal_has_work.wait()
+                if not self._wal_pending:
+                    if TIMELINE:
+                        mark("seal_start")
+                    await trio.to_thread.run_sync(wal.seal)
+                    if TIMELINE:
+                        mark("seal_done")
 
     def _slow_fsync(self, seconds: float, records: int) -> None:
         """Log a slow fsync, at most once per SLOW_FSYNC_LOG_INTERVAL (a slow disk is slow for
