@@ -34,6 +34,7 @@ from daemon.core.messages import ERROR, OK, OP_LEASE, OP_TXN
 from daemon.runtime.log import Throttle
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
 from daemon.runtime.security import server_context
+from daemon.runtime.timeline import ENABLED as TIMELINE, mark
 
 __all__ = ["ClientConnection", "ClientPort"]
 
@@ -182,6 +183,8 @@ class ClientPort:
                 while conn.outstanding >= MAX_IN_FLIGHT_PER_CLIENT:
                     await conn.progress.wait()
                 data = await stream.receive_some(CLIENT_RECEIVE_BYTES)
+                if TIMELINE:
+                    mark("client_read")
                 if not data:
                     return True
                 for payload in reader.feed(data):
@@ -261,6 +264,8 @@ class ClientPort:
             while True:
                 if not conn.replies:
                     await conn.has_replies.wait()
+                if TIMELINE:
+                    mark("client_writer_wake")
                 conn.has_replies = trio.Event()
                 replies, conn.replies = conn.replies, []
                 conn.watch_bytes = 0
@@ -275,6 +280,8 @@ class ClientPort:
                     data = encode_frames([replies[i:i + MAX_REPLIES_PER_FRAME]
                                           for i in range(0, len(replies), MAX_REPLIES_PER_FRAME)])
                 await stream.send_all(data)
+                if TIMELINE:
+                    mark("client_written")
                 conn.outstanding -= len(replies)
                 conn.progress.set()
                 conn.progress = trio.Event()

@@ -57,6 +57,7 @@ from daemon.runtime.metrics import NodeMetrics
 from daemon.core.kv import RangeResult, decode_image, encode_image
 from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incarnation, read_snapshot,
                             save_incarnation, write_snapshot)
+from daemon.runtime.timeline import ENABLED as TIMELINE, mark
 from daemon.runtime.transport import Transport
 from daemon.runtime.watches import Watches
 from daemon.core.reads import RANGE_REPLY_MARGIN
@@ -68,6 +69,8 @@ GC_THRESHOLD = 10_000  # allocations between young-generation collections (see r
 INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
 SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
 SLOW_FSYNC_LOG_INTERVAL = 10.0  # seconds; slow syncs in between are counted, said in one line
+# Seconds the WAL writer stays idle before it seals the synced-length marker (see _wal_writer).
+IDLE_SEAL_DELAY = 0.010
 
 # Inbox event kinds.
 EV_PEER = 0  # payload: list of validated peer messages
@@ -401,6 +404,8 @@ class Server:
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
+            if TIMELINE:
+                _mark_events(events)
             for kind, payload in events:
                 if kind == EV_CLIENT:
                     for is_read, tag, arg in payload:
@@ -433,7 +438,11 @@ class Server:
                 node.receive(self_msgs.popleft(), now)
             if node.membership.version != self._config_version:
                 self._membership_changed()  # before anything is sent to a new member
+            if TIMELINE:
+                mark("core_fed")
             self._carry_out(node.ready())
+            if TIMELINE:
+                mark("core_carried")
             self.watches.deliver(node.kv, self._leader_address())
             if node.role != self._role or node.leader_id != self._leader:
                 self._leadership_changed()
@@ -472,6 +481,8 @@ class Server:
         if self._gate.durable_seq < self._wal_durable:
             released = self._gate.durable(self._wal_durable)
             if released:
+                if TIMELINE:
+                    mark("gate_released")
                 self._send(released)
 
     def _reply(self, replies: list) -> None:
@@ -563,6 +574,8 @@ class Server:
         while True:
             if not self._wal_pending:
                 await self._wal_has_work.wait()
+            if TIMELINE:
+                mark("wal_wake")
             self._wal_has_work = trio.Event()
             if not self._wal_pending:
                 continue
@@ -579,6 +592,8 @@ class Server:
                 seconds = None
             elif in_thread:
                 seconds = await trio.to_thread.run_sync(_append_and_sync, wal, records)
+                if TIMELINE:
+                    mark("wal_back")
             else:
                 seconds = _append_and_sync(wal, records)
             after = wal.written_bytes
@@ -593,8 +608,19 @@ class Server:
             if in_thread and not self._wal_pending:
                 # Idle: make the synced-length marker cover what was just synced, so damage
                 # to the last synced group is found on restart (daemon.runtime.storage), off the
-                # path of anything waiting for durability.
-                await trio.to_thread.run_sync(wal.seal)
+                # path of anything waiting for durability. Only once idle for IDLE_SEAL_DELAY:
+                # sealed at once, this second fsync held the next write behind it whenever the
+                # next command came within it (one command at a time: nearly always). A
+                # writer that is never idle that long is sealed by WAL.sync, at least every
+                # storage.MARKER_SEAL_INTERVAL, as under any steady load.
+                with trio.move_on_after(IDLE_SEAL_DELAY):
+                    await self._wal_has_work.wait()
+                if not self._wal_pending:
+                    if TIMELINE:
+                        mark("seal_start")
+                    await trio.to_thread.run_sync(wal.seal)
+                    if TIMELINE:
+                        mark("seal_done")
 
     def _slow_fsync(self, seconds: float, records: int) -> None:
         """Log a slow fsync, at most once per SLOW_FSYNC_LOG_INTERVAL (a slow disk is slow for
@@ -627,8 +653,33 @@ class Server:
 
 
 def _append_and_sync(wal: WAL, records: list) -> float:
+    if TIMELINE:
+        mark("wal_thread")
+        wal.append(records)
+        mark("wal_written")
+        seconds = wal.sync()
+        mark("wal_synced")
+        return seconds
     wal.append(records)
     return wal.sync()
+
+
+_EVENT_MARKS = {EV_CLIENT: "core_client", EV_TICK: "core_tick", EV_DURABLE: "core_durable",
+                EV_TRANSFER: "core_transfer", EV_MEMBER: "core_member", EV_WATCH: "core_watch"}
+
+
+def _mark_events(events: list) -> None:
+    """Timeline marks for what one core loop iteration took from the inbox: a peer message
+    by its type (an Accept that opens slots apart from a heartbeat), the rest by kind."""
+    for kind, payload in events:
+        if kind != EV_PEER:
+            mark(_EVENT_MARKS[kind])
+            continue
+        for msg in payload:
+            name = type(msg).__name__
+            if type(msg) is Accept and msg.batches:
+                name = "Accept_slots"
+            mark(f"core_peer_{name}{msg.sender}")
 
 
 def _load_snapshot(directory) -> Snapshot | None:

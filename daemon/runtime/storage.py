@@ -33,18 +33,18 @@ been synced:
   one of two fixed slots (alternately, each with a checksum), written and fsynced (``seal``)
   only at these points, off the hot path: before the first sync of a log file returns, before
   a sync that covers a PromiseRecord returns, at most once a second under load, when the WAL
-  writer goes idle, on open, rotation and close. It only ever records lengths an fsync of the
-  log already covered. A log whose valid groups end below the marker's length lost synced
-  bytes: ``CorruptLog``. This catches damage to the final synced group (no later header can
+  writer has idled 10 ms, on open, rotation and close. It only ever records lengths an fsync
+  of the log already covered. A log whose valid groups end below the marker's length lost
+  synced bytes: ``CorruptLog``. This catches damage to the final synced group (no later header can
   vouch for it), a lost last page, and a log cut to zero records (indistinguishable from a lost
   disk: the node must not vote under its old incarnation having forgotten its promises).
 
 What it still cannot tell: damage to a group synced after the marker's last seal, when no
 later group header survives, looks like a torn tail and is cut. That is an Accept group
-acknowledged in the moments before a crash, with the writer busy, and only if the crash
-damaged bytes an fsync had already covered, which a disk that honours fsync and writes
-sectors atomically does not do. Sealing on every sync would close it at the price of a second
-fsync per group commit.
+acknowledged in the moments before a crash, with the writer busy (or idle under that
+moment), and only if the crash damaged bytes an fsync had already covered, which a disk that
+honours fsync and writes sectors atomically does not do. Sealing on every sync would close it
+at the price of a second fsync per group commit.
 
 The blocking methods (``open``, ``sync``, ``seal``, ``rotate``, ``close``) are meant to run in a
 worker thread; ``append`` may run concurrently with ``sync`` (one appender at a time).
@@ -318,7 +318,7 @@ class WAL:
     def seal(self) -> None:
         """Make the synced-length marker durable up to everything synced (one fsync of the
         small marker file, and only if it lags), so that damage to the last synced group is
-        reported instead of cut as a torn tail. The WAL writer calls it when it goes idle."""
+        reported instead of cut as a torn tail. The WAL writer calls it once idle a moment."""
         self._check_usable()
         self._guard(self._marker.path, "cannot fsync the synced-length marker",
                     self._marker.seal)

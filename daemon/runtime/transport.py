@@ -39,6 +39,7 @@ from daemon.codec import wire
 from daemon.runtime.config import ConfigError, parse_address
 from daemon.runtime.log import Throttle, node_logger
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
+from daemon.runtime.timeline import ENABLED as TIMELINE, mark
 
 __all__ = ["PeerLink", "Transport"]
 
@@ -390,6 +391,7 @@ class Transport:
         decode = wire.decode_peer_payload
         deliver = self.deliver
         peer_id = link.id
+        rx_mark = f"peer_rx{peer_id}"
         try:
             while True:
                 if payloads:
@@ -403,6 +405,8 @@ class Transport:
                     link.received += len(msgs)
                     await deliver(msgs)
                 data = await stream.receive_some(RECEIVE_BYTES)
+                if TIMELINE:
+                    mark(rx_mark)
                 if not data:
                     return "connection closed by the peer"
                 payloads = reader.feed(data)
@@ -415,10 +419,13 @@ class Transport:
     async def _send_loop(self, link: PeerLink, stream, scope: trio.CancelScope) -> None:
         queue = link.queue
         max_frame = self.max_frame
+        wake_mark, sent_mark = f"peer_tx_wake{link.id}", f"peer_tx_sent{link.id}"
         try:
             while True:
                 if not queue:
                     await link._has_work.wait()
+                if TIMELINE:
+                    mark(wake_mark)
                 link._has_work = trio.Event()
                 if not queue:
                     continue
@@ -429,6 +436,8 @@ class Transport:
                 if len(data) - 4 > max_frame:
                     data = self._drop_oversized(link, objs)
                 await stream.send_all(data)
+                if TIMELINE:
+                    mark(sent_mark)
         except NET_ERRORS as exc:
             link._send_error = f"send failed ({exc or type(exc).__name__})"
             scope.cancel()
