@@ -270,6 +270,10 @@ def leader_kill_under_a_watch(tmp_path, watch_on_leader: bool) -> Follower:
         node = leader if watch_on_leader else next(i for i in cluster.ids if i != leader)
         with cbor(cluster) as client:
             start = client.put("lk/start", "s") + 1
+        with cluster.http(node) as web:
+            # a write through the node's gateway: its Client now sends to the leader, so the
+            # gateway's own watch opens there too, and the kill makes that watch move
+            assert web.post("/v1/lease", json={"ttl": 60}).status_code == 201
         follower = Follower(cluster, node, "lk/", start, "lk/end")
         follower.start()
         acked, unknown = write_and_kill(cluster, leader, "lk")
@@ -281,6 +285,8 @@ def leader_kill_under_a_watch(tmp_path, watch_on_leader: bool) -> Follower:
 
 
 def test_a_stream_on_a_follower_survives_the_leader_killed_under_writes(tmp_path):
+    """The follower's gateway watches through its Client, which reads from the leader: when
+    the leader dies the Client resumes the watch on another node by itself."""
     follower = leader_kill_under_a_watch(tmp_path, watch_on_leader=False)
     # the follower's gateway resumed by itself: one HTTP stream from start to end
     assert len(follower.connections) == 1
