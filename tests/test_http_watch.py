@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
+import trio
 
 from daemon.client import txn
-from daemon.client.client import PaxosdError, SyncClient
+from daemon.client.client import PaxosdError, SyncClient, Unavailable
+from daemon.client.watch import WatchCancelled, WatchEvent
 from daemon.gateway.problems import Problem
-from daemon.gateway.watch import HEARTBEAT_S, parse_last_event_id
+from daemon.gateway.watch import HEARTBEAT_S, EventStream, parse_last_event_id
 from tests.http_cluster import HTTPCluster, http_cluster, running  # noqa: F401 - the fixture
 
 READ_TIMEOUT = 15.0  # seconds a stream may stay silent before a test gives up on it
@@ -324,3 +327,79 @@ def test_parse_last_event_id_refuses_what_is_no_id(bad):
 def test_parse_last_event_id_reads_both_forms():
     assert parse_last_event_id("14:2") == (14, 2)
     assert parse_last_event_id(" 14 ") == (14, None)
+
+
+# -- the stream's last events, on the ASGI app alone -----------------------------------------
+# A server's cancellation needs a reader slower than megabytes of changes, and an error needs
+# every node gone for the whole request deadline: the framing of both is checked here with a
+# watch that ends that way, the rest of the stream as in production.
+
+
+class EndingWatch:
+    """A stand-in for daemon.client's Watch: yields ``events``, then raises ``error``."""
+
+    def __init__(self, events, error) -> None:
+        self.events, self.error, self.revision = list(events), error, None
+        self.closed = False
+
+    async def start(self):
+        return 0
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.events:
+            event = self.events.pop(0)
+            self.revision = event.revision
+            return event
+        raise self.error
+
+    async def aclose(self):
+        self.closed = True
+
+
+async def stream_of(watch, skip=None) -> tuple[list[dict], list[dict]]:
+    """The messages an EventStream over ``watch`` sends, and its frames."""
+    gateway = SimpleNamespace(client=SimpleNamespace(watch=lambda *a, **k: watch), timeout=1.0,
+                              server=SimpleNamespace(stopping=trio.Event()))
+    sent = []
+
+    async def receive():
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    with trio.fail_after(10):
+        start, through = (3, skip) if skip is not None else (1, None)
+        await EventStream(gateway, b"k/", True, start, through, False)({}, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent).decode()
+    parsed = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        fields["data"] = json.loads(fields["data"])
+        parsed.append(fields)
+    return sent, parsed
+
+
+def change(revision: int, key: str):
+    return WatchEvent("put", key.encode(), b"v", revision, revision, 1, 0, revision)
+
+
+async def test_a_cancelled_watch_ends_the_stream_with_where_to_resume():
+    watch = EndingWatch([change(3, "k/a")], WatchCancelled("too slow", 4))
+    sent, frames_ = await stream_of(watch)
+    assert [f["event"] for f in frames_] == ["put", "cancelled"]
+    assert frames_[1]["data"]["resume_from"] == 4 and "too slow" in frames_[1]["data"]["reason"]
+    assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False and watch.closed
+
+
+async def test_a_watch_no_node_takes_ends_the_stream_with_an_error_and_where_to_resume():
+    watch = EndingWatch([change(3, "k/a"), change(3, "k/b"), change(4, "k/c")],
+                        Unavailable("no node took the watch"))
+    _, frames_ = await stream_of(watch, skip=0)  # Last-Event-ID 3:0: k/a was sent before
+    assert [(f["event"], f.get("id")) for f in frames_] == [
+        ("put", "3:1"), ("put", "4:0"), ("error", None)]
+    assert frames_[-1]["data"]["code"] == "unavailable"
+    assert frames_[-1]["data"]["resume_from"] == 5
