@@ -1329,3 +1329,30 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
             kv.event_bytes += event_bytes
         if drop_index:
             kv.index = None
+
+
+def answer_waiting(tuple batch not None, list outcomes not None, dict waiting not None,
+                   list replies not None, type reply_type not None):
+    """The leader's replies to one applied batch, as one C loop: for each command of ``batch``
+    (``outcomes[i]``: the ``(status, result, revision)`` apply_commands gave command ``i``) whose
+    ``(client id, seq)`` is a key of ``waiting``, pop its request and append
+    ``reply_type(req, status, result, None, revision)`` to ``replies``. Stops looking once
+    ``waiting`` is empty. ``reply_type``: a tuple subclass of those five fields whose
+    constructor only packs them (daemon.core.messages.Reply, a NamedTuple); it is built as
+    ``tuple.__new__`` would, without the Python-level ``__new__``. ValueError if ``outcomes``
+    and ``batch`` differ in length (nothing is popped then).
+    """
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(batch)
+    cdef object cmd, req, outcome
+    if PyList_GET_SIZE(outcomes) != n:
+        raise ValueError(f"answer_waiting: {PyList_GET_SIZE(outcomes)} outcomes for a batch "
+                         f"of {n} commands")
+    new = tuple.__new__
+    for i in range(n):
+        if not waiting:
+            break
+        cmd = <object>PyTuple_GET_ITEM(batch, i)
+        req = waiting.pop((cmd[0], cmd[1]), None)
+        if req is not None:
+            outcome = <object>PyList_GET_ITEM(outcomes, i)
+            replies.append(new(reply_type, (req, outcome[0], outcome[1], None, outcome[2])))
