@@ -262,3 +262,24 @@ def test_answer_waiting_refuses_wrong_types():
         for fn in (fastpath.answer_waiting, twins.answer_waiting):
             with pytest.raises(TypeError):
                 fn(*args)
+
+
+def test_decoded_commands_are_not_tracked_by_the_collector():
+    """Command and batch tuples hold only ints, bytes and None: the decoders hand them out
+    untracked (as the collector would leave them after its first pass), so the log of a loaded
+    node does not make every young-generation collection walk its commands."""
+    import gc
+
+    batch = ((1, 1, OP_PUT, b"k", b"v", None), (2, 5, OP_CAS, b"k", None, b"w"),
+             (3, 9, OP_DELETE, b"k", None, None))
+    payload = dumps(wire.encode_peer(Accept(1, ballot_pack(2, 1), 0, 7, (batch, ()), 0)))
+    fields = fastpath.decode_accept(payload, MEMBERS)
+    assert fields[4] == (batch, ())
+    assert not gc.is_tracked(fields[4]) and not gc.is_tracked(fields[4][0])
+    assert not any(gc.is_tracked(cmd) for cmd in fields[4][0])
+    frame = [[5, "put", 1, 2, b"k", b"v", None], [6, "delete", 1, 3, b"k", None, None]]
+    work, rest = fastpath.split_requests(frame, "conn", _OPCODES)
+    assert rest == [] and [w[2][:2] for w in work] == [(1, 2), (1, 3)]
+    assert not any(gc.is_tracked(w[2]) for w in work)
+    assert all(gc.is_tracked(w[1]) for w in work)  # (connection, request id): a connection
+    assert gc.is_tracked(loads(dumps([1, [2]])))  # loads' lists stay as they were
