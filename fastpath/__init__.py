@@ -14,7 +14,8 @@ Public surface (see fastpath/_fastpath.pyx for the contracts):
   ``FrameError``, ``FrameTooLarge``
 - per-batch loops for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
   from its bytes), ``split_requests`` (a client frame's plain requests), ``apply_commands`` (a
-  batch applied to the key-value store), and ``KeyRecord``, the store's record of one key
+  batch applied to the key-value store), ``answer_waiting`` (the leader's replies to
+  an applied batch), and ``KeyRecord``, the store's record of one key
 
 There is no pure-Python fallback: a missing extension is a build error, said loudly.
 """
@@ -42,6 +43,7 @@ try:
         KeyRecord,
         QuorumTracker,
         SlotWindow,
+        answer_waiting,
         apply_commands,
         ballot_next,
         ballot_node,
@@ -83,6 +85,7 @@ __all__ = [
     "KeyRecord",
     "QuorumTracker",
     "SlotWindow",
+    "answer_waiting",
     "apply_commands",
     "ballot_next",
     "ballot_node",

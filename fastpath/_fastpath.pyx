@@ -41,6 +41,11 @@ from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
+cdef extern from "Python.h":
+    int PyObject_GC_IsTracked(object op)
+    void PyObject_GC_UnTrack(object op)
+
+
 cdef extern from *:
     """
     /* Population count of a 64-bit mask: the compiler builtin where there is one, else SWAR. */
@@ -749,13 +754,21 @@ cdef object _decode_items(_In *d, Py_ssize_t n, int depth, bint tuples):
     cdef Py_ssize_t i
     cdef object item
     cdef object result = PyTuple_New(n) if tuples else PyList_New(n)
+    cdef bint untrack = tuples  # a tuple of nothing the collector tracks: it need not track it
     for i in range(n):
         item = _decode(d, depth, tuples)
+        if untrack and PyObject_GC_IsTracked(item):
+            untrack = False
         Py_INCREF(item)  # the SET_ITEM macros steal a reference
         if tuples:
             PyTuple_SET_ITEM(result, i, item)
         else:
             PyList_SET_ITEM(result, i, item)
+    if untrack:
+        # What the collector does to such a tuple at its first pass (it can be in no reference
+        # cycle: it is immutable and holds no container), done at once: the commands of a
+        # batch, kept in the log, no longer make each young-generation collection walk them.
+        PyObject_GC_UnTrack(result)
     return result
 
 
@@ -1111,7 +1124,7 @@ def split_requests(frame, conn, opcodes):
     cdef list work = []
     cdef list rest = []
     cdef list req, names = [], codes = []
-    cdef object obj, op, key, name, code
+    cdef object obj, op, key, name, code, cmd
     cdef uint64_t u = 0
     cdef uint64_t ops[_MAX_OP_NAMES]
     cdef Py_ssize_t k, n = 0
@@ -1144,9 +1157,11 @@ def split_requests(frame, conn, opcodes):
                     if ops[k] == C_OP_READ:
                         work.append((True, (conn, req[0]), key))
                     else:
-                        work.append((False, (conn, req[0]),
-                                     (req[2], req[3], <object>PyList_GET_ITEM(codes, k), key,
-                                      req[5], req[6])))
+                        cmd = (req[2], req[3], <object>PyList_GET_ITEM(codes, k), key, req[5],
+                               req[6])
+                        if not (PyObject_GC_IsTracked(req[5]) or PyObject_GC_IsTracked(req[6])):
+                            PyObject_GC_UnTrack(cmd)  # as in _decode_items: kept in the log
+                        work.append((False, (conn, req[0]), cmd))
                     continue
         rest.append(obj)
     return work, rest
@@ -1329,3 +1344,30 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
             kv.event_bytes += event_bytes
         if drop_index:
             kv.index = None
+
+
+def answer_waiting(tuple batch not None, list outcomes not None, dict waiting not None,
+                   list replies not None, type reply_type not None):
+    """The leader's replies to one applied batch, as one C loop: for each command of ``batch``
+    (``outcomes[i]``: the ``(status, result, revision)`` apply_commands gave command ``i``) whose
+    ``(client id, seq)`` is a key of ``waiting``, pop its request and append
+    ``reply_type(req, status, result, None, revision)`` to ``replies``. Stops looking once
+    ``waiting`` is empty. ``reply_type``: a tuple subclass of those five fields whose
+    constructor only packs them (daemon.core.messages.Reply, a NamedTuple); it is built as
+    ``tuple.__new__`` would, without the Python-level ``__new__``. ValueError if ``outcomes``
+    and ``batch`` differ in length (nothing is popped then).
+    """
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(batch)
+    cdef object cmd, req, outcome
+    if PyList_GET_SIZE(outcomes) != n:
+        raise ValueError(f"answer_waiting: {PyList_GET_SIZE(outcomes)} outcomes for a batch "
+                         f"of {n} commands")
+    new = tuple.__new__
+    for i in range(n):
+        if not waiting:
+            break
+        cmd = <object>PyTuple_GET_ITEM(batch, i)
+        req = waiting.pop((cmd[0], cmd[1]), None)
+        if req is not None:
+            outcome = <object>PyList_GET_ITEM(outcomes, i)
+            replies.append(new(reply_type, (req, outcome[0], outcome[1], None, outcome[2])))

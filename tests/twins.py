@@ -385,6 +385,23 @@ def apply_commands(kv, batch, results, op_put, op_delete, op_cas, ok, stale, exp
             results.append(outcome)
 
 
+def answer_waiting(batch, outcomes, waiting, replies, reply_type):
+    for name, value, kind in (("batch", batch, tuple), ("outcomes", outcomes, list),
+                              ("waiting", waiting, dict), ("replies", replies, list),
+                              ("reply_type", reply_type, type)):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name}: expected {kind.__name__}")
+    if len(outcomes) != len(batch):
+        raise ValueError(f"answer_waiting: {len(outcomes)} outcomes for a batch of {len(batch)} "
+                         "commands")
+    for cmd, outcome in zip(batch, outcomes):
+        if not waiting:
+            break
+        req = waiting.pop((cmd[0], cmd[1]), None)
+        if req is not None:
+            replies.append(reply_type(req, outcome[0], outcome[1], None, outcome[2]))
+
+
 class KeyRecord:
     """One key's value and what the store knows of it; immutable."""
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow
+from fastpath import BALLOT_CHOSEN, BALLOT_NONE, QuorumTracker, SlotWindow, answer_waiting
 
 from daemon.core.acceptor import Acceptor
 from daemon.core.catchup import CatchupExchange
@@ -404,6 +404,10 @@ class Node:
                 continue
             outcomes: list = []
             kv.apply_batch(batch, outcomes)
+            if not self.also_waiting:  # no retries to answer too: the replies in one C loop
+                answer_waiting(batch, outcomes, waiting, replies, Reply)
+                self.applied_index = slot
+                continue
             for cmd, (status, result, revision) in zip(batch, outcomes):
                 if waiting:
                     req = waiting.pop((cmd[0], cmd[1]), None)
