@@ -155,6 +155,24 @@ def test_an_idle_stream_carries_keepalive_comments(http_cluster):
     assert HEARTBEAT_S <= READ_TIMEOUT / 2  # it comes well before a test would give up
 
 
+def test_head_on_a_watch_answers_its_headers_and_opens_no_watch(http_cluster):
+    def watches() -> int:
+        total = 0
+        for i in (1, 2, 3):
+            with http_cluster.http(i) as web:
+                total += web.get("/v1/status").json()["watches"]
+        return total
+
+    before = watches()
+    with http_cluster.http(2) as web:
+        for _ in range(3):
+            reply = web.head("/v1/watch", params={"prefix": "head/"})
+            assert reply.status_code == 200
+            assert reply.headers["content-type"].startswith("text/event-stream")
+        time.sleep(0.5)  # a watch a HEAD opened would be registered by now (keep-alive: open)
+        assert watches() == before
+
+
 def test_a_watch_from_a_compacted_revision_gets_the_compacted_event_and_ends(tmp_path):
     cluster = HTTPCluster(tmp_path)
     try:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 
 import trio
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.client.client import PaxosdError
@@ -261,6 +262,8 @@ def _params(request) -> tuple[bytes, bool, int, int | None, bool]:
 def routes(gateway) -> list:
     async def watch(request):
         key, prefix, start, skip_through, prev_kv = _params(request)
+        if request.method == "HEAD":  # starlette serves HEAD with GET: no stream, no watch
+            return Response(media_type=EVENT_STREAM)
         return EventStream(gateway, key, prefix, start, skip_through, prev_kv)
 
     return [Route("/v1/watch", watch, methods=["GET"])]
