@@ -52,12 +52,25 @@ from daemon.codec import wire
 from tests.faults.proxy import FaultProxy
 from tests.ports import free_ports
 
-__all__ = ["ProcessCluster", "free_ports", "raw_call", "REPO"]
+__all__ = ["ProcessCluster", "free_ports", "put_concurrently", "raw_call", "REPO"]
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER_ENV = "PAXOSD_TEST_SYNCED_MARKER"
 STOP_TIMEOUT = 10.0
 _NET_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def put_concurrently(client, items, writers: int) -> None:
+    """Put every ``(key, value)`` of ``items`` with ``client``, ``writers`` calls at a time."""
+    items = iter(items)
+
+    async def writer() -> None:
+        for key, value in items:
+            await client.put(key, value)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(writers):
+            nursery.start_soon(writer)
 
 
 async def raw_call(port: int, request: list, timeout: float = 0.5):

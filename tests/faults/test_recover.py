@@ -12,7 +12,7 @@ import shutil
 import trio
 
 from daemon.client.client import Client
-from tests.faults.cluster import ProcessCluster
+from tests.faults.cluster import ProcessCluster, put_concurrently
 from tests.test_cli import paxosd
 
 KEYS = 500
@@ -21,15 +21,8 @@ WRITERS = 16
 
 async def _write(endpoints: list[str], prefix: str, count: int) -> None:
     async with Client(endpoints, timeout=20) as client:
-        names = iter(range(count))
-
-        async def writer() -> None:
-            for i in names:
-                await client.put(f"{prefix}/{i:04d}", f"value {i}")
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(WRITERS):
-                nursery.start_soon(writer)
+        await put_concurrently(client, ((f"{prefix}/{i:04d}", f"value {i}")
+                                        for i in range(count)), WRITERS)
 
 
 async def _count(endpoints: list[str], prefix: str) -> int:

@@ -13,7 +13,7 @@ import trio
 from daemon.client.client import Client, SessionExpired
 from daemon.core.membership import MEMBERS_KEY
 from daemon.tools.cli import read_range
-from tests.faults.cluster import ProcessCluster
+from tests.faults.cluster import ProcessCluster, put_concurrently
 from tests.test_cli import paxosd
 
 KEYS = 2000
@@ -25,15 +25,8 @@ OLD_CLIENT = 4242  # a session the test drives by hand
 async def _write(endpoints: list[str]) -> int:
     """KEYS plain keys and LEASED keys on one lease; one write under OLD_CLIENT's session."""
     async with Client(endpoints, timeout=20) as client:
-        names = iter(range(KEYS))
-
-        async def writer() -> None:
-            for i in names:
-                await client.put(f"data/{i:05d}", f"value {i}")
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(WRITERS):
-                nursery.start_soon(writer)
+        await put_concurrently(client, ((f"data/{i:05d}", f"value {i}") for i in range(KEYS)),
+                               WRITERS)
         lease = await client.lease_grant(3600)
         for i in range(LEASED):
             await client.put(f"leased/{i:03d}", "held", lease=lease.id)
