@@ -262,7 +262,7 @@ async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_co
 
     import trio
 
-    from daemon.runtime.server import serve
+    from daemon.runtime.server import serve, status_line
     from tests.test_server import TEST_TIMEOUT, Cluster as Daemons, write_config
 
     caplog.set_level(logging.INFO, "paxosd")
@@ -279,7 +279,7 @@ async def test_two_fresh_daemons_wait_for_the_third_say_so_and_decide_when_it_co
             assert status["incarnation"] is None and status["waiting_for"] == [3]
             assert status["role"] == "follower" and status["leader"] is None
             assert not status["voter"]
-            assert "deciding its incarnation" in daemons.servers[1]._status_line()
+            assert "deciding its incarnation" in status_line(daemons.servers[1].node)
             for i in (1, 2):
                 assert not (daemons.configs[i].node_dir(i) / "incarnation").exists()
                 assert daemons.servers[i].node.promised == 0 and not daemons.servers[i]._gate.handed

@@ -180,7 +180,7 @@ class Server:
             change_members=lambda tag, change: send((EV_MEMBER, (tag, change))),
             status=self.status, leader=self._leader_address,
             watch=lambda conn, req: send((EV_WATCH, (conn, req))),
-            snapshots=SnapshotService(config.cluster, self._snapshot_state,
+            snapshots=SnapshotService(config.cluster, lambda: snapshot_state(self.node),
                                       config.limits.max_frame_bytes))
         self.watches: Watches | None = None  # once the node exists
         self._watchdog = watchdog_interval()
@@ -265,13 +265,6 @@ class Server:
                 sd_notify("STOPPING=1", self.log)
                 self._close_wal()
 
-    def _snapshot_state(self) -> tuple:
-        """(applied index, state machine image, members) now, for ``paxosd snapshot save``
-        (daemon.runtime.backup); called in the core loop."""
-        node = self.node
-        return (node.applied_index, node.kv.image(),
-                [m.as_list() for m in node.configuration.members])
-
     async def _services(self, services, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._services_done = done = trio.Event()
         try:
@@ -345,14 +338,6 @@ class Server:
         except StorageError as exc:
             self.log.error("closing the WAL failed: %s", exc)
 
-    def _status_line(self) -> str:
-        node = self.node
-        leader = node.leader_id if node.leader_id is not None else "none"
-        deciding = ("" if node.fresh is None else "; deciding its incarnation, waiting for node(s) "
-                    + ", ".join(map(str, node.fresh.waiting_for)))
-        return (f"{node.role}, leader {leader}, ballot {wire.format_ballot(node.promised)}, "
-                f"commit {node.commit_index}, applied {node.applied_index}{deciding}")
-
     def status(self) -> dict:
         """The status map of the client protocol's "status" request."""
         status = self.node.status()
@@ -367,20 +352,11 @@ class Server:
             status["waiting_for"] = list(fresh.waiting_for)
         return status
 
-    def _deciding_text(self) -> str:
-        waiting = ", ".join(map(str, self.node.fresh.waiting_for))
-        return (f"empty data directory: not voting until the incarnation is decided; waiting for "
-                f"node(s) {waiting} to report that they never promised anything (every other "
-                f"initial member must, for a new cluster; one report that the cluster has run "
-                f"makes this node rejoin as a learner under a new incarnation). If this is a "
-                f"brand-new cluster and those members cannot start now, start this one with "
-                f"--new-cluster")
-
     def _log_deciding(self, now: float) -> None:
         """Say, now and then, what a node deciding its incarnation waits for."""
         if now - self._deciding_logged >= DECIDING_LOG_INTERVAL:
             self._deciding_logged = now
-            self.log.warning("%s", self._deciding_text())
+            self.log.warning("%s", deciding_text(self.node))
 
     # -- the core loop ---------------------------------------------------------------------------
 
@@ -431,7 +407,7 @@ class Server:
                     if self._watchdog is not None and now >= self._next_watchdog:
                         # Pinged from the core loop itself: a wedged loop stops the pings.
                         self._next_watchdog = now + self._watchdog
-                        sd_notify(f"WATCHDOG=1\nSTATUS={self._status_line()}", self.log)
+                        sd_notify(f"WATCHDOG=1\nSTATUS={status_line(self.node)}", self.log)
                 # EV_DURABLE only wakes us: the release below reads _wal_durable.
             self._release_durable()
             while self_msgs:
@@ -650,6 +626,33 @@ class Server:
                 except trio.WouldBlock:
                     pass  # the core is busy; the next tick will do
 
+
+
+def status_line(node) -> str:
+    """One line of what ``node`` is doing (systemd's STATUS=)."""
+    leader = node.leader_id if node.leader_id is not None else "none"
+    deciding = ("" if node.fresh is None else "; deciding its incarnation, waiting for node(s) "
+                + ", ".join(map(str, node.fresh.waiting_for)))
+    return (f"{node.role}, leader {leader}, ballot {wire.format_ballot(node.promised)}, "
+            f"commit {node.commit_index}, applied {node.applied_index}{deciding}")
+
+
+def deciding_text(node) -> str:
+    """What a node deciding its incarnation waits for, and what the operator can do."""
+    waiting = ", ".join(map(str, node.fresh.waiting_for))
+    return (f"empty data directory: not voting until the incarnation is decided; waiting for "
+            f"node(s) {waiting} to report that they never promised anything (every other "
+            f"initial member must, for a new cluster; one report that the cluster has run "
+            f"makes this node rejoin as a learner under a new incarnation). If this is a "
+            f"brand-new cluster and those members cannot start now, start this one with "
+            f"--new-cluster")
+
+
+def snapshot_state(node) -> tuple:
+    """(applied index, state machine image, members) now, for ``paxosd snapshot save``
+    (daemon.runtime.backup); called in the core loop."""
+    return (node.applied_index, node.kv.image(),
+            [m.as_list() for m in node.configuration.members])
 
 
 def _append_and_sync(wal: WAL, records: list) -> float:
