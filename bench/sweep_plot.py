@@ -156,9 +156,11 @@ def plot_all(sections: list[dict], out_dir: Path, stamp: str, note: str = "") ->
                                _watch_names(sections)))
     if "reads" in groups:
         written.append(_panels(plt, sections, "reads",
-                               [("reads_per_s", "reads/s"), ("read_keys_per_s", "keys returned/s (etcd counts them)"),
+                               [("reads_per_s", "reads/s"),
+                                ("read_keys_per_s", "keys returned/s (etcd counts them)"),
                                 ("commits_per_s", "writers' commits/s")],
-                               "reads mixed with writes, 3 nodes, fsync on (reads of random keys, most never written)" + tail,
+                               "reads mixed with writes, 3 nodes, fsync on (reads of random "
+                               "keys, most never written)" + tail,
                                out_dir / f"{stamp}-sweep-reads.png", _read_names(sections)))
     return written
 
