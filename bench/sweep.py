@@ -157,21 +157,38 @@ def loadavg() -> list[float] | None:
 
 
 def run_one(cmd: list[str], timeout: float) -> int:
-    """Run ``cmd`` to its end (its output passes through); past ``timeout`` seconds it gets
-    SIGINT (so `paxosd bench` stops its cluster), then, 20 s later, SIGKILL, by its pid.
-    Returns its exit status (None-like -1 when it had to be ended)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    """Run ``cmd`` to its end (its output passes through) and return its exit status. Past
+    ``timeout`` seconds, or if this sweep is interrupted (SIGINT, or SIGTERM: see main), the
+    command is stopped by its pid (`stop`) and the status is -1 (or the interrupt goes on)."""
+    # SIGINT at its default in the command: a shell's background job inherits it ignored,
+    # and then a Python command would not turn it into KeyboardInterrupt to stop cleanly.
+    proc = subprocess.Popen(cmd, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"  timed out after {timeout:.0f} s: interrupting pid {proc.pid}", file=sys.stderr)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        print(f"  timed out after {timeout:.0f} s: stopping pid {proc.pid}", file=sys.stderr)
+        stop(proc)
         return -1
+    except KeyboardInterrupt:
+        stop(proc)
+        raise
+
+
+def stop(proc) -> None:
+    """SIGINT ``proc`` (`paxosd bench` then stops its cluster; etcd_native.py its members),
+    and SIGKILL it if it is still running 20 s later."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=20)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def summary(report: dict, system: str) -> dict:
@@ -273,6 +290,8 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=21 * 60,
                    help="seconds after which no new point starts (default 21 minutes)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--note", default="",
+                   help="what the plots' titles say of the conditions (e.g. the machine)")
     p.add_argument("--plot-only", metavar="SWEEP.json",
                    help="redraw the plots of a finished sweep from its files and stop")
     args = p.parse_args(argv)
@@ -300,30 +319,45 @@ def main(argv=None) -> int:
                                         doc.get("note", "")):
             print(path)
         return 0
+    signal.signal(signal.SIGTERM, _interrupt)  # a sweep ended by its pid ends its run too
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M")
     points = plan(args)
     print(f"sweep {stamp}: {len(points)} points, {args.warmup:g} s warmup + {args.duration:g} s "
           f"each, budget {args.budget:.0f} s", flush=True)
-    started, done, missed, failed = time.monotonic(), [], [], []
-    for i, point in enumerate(points):
-        if time.monotonic() - started > args.budget:
-            missed += [f"{p.group}-{p.system}-{p.x}" for p in points[i:]]
-            print(f"budget spent: {len(missed)} points not run", file=sys.stderr)
-            break
-        report = run_point(point, args, stamp, out_dir)
-        if report is None:
-            failed.append(f"{point.group}-{point.system}-{point.x}")
-        else:
-            done.append(report["sweep"])
+    started = time.monotonic()
+    done, missed, failed = run_all(points, args, stamp, out_dir, started)
     manifest = write_manifest(out_dir, stamp, args, done, missed, failed,
                               time.monotonic() - started)
     sections = load_sweep(manifest)
-    for path in sweep_plot.plot_all(sections, out_dir, stamp, ""):
+    for path in sweep_plot.plot_all(sections, out_dir, stamp, args.note):
         print(path)
     print(sweep_plot.markdown(sections))
-    return 0 if done and not failed else 1
+    return 0 if done and not failed and not missed else 1
+
+
+def run_all(points: list[Point], args, stamp: str, out_dir: Path,
+            started: float) -> tuple[list, list, list]:
+    """Run the points in turn until they are done, the budget is spent or the sweep is
+    interrupted: (the sweep sections of those that ran, the names of those not run, the names
+    of those that failed)."""
+    done, missed, failed = [], [], []
+    for i, point in enumerate(points):
+        names = [f"{p.group}-{p.system}-{p.x}" for p in points[i:]]
+        if time.monotonic() - started > args.budget:
+            print(f"budget spent: {len(names)} points not run", file=sys.stderr)
+            return done, names, failed
+        try:
+            report = run_point(point, args, stamp, out_dir)
+        except KeyboardInterrupt:
+            print(f"interrupted: {len(names)} points not run", file=sys.stderr)
+            return done, names, failed
+        if report is None:
+            failed.append(names[0])
+        else:
+            done.append(report["sweep"])
+    return done, missed, failed
 
 
 def write_manifest(out_dir: Path, stamp: str, args, done: list, missed: list, failed: list,
@@ -333,6 +367,7 @@ def write_manifest(out_dir: Path, stamp: str, args, done: list, missed: list, fa
     doc = {"name": stamp, "machine": common.machine(), "commit": common.git_commit(),
            "command": shown([sys.executable, *sys.argv]), "settings": settings,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "wall_s": round(wall, 1),
+           "note": args.note,
            "points": [f"{stamp}-sweep-{s['group']}-{s['system']}-{s['x']}.json" for s in done],
            "failed": failed, "missed": missed}
     path = out_dir / f"{stamp}-sweep.json"
