@@ -45,9 +45,13 @@ def _lines(ax, sections, group, key, ylabel, logy=False) -> None:
     for system in _systems(sections, group):
         xs, ys = _series(sections, group, system, key)
         ax.plot(xs, ys, "o-", color=COLORS[system], label=LABELS[system])
+        errors = dict(zip(*_series(sections, group, system, "errors")))
         for x, y in zip(xs, ys):
-            ax.annotate(f"{y:,.0f}" if y >= 10 else f"{y:.2g}", (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(0, 5), ha="center")
+            text = f"{y:,.0f}" if y >= 10 else f"{y:.2g}"
+            if errors.get(x):  # e.g. etcd's "too many requests": the point is past its limit
+                text += f"\n({errors[x]:,} errors)"
+            ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(0, 5),
+                        ha="center")
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
@@ -194,7 +198,7 @@ def markdown(sections: list[dict]) -> str:
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in sections:
         m = s["summary"]
-        reads = (f"{_fmt(m['reads_per_s'])} ({_fmt(m['read_keys_per_s'])})"
+        reads = (f"{_fmt(m['reads_per_s'])} ({_fmt(m.get('read_keys_per_s'))})"
                  if m.get("reads_per_s") is not None else "-")
         watch = _fmt(m.get("watch_events_per_s")) if m.get("watchers") else "-"
         if m.get("watch_delivered") is not None:
