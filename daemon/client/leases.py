@@ -25,8 +25,8 @@ from daemon.core.leases import check_ttl
 from daemon.core.txn import LEASE_NOT_FOUND
 from daemon.client.client import OperationFailed, PaxosdError, _as_bytes
 
-__all__ = ["Lease", "LeaseNotFound", "LeaseStatus", "grant", "keep", "keepalive", "put_leased",
-           "revoke", "time_to_live"]
+__all__ = ["Lease", "LeaseNotFound", "LeaseStatus", "grant", "keep", "keepalive", "lease_result",
+           "put_leased", "revoke", "time_to_live"]
 
 KEEPALIVE_FRACTION = 3  # keepalives per TTL
 RETRY_PAUSE = 0.05  # seconds between a failed keepalive and the next
@@ -64,7 +64,8 @@ class LeaseStatus:
     keys: list[bytes]
 
 
-def _result(op: str, reply):
+def lease_result(op: str, reply):
+    """The decoded result of a lease reply; OperationFailed naming ``op`` if malformed."""
     try:
         return decode_lease_result(op, reply.result)
     except WireError as exc:
@@ -79,19 +80,19 @@ def _check_id(lease_id) -> int:
 
 async def grant(client, ttl: int, timeout: float | None) -> Lease:
     reply = await client._write("lease_grant", b"", check_ttl(ttl, "lease TTL"), None, timeout)
-    lease_id, granted = _result("lease_grant", reply)
+    lease_id, granted = lease_result("lease_grant", reply)
     return Lease(lease_id, granted)
 
 
 async def revoke(client, lease_id: int, timeout: float | None) -> bool:
     reply = await client._write("lease_revoke", b"", _check_id(lease_id), None, timeout)
-    return _result("lease_revoke", reply)
+    return lease_result("lease_revoke", reply)
 
 
 async def keepalive(client, lease_id: int, timeout: float | None) -> int:
     reply, _ = await client._call("lease_keepalive", b"", _check_id(lease_id), None, 0, 0,
                                   timeout, False)
-    ttl = _result("lease_keepalive", reply)
+    ttl = lease_result("lease_keepalive", reply)
     if ttl is None:
         raise LeaseNotFound(lease_id)
     return ttl
@@ -100,7 +101,7 @@ async def keepalive(client, lease_id: int, timeout: float | None) -> int:
 async def time_to_live(client, lease_id: int, timeout: float | None) -> LeaseStatus:
     reply, _ = await client._call("lease_ttl", b"", _check_id(lease_id), None, 0, 0, timeout,
                                   False)
-    found = _result("lease_ttl", reply)
+    found = lease_result("lease_ttl", reply)
     if found is None:
         raise LeaseNotFound(lease_id)
     return LeaseStatus(lease_id, *found)

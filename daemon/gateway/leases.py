@@ -23,9 +23,7 @@ import json
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from daemon.client.client import OperationFailed
-from daemon.client.leases import LeaseNotFound
-from daemon.codec.wire import WireError, decode_lease_result
+from daemon.client.leases import LeaseNotFound, lease_result
 from daemon.core.leases import MAX_TTL, MIN_TTL
 from daemon.gateway import idempotency
 from daemon.gateway.encoding import bytes_fields
@@ -67,13 +65,6 @@ def lease_id(request) -> int:
     return int(text)
 
 
-def _decoded(op: str, reply):
-    try:
-        return decode_lease_result(op, reply.result)
-    except WireError as exc:
-        raise OperationFailed(f"{op}: {exc}") from None
-
-
 def routes(gateway) -> list:
     async def grant(request) -> JSONResponse:
         session = idempotency.session(request)
@@ -81,7 +72,7 @@ def routes(gateway) -> list:
         # Client._write with the request's session: a retried grant is answered from it
         reply = await gateway.client._write("lease_grant", b"", ttl, None, gateway.timeout,
                                             session)
-        granted_id, granted = _decoded("lease_grant", reply)
+        granted_id, granted = lease_result("lease_grant", reply)
         return JSONResponse({"id": granted_id, "ttl": ttl, "granted_ttl": granted,
                              "raised": granted > ttl}, status_code=201,
                             headers={"Location": f"{PREFIX}/{granted_id}"})
@@ -104,7 +95,7 @@ def routes(gateway) -> list:
         which = lease_id(request)
         reply = await gateway.client._write("lease_revoke", b"", which, None, gateway.timeout,
                                     idempotency.session(request))
-        if not _decoded("lease_revoke", reply):
+        if not lease_result("lease_revoke", reply):
             raise LeaseNotFound(which)
         return JSONResponse({"id": which, "revoked": True, "revision": reply.revision})
 
