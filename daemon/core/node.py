@@ -400,22 +400,13 @@ class Node:
                 self.membership.apply(slot, batch)
             if not waiting:  # nobody here waits for a reply (a follower): one C loop
                 kv.apply_batch(batch)
-                self.applied_index = slot
-                continue
-            outcomes: list = []
-            kv.apply_batch(batch, outcomes)
-            if not self.also_waiting:  # no retries to answer too: the replies in one C loop
-                answer_waiting(batch, outcomes, waiting, replies, Reply)
-                self.applied_index = slot
-                continue
-            for cmd, (status, result, revision) in zip(batch, outcomes):
-                if waiting:
-                    req = waiting.pop((cmd[0], cmd[1]), None)
-                    if req is not None:
-                        replies.append(Reply(req, status, result, None, revision))
-                        if self.also_waiting:
-                            for again in self.also_waiting.pop((cmd[0], cmd[1]), ()):
-                                replies.append(Reply(again, status, result, None, revision))
+            else:
+                outcomes: list = []
+                kv.apply_batch(batch, outcomes)
+                if self.also_waiting:
+                    self._answer_with_retries(batch, outcomes)
+                else:  # no retries to answer too: the replies in one C loop
+                    answer_waiting(batch, outcomes, waiting, replies, Reply)
             self.applied_index = slot
         every = self.config.snapshot_every
         if every and self.applied_index - self.snapshot_index >= every:
@@ -423,6 +414,17 @@ class Node:
         reads = self.reads
         if reads.queue:
             reads.serve()
+
+    def _answer_with_retries(self, batch: tuple, outcomes: list) -> None:
+        """Reply to every request waiting for a command of ``batch`` (``outcomes``: what each
+        command gave), retries of the same session seq (``also_waiting``) included."""
+        waiting, also_waiting, replies = self.waiting, self.also_waiting, self._out.replies
+        for cmd, (status, result, revision) in zip(batch, outcomes):
+            req = waiting.pop((cmd[0], cmd[1]), None)
+            if req is not None:
+                replies.append(Reply(req, status, result, None, revision))
+                for again in also_waiting.pop((cmd[0], cmd[1]), ()):
+                    replies.append(Reply(again, status, result, None, revision))
 
     # ------------------------------------------------------------------------------ membership
 
