@@ -451,6 +451,28 @@ def test_lock_runs_its_command_holding_the_lock_and_fences_writes(cluster):
     assert result.returncode == 2 and "go together" in result.stderr
 
 
+def test_lock_without_a_command_holds_until_sigterm_then_releases(cluster):
+    config, process, out_path = cluster
+    cfg = ["--config", str(config), "--timeout", "15"]
+    environ = {k: v for k, v in os.environ.items() if k != "PAXOSD_CONFIG"}
+    holder = subprocess.Popen([sys.executable, "-m", "daemon.tools.cli", "lock", "cli/held",
+                               "--json", *cfg], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        line = holder.stdout.readline()  # bounded: the client's timeout ends the process
+        assert line, holder.stderr.read().decode()
+        held = json.loads(line)
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(timeout=30) == 0, holder.stderr.read().decode()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    result = paxosd("put", "cli/y", "1", "--fence-key", held["key"], "--fence-revision",
+                    str(held["revision"]), *cfg)
+    assert result.returncode == 1 and "fenced write refused" in result.stderr
+
+
 def test_load_against_a_three_node_cluster_prints_commits_per_second(cluster):
     config, process, out_path = cluster
     result = paxosd("load", "--config", str(config), "--count", "2000", "--clients", "32",

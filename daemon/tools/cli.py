@@ -733,14 +733,21 @@ async def _until_signal(work) -> None:
 
     async with trio.open_nursery() as nursery:
         async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
+            await stop_signal()
+            nursery.cancel_scope.cancel()
 
         nursery.start_soon(stop_on_signal)
         await work
         nursery.cancel_scope.cancel()
+
+
+async def stop_signal() -> None:
+    """Return once SIGINT or SIGTERM arrives (Ctrl-C, systemd's stop), handled from then on."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
 
 
 def _event_text(event) -> bytes:

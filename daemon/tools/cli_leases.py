@@ -130,12 +130,10 @@ def cmd_lease_keepalive(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client
+    from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client, stop_signal
     command = args.run
 
     async def locked(client) -> int:
-        import signal
-
         import trio
         async with client.lock(_arg_bytes(args.name), ttl=args.ttl) as held:
             key = held.key.decode("utf-8", "backslashreplace")
@@ -152,10 +150,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
                     done = await trio.run_process(command, check=False, env=env)
                     outcome.append(done.returncode)
                 else:
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for _ in signals:
-                            outcome.append(0)
-                            break
+                    await stop_signal()
+                    outcome.append(0)
                 nursery.cancel_scope.cancel()
         if outcome and outcome[0] == "lost":
             print(f"paxosd lock: lock {key} lost (its lease expired)", file=sys.stderr)
