@@ -59,9 +59,11 @@ class _Conn:
 
     def __init__(self):
         self.replies = []
+        self.replied = trio.Event()
 
     def push(self, reply):
         self.replies.append(reply)
+        self.replied.set()
 
     push_alone = push
 
@@ -76,8 +78,7 @@ async def test_the_service_encodes_off_the_loop_cuts_chunks_and_forgets_the_olde
         await nursery.start(service.run)
         service.taken(conn, 1, None)
         with trio.fail_after(5):
-            while not conn.replies:
-                await trio.sleep(0.01)
+            await conn.replied.wait()
         nursery.cancel_scope.cancel()
     req_id, status, (snapshot_id, total, offset, data), _leader, revision = conn.replies[0]
     assert (req_id, status, offset, revision, len(data)) == (1, OK, 0, 7, 2048) and total > 2048

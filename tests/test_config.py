@@ -297,6 +297,12 @@ def test_member_needs_peer_and_client(tmp_path):
         ("limits: {max_clients: 0}\n", "limits.max_clients", "got 0"),
         ("metrics: {address: 9101}\n", "metrics.address", "host:port"),
         ("metrics: {address: 'localhost'}\n", "metrics.address", "host:port"),
+        ("http: {address: 127.0.0.1:7002}\n", "http.address", "already used by members.2.client"),
+        ("metrics: {address: 127.0.0.1:9100}\nhttp: {address: 127.0.0.1:9100}\n", "http.address",
+         "already used by metrics.address"),
+        ("http: {max_body_bytes: 2000000}\n", "http.max_body_bytes", "at most batching.max_batch"),
+        ("http: {timeout_ms: 0}\n", "http.timeout_ms", "a positive integer"),
+        ("http: {adress: 127.0.0.1:1}\n", "http.adress", "did you mean 'address'"),
         ("data_dir: 5\n", "data_dir", "a directory path"),
         ("data_dir: ''\n", "data_dir", "a directory path"),
         ("node_id: 4\n", "node_id", "expected one of the member ids (1, 2, 3), got 4"),
@@ -469,19 +475,6 @@ def test_the_default_body_limit_leaves_room_in_a_batch(tmp_path):
     config = load_config(write(tmp_path, with_extra("batching: {max_batch_bytes: 65536}\n"),
                                "h.yaml"))
     assert config.http_max_body_bytes == 65536 - 16384
-
-
-@pytest.mark.parametrize("extra, key, says", [
-    ("http: {address: 127.0.0.1:7002}\n", "http.address", "already used by members.2.client"),
-    ("metrics: {address: 127.0.0.1:9100}\nhttp: {address: 127.0.0.1:9100}\n", "http.address",
-     "already used by metrics.address"),
-    ("http: {max_body_bytes: 2000000}\n", "http.max_body_bytes", "at most batching.max_batch"),
-    ("http: {timeout_ms: 0}\n", "http.timeout_ms", "a positive integer"),
-    ("http: {adress: 127.0.0.1:1}\n", "http.adress", "did you mean 'address'"),
-])
-def test_a_bad_http_section_is_named(tmp_path, extra, key, says):
-    message = str(error_for(tmp_path, with_extra(extra)))
-    assert f"{key}: " in message and says in message
 
 
 def test_an_http_address_is_used_once_too(tmp_path):

@@ -207,7 +207,7 @@ def main() -> int:
                    help="appendEntriesUseBatch=True: commands wait for the next tick")
     p.add_argument("--json")
     args = p.parse_args()
-    import pysyncobj
+    import pysyncobj  # noqa: F401  (fail here, not in the nodes, if it is missing)
 
     ports = common.free_ports(2 * args.nodes)
     peer_ports, client_ports = ports[:args.nodes], ports[args.nodes:]
@@ -245,12 +245,20 @@ def main() -> int:
                 "notes": "log in memory (no journal file); appendEntriesUseBatch="
                          f"{args.batch}; front end: one TCP connection per client to the "
                          "leader, replies batched"}
-    r = common.report(f"PySyncObj {pysyncobj.__version__ if hasattr(pysyncobj, '__version__') else '0.3.17'}",
-                      writes, args.duration, settings,
-                      {k: round(after[k] - before[k], 3) for k in after if after[k] is not None},
-                      [round(o[3], 3) for o in outputs], sum(o[2] for o in outputs),
-                      "bench/peers/pysyncobj_bench.py " + " ".join(sys.argv[1:]),
-                      variant="pysyncobj-tcp")
+    return finish(args, "pysyncobj_bench.py", "pysyncobj-tcp", writes, settings,
+                  common.cpu_used(before, after), [round(o[3], 3) for o in outputs],
+                  sum(o[2] for o in outputs))
+
+
+def finish(args, script: str, variant: str, writes: list, settings: dict, nodes_cpu: dict,
+           clients_cpu: list, errors: int) -> int:
+    """Prints the run's report and writes it to ``args.json`` (if given), with the installed
+    PySyncObj's version and the command line of ``script`` (in bench/peers); the exit status (0)."""
+    import pysyncobj
+    version = getattr(pysyncobj, "__version__", None) or "0.3.17"
+    command = " ".join([f"bench/peers/{script}"] + sys.argv[1:])
+    r = common.report(f"PySyncObj {version}", writes, args.duration, settings, nodes_cpu,
+                      clients_cpu, errors, command, variant=variant)
     common.print_report(r)
     common.write_json(r, args.json)
     return 0

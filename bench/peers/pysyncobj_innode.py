@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from pysyncobj_bench import _make_kv  # noqa: E402
+from pysyncobj_bench import _make_kv, finish  # noqa: E402
 
 
 def _load(kv, in_flight: int, value_size: int, start_at: float, warmup: float,
@@ -145,14 +145,8 @@ def main() -> int:
                          "calling nodes (" + ("all" if args.all_nodes else "the leader") + "), "
                          "in_flight = calls outstanding per calling node; log in memory (no "
                          f"journal file); appendEntriesUseBatch={args.batch}"}
-    version = getattr(pysyncobj, "__version__", None) or "0.3.17"
-    r = common.report(f"PySyncObj {version}", writes, args.duration, settings,
-                      common.cpu_used(before, after), [], sum(o[2] for o in outputs),
-                      "bench/peers/pysyncobj_innode.py " + " ".join(sys.argv[1:]),
-                      variant="pysyncobj-innode")
-    common.print_report(r)
-    common.write_json(r, args.json)
-    return 0
+    return finish(args, "pysyncobj_innode.py", "pysyncobj-innode", writes, settings,
+                  common.cpu_used(before, after), [], sum(o[2] for o in outputs))
 
 
 if __name__ == "__main__":

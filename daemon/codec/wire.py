@@ -162,7 +162,6 @@ __all__ = [
     "decode_reply",
     "decode_request",
     "decode_snapshot_chunk",
-    "encode_snapshot_request",
     "encode_hello",
     "encode_peer",
     "encode_proof",
@@ -741,10 +740,6 @@ def _decode_snapshot_request(req_id, zero, offset, key, snapshot_id, arg2) -> Re
         raise _fail("request.arg1 (the snapshot id)", f"{SNAPSHOT_ID_BYTES} bytes or null",
                     snapshot_id)
     return Request(req_id, "snapshot", 0, offset, b"", snapshot_id, None)
-
-
-def encode_snapshot_request(req_id: int, offset: int, snapshot_id: bytes | None) -> list:
-    return [req_id, "snapshot", 0, offset, b"", snapshot_id, None]
 
 
 def decode_snapshot_chunk(obj, offset: int) -> tuple[bytes, int, bytes]:

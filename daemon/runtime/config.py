@@ -185,8 +185,9 @@ class HTTPSettings:
     own (None: no API unless the member sets ``members.N.http``; every port a node listens on
     is one the file names); the largest request body taken (None: ``batching.max_batch_bytes``
     less 16 KiB for the key and the command, or half of it if that is more: a command must fit
-    in one batch; a larger body is refused with 413 before it is read); and the deadline of one request's call into the cluster, retries included (past it,
-    503, or 504 for a write whose outcome is unknown)."""
+    in one batch; a larger body is refused with 413 before it is read); and the deadline of one
+    request's call into the cluster, retries included (past it, 503, or 504 for a write whose
+    outcome is unknown)."""
 
     address: Address | None = None
     max_body_bytes: int | None = None
@@ -270,18 +271,20 @@ class Config:
     def metrics_address(self, node_id: int | None = None) -> Address | None:
         """Where ``node_id`` (default: this node) serves /metrics: its own ``metrics`` address,
         else the file-wide ``metrics.address``; None: it serves none."""
-        if node_id is None:
-            node_id = self.node_id
-        own = self.member(node_id).metrics if node_id is not None else None
-        return own if own is not None else self.metrics.address
+        return self._listen_address("metrics", node_id)
 
     def http_address(self, node_id: int | None = None) -> Address | None:
         """Where ``node_id`` (default: this node) serves the HTTP/JSON API: its own ``http``
         address, else the file-wide ``http.address``; None: it serves none."""
+        return self._listen_address("http", node_id)
+
+    def _listen_address(self, role: str, node_id: int | None) -> Address | None:
+        """Member ``node_id``'s (default: this node's) own ``role`` address, else the
+        file-wide ``<role>.address``."""
         if node_id is None:
             node_id = self.node_id
-        own = self.member(node_id).http if node_id is not None else None
-        return own if own is not None else self.http.address
+        own = getattr(self.member(node_id), role) if node_id is not None else None
+        return own if own is not None else getattr(self, role).address
 
     @property
     def http_max_body_bytes(self) -> int:
@@ -507,9 +510,13 @@ def _path(base: Path) -> Callable[[_Parser, str, Any], Path]:
     return check
 
 
-def _optional_path(base: Path) -> Callable[[_Parser, str, Any], Path | None]:
-    check = _path(base)
+def _optional(check: Callable[[_Parser, str, Any], Any]) -> Callable[[_Parser, str, Any], Any]:
+    """``check``, with None (the key left out or null) taken as it is."""
     return lambda p, key, value: None if value is None else check(p, key, value)
+
+
+def _optional_path(base: Path) -> Callable[[_Parser, str, Any], Path | None]:
+    return _optional(_path(base))
 
 
 _TIMING_CHECKS = {
@@ -538,8 +545,7 @@ _WATCH_CHECKS = {
 _METRICS_CHECKS = {"address": _optional_address}
 _HTTP_CHECKS = {
     "address": _optional_address,
-    "max_body_bytes": lambda p, key, value: None if value is None
-    else _int_in(1, None, "bytes")(p, key, value),
+    "max_body_bytes": _optional(_int_in(1, None, "bytes")),
     "timeout_ms": _int_in(1, None, "milliseconds"),
 }
 _ROLES = ("peer", "client", "metrics", "http")  # the addresses a member listens on

@@ -50,14 +50,14 @@ from fastpath import BALLOT_CHOSEN, KeyRecord
 
 from daemon.codec.backup import Backup
 from daemon.core.acceptor import Acceptor
-from daemon.core.kv import KVStore, decode_image, encode_image
+from daemon.core.kv import KVStore, encode_image
 from daemon.core.membership import (CONFIG_CLIENT, MEMBERS_KEY, Configuration, Member,
                                     config_of_batch, decode_configuration, encode_configuration)
-from daemon.core.messages import NOOP, OK, SESSION_EXPIRED, Snapshot
+from daemon.core.messages import NOOP, OK, SESSION_EXPIRED
 from daemon.core.node import DurableState
-from daemon.runtime.storage import (MAX_INCARNATION, SNAPSHOT_FILE, WAL, WAL_FILE,
-                                    StorageError, new_incarnation, read_snapshot,
-                                    save_incarnation, write_snapshot)
+from daemon.runtime.server import load_snapshot
+from daemon.runtime.storage import (MAX_INCARNATION, WAL, WAL_FILE, StorageError,
+                                    new_incarnation, save_incarnation, write_snapshot)
 
 __all__ = ["restore_data_dir", "recover_data_dir"]
 
@@ -124,16 +124,9 @@ def restore_data_dir(backup: Backup, digest: str, config, directory: os.PathLike
 
 
 def _durable_state(directory: Path, records: list) -> DurableState:
-    """The acceptor state the node would start from: its snapshot and its log."""
-    found = read_snapshot(directory)
-    snapshot = None
-    if found is not None:
-        try:
-            snapshot = Snapshot(found[0], decode_image(found[1]))
-        except ValueError as exc:
-            raise StorageError(f"{directory / SNAPSHOT_FILE}: not a state machine image: "
-                               f"{exc}", path=directory / SNAPSHOT_FILE) from None
-    return DurableState.from_records(records, snapshot)
+    """The acceptor state the node would start from: its snapshot and its log (as the server
+    loads them)."""
+    return DurableState.from_records(records, load_snapshot(directory))
 
 
 def _own_addresses(kv: KVStore, node_id: int, config) -> tuple[str, str]:

@@ -62,7 +62,8 @@ from daemon.runtime.transport import Transport
 from daemon.runtime.watches import Watches
 from daemon.core.reads import RANGE_REPLY_MARGIN
 
-__all__ = ["Server", "core_config", "main", "run", "sd_notify", "serve", "watchdog_interval"]
+__all__ = ["Server", "core_config", "load_snapshot", "main", "run", "sd_notify", "serve",
+           "watchdog_interval"]
 
 TICK_INTERVAL = 0.010
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (see run)
@@ -219,7 +220,7 @@ class Server:
                     log=node_logger(self.id, "paxosd.storage")))
         try:
             durable = DurableState.from_records(records, await trio.to_thread.run_sync(
-                _load_snapshot, node_dir))
+                load_snapshot, node_dir))
             empty = not records and durable.snapshot is None
             self.incarnation, how = await trio.to_thread.run_sync(partial(
                 load_incarnation, node_dir, empty=empty, join=self.join,
@@ -685,7 +686,9 @@ def _mark_events(events: list) -> None:
             mark(f"core_peer_{name}{msg.sender}")
 
 
-def _load_snapshot(directory) -> Snapshot | None:
+def load_snapshot(directory) -> Snapshot | None:
+    """The snapshot in data directory ``directory`` with its image decoded (None: there is
+    none); StorageError naming the file if it is damaged or not a state machine image."""
     found = read_snapshot(directory)
     if found is None:
         return None
