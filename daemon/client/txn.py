@@ -22,8 +22,9 @@ from daemon.core.txn import TxnError, check_txn
 from daemon.client.client import OperationFailed, _as_bytes, _range_end, _range_flags, _range_response
 from daemon.client.leases import lease_refused
 
-__all__ = ["TxnResponse", "cas_txn", "compare_create", "compare_lease", "compare_mod",
-           "compare_value", "compare_version", "delete", "get_range", "put", "run_txn"]
+__all__ = ["COMPARES", "TxnResponse", "cas_txn", "compare_create", "compare_lease",
+           "compare_mod", "compare_value", "compare_version", "delete", "get_range", "put",
+           "run_txn"]
 
 # The bytes of a request besides its compares and ops (ids, op name, array heads).
 REQUEST_OVERHEAD = 64
@@ -56,6 +57,9 @@ compare_version = _compare("version")
 compare_create = _compare("create")
 compare_mod = _compare("mod")
 compare_lease = _compare("lease")
+# A compare's constructor by its target's name (the JSON and text forms name targets so).
+COMPARES = {"value": compare_value, "version": compare_version, "create": compare_create,
+            "mod": compare_mod, "lease": compare_lease}
 
 
 def put(key: str | bytes, value: str | bytes, lease: int = 0) -> list:

@@ -19,6 +19,7 @@ __all__ = ["header_int", "query_bytes", "query_flag", "query_int", "read_body", 
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _QUERY_SPLIT = re.compile(rb"[&;]")
+_QUERY_SCOPE = "paxosd.query"  # where _query keeps the parsed query in the ASGI scope
 
 
 def _decode(raw: bytes, what: str) -> bytes:
@@ -46,8 +47,12 @@ def path_key(request, prefix: str) -> bytes:
 
 
 def _query(request) -> dict[str, bytes]:
-    """The query's parameters (the last of a name given twice), values as bytes."""
-    out: dict[str, bytes] = {}
+    """The query's parameters (the last of a name given twice), values as bytes; parsed once
+    per request (a route asks for several)."""
+    out = request.scope.get(_QUERY_SCOPE)
+    if out is not None:
+        return out
+    out = {}
     for part in _QUERY_SPLIT.split(request.scope.get("query_string", b"")):
         if not part:
             continue
@@ -55,6 +60,7 @@ def _query(request) -> dict[str, bytes]:
         name_text = _decode(name.replace(b"+", b" "), "a query parameter's name").decode(
             "utf-8", "replace")
         out[name_text] = _decode(value.replace(b"+", b" "), f"query parameter {name_text!r}")
+    request.scope[_QUERY_SCOPE] = out
     return out
 
 

@@ -35,8 +35,6 @@ from daemon.gateway.spec import json_response, operation, problems
 
 __all__ = ["OPENAPI", "parse_txn", "routes"]
 
-_COMPARES = {"value": txn.compare_value, "version": txn.compare_version,
-             "create": txn.compare_create, "mod": txn.compare_mod, "lease": txn.compare_lease}
 _OP_FIELDS = {"put": {"key", "value", "lease"}, "delete": {"key", "range_end", "prefix"},
               "range": {"key", "range_end", "prefix", "limit", "keys_only", "count_only"}}
 
@@ -67,8 +65,9 @@ def _typed(obj: dict, name: str, kind: type, where: str, default):
 def _compare(obj, where: str) -> list:
     obj = _fields(obj, where, {"key", "target", "op", "operand"}, {"key", "target", "op"})
     target = obj["target"]
-    if target not in _COMPARES:
-        raise _bad(f"{where}.target", f"expected one of {', '.join(_COMPARES)}, got {target!r:.40}")
+    if target not in txn.COMPARES:
+        raise _bad(f"{where}.target",
+                   f"expected one of {', '.join(txn.COMPARES)}, got {target!r:.40}")
     operand = obj.get("operand")
     if target == "value":
         operand = None if operand is None else parse_bytes(operand, f"{where}.operand")
@@ -76,7 +75,7 @@ def _compare(obj, where: str) -> list:
         raise _bad(f"{where}.operand", f"{target} compares with an integer, got {operand!r:.40}")
     if obj["op"] not in ("=", "!=", "<", ">"):
         raise _bad(f"{where}.op", f"expected =, !=, < or >, got {obj['op']!r:.40}")
-    return _COMPARES[target](parse_bytes(obj["key"], f"{where}.key"), obj["op"], operand)
+    return txn.COMPARES[target](parse_bytes(obj["key"], f"{where}.key"), obj["op"], operand)
 
 
 def _op(obj, where: str) -> list:
