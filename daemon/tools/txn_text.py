@@ -30,8 +30,6 @@ from daemon.client import txn
 __all__ = ["TxnTextError", "kv_json", "kv_lines", "parse_txn_text", "result_json", "result_lines"]
 
 _COMPARE = re.compile(r'^\s*(\w+)\(\s*("(?:[^"\\]|\\.)*")\s*\)\s*(!=|=|<|>)\s*(.*?)\s*$')
-_COMPARES = {"value": txn.compare_value, "version": txn.compare_version,
-             "create": txn.compare_create, "mod": txn.compare_mod, "lease": txn.compare_lease}
 
 
 class TxnTextError(ValueError):
@@ -53,8 +51,8 @@ def _compare(line: str, where: str) -> list:
     if match is None:
         raise TxnTextError(f'{where}: expected TARGET("KEY") OP "OPERAND", got {line!r}')
     target, key, op, operand = match.groups()
-    if target not in _COMPARES:
-        raise TxnTextError(f"{where}: the target must be one of {', '.join(_COMPARES)}, "
+    if target not in txn.COMPARES:
+        raise TxnTextError(f"{where}: the target must be one of {', '.join(txn.COMPARES)}, "
                            f"got {target!r}")
     text = _string(operand, where) if operand.startswith('"') else operand
     if target == "value":
@@ -63,7 +61,7 @@ def _compare(line: str, where: str) -> list:
         value = int(text)
     else:
         raise TxnTextError(f"{where}: {target} compares with a whole number, got {operand!r}")
-    return _COMPARES[target](os.fsencode(_string(key, where)), op, value)
+    return txn.COMPARES[target](os.fsencode(_string(key, where)), op, value)
 
 
 def _op(line: str, where: str) -> list:
