@@ -116,7 +116,7 @@ def follower_chain(L: Marks, F: Marks, lid: int, fid: int, t: dict, r: int) -> d
     f["F.core_carried"] = F.first("core_carried", f["F.core_fed"], r)
     prev = f["F.core_fed"]
     for step in ("wal_wake", "wal_thread", "wal_written", "wal_synced", "wal_back",
-                 "core_durable", "gate_released"):
+                 "gate_released"):
         prev = f[f"F.{step}"] = F.first(step, prev, r)
     f["F.tx_wake"] = F.first(f"peer_tx_wake{lid}", f["F.gate_released"], r)
     f["F.tx_sent"] = F.first(f"peer_tx_sent{lid}", f["F.tx_wake"], r)
@@ -137,12 +137,14 @@ SEGMENTS = [
     ("leader core: submit, batch closes, Accept made (Node)", "L.core_client", "L.core_fed"),
     ("leader core: ready(), durability gate, queue WAL + Accept", "L.core_fed", "L.core_carried"),
     ("[leader WAL] core done -> WAL writer task wakes", "L.core_carried", "L.wal_wake"),
-    ("[leader WAL] writer task -> worker thread runs (to_thread hand-off)", "L.wal_wake",
-     "L.wal_thread"),
+    ("[leader WAL] writer task -> write starts (one yield inline, or to_thread hand-off)",
+     "L.wal_wake", "L.wal_thread"),
     ("[leader WAL] encode group + write()", "L.wal_thread", "L.wal_written"),
     ("[leader WAL] fdatasync", "L.wal_written", "L.wal_synced"),
-    ("[leader WAL] thread -> trio (to_thread return)", "L.wal_synced", "L.wal_back"),
-    ("[leader WAL] writer -> core loop (EV_DURABLE, inbox)", "L.wal_back", "L.core_durable"),
+    ("[leader WAL] sync done -> writer resumes (to_thread return; none inline)",
+     "L.wal_synced", "L.wal_back"),
+    ("[leader WAL] writer -> core loop (EV_DURABLE: its own vote)", "L.wal_back",
+     "L.core_durable"),
     ("[repl] core done -> peer sender task wakes", "L.core_carried", "F.L.tx_wake"),
     ("[repl] leader sender: encode + send_all", "F.L.tx_wake", "F.L.tx_sent"),
     ("[repl] leader sender wakes -> follower receive_some returns (wire)", "F.L.tx_wake",
@@ -152,12 +154,13 @@ SEGMENTS = [
     ("[repl] follower core: accept entries (Node)", "F.F.core_accept", "F.F.core_fed"),
     ("[repl] follower core: ready(), gate, queue WAL", "F.F.core_fed", "F.F.core_carried"),
     ("[repl] follower core done -> WAL writer task wakes", "F.F.core_carried", "F.F.wal_wake"),
-    ("[repl] follower writer -> worker thread runs (to_thread hand-off)", "F.F.wal_wake",
-     "F.F.wal_thread"),
+    ("[repl] follower writer -> write starts (one yield inline, or to_thread hand-off)",
+     "F.F.wal_wake", "F.F.wal_thread"),
     ("[repl] follower encode group + write()", "F.F.wal_thread", "F.F.wal_written"),
     ("[repl] follower fdatasync", "F.F.wal_written", "F.F.wal_synced"),
-    ("[repl] follower thread -> trio (to_thread return)", "F.F.wal_synced", "F.F.wal_back"),
-    ("[repl] follower writer -> core loop (EV_DURABLE) -> gate releases Accepted",
+    ("[repl] follower sync done -> writer resumes (to_thread return; none inline)",
+     "F.F.wal_synced", "F.F.wal_back"),
+    ("[repl] follower writer -> gate releases Accepted (in the writer's task)",
      "F.F.wal_back", "F.F.gate_released"),
     ("[repl] follower core -> peer sender task wakes", "F.F.gate_released", "F.F.tx_wake"),
     ("[repl] follower sender wakes -> leader receive_some returns (encode, wire)",

@@ -6,9 +6,9 @@ record payloads (``daemon.codec.records.encode_record``; recovery decodes them w
 stay in an unsynced tail until a sync; a crash keeps all of that tail, none of it, or a prefix
 of it (a write cut part-way: recovery cuts a torn record, so what survives is a prefix).
 
-A ``NodeStorage`` is one node's disk, durability gate (daemon.runtime.durability) and WAL writer. The
-writer does what ``Server._wal_writer`` does: it takes every record handed over since its last
-write as one group; a group of CommitRecords alone is appended and reported durable at once (no
+A ``NodeStorage`` is one node's disk, durability gate (daemon.runtime.durability) and WAL
+writer. The writer does what the daemon's (daemon.runtime.walwriter) does: it takes every record
+handed over since its last write as one group; a group of CommitRecords alone is appended and reported durable at once (no
 fsync: nothing sent waits on it); any other group is appended and synced, and at each Snapshot
 in it: sync, write the snapshot file, then rotate the log to the snapshot's checkpoint. Sync,
 snapshot write and rotation are separate steps (``Step``), each taking time, with a crash

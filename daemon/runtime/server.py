@@ -51,7 +51,7 @@ from daemon.runtime.backup import SnapshotService
 from daemon.runtime.clients import ClientPort
 from daemon.runtime.durability import DurabilityGate
 from daemon.runtime.log import node_logger, setup as setup_logging
-from daemon.core.messages import (NOT_LEADER, Accept, CommitRecord, IncarnationChosen,
+from daemon.core.messages import (NOT_LEADER, Accept, IncarnationChosen,
                                   Snapshot)
 from daemon.runtime.metrics import NodeMetrics
 from daemon.core.kv import RangeResult, decode_image, encode_image
@@ -59,6 +59,7 @@ from daemon.runtime.storage import (SNAPSHOT_FILE, WAL, StorageError, load_incar
                             save_incarnation, write_snapshot)
 from daemon.runtime.timeline import ENABLED as TIMELINE, mark
 from daemon.runtime.transport import Transport
+from daemon.runtime.walwriter import WalWriter
 from daemon.runtime.watches import Watches
 from daemon.core.reads import RANGE_REPLY_MARGIN
 
@@ -68,16 +69,12 @@ __all__ = ["Server", "core_config", "load_snapshot", "main", "run", "sd_notify",
 TICK_INTERVAL = 0.010
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (see run)
 INBOX_CAPACITY = 1024  # events (each a list of messages or requests) waiting for the core
-SLOW_FSYNC = 0.100  # seconds; a slower WAL sync is logged
-SLOW_FSYNC_LOG_INTERVAL = 10.0  # seconds; slow syncs in between are counted, said in one line
-# Seconds the WAL writer stays idle before it seals the synced-length marker (see _wal_writer).
-IDLE_SEAL_DELAY = 0.010
 
 # Inbox event kinds.
 EV_PEER = 0  # payload: list of validated peer messages
 EV_CLIENT = 1  # payload: list of (is_read, tag, command tuple | key)
 EV_TICK = 2
-EV_DURABLE = 3  # the WAL writer made progress (Server._wal_durable)
+EV_DURABLE = 3  # the WAL writer released the core's own votes (Server._wal_progress)
 EV_TRANSFER = 4  # payload: (tag, node id to hand leadership to)
 EV_MEMBER = 5  # payload: (tag, ("add", id, peer, client) | ("remove", id))
 EV_WATCH = 6  # payload: (connection, a "watch" or "unwatch" wire.Request)
@@ -167,12 +164,9 @@ class Server:
                                    node_logger(self.id, "paxosd.transport"))
         self._self_msgs: deque = deque()
         self._tick_pending = False
-        # The WAL writer: records handed over but not yet written. The gate numbers the
-        # hand-overs (one per ready with records; _gate.handed is the last) and holds Promise
-        # and Accepted until the writer reports them durable (_wal_durable, the last made so).
-        self._wal_pending: list = []
-        self._wal_durable = 0
-        self._wal_has_work = trio.Event()
+        # The gate numbers the hand-offs to the WAL writer (once the WAL is open) and holds
+        # Promise and Accepted until the writer reports them durable.
+        self.writer: WalWriter | None = None
         self._gate = DurabilityGate()
         send = self._inbox_send.send
         self.clients = ClientPort(
@@ -196,8 +190,6 @@ class Server:
         self._counted_commit = 0
         self._counted_kv = None
         self._counted_applied = 0
-        self._slow_fsyncs = 0  # slow syncs not yet logged
-        self._slow_fsync_logged = -SLOW_FSYNC_LOG_INTERVAL
         self.cancel_scope: trio.CancelScope | None = None
         # Set before a clean stop: the services finish what they serve and return (drain).
         self.stopping = trio.Event()
@@ -218,6 +210,9 @@ class Server:
         self.wal, records = await trio.to_thread.run_sync(
             partial(WAL.open, node_dir, fsync=config.storage.fsync,
                     log=node_logger(self.id, "paxosd.storage")))
+        self.writer = WalWriter(self.wal, fsync=config.storage.fsync, metrics=self.metrics,
+                                log=self.log, write_special=self._write_with_snapshots,
+                                on_durable=self._wal_progress, core_busy=self._core_busy)
         try:
             durable = DurableState.from_records(records, await trio.to_thread.run_sync(
                 load_snapshot, node_dir))
@@ -253,7 +248,7 @@ class Server:
                     await nursery.start(self.transport.run)
                     await nursery.start(self.clients.run)
                     nursery.start_soon(self._core_loop)
-                    nursery.start_soon(self._wal_writer)
+                    nursery.start_soon(self.writer.run)
                     nursery.start_soon(self._ticker)
                     await nursery.start(self.clients.snapshots.run)
                     me = config.member(self.id)
@@ -328,9 +323,10 @@ class Server:
         if wal is None:
             return
         try:
-            if self._wal_pending and not wal.failed:
-                self._write_with_snapshots(self._wal_pending)
-                self._wal_pending = []
+            writer = self.writer
+            if writer is not None and writer.pending and not wal.failed:
+                self._write_with_snapshots(writer.pending)
+                writer.pending = []
             if not wal.failed:
                 wal.close()
                 self.log.info("WAL flushed and closed")
@@ -409,7 +405,7 @@ class Server:
                         # Pinged from the core loop itself: a wedged loop stops the pings.
                         self._next_watchdog = now + self._watchdog
                         sd_notify(f"WATCHDOG=1\nSTATUS={status_line(self.node)}", self.log)
-                # EV_DURABLE only wakes us: the release below reads _wal_durable.
+                # EV_DURABLE only wakes us for self_msgs (see _wal_progress).
             self._release_durable()
             while self_msgs:
                 node.receive(self_msgs.popleft(), now)
@@ -433,8 +429,7 @@ class Server:
         """Carry out one ``Ready`` in the contract's order, through the durability gate."""
         handoff = self._gate.take(ready)
         if handoff.seq:
-            self._wal_pending.extend(handoff.records)
-            self._wal_has_work.set()
+            self.writer.hand(handoff.seq, handoff.records)
         if handoff.send:
             self._send(handoff.send)
         if handoff.replies:
@@ -454,9 +449,10 @@ class Server:
                 send(dest, msg)
 
     def _release_durable(self) -> None:
-        """Send what the WAL writer's progress (_wal_durable) lets the gate release."""
-        if self._gate.durable_seq < self._wal_durable:
-            released = self._gate.durable(self._wal_durable)
+        """Send what the WAL writer's progress lets the gate release."""
+        durable = self.writer.durable
+        if self._gate.durable_seq < durable:
+            released = self._gate.durable(durable)
             if released:
                 if TIMELINE:
                     mark("gate_released")
@@ -543,75 +539,22 @@ class Server:
             self.metrics.applied.inc(kv.applied_commands - self._counted_applied)
         self._counted_kv, self._counted_applied = kv, kv.applied_commands
 
-    # -- the WAL writer --------------------------------------------------------------------------
+    # -- the WAL writer's side ------------------------------------------------------------------
 
-    async def _wal_writer(self) -> None:
-        wal = self.wal
-        in_thread = self.config.storage.fsync
-        while True:
-            if not self._wal_pending:
-                await self._wal_has_work.wait()
-            if TIMELINE:
-                mark("wal_wake")
-            self._wal_has_work = trio.Event()
-            if not self._wal_pending:
-                continue
-            # Whatever the core hands over while this write runs waits for the next one.
-            records, self._wal_pending = self._wal_pending, []
-            target = self._gate.handed
-            before = wal.written_bytes
-            if any(type(r) is Snapshot or type(r) is IncarnationChosen for r in records):
-                seconds = await trio.to_thread.run_sync(self._write_with_snapshots, records)
-            elif in_thread and all(type(r) is CommitRecord for r in records):
-                # Nothing sent waits on a commit index, and one lost in a crash is learned
-                # again: it rides on the next fsync instead of delaying the next Accept's.
-                wal.append(records)
-                seconds = None
-            elif in_thread:
-                seconds = await trio.to_thread.run_sync(_append_and_sync, wal, records)
-                if TIMELINE:
-                    mark("wal_back")
-            else:
-                seconds = _append_and_sync(wal, records)
-            after = wal.written_bytes
-            # A snapshot starts the log afresh: then all of the new log was written.
-            self.metrics.wal_bytes.inc(after - before if after >= before else after)
-            if in_thread and seconds is not None:
-                self.metrics.fsync.observe(seconds)
-                if seconds > SLOW_FSYNC:
-                    self._slow_fsync(seconds, len(records))
-            self._wal_durable = target
-            await self._inbox_send.send((EV_DURABLE, target))
-            if in_thread and not self._wal_pending:
-                # Idle: make the synced-length marker cover what was just synced, so damage
-                # to the last synced group is found on restart (daemon.runtime.storage), off the
-                # path of anything waiting for durability. Only once idle for IDLE_SEAL_DELAY:
-                # sealed at once, this second fsync held the next write behind it whenever the
-                # next command came within it (one command at a time: nearly always). A
-                # writer that is never idle that long is sealed by WAL.sync, at least every
-                # storage.MARKER_SEAL_INTERVAL, as under any steady load.
-                with trio.move_on_after(IDLE_SEAL_DELAY):
-                    await self._wal_has_work.wait()
-                if not self._wal_pending:
-                    if TIMELINE:
-                        mark("seal_start")
-                    await trio.to_thread.run_sync(wal.seal)
-                    if TIMELINE:
-                        mark("seal_done")
+    def _wal_progress(self) -> None:
+        """The WAL writer made hand-offs durable (called in its task, between core turns):
+        send what the gate releases now, without a hop through the inbox; wake the core only
+        when some of it is the core's own (a leader's vote for itself)."""
+        self._release_durable()
+        if self._self_msgs:
+            try:
+                self._inbox_send.send_nowait((EV_DURABLE, None))
+            except trio.WouldBlock:
+                pass  # the inbox is full: the core's next turn takes them anyway
 
-    def _slow_fsync(self, seconds: float, records: int) -> None:
-        """Log a slow fsync, at most once per SLOW_FSYNC_LOG_INTERVAL (a slow disk is slow for
-        every group commit: one line says it, with how many were slow since the last line)."""
-        self._slow_fsyncs += 1
-        now = trio.current_time()
-        if now - self._slow_fsync_logged < SLOW_FSYNC_LOG_INTERVAL:
-            return
-        since = (f"; {self._slow_fsyncs - 1} more slower than {SLOW_FSYNC * 1000:.0f} ms since "
-                 f"the last report" if self._slow_fsyncs > 1 else "")
-        self.log.warning("slow WAL fsync: %.0f ms for %d records%s", seconds * 1000, records,
-                         since)
-        self._slow_fsyncs = 0
-        self._slow_fsync_logged = now
+    def _core_busy(self) -> bool:
+        """Whether the core has work waiting (the WAL writer then keeps its fsync off-thread)."""
+        return bool(self._self_msgs) or self._inbox_recv.statistics().current_buffer_used > 0
 
     # -- the ticker ------------------------------------------------------------------------------
 
@@ -654,18 +597,6 @@ def snapshot_state(node) -> tuple:
     (daemon.runtime.backup); called in the core loop."""
     return (node.applied_index, node.kv.image(),
             [m.as_list() for m in node.configuration.members])
-
-
-def _append_and_sync(wal: WAL, records: list) -> float:
-    if TIMELINE:
-        mark("wal_thread")
-        wal.append(records)
-        mark("wal_written")
-        seconds = wal.sync()
-        mark("wal_synced")
-        return seconds
-    wal.append(records)
-    return wal.sync()
 
 
 _EVENT_MARKS = {EV_CLIENT: "core_client", EV_TICK: "core_tick", EV_DURABLE: "core_durable",
