@@ -741,11 +741,16 @@ async def _until_signal(work) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def stop_signal() -> None:
-    """Return once SIGINT or SIGTERM arrives (Ctrl-C, systemd's stop), handled from then on."""
+def stop_signals():
+    """A receiver of SIGINT and SIGTERM (Ctrl-C, systemd's stop), handled while it is open."""
     import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    return trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def stop_signal() -> None:
+    """Return once SIGINT or SIGTERM arrives, handled from then on."""
+    with stop_signals() as signals:
         async for _ in signals:
             return
 

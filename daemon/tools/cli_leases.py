@@ -15,6 +15,7 @@ where they run: cli imports this module to register the commands).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -130,29 +131,33 @@ def cmd_lease_keepalive(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client, stop_signal
+    from daemon.tools.cli import EXIT_FAILED, _arg_bytes, _run_client, stop_signals
     command = args.run
 
     async def locked(client) -> int:
         import trio
         async with client.lock(_arg_bytes(args.name), ttl=args.ttl) as held:
             key = held.key.decode("utf-8", "backslashreplace")
-            if args.json:
-                _print_json({"key": key, "revision": held.revision})
-            else:
-                print(key, flush=True)
-            async with trio.open_nursery() as nursery:
-                outcome = []
-                nursery.start_soon(_until_lost, held, nursery.cancel_scope, outcome)
-                if command:
-                    env = dict(os.environ, PAXOSD_LOCK_KEY=key,
-                               PAXOSD_LOCK_REVISION=str(held.revision))
-                    done = await trio.run_process(command, check=False, env=env)
-                    outcome.append(done.returncode)
+            # Without a command, SIGINT/SIGTERM release the lock: handled from before the key
+            # is printed, so a signal sent as soon as it is seen does not kill the process.
+            with contextlib.nullcontext() if command else stop_signals() as signals:
+                if args.json:
+                    _print_json({"key": key, "revision": held.revision})
                 else:
-                    await stop_signal()
-                    outcome.append(0)
-                nursery.cancel_scope.cancel()
+                    print(key, flush=True)
+                async with trio.open_nursery() as nursery:
+                    outcome = []
+                    nursery.start_soon(_until_lost, held, nursery.cancel_scope, outcome)
+                    if command:
+                        env = dict(os.environ, PAXOSD_LOCK_KEY=key,
+                                   PAXOSD_LOCK_REVISION=str(held.revision))
+                        done = await trio.run_process(command, check=False, env=env)
+                        outcome.append(done.returncode)
+                    else:
+                        async for _ in signals:
+                            break
+                        outcome.append(0)
+                    nursery.cancel_scope.cancel()
         if outcome and outcome[0] == "lost":
             print(f"paxosd lock: lock {key} lost (its lease expired)", file=sys.stderr)
             return EXIT_FAILED
