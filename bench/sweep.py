@@ -14,9 +14,12 @@ client (bench/peers/etcd_native.py), one after the other, the two systems altern
               always on in etcd 3.4) at --fixed-in-flight
     watch     --watchers (default 0, 100, 1000) watches of every key written, with writers at
               --watch-in-flight: changes delivered per second and the writers' commits/s
-    reads     --read-ratio of the operations reads at --fixed-in-flight: paxosd's point reads
-              ("get"; `paxosd bench` has no range load), etcd's point reads and its ranges of
-              up to --range-limit keys
+    reads     --read-ratio of the operations reads at --fixed-in-flight, for both systems: point
+              reads ("get" of a random key of 100,000, most never written) and ranges of up to
+              --range-limit keys from a random key on (`paxosd bench --range-limit`, etcd's
+              Get WithFromKey WithLimit): reads/s, keys returned/s, read p99 and the writers'
+              commits/s. paxosd bench writes every key once before its ranges (so they are
+              full); etcd's ranges find the keys its writers wrote (about 98% full at 100)
 
 Every point's report is written as bench/results/<stamp>-sweep-<group>-<system>-<x>.json (the
 report of the tool that ran it, plus a "sweep" section: the exact command, the load average
@@ -110,7 +113,7 @@ def _watch(args, s: str) -> list[Point]:
 def _reads(args, s: str) -> list[Point]:
     ratio = ["--read-ratio", str(args.read_ratio)]
     out = [Point("reads", s, "get", _load(s, args.fixed_in_flight, ratio)[1])]
-    if s == "etcd" and args.range_limit:  # paxosd bench has no range load
+    if args.range_limit:
         out.append(Point("reads", s, f"range{args.range_limit}", _load(
             s, args.fixed_in_flight, ratio + ["--range-limit", str(args.range_limit)])[1]))
     return out
@@ -201,26 +204,19 @@ def summary(report: dict, system: str) -> dict:
            "cpu_us_per_commit": report.get("cpu_us_per_commit"),
            "nodes": settings.get("nodes"), "fsync": settings.get("fsync"),
            "value_size": settings.get("value_size")}
-    if system == "paxosd":
-        if report.get("reads"):
-            # paxosd bench's reads are "get"s of a random key of 100,000 and it does not
-            # count the keys found: no keys/s here.
-            out.update(reads_per_s=report["reads_per_s"],
-                       read_p99_ms=(report.get("read_latency_ms") or {}).get("p99"))
-        watch = report.get("watch")
-        if watch:
-            out.update(watchers=watch["watchers"], watch_started=watch["started"],
-                       watch_events_per_s=watch["events"] / duration,
-                       watch_cut_off=watch["cut_off"])
-    else:
-        reads, watch = report.get("reads"), report.get("watch")
-        if reads:
-            out.update(reads_per_s=reads["reads_per_s"], read_keys_per_s=reads["keys_per_s"],
-                       read_p99_ms=(reads.get("latency_ms") or {}).get("p99"))
-        if watch:
-            out.update(watchers=watch["watchers"], watch_started=watch["started"],
-                       watch_events_per_s=watch["events_per_s"],
-                       watch_cut_off=watch["canceled"])
+    reads = report.get("reads")  # one shape in both tools' reports (etcdbench's)
+    if reads:
+        out.update(reads_per_s=reads["reads_per_s"], read_keys_per_s=reads["keys_per_s"],
+                   read_keys_per_read=(reads["keys_per_s"] / reads["reads_per_s"]
+                                       if reads["reads_per_s"] else None),
+                   read_p99_ms=(reads.get("latency_ms") or {}).get("p99"))
+    watch = report.get("watch")
+    if watch and system == "paxosd":
+        out.update(watchers=watch["watchers"], watch_started=watch["started"],
+                   watch_events_per_s=watch["events"] / duration, watch_cut_off=watch["cut_off"])
+    elif watch:
+        out.update(watchers=watch["watchers"], watch_started=watch["started"],
+                   watch_events_per_s=watch["events_per_s"], watch_cut_off=watch["canceled"])
     if out.get("watchers") and out["commits_per_s"]:
         # Of the changes committed in the interval times the watchers, the share delivered in
         # it: below 1, the watchers fell behind the writers (or were cut off).
@@ -284,7 +280,8 @@ def parse_args(argv=None):
     p.add_argument("--watchers", type=_ints, default=[0, 100, 1000])
     p.add_argument("--watch-in-flight", type=int, default=1000, help="the writers' in flight")
     p.add_argument("--read-ratio", type=float, default=0.9)
-    p.add_argument("--range-limit", type=int, default=100, help="etcd's ranges (0: none)")
+    p.add_argument("--range-limit", type=int, default=100,
+                   help="keys per range of the reads group, both systems (0: gets only)")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--budget", type=float, default=21 * 60,

@@ -93,8 +93,8 @@ def _bars(ax, categories: list, sections, group, key, ylabel, names=None) -> Non
             x = i + (j - (len(systems) - 1) / 2) * width
             ax.bar(x, value, width, color=COLORS[system], label=label)
             label = None
-            ax.annotate(f"{value:,.0f}", (x, value), fontsize=7, ha="center",
-                        textcoords="offset points", xytext=(0, 2))
+            ax.annotate(f"{value:,.0f}" if value >= 10 else f"{value:.2g}", (x, value),
+                        fontsize=7, ha="center", textcoords="offset points", xytext=(0, 2))
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels([(names or {}).get(c, str(c)) for c in categories], fontsize=8)
     ax.set_ylabel(ylabel)
@@ -118,7 +118,7 @@ def _categories(sections, group, order=None) -> list:
 def _panels(plt, sections, group, panels, title, path: Path, names=None, order=None) -> Path:
     """One bar panel per (summary key, y label) of ``panels``."""
     cats = _categories(sections, group, order)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(5.5 * len(panels), 18), 4))
     axes = axes if len(panels) > 1 else [axes]
     for ax, (key, ylabel) in zip(axes, panels):
         _bars(ax, cats, sections, group, key, ylabel, names)
@@ -160,11 +160,11 @@ def plot_all(sections: list[dict], out_dir: Path, stamp: str, note: str = "") ->
                                _watch_names(sections)))
     if "reads" in groups:
         written.append(_panels(plt, sections, "reads",
-                               [("reads_per_s", "reads/s"),
-                                ("read_keys_per_s", "keys returned/s (etcd counts them)"),
+                               [("reads_per_s", "reads/s"), ("read_keys_per_s", "keys returned/s"),
+                                ("read_p99_ms", "read p99 latency (ms)"),
                                 ("commits_per_s", "writers' commits/s")],
-                               "reads mixed with writes, 3 nodes, fsync on (reads of random "
-                               "keys, most never written)" + tail,
+                               "reads mixed with writes, 3 nodes, fsync on: gets of random keys "
+                               "(most never written), ranges from a random key on" + tail,
                                out_dir / f"{stamp}-sweep-reads.png", _read_names(sections)))
     return written
 

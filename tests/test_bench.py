@@ -11,7 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.tools.bench import local_config, percentile
+import argparse
+import time
+
+import pytest
+
+from daemon.client.client import SyncClient
+from daemon.tools import bench
+from daemon.tools.bench import KEYSPACE, LocalCluster, find_leader, local_config, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +55,70 @@ def test_a_short_bench_commits_and_reports(tmp_path):
         assert key in rows, (key, result.stdout)
     assert f"{report['commits_per_s']:,.0f}" in rows["commits/s"]
     assert all(word in rows["latency ms"] for word in ("p50", "p90", "p99", "p99.9", "max"))
+
+
+def test_a_short_range_bench_returns_full_ranges_and_reports_them(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.tools.cli", "bench", "--duration", "1.5", "--warmup", "0.3",
+         "--clients", "1", "--in-flight", "20", "--read-ratio", "0.5", "--range-limit", "10",
+         "--quiet", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    s = report["settings"]
+    assert (s["read_ratio"], s["range_limit"], s["preloaded_keys"]) == (0.5, 10, KEYSPACE)
+    assert report["commits"] > 0 and report["commits_per_s"] > 0  # the writers go on
+    reads = report["reads"]  # the shape bench/peers/etcdbench reports (bench/sweep.py reads both)
+    assert reads["reads"] > 0 and reads["reads_per_s"] > 0
+    assert reads["keys"] > 0 and reads["keys_per_s"] > 0
+    assert (reads["read_ratio"], reads["range_limit"]) == (0.5, 10)
+    # Every key is there: a range is short only when it starts among the last 9 keys in order.
+    assert 9.5 <= reads["keys_per_read_mean"] <= 10
+    lat = reads["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert report["errors"] == 0, report["error_kinds"]
+    assert "keys/s returned" in result.stdout and "read latency ms" in result.stdout
+    assert "ranges of <= 10 keys over 100,000 preloaded" in result.stdout
+
+
+def test_the_preload_writes_every_key_of_the_keyspace():
+    cluster = LocalCluster(3)
+    try:
+        endpoints = cluster.start()
+        leader = find_leader(endpoints, time.monotonic() + 30)
+        assert bench.preload(leader, 8, time.monotonic() + 120) == KEYSPACE
+        with SyncClient(endpoints, timeout=10) as client:
+            found = client.range(b"k", prefix=True, count_only=True)
+            assert found.count == KEYSPACE
+            assert client.get(b"k%d" % (KEYSPACE - 1)) is not None
+            assert client.get(b"k%d" % KEYSPACE) is None
+    finally:
+        cluster.stop()
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paxosd bench")
+    bench.add_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("value", ["-1", "ten", "2.5"])
+def test_a_bad_range_limit_is_refused_naming_the_option(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench_parser().parse_args(["--read-ratio", "0.5", "--range-limit", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --range-limit" in err and repr(value) in err
+
+
+def test_a_range_limit_without_reads_is_refused_before_any_cluster_starts(capsys):
+    args = _bench_parser().parse_args(["--range-limit", "100"])
+    assert args.read_ratio == 0 and args.range_limit == 100
+    assert bench.run(args) == 2
+    err = capsys.readouterr().err
+    assert "--range-limit" in err and "--read-ratio" in err
+    assert _bench_parser().parse_args([]).range_limit == 0  # the default: gets
 
 
 def test_percentiles_are_nearest_rank():

@@ -38,14 +38,14 @@ def fake_sections() -> list[dict]:
         out.append(_section("watch", system, 0, scale * 20000, 40.0))
         out.append(_section("watch", system, 1000, scale * 5000, 90.0, watchers=1000,
                             watch_started=1000, watch_events_per_s=scale * 5e6, watch_cut_off=0))
-        keys = {"read_keys_per_s": 600.0} if system == "etcd" else {}  # paxosd: not counted
         out.append(_section("reads", system, "get", scale * 2000, 8.0, reads_per_s=scale * 18000,
-                            read_p99_ms=4.0, **keys))
+                            read_keys_per_s=scale * 600.0, read_p99_ms=4.0))
+        out.append(_section("reads", system, "range100", scale * 900.0, 20.0,
+                            reads_per_s=scale * 8000.0, read_keys_per_s=scale * 800000.0,
+                            read_p99_ms=12.0))
     for label in ("3n-fsync-on", "3n-fsync-off", "5n-fsync-on", "5n-fsync-off"):
         out.append(_section("config", "paxosd", label, 20000.0, 10.0))
     out.append(_section("config", "etcd", "3n-fsync-on", 8000.0, 30.0))
-    out.append(_section("reads", "etcd", "range100", 900.0, 20.0, reads_per_s=8000.0,
-                        read_keys_per_s=800000.0, read_p99_ms=12.0))
     return out
 
 
@@ -59,6 +59,7 @@ def test_the_plots_and_the_table_are_drawn_from_a_fake_sweep(tmp_path):
     table = sweep_plot.markdown(sections).splitlines()
     assert len(table) == 2 + len(sections)
     assert any("| range100 | etcd |" in row and "800,000" in row for row in table)
+    assert any("| range100 | paxosd |" in row and "2,400,000" in row for row in table)
 
 
 def test_plot_only_redraws_from_the_files_a_sweep_writes(tmp_path):
@@ -87,7 +88,29 @@ def test_the_plan_spreads_the_totals_as_the_tools_do():
     ]
     args = sweep.parse_args(["--groups", "config,reads", "--systems", "paxosd"])
     assert [p.x for p in sweep.plan(args)] == ["3n-fsync-on", "3n-fsync-off", "5n-fsync-on",
-                                               "5n-fsync-off", "get"]
+                                               "5n-fsync-off", "get", "range100"]
+    args = sweep.parse_args(["--groups", "reads", "--range-limit", "50", "--read-ratio", "0.8"])
+    got = [(p.system, p.x, p.options) for p in sweep.plan(args)]
+    ranges = ["--read-ratio", "0.8", "--range-limit", "50"]
+    assert got[2:] == [("paxosd", "range50", ["--clients", "2", "--in-flight", "50", *ranges]),
+                       ("etcd", "range50", ["--clients", "10", "--in-flight", "10", *ranges])]
+    args = sweep.parse_args(["--groups", "reads", "--range-limit", "0"])
+    assert [(p.system, p.x) for p in sweep.plan(args)] == [("paxosd", "get"), ("etcd", "get")]
+
+
+def test_the_summary_reads_both_tools_reads_in_one_shape():
+    """paxosd bench's "reads" section is etcdbench's: one summary for both systems."""
+    reads = {"reads": 900, "reads_per_s": 300.0, "keys": 90000, "keys_per_s": 30000.0,
+             "keys_per_read_mean": 100.0, "latency_ms": {"p50": 2.0, "p99": 7.5},
+             "read_ratio": 0.9, "range_limit": 100}
+    for system in sweep.SYSTEMS:
+        report = {"commits_per_s": 50.0, "latency_ms": {"p50": 3.0, "p99": 9.0},
+                  "settings": {"duration_s": 3.0}, "reads": reads}
+        got = sweep.summary(report, system)
+        assert (got["reads_per_s"], got["read_keys_per_s"], got["read_keys_per_read"],
+                got["read_p99_ms"], got["commits_per_s"]) == (300.0, 30000.0, 100.0, 7.5, 50.0)
+    report = {"commits_per_s": 50.0, "latency_ms": {}, "settings": {}, "reads": None}
+    assert "reads_per_s" not in sweep.summary(report, "paxosd")
 
 
 def test_bad_lists_are_refused_naming_what_was_wrong(capsys):

@@ -17,6 +17,16 @@ latency percentiles count the commands whose reply arrives inside the measured i
 latency that at least 99% of the commands did not exceed. CPU time is counted over the measured
 interval only, for every process: the nodes (local cluster) and the clients.
 
+``--read-ratio R`` makes that fraction of the operations linearizable reads of a random key of
+the KEYSPACE keys the writers write (k0 .. k99999): "get"s of that one key, or with
+``--range-limit N`` ranges of up to N keys from it on, in key order (a "range" request with no
+end: the keys >= that key, at most N, values included), as bench/peers/etcdbench does with
+etcd's Get(key, WithFromKey(), WithLimit(N)). Ranges need keys to return, so with
+``--range-limit`` every key of the keyspace is written once before the load starts (not
+measured): a range then returns N keys unless it starts among the N - 1 last keys in key order.
+The report gives the reads per second, the keys they returned per second (a get returns one
+key or none), the mean keys per read and the read latency.
+
 ``--watchers N`` adds N watches of every key the writers write, spread over the nodes and read
 by a process of their own (daemon.tools.bench_watch): the report adds the changes delivered
 per second, and the watches the servers cut off as too slow, if any.
@@ -54,6 +64,7 @@ PROGRESS_EVERY = 1.0  # seconds between progress lines
 STATUS_EVERY = 0.25  # seconds between samples of the leader's status
 BUCKET = 0.25  # seconds per bucket of the throughput-over-time series
 KEYSPACE = 100_000
+PRELOAD_IN_FLIGHT = 500  # puts outstanding while --range-limit's keyspace is written
 # Settings that name files (daemon.runtime.config), resolved against the directory of their file.
 PATH_KEYS = (("auth", ("secret_file",)), ("tls", ("ca", "cert", "key")),
              ("client_tls", ("ca", "cert", "key")))
@@ -122,12 +133,13 @@ class _Worker:
     """The state of one client process's closed loop (see ``_worker``): ``in_flight`` commands
     outstanding, each on a session of its own, and what was measured of them."""
 
-    def __init__(self, in_flight: int, value_size: int, read_ratio: float, measure_from: float,
-                 stop_at: float) -> None:
+    def __init__(self, in_flight: int, value_size: int, read_ratio: float, range_limit: int,
+                 measure_from: float, stop_at: float) -> None:
         self.rng = random.Random(os.urandom(16))
         self.value = self.rng.randbytes(value_size)
         self.keys = [b"k%d" % i for i in range(KEYSPACE)]
         self.read_ratio = read_ratio
+        self.range_limit = range_limit
         self.measure_from = measure_from
         self.stop_at = stop_at
         # Outstanding command i: session sessions[i] at seq seqs[i]; request[i] is its request
@@ -140,6 +152,7 @@ class _Worker:
         self.next_req = 1
         self.writes = array("d")  # latency in seconds of each write answered inside the interval
         self.reads = array("d")
+        self.read_keys = 0  # keys the reads answered inside the interval returned
         self.buckets: dict[int, int] = {}  # BUCKET-long interval since measuring began -> writes
         self.errors: dict[str, int] = {}
         self.redirects = 0
@@ -149,11 +162,16 @@ class _Worker:
         self.leader_hint: str | None = None
 
     def fresh(self, i: int, now: float) -> list:
-        """A new command for outstanding slot ``i``: a read or the session's next write."""
+        """A new command for outstanding slot ``i``: a read (a get, or a range of up to
+        range_limit keys from a random key on) or the session's next write."""
         self.first_sent[i] = now
         rng = self.rng
         if self.read_ratio and rng.random() < self.read_ratio:
-            req = encode_request(0, "get", 0, 0, self.keys[rng.randrange(KEYSPACE)])
+            key = self.keys[rng.randrange(KEYSPACE)]
+            if self.range_limit:  # [req_id, "range", limit, flags, key, end b"" (no end), null]
+                req = encode_request(0, "range", self.range_limit, 0, key, b"")
+            else:
+                req = encode_request(0, "get", 0, 0, key)
         else:
             self.seqs[i] += 1
             req = encode_request(0, "put", self.sessions[i], self.seqs[i],
@@ -215,6 +233,7 @@ class _Worker:
                         buckets[b] = buckets.get(b, 0) + 1
                     else:
                         self.reads.append(now - first_sent[i])
+                        self.read_keys += _keys_returned(request[i][1], reply[2])
                 out.append(self.fresh(i, now))
             elif status == NOT_LEADER:
                 moved = True
@@ -233,12 +252,22 @@ class _Worker:
         return out
 
 
-def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, read_ratio: float,
-            warmup: float, duration: float, start_at: float, results, progress) -> None:
-    """One client process: a closed loop with ``in_flight`` commands outstanding."""
+def _keys_returned(op: str, result) -> int:
+    """How many keys an "ok" read reply's result carries: a get's value (or null: none), a
+    range's [kvs, count, more] entries."""
+    if op == "get":
+        return 0 if result is None else 1
+    return len(result[0])
+
+
+def _worker(index: int, endpoints: list[str], load: tuple, warmup: float, duration: float,
+            start_at: float, results, progress) -> None:
+    """One client process: a closed loop with ``in_flight`` commands outstanding; ``load`` is
+    (in_flight, value_size, read_ratio, range_limit)."""
+    in_flight = load[0]
     measure_from = start_at + warmup
     stop_at = measure_from + duration
-    w = _Worker(in_flight, value_size, read_ratio, measure_from, stop_at)
+    w = _Worker(*load, measure_from, stop_at)
     cpu_from = None
     last_report = time.monotonic()
     reported = 0
@@ -281,9 +310,62 @@ def _worker(index: int, endpoints: list[str], in_flight: int, value_size: int, r
     if w.conn is not None:
         w.conn.close()
     results.put({"index": index, "writes": w.writes.tobytes(), "reads": w.reads.tobytes(),
-                 "buckets": w.buckets, "errors": w.errors, "redirects": w.redirects,
-                 "reconnects": w.reconnects - 1,
+                 "read_keys": w.read_keys, "buckets": w.buckets, "errors": w.errors,
+                 "redirects": w.redirects, "reconnects": w.reconnects - 1,
                  "cpu_seconds": cpu_to - cpu_from if cpu_from is not None else 0.0})
+
+
+def preload(leader: str, value_size: int, deadline: float) -> int:
+    """Write every key of the keyspace (k0 .. k<KEYSPACE - 1>) once, with a random value of
+    ``value_size`` bytes, through ``leader``: PRELOAD_IN_FLIGHT puts outstanding on one
+    connection, each session one put at a time. Returns the keys written. RuntimeError naming
+    the reply if the cluster refuses a put or its leader moves; TimeoutError past ``deadline``."""
+    rng = random.Random(os.urandom(16))
+    value = rng.randbytes(value_size)
+    sessions = [rng.getrandbits(62) + 1 for _ in range(PRELOAD_IN_FLIGHT)]
+    seqs = [0] * PRELOAD_IN_FLIGHT
+    pending: dict[int, tuple[int, list]] = {}  # request id -> (session slot, request)
+    ids = iter(range(1, 1 << 62))
+    next_key = written = 0
+
+    def send_again(slot: int, req: list) -> list:
+        req[0] = next(ids)
+        pending[req[0]] = (slot, req)
+        return req
+
+    def next_put(slot: int) -> list:
+        nonlocal next_key
+        seqs[slot] += 1
+        req = encode_request(0, "put", sessions[slot], seqs[slot], b"k%d" % next_key, value)
+        next_key += 1
+        return send_again(slot, req)
+
+    conn = _Conn(leader, timeout=10.0)
+    try:
+        out = [next_put(slot) for slot in range(min(PRELOAD_IN_FLIGHT, KEYSPACE))]
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"preloading the keyspace: {written:,} of {KEYSPACE:,} keys "
+                                   "written before the deadline")
+            if out:
+                conn.send(out)
+                out = []
+            for reply in conn.receive():
+                slot, req = pending.pop(reply[0], (None, None))
+                if req is None:
+                    continue
+                if reply[1] == OK:
+                    written += 1
+                    if next_key < KEYSPACE:
+                        out.append(next_put(slot))
+                elif reply[1] == BUSY:
+                    out.append(send_again(slot, req))
+                else:
+                    raise RuntimeError(f"preloading the keyspace through {leader}: "
+                                       f"{reply[1]}: {reply[2]!r:.120}")
+    finally:
+        conn.close()
+    return written
 
 
 # ------------------------------------------------------------------------------ local cluster
@@ -464,11 +546,15 @@ def machine() -> dict:
 
 def run(args) -> int:
     """Run the benchmark described by the parsed command-line ``args``; returns an exit code."""
+    if args.range_limit and not args.read_ratio:
+        print("paxosd bench: error: argument --range-limit: the reads are the ranges, and "
+              "there are none: give --read-ratio > 0 too", file=sys.stderr)
+        return 2
     cluster = None
     settings = {
         "clients": args.clients, "in_flight": args.in_flight, "value_size": args.value_size,
         "duration_s": args.duration, "warmup_s": args.warmup, "read_ratio": args.read_ratio,
-        "watchers": args.watchers,
+        "range_limit": args.range_limit, "preloaded_keys": 0, "watchers": args.watchers,
     }
     watch = None
     watchers = None
@@ -497,13 +583,18 @@ def run(args) -> int:
                             max_batch_bytes=batching.get("max_batch_bytes", 1 << 20),
                             heartbeat_ms=(doc.get("timing") or {}).get("heartbeat_ms", 50))
         leader = find_leader(endpoints, time.monotonic() + 30.0)
+        if args.range_limit:  # ranges return keys that exist: every key is written first
+            t0 = time.monotonic()
+            settings["preloaded_keys"] = preload(leader, args.value_size, t0 + 300.0)
+            settings["preload_s"] = round(time.monotonic() - t0, 2)
         watch = _LeaderWatch(leader)
         ctx = multiprocessing.get_context("spawn")
         results, progress = ctx.Queue(), ctx.Queue()
         start_at = time.monotonic() + 1.0 + 0.3 * args.clients
         workers = [ctx.Process(target=_worker, args=(
-            i, [leader] + [e for e in endpoints if e != leader], args.in_flight, args.value_size,
-            args.read_ratio, args.warmup, args.duration, start_at, results, progress))
+            i, [leader] + [e for e in endpoints if e != leader],
+            (args.in_flight, args.value_size, args.read_ratio, args.range_limit),
+            args.warmup, args.duration, start_at, results, progress))
             for i in range(args.clients)]
         if args.watchers:  # before the writers: the watches are open when the load begins
             watchers = _start_watchers(ctx, endpoints, args, start_at)
@@ -648,9 +739,7 @@ def _report(outputs, settings, marks, status_samples, args) -> dict:
         "commits": commits,
         "commits_per_s": commits / args.duration if args.duration else 0.0,
         "latency_ms": latency_summary(writes),
-        "reads": len(reads),
-        "reads_per_s": len(reads) / args.duration if args.duration else 0.0,
-        "read_latency_ms": latency_summary(reads),
+        "reads": _reads_section(reads, sum(o["read_keys"] for o in outputs), args),
         "throughput_per_s": [buckets.get(b, 0) / BUCKET for b in range(n_buckets)],
         "throughput_bucket_s": BUCKET,
         "errors": sum(errors.values()),
@@ -676,19 +765,39 @@ def _report(outputs, settings, marks, status_samples, args) -> dict:
     }
 
 
+def _reads_section(latencies: list[float], keys: int, args) -> dict | None:
+    """The reads inside the interval, in the shape bench/peers/etcdbench reports them (None
+    without --read-ratio): how many, per second, the keys they returned (in total, per second
+    and per read) and their latency."""
+    if not args.read_ratio:
+        return None
+    n = len(latencies)
+    return {"reads": n, "reads_per_s": n / args.duration, "keys": keys,
+            "keys_per_s": keys / args.duration, "keys_per_read_mean": keys / n if n else None,
+            "latency_ms": latency_summary(latencies), "read_ratio": args.read_ratio,
+            "range_limit": args.range_limit}
+
+
 def print_report(r: dict) -> None:
     s = r["settings"]
     rows = []
     where = s["cluster"] + (f", {Path(s['config']).name}" if s.get("config") else "")
     rows.append(("settings", f"{s['nodes']} nodes ({where}), fsync {'on' if s['fsync'] else 'OFF'}, "
                              f"{s['clients']} clients x {s['in_flight']} in flight, "
-                             f"{s['value_size']} B values, reads {s['read_ratio']:.0%}"))
+                             f"{s['value_size']} B values, reads {s['read_ratio']:.0%}"
+                             + (f" (ranges of <= {s['range_limit']} keys over "
+                                f"{s['preloaded_keys']:,} preloaded)" if s["range_limit"] else "")))
     rows.append(("", f"{s['duration_s']:g} s measured after {s['warmup_s']:g} s warmup; window "
                      f"{s.get('window')}, batches of <= {s.get('max_batch_commands')} commands"))
     rows.append(("commits/s", f"{r['commits_per_s']:,.0f}  ({r['commits']:,} commits)"))
-    if r["reads"]:
-        rows.append(("reads/s", f"{r['reads_per_s']:,.0f}  ({r['reads']:,} reads)"))
-    for name, lat in (("latency ms", r["latency_ms"]), ("read latency ms", r["read_latency_ms"])):
+    reads = r["reads"]
+    if reads:
+        mean = reads["keys_per_read_mean"]
+        rows.append(("reads/s", f"{reads['reads_per_s']:,.0f}  ({reads['reads']:,} reads); "
+                                f"{reads['keys_per_s']:,.0f} keys/s returned, "
+                                f"{'-' if mean is None else format(mean, '.1f')} keys per read"))
+    for name, lat in (("latency ms", r["latency_ms"]),
+                      ("read latency ms", reads["latency_ms"] if reads else None)):
         if lat:
             rows.append((name, f"p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
                                f"p99.9 {lat['p999']:.2f}  max {lat['max']:.2f}"))
@@ -785,6 +894,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _range_limit(text: str) -> int:
+    """--range-limit: keys per range, >= 1 (0, the default, means gets)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of keys per range, >= 1 (0: gets), got {text!r}")
+    return value
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -809,7 +930,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds before measuring (default 2)")
     parser.add_argument("--read-ratio", type=_fraction, default=0.0,
-                        help="fraction of linearizable reads (0..1, default 0)")
+                        help="fraction of linearizable reads, each of a random key of the "
+                             "keyspace (0..1, default 0)")
+    parser.add_argument("--range-limit", type=_range_limit, default=0, metavar="N",
+                        help="the reads are ranges: the keys from the random key on, in key "
+                             "order, at most N, with their values (etcd's Get WithFromKey "
+                             "WithLimit N); every key of the keyspace is written once first so "
+                             "that a range returns N keys. Needs --read-ratio > 0 (default 0: "
+                             "reads are gets of the one key)")
     parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=None,
                         help="fsync the local cluster's WAL (default: as the config file says, on)")
     parser.add_argument("--window", type=int, help="slot window of the local cluster")
