@@ -15,7 +15,8 @@ Public surface (see fastpath/_fastpath.pyx for the contracts):
 - per-batch loops for the daemon's hot path: ``decode_accept`` (an Accept's fields straight
   from its bytes), ``split_requests`` (a client frame's plain requests), ``apply_commands`` (a
   batch applied to the key-value store), ``answer_waiting`` (the leader's replies to
-  an applied batch), and ``KeyRecord``, the store's record of one key
+  an applied batch), ``take_commands`` (a client work list's writes into the leader's queue),
+  ``push_replies`` (the leader's replies onto their connections), and ``KeyRecord``, the store's record of one key
 
 There is no pure-Python fallback: a missing extension is a build error, said loudly.
 """
@@ -54,7 +55,9 @@ try:
         encode_frame,
         encode_frames,
         loads,
+        push_replies,
         split_requests,
+        take_commands,
     )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -96,5 +99,7 @@ __all__ = [
     "encode_frame",
     "encode_frames",
     "loads",
+    "push_replies",
     "split_requests",
+    "take_commands",
 ]

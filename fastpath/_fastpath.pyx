@@ -39,11 +39,12 @@ from cpython.unicode cimport (PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicod
                               PyUnicode_DecodeUTF8)
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "Python.h":
     int PyObject_GC_IsTracked(object op)
     void PyObject_GC_UnTrack(object op)
+    PyObject *PyDict_SetDefault(object mp, object key, object default_value) except NULL
 
 
 cdef extern from *:
@@ -1371,3 +1372,127 @@ def answer_waiting(tuple batch not None, list outcomes not None, dict waiting no
         if req is not None:
             outcome = <object>PyList_GET_ITEM(outcomes, i)
             replies.append(new(reply_type, (req, outcome[0], outcome[1], None, outcome[2])))
+
+
+cdef inline bint _bytes_or_none(object v) noexcept:
+    return v is None or PyBytes_CheckExact(v)
+
+
+def take_commands(list work not None, Py_ssize_t start, dict waiting not None,
+                  list pending not None, Py_ssize_t max_pending, Py_ssize_t max_cost,
+                  Py_ssize_t overhead, bytes reserved_key not None):
+    """Take the plain writes of a client work list (``ClientPort``'s ``(is_read, tag, cmd)``
+    items) from index ``start`` on into the leader's queue, as one C loop, and stop at the
+    first item it leaves to ``Node.submit`` / ``Node.read``.
+
+    An item is taken when it is a write (``is_read`` is False) whose ``cmd`` is a tuple of 6
+    with a client id in [1, 2**63 - 1], an int seq, a bytes key other than ``reserved_key``,
+    arguments bytes or None, a cost (``len(key) + len(arg1 or b"") + len(arg2 or b"") +
+    overhead``, daemon.core.messages.command_cost) of at most ``max_cost``, while ``pending``
+    holds fewer than ``max_pending`` commands and ``(client id, seq)`` is not a key of
+    ``waiting``: then ``waiting[(client id, seq)] = tag`` and ``cmd`` is appended to
+    ``pending``, exactly what ``Node.submit`` does for it. Anything else (a read, a retry, a
+    reserved id or key, a full queue, an oversized or odd command) stops the loop untouched.
+
+    Returns ``(index, cost)``: the index of the item it stopped at (``len(work)`` when it took
+    them all) and the summed cost of what it took (the caller adds it to ``pending_bytes``).
+    """
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(work), size
+    cdef Py_ssize_t cost, total = 0
+    cdef Py_ssize_t reserved_len = PyBytes_GET_SIZE(reserved_key)
+    cdef object item, cmd, key, arg1, arg2, ident
+    cdef uint64_t u = 0
+    if start < 0:
+        raise ValueError(f"take_commands: start {start} is negative")
+    for i in range(start, n):
+        item = <object>PyList_GET_ITEM(work, i)
+        if not (PyTuple_CheckExact(item) and PyTuple_GET_SIZE(item) == 3
+                and <object>PyTuple_GET_ITEM(item, 0) is False):
+            return i, total
+        cmd = <object>PyTuple_GET_ITEM(item, 2)
+        if not (PyTuple_CheckExact(cmd) and PyTuple_GET_SIZE(cmd) == 6):
+            return i, total
+        key = <object>PyTuple_GET_ITEM(cmd, 3)
+        arg1 = <object>PyTuple_GET_ITEM(cmd, 4)
+        arg2 = <object>PyTuple_GET_ITEM(cmd, 5)
+        if not (_u64_in(<object>PyTuple_GET_ITEM(cmd, 0), 1, 0x7FFFFFFFFFFFFFFFULL, &u)
+                and PyLong_CheckExact(<object>PyTuple_GET_ITEM(cmd, 1))
+                and PyBytes_CheckExact(key) and _bytes_or_none(arg1) and _bytes_or_none(arg2)):
+            return i, total
+        if (PyBytes_GET_SIZE(key) == reserved_len
+                and memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(reserved_key),
+                           reserved_len) == 0):
+            return i, total
+        cost = PyBytes_GET_SIZE(key) + overhead
+        if arg1 is not None:
+            cost += PyBytes_GET_SIZE(arg1)
+        if arg2 is not None:
+            cost += PyBytes_GET_SIZE(arg2)
+        if cost > max_cost or PyList_GET_SIZE(pending) >= max_pending:
+            return i, total
+        ident = (<object>PyTuple_GET_ITEM(cmd, 0), <object>PyTuple_GET_ITEM(cmd, 1))
+        PyObject_GC_UnTrack(ident)  # two ints: in no cycle, and kept until the reply
+        size = PyDict_Size(waiting)
+        PyDict_SetDefault(waiting, ident, <object>PyTuple_GET_ITEM(item, 1))
+        if PyDict_Size(waiting) == size:  # already waiting: a retry, Node.submit's case
+            return i, total
+        pending.append(cmd)
+        total += cost
+    return n, total
+
+
+def push_replies(list replies not None, Py_ssize_t start, type conn_type not None,
+                 type range_type not None, not_leader, current, applied_revision):
+    """Queue the leader's replies (``Reply`` tuples) from index ``start`` on, as one C loop, as
+    daemon.runtime.clients.queue_replies does one by one, and stop at the first it leaves
+    to that code.
+
+    A reply ``(req, status, result, leader, revision)`` whose ``req`` is ``(conn, req_id)``
+    with ``conn`` exactly a ``conn_type`` (ClientConnection) is dropped when ``conn.closed``;
+    else, unless ``status`` equals ``not_leader`` or ``result`` is a ``range_type``, the list
+    ``[req_id, status, result, current, revision]`` (``applied_revision`` for a None
+    revision) is appended to ``conn.replies``; ``conn.has_replies.set()`` is called once per
+    run of replies appended to one connection, after them. Returns the index it stopped
+    at (``len(replies)`` when it queued them all).
+    """
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(replies), stop = PyList_GET_SIZE(replies)
+    cdef object reply, req, conn, status, result, revision, last = None, queue = None
+    cdef bint closed = False, queued = False
+    if start < 0:
+        raise ValueError(f"push_replies: start {start} is negative")
+    try:
+        for i in range(start, n):
+            reply = <object>PyList_GET_ITEM(replies, i)
+            if not (PyTuple_Check(reply) and PyTuple_GET_SIZE(reply) == 5):
+                stop = i
+                break
+            req = <object>PyTuple_GET_ITEM(reply, 0)
+            if not (PyTuple_CheckExact(req) and PyTuple_GET_SIZE(req) == 2):
+                stop = i
+                break
+            conn = <object>PyTuple_GET_ITEM(req, 0)
+            if type(conn) is not conn_type:
+                stop = i
+                break
+            if conn is not last:
+                if queued:
+                    last.has_replies.set()
+                    queued = False
+                last = conn
+                closed = conn.closed
+                queue = None if closed else conn.replies
+            if closed:
+                continue
+            status = <object>PyTuple_GET_ITEM(reply, 1)
+            result = <object>PyTuple_GET_ITEM(reply, 2)
+            if type(result) is range_type or status == not_leader:
+                stop = i
+                break
+            revision = <object>PyTuple_GET_ITEM(reply, 4)
+            queue.append([<object>PyTuple_GET_ITEM(req, 1), status, result, current,
+                          applied_revision if revision is None else revision])
+            queued = True
+    finally:
+        if queued:
+            last.has_replies.set()
+    return stop

@@ -339,13 +339,15 @@ class ClientLoad(LeaseLoad):
         else:
             self.read_check.write_sent(cid, seq, op.call)
             if op.op == "put":
-                node.submit(req, (cid, seq, OP_PUT, op.key, op.value, None), self.now)
+                cmd = (cid, seq, OP_PUT, op.key, op.value, None)
             elif op.op == "delete":
-                node.submit(req, (cid, seq, OP_DELETE, op.key, None, None), self.now)
+                cmd = (cid, seq, OP_DELETE, op.key, None, None)
             elif op.op == "txn":
-                node.submit(req, (cid, seq, OP_TXN, b"", encode_txn(*op.query), None), self.now)
+                cmd = (cid, seq, OP_TXN, b"", encode_txn(*op.query), None)
             else:
-                node.submit(req, (cid, seq, OP_CAS, op.key, op.expected, op.value), self.now)
+                cmd = (cid, seq, OP_CAS, op.key, op.expected, op.value)
+            # The daemon's entry for client work (its C loop, fastpath.take_commands).
+            node.submit_work([(False, req, cmd)], self.now)
         self._drain(sim)
 
     def _reply(self, node_id: int, reply: Reply) -> None:

@@ -402,6 +402,59 @@ def answer_waiting(batch, outcomes, waiting, replies, reply_type):
             replies.append(reply_type(req, outcome[0], outcome[1], None, outcome[2]))
 
 
+
+def take_commands(work, start, waiting, pending, max_pending, max_cost, overhead, reserved_key):
+    for name, value, kind in (("work", work, list), ("waiting", waiting, dict),
+                              ("pending", pending, list), ("reserved_key", reserved_key, bytes)):
+        if type(value) is not kind:
+            raise TypeError(f"{name}: expected {kind.__name__}")
+    if start < 0:
+        raise ValueError(f"take_commands: start {start} is negative")
+    total = 0
+    for i in range(start, len(work)):
+        item = work[i]
+        if not (type(item) is tuple and len(item) == 3 and item[0] is False):
+            return i, total
+        cmd = item[2]
+        if not (type(cmd) is tuple and len(cmd) == 6):
+            return i, total
+        client, seq, _op, key, arg1, arg2 = cmd
+        if not (type(client) is int and 1 <= client < 2**63 and type(seq) is int
+                and type(key) is bytes and key != reserved_key
+                and all(a is None or type(a) is bytes for a in (arg1, arg2))):
+            return i, total
+        cost = len(key) + len(arg1 or b"") + len(arg2 or b"") + overhead
+        if cost > max_cost or len(pending) >= max_pending or (client, seq) in waiting:
+            return i, total
+        waiting[(client, seq)] = item[1]
+        pending.append(cmd)
+        total += cost
+    return len(work), total
+
+
+def push_replies(replies, start, conn_type, range_type, not_leader, current, applied_revision):
+    if type(replies) is not list or type(conn_type) is not type or type(range_type) is not type:
+        raise TypeError("replies: expected list; conn_type, range_type: expected type")
+    if start < 0:
+        raise ValueError(f"push_replies: start {start} is negative")
+    for i in range(start, len(replies)):
+        reply = replies[i]
+        if not (isinstance(reply, tuple) and len(reply) == 5):
+            return i
+        req = reply[0]
+        if not (type(req) is tuple and len(req) == 2 and type(req[0]) is conn_type):
+            return i
+        conn, req_id = req
+        if conn.closed:
+            continue
+        status, result, _leader, revision = reply[1:]
+        if type(result) is range_type or status == not_leader:
+            return i
+        conn.replies.append([req_id, status, result, current,
+                             applied_revision if revision is None else revision])
+        conn.has_replies.set()
+    return len(replies)
+
 class KeyRecord:
     """One key's value and what the store knows of it; immutable."""
 

@@ -24,19 +24,21 @@ from typing import Awaitable, Callable
 
 import trio
 
-from fastpath import FrameError, FrameReader, encode_frames, loads, split_requests
+from fastpath import (FrameError, FrameReader, encode_frames, loads, push_replies,
+                      split_requests)
 
 from daemon.codec import wire
 from daemon.core.expiry import LeaseQuery
+from daemon.core.kv import RangeResult
 from daemon.core.leases import grant_op, min_ttl, revoke_op
 from daemon.core.membership import MEMBERS_KEY
-from daemon.core.messages import ERROR, OK, OP_LEASE, OP_TXN
+from daemon.core.messages import ERROR, NOT_LEADER, OK, OP_LEASE, OP_TXN
 from daemon.runtime.log import Throttle
 from daemon.runtime.net import NET_ERRORS, listen, remote_address, tls_failure
 from daemon.runtime.security import server_context
 from daemon.runtime.timeline import ENABLED as TIMELINE, mark
 
-__all__ = ["ClientConnection", "ClientPort"]
+__all__ = ["ClientConnection", "ClientPort", "queue_replies"]
 
 CLIENT_RECEIVE_BYTES = 256 * 1024
 MAX_IN_FLIGHT_PER_CLIENT = 16384  # requests read from one connection but not yet answered
@@ -287,6 +289,38 @@ class ClientPort:
                 conn.progress = trio.Event()
         except NET_ERRORS:
             scope.cancel()
+
+
+def queue_replies(replies: list, address: dict, current: str | None,
+                  applied_revision: int) -> None:
+    """Queue each ``Reply`` on its connection (the tag's first item), in order; none on a
+    closed one. ``leader`` says ``current`` (the leader's client address), or for NOT_LEADER
+    the client address ``address`` maps the reply's leader id to; a reply that reflects no
+    state (revision None) says ``applied_revision``; a range's result goes in a frame of its
+    own. The common replies go in one C loop (fastpath.push_replies), the rest here."""
+    i, n = 0, len(replies)
+    while i < n:
+        i = push_replies(replies, i, ClientConnection, RangeResult, NOT_LEADER, current,
+                         applied_revision)
+        if i < n:
+            _queue_reply(replies[i], address, current, applied_revision)
+            i += 1
+
+
+def _queue_reply(reply, address: dict, current: str | None, applied_revision: int) -> None:
+    """One reply as ``queue_replies`` says, the general way."""
+    conn, req_id = reply.req
+    if conn.closed:
+        return
+    status = reply.status
+    leader = address.get(reply.leader) if status == NOT_LEADER else current
+    revision = reply.revision
+    result = reply.result
+    if type(result) is RangeResult:
+        conn.push_alone([req_id, status, wire.encode_range_result(result), leader, revision])
+        return
+    conn.push([req_id, status, result, leader,
+               applied_revision if revision is None else revision])
 
 
 def _frames_apart(replies: list) -> list:
