@@ -1,7 +1,7 @@
 """Top functions of a py-spy ``--format raw`` profile (collapsed stacks, wall-clock samples of
 every thread): shares of the busy samples, self and inclusive. Idle samples (epoll_wait, the
 WAL thread waiting for work or in fdatasync) are counted and left out of the shares.
-usage: python top.py PROFILE.txt [N]"""
+usage: python bench/profile/top.py PROFILE.txt [N]"""
 import collections
 import re
 import sys
@@ -14,8 +14,8 @@ def short(frame):
     if not m:
         return frame
     path = m.group(2)
-    for cut in ("/site-packages/", "/wt-peak-base/", "/wt-peak/"):
-        path = path.split(cut)[-1]
+    path = path.split("/site-packages/")[-1]
+    path = re.sub(r"^.*?/(daemon|fastpath|tests|bench)/", r"\1/", path)
     return f"{m.group(1)} ({path})"
 
 

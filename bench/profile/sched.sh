@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: sched.sh WORKTREE OUT -- bench at the peak; for 6 s after warmup: per process, CPU run time vs time waiting for a CPU (schedstat)
+# usage: bench/profile/sched.sh WORKTREE OUT -- bench at the peak; for 6 s after warmup: per process, CPU run time vs time waiting for a CPU (schedstat)
 WT=$1; OUT=$2
 cd $WT
 .venv/bin/paxosd bench --clients 4 --in-flight 1000 --duration 8 --warmup 2 --quiet > $OUT-bench.txt 2>&1 &
