@@ -12,8 +12,8 @@ for r in $(seq 1 $N); do
     load=$(cut -d' ' -f1 /proc/loadavg)
     res=$(cd "$WT" && .venv/bin/paxosd bench "${ARGS[@]}" --quiet 2>&1)
     cps=$(echo "$res" | awk '/commits\/s/{print $2}'); cpu=$(echo "$res" | awk '/cpu per command/{print $4}')
-    nodes=$(echo "$res" | awk '/cpu seconds/{print $5,$8,$11}')
-    lat=$(echo "$res" | awk '/latency ms/{print $3, $7}')
+    nodes=$(echo "$res" | awk '/cpu seconds/{print $5,$8,$11}' | tr -d ,)
+    lat=$(echo "$res" | awk '/latency ms/{print $4 "/" $8}')
     echo "round $r $side $(git -C "$WT" rev-parse --short HEAD)$(git -C "$WT" diff --quiet || echo +dirty):" \
          "commits/s $cps, cpu us/commit $cpu, node cpu s $nodes, p50/p99 ms $lat, load1 before $load" | tee -a "$OUT"
   done
