@@ -304,9 +304,9 @@ def report(args, rows, disk, leader, command: str, started: str) -> str:
     found = [t for t in rows if t is not None]
     lines = [f"# One command's timeline ({started})", "",
              f"Command: `{command}`", "",
-             f"Machine: {_machine_text()}. A 2-core VM shared with other engineers' test runs "
-             f"at the time (load average at start {os.getloadavg()[0]:.2f}): absolute figures are "
-             f"inflated and noisy; the shares are what to read.", "",
+             f"Machine: {_machine_text()}; one-minute load average at the start "
+             f"{os.getloadavg()[0]:.2f} (it counts whatever ran in the minute before). "
+             f"{args.note or ''}", "",
              f"Setup: 3 nodes on loopback, separate processes, fsync "
              f"{'on' if args.fsync else 'OFF'}, one client process, 1 command in flight, "
              f"{args.value_size}-byte values, {args.commands} measured puts after "
@@ -352,6 +352,7 @@ def main(argv=None) -> int:
                              "cluster's data goes)")
     parser.add_argument("--no-disk", action="store_true", help="skip the bare fdatasync test")
     parser.add_argument("--out", help="write the markdown table here (default: print it)")
+    parser.add_argument("--note", help="what else ran on the machine, said in the report")
     parser.add_argument("--keep-marks", help="copy the raw mark files into this directory")
     args = parser.parse_args(argv)
     command = " ".join(["python", "bench/timeline.py", *sys.argv[1:]])
