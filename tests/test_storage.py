@@ -35,7 +35,7 @@ from daemon.codec.records import (
     encode_entries,
     encode_record,
 )
-from daemon.runtime.storage import WAL, CorruptLog, DataDirInUse, StorageError
+from daemon.runtime.storage import PREALLOCATE_BYTES, WAL, CorruptLog, DataDirInUse, StorageError
 
 BALLOT_MAX = 2**64 - 1
 
@@ -62,9 +62,12 @@ def wal_file(directory: Path) -> Path:
     return directory / storage.WAL_FILE
 
 
-def write_log(directory: Path, records: list, *, unsynced: int = 0) -> list[int]:
+def write_log(directory: Path, records: list, *, unsynced: int = 0,
+              keep_zeros: bool = False) -> list[int]:
     """Append and sync each record as its own group, except that the last ``unsynced`` are
-    appended without a sync before a crash; return the offset of each group."""
+    appended without a sync before a crash; return the offset of each group. A crash leaves
+    the zeros allocated ahead of the last group; unless ``keep_zeros``, they are cut here, so
+    that the file ends where the groups do (the damage helpers below cut from its end)."""
     wal, existing = WAL.open(directory)
     assert existing == []
     offsets = []
@@ -74,7 +77,10 @@ def write_log(directory: Path, records: list, *, unsynced: int = 0) -> list[int]
         if i < len(records) - unsynced:
             wal.sync()
     if unsynced:
+        end = wal.written_bytes
         crash(wal)
+        if not keep_zeros:
+            os.truncate(wal_file(directory), end)
     else:
         wal.close()
     return offsets
@@ -185,21 +191,22 @@ def test_many_appends_then_one_sync_are_all_found_again(tmp_path):
     assert wal.synced_bytes == HEADER_BYTES < wal.written_bytes
     seconds = wal.sync()
     assert seconds >= 0.0
-    assert wal.synced_bytes == wal.written_bytes == wal_file(tmp_path).stat().st_size
-    wal.close()
+    assert wal.synced_bytes == wal.written_bytes <= wal_file(tmp_path).stat().st_size
+    wal.close()  # trims the space allocated ahead
+    assert wal_file(tmp_path).stat().st_size == wal.written_bytes
     assert reopen(tmp_path) == expected
 
 
 def test_one_write_per_append(monkeypatch, tmp_path):
     wal, _ = WAL.open(tmp_path)
     calls = []
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def counting_write(fd, data):
+    def counting_write(fd, data, offset):
         calls.append(len(data))
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(storage.os, "write", counting_write)
+    monkeypatch.setattr(storage.os, "pwrite", counting_write)
     wal.append(commit_records(100))
     monkeypatch.undo()
     assert len(calls) == 1
@@ -309,13 +316,37 @@ def test_a_bad_checksum_in_the_last_unsynced_group_is_cut_off(tmp_path, where):
     assert len(warnings) == 1
 
 
-def test_trailing_zeros_are_cut_off(tmp_path):
+def test_trailing_zeros_are_cut_off_without_a_warning(tmp_path):
+    """Zeros after the last group are space allocated ahead of the log, not a torn write."""
     def damage(path, offsets):
         with open(path, "ab") as f:
             f.write(b"\x00" * 4096)
     found, records, warnings = torn(tmp_path, damage)
     assert found == records
-    assert "4096 bytes" in warnings[0]
+    assert warnings == []
+
+
+def test_a_crash_leaves_unsynced_groups_and_the_allocated_zeros_after_them(tmp_path):
+    records = commit_records(5)
+    write_log(tmp_path, records, unsynced=2, keep_zeros=True)
+    assert wal_file(tmp_path).stat().st_size >= PREALLOCATE_BYTES
+    warnings: list[str] = []
+    assert reopen(tmp_path, log=warnings.append) == records  # the unsynced writes survived
+    assert warnings == []
+
+
+def test_a_torn_group_before_the_allocated_zeros_is_cut_and_named(tmp_path):
+    records = commit_records(3)
+    offsets = write_log(tmp_path, records, unsynced=1, keep_zeros=True)
+    with open(wal_file(tmp_path), "r+b") as f:  # the last group's header reached the disk,
+        f.seek(offsets[-1] + 12)                 # the rest of it did not
+        f.write(bytes(4))
+    size = wal_file(tmp_path).stat().st_size
+    warnings: list[str] = []
+    assert reopen(tmp_path, log=warnings.append) == records[:2]
+    [message] = warnings
+    assert f"offset {offsets[-1]}: {size - offsets[-1]} bytes" in message
+    assert "zeros" in message
 
 
 def test_trailing_garbage_is_cut_off(tmp_path):
@@ -483,10 +514,10 @@ def test_a_failed_write_raises_storage_error_and_refuses_further_appends(monkeyp
     wal.append([CommitRecord(1)])
     wal.sync()
 
-    def full_disk(fd, data):
+    def full_disk(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "write", full_disk)
+    monkeypatch.setattr(storage.os, "pwrite", full_disk)
     with pytest.raises(StorageError) as info:
         wal.append([CommitRecord(2)])
     monkeypatch.undo()
@@ -505,16 +536,16 @@ def test_a_partial_write_is_taken_back(monkeypatch, tmp_path):
     wal, _ = WAL.open(tmp_path)
     wal.append([CommitRecord(1)])
     size = wal.written_bytes
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = []
 
-    def half_then_full(fd, data):
+    def half_then_full(fd, data, offset):
         calls.append(len(data))
         if len(calls) == 1:
-            return real_write(fd, bytes(data[: len(data) // 2]))
+            return real_pwrite(fd, bytes(data[: len(data) // 2]), offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "write", half_then_full)
+    monkeypatch.setattr(storage.os, "pwrite", half_then_full)
     with pytest.raises(StorageError, match="No space left"):
         wal.append(commit_records(10))
     monkeypatch.undo()
@@ -688,3 +719,25 @@ def test_the_incarnation_is_chosen_once_and_kept(tmp_path):
     (old / "incarnation").write_text("twelve\n")
     with pytest.raises(storage.CorruptLog, match="incarnation"):
         storage.load_incarnation(old, empty=False, join=False)
+
+
+def test_when_space_cannot_be_allocated_ahead_the_log_appends_as_before(monkeypatch, tmp_path):
+    warnings: list[str] = []
+    wal, _ = WAL.open(tmp_path, log=warnings.append)
+    calls = []
+
+    def refuse(fd, offset, length):
+        calls.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "posix_fallocate", refuse)
+    for i in range(3):
+        wal.append([CommitRecord(i)])
+        wal.sync()
+    assert len(calls) == 1  # tried once, then not again
+    assert wal_file(tmp_path).stat().st_size == wal.written_bytes  # plain appends
+    [warning] = warnings
+    assert str(wal_file(tmp_path)) in warning and "No space left on device" in warning
+    wal.close()
+    monkeypatch.undo()
+    assert reopen(tmp_path) == commit_records(3)

@@ -16,11 +16,13 @@ Power loss
 ``kill -9`` alone loses nothing the node wrote: the page cache survives the process. A power
 cut also loses everything written since the last fsync. To model it the node needs to say what
 was synced, and only the node knows: with ``PAXOSD_TEST_SYNCED_MARKER=<file>`` in its
-environment, daemon.runtime.storage writes ``"<inode> <length>"`` of wal.log to that file after every
-fsync of the log returns (one fixed-width ``pwrite``, so a kill leaves the old line or the new
-one, never half of one) and when it opens the log. ``power_cut`` (after ``kill``) truncates
-wal.log to that length, or to a random point between it and the end (``torn=True``: part of the
-last unsynced write reached the disk), and the node restarts from what is left.
+environment, daemon.runtime.storage writes ``"<inode> <synced length> <written length>"`` of
+wal.log to that file after every fsync of the log returns and every write (one fixed-width
+``pwrite``, so a kill leaves the old line or the new one, never half of one) and when it opens
+the log; the file itself runs on in zeros allocated ahead of the groups. ``power_cut`` (after
+``kill``) truncates wal.log to the synced length, or to a random point between it and the
+written length (``torn=True``: part of the last unsynced write reached the disk), and the node
+restarts from what is left.
 
 Why this is faithful: the marker is written after the fsync it describes and before the WAL
 writer reports the bytes durable, so nothing the node sent (an Accepted, a Promise, a reply)
@@ -276,16 +278,21 @@ class ProcessCluster:
     # -- power loss ------------------------------------------------------------------------------
 
     def unsynced_bytes(self, i: int) -> int:
-        """How far wal.log runs beyond its last fsync, by the marker (0 if unknown)."""
-        wal = self.wal_path(i)
+        """How far wal.log's groups run beyond its last fsync, by the marker (0 if unknown)."""
+        lengths = self._marker_lengths(i)
+        return 0 if lengths is None else max(0, lengths[1] - lengths[0])
+
+    def _marker_lengths(self, i: int) -> tuple[int, int] | None:
+        """(synced, written) of node ``i``'s wal.log by its marker; None if unknown or the
+        marker is of a log compaction has since replaced."""
         try:
-            inode_text, length_text = self.marker_path(i).read_text().split()
-            stat = wal.stat()
+            inode_text, synced_text, written_text = self.marker_path(i).read_text().split()
+            stat = self.wal_path(i).stat()
         except (FileNotFoundError, ValueError):
-            return 0
+            return None
         if int(inode_text) != stat.st_ino:
-            return 0
-        return max(0, stat.st_size - int(length_text))
+            return None
+        return int(synced_text), int(written_text)
 
     async def kill_unsynced(self, i: int, attempts: int = 40) -> bool:
         """kill -9 node ``i``, if possible while its WAL holds bytes no fsync covers yet: stop
@@ -308,16 +315,14 @@ class ProcessCluster:
         the number of bytes cut."""
         assert self.power_loss, "power_cut needs the cluster made with power_loss=True"
         assert not self.running(i), "cut the power of a stopped node only"
-        unsynced = self.unsynced_bytes(i)
-        if not unsynced:
+        if not self.unsynced_bytes(i):
             return 0
-        wal = self.wal_path(i)
-        size = wal.stat().st_size
-        synced = keep = size - unsynced
+        synced, written = self._marker_lengths(i)
+        keep = synced
         if torn and rng is not None:
-            keep = rng.randint(synced, size)
-        os.truncate(wal, keep)
-        return size - keep
+            keep = rng.randint(synced, written)
+        os.truncate(self.wal_path(i), keep)
+        return written - keep
 
     # -- asking the nodes ------------------------------------------------------------------------
 

@@ -291,27 +291,28 @@ def test_a_log_of_the_previous_format_version_is_refused_naming_file_and_version
 
 
 def test_the_power_loss_marker_follows_every_sync(tmp_path, monkeypatch):
-    """The hook the power-cut model relies on: after each sync (and at open) the marker holds
-    the log's inode and durable length; appended bytes beyond it are what a cut removes."""
+    """The hook the power-cut model relies on: after each sync and write (and at open) the
+    marker holds the log's inode, durable length and written length (the file runs on in
+    allocated zeros); the bytes written beyond the durable length are what a cut removes."""
     from daemon.core.messages import CommitRecord
 
     marker = tmp_path / "marker"
     monkeypatch.setattr(storage, "_SYNCED_MARKER", str(marker))
     node_dir = tmp_path / "node"
 
-    def read() -> tuple[int, int]:
-        inode, length = marker.read_text().split()
-        return int(inode), int(length)
+    def read() -> tuple[int, int, int]:
+        inode, synced, written = marker.read_text().split()
+        return int(inode), int(synced), int(written)
 
     wal, _ = WAL.open(node_dir)
     ino = (node_dir / "wal.log").stat().st_ino
-    assert read() == (ino, HEADER_BYTES)
+    assert read() == (ino, HEADER_BYTES, HEADER_BYTES)
     wal.append([CommitRecord(1)])
-    assert read() == (ino, HEADER_BYTES)  # appended, not synced
+    assert read() == (ino, HEADER_BYTES, wal.written_bytes)  # appended, not synced
     wal.sync()
-    assert read() == (ino, wal.written_bytes)
+    assert read() == (ino, wal.written_bytes, wal.written_bytes)
     wal.append([CommitRecord(2)])
-    assert read()[1] < wal.written_bytes
+    assert read()[1] < read()[2] == wal.written_bytes
     wal.close()
-    assert read() == (ino, wal.written_bytes)
-    assert len(marker.read_bytes()) == 42  # one fixed-width line, rewritten in place
+    assert read() == (ino, wal.written_bytes, wal.written_bytes)
+    assert len(marker.read_bytes()) == 63  # one fixed-width line, rewritten in place
