@@ -5,8 +5,8 @@
 
 Starts a 3-node cluster on loopback (fsync on, ``storage.snapshot_every_slots`` as given,
 timing and batching from etc/paxosd.yaml), runs ``paxosd bench`` against it for the given time,
-and every ``--sample`` seconds records for each node the size of wal.log and of the snapshot
-file, and the bytes appended to the WAL so far (``paxosd_disk_wal_write_bytes_total`` from the
+and every ``--sample`` seconds records for each node the size of wal.log (with the up to 8 MiB
+allocated ahead of its records: what it occupies) and of the snapshot file, and the bytes appended to the WAL so far (``paxosd_disk_wal_write_bytes_total`` from the
 node's /metrics): that last figure is what the log would hold without compaction. Prints one
 line per sample and a summary; ``--json`` keeps everything. Every process is ended by its pid.
 """
