@@ -26,7 +26,7 @@ from daemon.core.txn import LEASE_NOT_FOUND
 from daemon.client.client import OperationFailed, PaxosdError, _as_bytes
 
 __all__ = ["Lease", "LeaseNotFound", "LeaseStatus", "grant", "keep", "keepalive", "lease_result",
-           "put_leased", "revoke", "time_to_live"]
+           "put_leased", "revoke", "revoke_at", "time_to_live"]
 
 KEEPALIVE_FRACTION = 3  # keepalives per TTL
 RETRY_PAUSE = 0.05  # seconds between a failed keepalive and the next
@@ -78,15 +78,27 @@ def _check_id(lease_id) -> int:
     return lease_id
 
 
-async def grant(client, ttl: int, timeout: float | None) -> Lease:
-    reply = await client._write("lease_grant", b"", check_ttl(ttl, "lease TTL"), None, timeout)
+async def grant(client, ttl: int, timeout: float | None,
+                session: tuple[int, int] | None = None) -> Lease:
+    """Grant a lease of ``ttl`` seconds; ``session``: the ``(client_id, seq)`` to send it
+    under (default: one of the client's own), so a retried grant is answered from it."""
+    reply = await client._write("lease_grant", b"", check_ttl(ttl, "lease TTL"), None, timeout,
+                                session)
     lease_id, granted = lease_result("lease_grant", reply)
     return Lease(lease_id, granted)
 
 
 async def revoke(client, lease_id: int, timeout: float | None) -> bool:
-    reply = await client._write("lease_revoke", b"", _check_id(lease_id), None, timeout)
-    return lease_result("lease_revoke", reply)
+    return (await revoke_at(client, lease_id, timeout))[0]
+
+
+async def revoke_at(client, lease_id: int, timeout: float | None,
+                    session: tuple[int, int] | None = None) -> tuple[bool, int | None]:
+    """Revoke the lease: ``(whether it was there, the revision of the write)``. ``session``:
+    as for ``grant``."""
+    reply = await client._write("lease_revoke", b"", _check_id(lease_id), None, timeout,
+                                session)
+    return lease_result("lease_revoke", reply), reply.revision
 
 
 async def keepalive(client, lease_id: int, timeout: float | None) -> int:

@@ -23,7 +23,8 @@ import json
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from daemon.client.leases import LeaseNotFound, lease_result
+from daemon.client import leases
+from daemon.client.leases import LeaseNotFound
 from daemon.core.leases import MAX_TTL, MIN_TTL
 from daemon.gateway import idempotency
 from daemon.gateway.encoding import bytes_fields
@@ -69,13 +70,11 @@ def routes(gateway) -> list:
     async def grant(request) -> JSONResponse:
         session = idempotency.session(request)
         ttl = requested_ttl(await read_body(request, gateway.max_body_bytes))
-        # Client._write with the request's session: a retried grant is answered from it
-        reply = await gateway.client._write("lease_grant", b"", ttl, None, gateway.timeout,
-                                            session)
-        granted_id, granted = lease_result("lease_grant", reply)
-        return JSONResponse({"id": granted_id, "ttl": ttl, "granted_ttl": granted,
-                             "raised": granted > ttl}, status_code=201,
-                            headers={"Location": f"{PREFIX}/{granted_id}"})
+        # under the request's session: a retried grant is answered from it
+        lease = await leases.grant(gateway.client, ttl, gateway.timeout, session)
+        return JSONResponse({"id": lease.id, "ttl": ttl, "granted_ttl": lease.ttl,
+                             "raised": lease.ttl > ttl}, status_code=201,
+                            headers={"Location": f"{PREFIX}/{lease.id}"})
 
     async def keepalive(request) -> JSONResponse:
         which = lease_id(request)
@@ -93,11 +92,11 @@ def routes(gateway) -> list:
 
     async def revoke(request) -> JSONResponse:
         which = lease_id(request)
-        reply = await gateway.client._write("lease_revoke", b"", which, None, gateway.timeout,
-                                    idempotency.session(request))
-        if not lease_result("lease_revoke", reply):
+        found, revision = await leases.revoke_at(gateway.client, which, gateway.timeout,
+                                                 idempotency.session(request))
+        if not found:
             raise LeaseNotFound(which)
-        return JSONResponse({"id": which, "revoked": True, "revision": reply.revision})
+        return JSONResponse({"id": which, "revoked": True, "revision": revision})
 
     return [Route(PREFIX, grant, methods=["POST"]),
             Route(PREFIX + "/{id}/keepalive", keepalive, methods=["POST"]),
