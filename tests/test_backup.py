@@ -54,6 +54,30 @@ async def test_a_snapshot_streams_from_the_leader_in_chunks_that_fit_a_frame(tmp
             await raw.aclose()
 
 
+async def test_a_snapshot_fetch_leaves_the_shared_clients_attempt_timeout_to_its_other_calls(
+        tmp_path):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running_cluster(tmp_path) as cluster:
+            await cluster.wait_for_leader()
+            endpoints = [str(cluster.client_address(i)) for i in (1, 2, 3)]
+            async with Client(endpoints, timeout=10, attempt_timeout=0.5,
+                              max_frame=MAX_FRAME) as client:
+                for i in range(6):
+                    await client.put(b"big/%02d" % i, bytes([i]) * BIG_VALUE)
+                seen, done = set(), trio.Event()
+
+                async def look() -> None:  # what another call would start with meanwhile
+                    while not done.is_set():
+                        seen.add(client.attempt_timeout)
+                        await trio.sleep(0)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(look)
+                    await fetch_snapshot(client)
+                    done.set()
+            assert seen == {0.5}
+
+
 class _Conn:
     closed = False
 

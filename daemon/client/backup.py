@@ -21,28 +21,26 @@ async def fetch_snapshot(client, *, timeout: float | None = None) -> tuple[bytes
     """``(payload, revision)``: the snapshot the leader took (daemon.codec.backup's payload)
     and the revision it is at. Each request has ``timeout`` (default the client's)."""
     # Taking and encoding a big store may take longer than one attempt usually waits: let
-    # each request wait its whole timeout rather than ask another node for a new snapshot.
-    saved = client.attempt_timeout
-    client.attempt_timeout = max(saved, client.timeout if timeout is None else timeout)
-    try:
-        for start in range(MAX_STARTS):
-            try:
-                return await _fetch(client, timeout)
-            except OperationFailed as exc:
-                if "is not kept" not in str(exc) or start == MAX_STARTS - 1:
-                    raise
-    finally:
-        client.attempt_timeout = saved
+    # each request wait its whole timeout rather than ask another node for a new snapshot
+    # (per call: the client's other calls keep its attempt_timeout).
+    wait = max(client.attempt_timeout, client.timeout if timeout is None else timeout)
+    for start in range(MAX_STARTS):
+        try:
+            return await _fetch(client, timeout, wait)
+        except OperationFailed as exc:
+            if "is not kept" not in str(exc) or start == MAX_STARTS - 1:
+                raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _fetch(client, timeout: float | None) -> tuple[bytes, int]:
-    reply, node = await client._call("snapshot", b"", None, None, 0, 0, timeout, False)
+async def _fetch(client, timeout: float | None, wait: float) -> tuple[bytes, int]:
+    reply, node = await client._call("snapshot", b"", None, None, 0, 0, timeout, False,
+                                     attempt_timeout=wait)
     snapshot_id, total, data = _chunk(reply.result, 0)
     parts, got = [data], len(data)
     while got < total:
         reply, _ = await client._call("snapshot", b"", snapshot_id, None, 0, got, timeout,
-                                      False, node)
+                                      False, node, attempt_timeout=wait)
         _id, size, data = _chunk(reply.result, got)
         if _id != snapshot_id or size != total:
             raise OperationFailed(f"snapshot: {node} answered offset {got} with another "

@@ -463,6 +463,7 @@ class _Call:
     address: str | None  # the node the call is pinned to (status), or None
     timeout: float
     deadline: float
+    attempt_timeout: float  # how long one attempt waits for its reply
     attempt: int = 0
     maybe_sent: bool = False  # some attempt may have reached a node
     answered: bool = False  # some node answered, but not with the operation's outcome
@@ -858,17 +859,20 @@ class Client(_ClusterOps, _CoordinationOps):
 
     async def _call(self, op: str, key: bytes, arg1: bytes | None, arg2: bytes | None,
                     client_id: int, seq: int, timeout: float | None, write: bool,
-                    address: str | None = None) -> tuple[ClientReply, str]:
+                    address: str | None = None, *, attempt_timeout: float | None = None
+                    ) -> tuple[ClientReply, str]:
         """Send the request until a definite answer or the deadline (see the module doc).
 
         Returns ``(the OK reply, the address that answered)``. ``address`` pins the call to one node
-        (no redirects, and no more than two dials), as status does.
+        (no redirects, and no more than two dials), as status does. ``attempt_timeout``: how
+        long each attempt waits for its reply (default the client's).
         """
         if self._closed:
             raise PaxosdError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
         call = _Call(op, client_id, seq, write, address, timeout,
-                     trio.current_time() + timeout)
+                     trio.current_time() + timeout,
+                     self.attempt_timeout if attempt_timeout is None else attempt_timeout)
         while True:
             now = trio.current_time()
             if now >= call.deadline:
@@ -904,9 +908,9 @@ class Client(_ClusterOps, _CoordinationOps):
                        ) -> tuple[ClientReply | None, _ConnectionLost | None]:
         """One try of ``call`` at ``target``: ``(reply, None)``, ``(None, why the connection
         was lost)``, or ``(None, None)`` when no reply came in time. One cancel scope bounds it
-        by the call's deadline and by attempt_timeout, whichever comes first."""
+        by the call's deadline and by its attempt_timeout, whichever comes first."""
         waiter = _Waiter()
-        with trio.CancelScope(deadline=min(call.deadline, now + self.attempt_timeout)):
+        with trio.CancelScope(deadline=min(call.deadline, now + call.attempt_timeout)):
             try:
                 connection = await self._connection(target)
                 req = encode_request(next(self._req_ids), call.op, call.client_id, call.seq, key,
@@ -935,7 +939,7 @@ class Client(_ClusterOps, _CoordinationOps):
             return None
         # Paused or overloaded: ask another node (a retried write is still applied at most
         # once, and a redirect brings us back if it leads).
-        call.problem = f"{target} did not answer within {self.attempt_timeout:g} s"
+        call.problem = f"{target} did not answer within {call.attempt_timeout:g} s"
         call.dial_failed = False
         self._forget(target)
         return False
