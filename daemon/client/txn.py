@@ -24,7 +24,7 @@ from daemon.client.leases import lease_refused
 
 __all__ = ["COMPARES", "TxnResponse", "cas_txn", "compare_create", "compare_lease",
            "compare_mod", "compare_value", "compare_version", "delete", "get_range", "put",
-           "run_txn"]
+           "results_json", "run_txn"]
 
 # The bytes of a request besides its compares and ops (ids, op name, array heads).
 REQUEST_OVERHEAD = 64
@@ -39,6 +39,22 @@ class TxnResponse:
     succeeded: bool
     results: list
     revision: int | None
+
+
+def results_json(ops, results, kv_json) -> list[dict]:
+    """Each op's result (``ops``: the branch that ran) as JSON, etcd's shape: ``{"put": {}}``,
+    ``{"delete": {"deleted"}}`` or ``{"range": {"kvs", "count", "more"}}``, each KeyValue
+    as ``kv_json`` makes it (the HTTP API and ``paxosd txn --json`` encode keys differently)."""
+    out = []
+    for op, result in zip(ops, results):
+        if op[0] == "put":
+            out.append({"put": {}})
+        elif op[0] == "delete":
+            out.append({"delete": {"deleted": result}})
+        else:
+            out.append({"range": {"kvs": list(map(kv_json, result.kvs)), "count": result.count,
+                                  "more": result.more}})
+    return out
 
 
 def _compare(target: str):

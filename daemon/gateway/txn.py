@@ -117,15 +117,6 @@ def parse_txn(body: bytes) -> tuple[list, list, list]:
     return parts[0], parts[1], parts[2]
 
 
-def _result(op: list, result) -> dict:
-    if op[0] == "put":
-        return {"put": {}}
-    if op[0] == "delete":
-        return {"delete": {"deleted": result}}
-    return {"range": {"kvs": [kv_json(kv) for kv in result.kvs], "count": result.count,
-                      "more": result.more}}
-
-
 def routes(gateway) -> list:
     async def post_txn(request) -> JSONResponse:
         body = await read_body(request, gateway.max_body_bytes)
@@ -139,8 +130,7 @@ def routes(gateway) -> list:
             raise Problem(400, "invalid-txn", str(exc)) from None
         ops = success if response.succeeded else failure
         return JSONResponse({"succeeded": response.succeeded, "revision": response.revision,
-                             "responses": [_result(op, r) for op, r in
-                                           zip(ops, response.results)]},
+                             "responses": txn.results_json(ops, response.results, kv_json)},
                             headers={"X-Paxosd-Revision": str(response.revision)})
 
     return [Route("/v1/txn", post_txn, methods=["POST"])]

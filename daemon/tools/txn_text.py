@@ -154,14 +154,5 @@ def kv_json(kv) -> dict:
 def result_json(response, ops) -> dict:
     """The response as a JSON document: ``{"header": {"revision"}, "succeeded", "responses":
     [{"put": {}} | {"delete": {"deleted"}} | {"range": {"kvs", "count", "more"}}]}``."""
-    out = []
-    for op, result in zip(ops, response.results):
-        if op[0] == "put":
-            out.append({"put": {}})
-        elif op[0] == "delete":
-            out.append({"delete": {"deleted": result}})
-        else:
-            out.append({"range": {"kvs": list(map(kv_json, result.kvs)), "count": result.count,
-                                  "more": result.more}})
     return {"header": {"revision": response.revision}, "succeeded": response.succeeded,
-            "responses": out}
+            "responses": txn.results_json(ops, response.results, kv_json)}
