@@ -64,6 +64,11 @@ class Backup(NamedTuple):
         """The client keys (the membership key is the cluster's own)."""
         return len(self.image[0]) - (MEMBERS_KEY in self.image[0])
 
+    @property
+    def leases(self) -> int:
+        """The leases the image holds."""
+        return len(self.image[5])
+
 
 def encode_payload(cluster: str, index: int, image_blob: bytes, members: list) -> bytes:
     """The payload a leader streams: its state machine ``image_blob`` (encoded) after ``index``."""

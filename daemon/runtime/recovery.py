@@ -120,7 +120,7 @@ def restore_data_dir(backup: Backup, digest: str, config, directory: os.PathLike
     return {"node_id": node_id, "directory": str(directory), "cluster": config.cluster,
             "members": [m.id for m in members], "incarnation": incarnation,
             "index": backup.index, "revision": revision, "keys": backup.keys,
-            "leases": len(image[5])}
+            "leases": backup.leases}
 
 
 def _durable_state(directory: Path, records: list) -> DurableState:

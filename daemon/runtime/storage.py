@@ -99,6 +99,8 @@ SYNCED_FILE = "wal.synced"
 MARKER_SEAL_INTERVAL = 1.0
 # The log file is extended this far ahead of its last group (see the module docstring).
 PREALLOCATE_BYTES = 8 << 20
+# Bytes read at a time when telling zeros allocated ahead from a torn tail on open.
+_ZERO_SCAN_CHUNK = 1 << 16
 
 SNAPSHOT_FILE = "snapshot"
 LOCK_FILE = "LOCK"
@@ -731,10 +733,23 @@ def _scan(fd: int, path: Path) -> _Found:
                     offset=offset,
                 )
             return _Found(salt, records, offset, size, value,
-                          len(mm[offset:size].rstrip(b"\0")))
+                          _nonzero_length(mm, offset, size))
         return _Found(salt, records, offset, size, "")
     finally:
         mm.close()
+
+
+def _nonzero_length(mm: mmap.mmap, start: int, end: int) -> int:
+    """The length of ``mm[start:end]`` up to its last non-zero byte (0: all zeros), read from
+    the end a chunk at a time: the tail may be megabytes allocated ahead, not to be copied
+    whole."""
+    while end > start:
+        lo = max(start, end - _ZERO_SCAN_CHUNK)
+        kept = len(mm[lo:end].rstrip(b"\0"))
+        if kept:
+            return lo + kept - start
+        end = lo
+    return 0
 
 
 def _file_salt(mm: mmap.mmap, size: int, path: Path) -> bytes:

@@ -114,7 +114,7 @@ class WalWriter:
             # Rides on the next fsync instead of delaying the next Accept's.
             wal.append(records)
             return None
-        if idle and not self.core_busy() and commands_in(records) <= INLINE_MAX_COMMANDS:
+        if idle and not self.core_busy() and fits_inline(records):
             # Let the tasks the core just woke (its senders) run first: the followers' writes
             # then overlap this one. Shielded: the records are taken, they must be written.
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -156,15 +156,18 @@ class WalWriter:
         self._slow_fsync_logged = now
 
 
-def commands_in(records: list) -> int:
-    """The client commands the AcceptRecords of ``records`` carry (per batch, not per
-    command)."""
+def fits_inline(records: list) -> bool:
+    """Whether the AcceptRecords of ``records`` carry at most INLINE_MAX_COMMANDS client
+    commands (counted per batch, and no further than the limit: a large group is told at
+    its first batches)."""
     n = 0
     for r in records:
         if type(r) is AcceptRecord:
             for batch in r.batches:
                 n += len(batch)
-    return n
+                if n > INLINE_MAX_COMMANDS:
+                    return False
+    return True
 
 
 def append_and_sync(wal: WAL, records: list) -> float:

@@ -728,17 +728,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
 async def _until_signal(work) -> None:
     """Await ``work`` until it returns or SIGINT/SIGTERM arrives; a signal cancels it, so the
     client's connections close at once (a KeyboardInterrupt raised wherever the loop happened
-    to be could leave a close waiting on the client's timeout)."""
+    to be could leave a close waiting on the client's timeout). The signals are handled from
+    before ``work`` starts."""
     import trio
 
-    async with trio.open_nursery() as nursery:
-        async def stop_on_signal() -> None:
-            await stop_signal()
-            nursery.cancel_scope.cancel()
+    with stop_signals() as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
 
-        nursery.start_soon(stop_on_signal)
-        await work
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(stop_on_signal)
+            await work
+            nursery.cancel_scope.cancel()
 
 
 def stop_signals():
@@ -746,13 +749,6 @@ def stop_signals():
     import trio
 
     return trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-
-
-async def stop_signal() -> None:
-    """Return once SIGINT or SIGTERM arrives, handled from then on."""
-    with stop_signals() as signals:
-        async for _ in signals:
-            return
 
 
 def _event_text(event) -> bytes:

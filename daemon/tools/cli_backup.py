@@ -112,7 +112,7 @@ def _summary(name: str, header: dict, backup, digest: str, size: int) -> dict:
             "size": size, "sha256": digest, "index": header["index"],
             "members": header["members"], "cluster": header["cluster"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header["created"])),
-            "leases": len(backup.image[5])}
+            "leases": backup.leases}
 
 
 def _print_summary(doc: dict, as_json: bool) -> None:
