@@ -24,7 +24,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h11
@@ -191,7 +190,7 @@ def run_cbor_compare(args) -> int:
             procs, config, _ = start_cluster(directory, http=http)
             out = directory / "bench.json"
             try:
-                time.sleep(1.0)  # the cluster elects before the bench's own wait starts
+                # No wait here: `paxosd bench --config` waits for a leader itself (find_leader).
                 subprocess.run(
                     [sys.executable, "-m", "daemon.tools.cli", "bench", "--config", str(config),
                      "--clients", "4", "--in-flight", "1000", "--duration", "8", "--warmup",

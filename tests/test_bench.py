@@ -5,14 +5,13 @@ No speed is asserted: the machine running the suite is shared and its figures sw
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
-
-import argparse
 import time
+from pathlib import Path
 
 import pytest
 

@@ -195,17 +195,23 @@ def _worker(index, port, in_flight, value_size, warmup, duration, start_at, resu
     sock.close()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--in-flight", type=int, default=100)
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options this script and pysyncobj_innode.py share: value size, timing, batching and
+    where the JSON report goes."""
     p.add_argument("--value-size", type=int, default=64)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--batch", action="store_true",
                    help="appendEntriesUseBatch=True: commands wait for the next tick")
     p.add_argument("--json")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--in-flight", type=int, default=100)
+    add_common_arguments(p)
     args = p.parse_args()
     import pysyncobj  # noqa: F401  (fail here, not in the nodes, if it is missing)
 

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from pysyncobj_bench import _make_kv, finish  # noqa: E402
+from pysyncobj_bench import _make_kv, add_common_arguments, finish  # noqa: E402
 
 
 def _load(kv, in_flight: int, value_size: int, start_at: float, warmup: float,
@@ -105,12 +105,7 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--in-flight", type=int, default=100, help="calls outstanding per calling node")
     p.add_argument("--all-nodes", action="store_true", help="every node calls (upstream's way)")
-    p.add_argument("--value-size", type=int, default=64)
-    p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--batch", action="store_true",
-                   help="appendEntriesUseBatch=True: commands wait for the next tick")
-    p.add_argument("--json")
+    add_common_arguments(p)
     args = p.parse_args()
     import pysyncobj  # noqa: F401  (fail here, not in the nodes, if it is missing)
 
