@@ -60,9 +60,9 @@ PEER_SCENARIOS = {
                     "pysyncobj-innode": ["--in-flight", "100"],
                     "pysyncobj-tcp": ["--clients", "2", "--in-flight", "50"]},
     # Each variant at the concurrency where it was highest here: etcd native at 4,000 in flight
-    # on 100 connections (2026-11-27, quiet box, 2 runs each: 1,000 in flight 18,838 and 17,434
-    # commits/s, 2,000 18,825 and 19,964, 4,000 20,060 and 22,877; 10,000 was lower in the
-    # sweep); the gateway at 400 threads; PySyncObj falls off beyond a few hundred commands in
+    # on 100 connections (bench/results/2026-11-27-1351-peak-concurrency/: 2 runs each, 1,000
+    # in flight 18,838 and 17,434 commits/s, 2,000 18,825 and 19,964, 4,000 20,060 and 22,877;
+    # 10,000 was lower in the sweep); the gateway at 400 threads; PySyncObj falls off beyond a few hundred commands in
     # flight through its front end.
     "peak": {"etcd-native": ["--clients", "100", "--in-flight", "40"],
              "etcd-gateway": ["--clients", "4", "--in-flight", "100"],
