@@ -294,7 +294,7 @@ class ClientPort:
 def queue_replies(replies: list, address: dict, current: str | None,
                   applied_revision: int) -> None:
     """Queue each ``Reply`` on its connection (the tag's first item), in order; none on a
-    closed one. ``leader`` says ``current`` (the leader's client address), or for NOT_LEADER
+    closed one. Its leader field says ``current`` (the leader's client address), or for NOT_LEADER
     the client address ``address`` maps the reply's leader id to; a reply that reflects no
     state (revision None) says ``applied_revision``; a range's result goes in a frame of its
     own. The common replies go in one C loop (fastpath.push_replies), the rest here."""
